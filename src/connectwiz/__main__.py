@@ -1,0 +1,3 @@
+from connectwiz.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Command line: parse arguments, hand them to one command module, map errors to exit codes.
+
+Each subcommand lives in ``connectwiz.commands.<name>`` with ``run(args) -> int`` and is
+imported only when used, so ``connectwiz wizard`` does not pay for the relay's imports.
+Exit codes: 0 success, 1 negative result, 2 bad usage or bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from connectwiz import __version__
+from connectwiz.errors import UserError
+
+COMMANDS = (
+    "wizard", "demo", "lab", "validate", "domains", "routes", "org", "explain", "export",
+    "relay", "log",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage; keep it one line
+        self.exit(2, f"connectwiz: {message} (see connectwiz {self.prog.split()[-1]} --help)\n")
+
+
+def _network_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("network options (also CONNECTWIZ_NAMESERVER, ... variables)")
+    g.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to query")
+    g.add_argument("--smtp-port", type=int, metavar="N", help="port for hosts that name none")
+    g.add_argument("--ca-file", metavar="PEM", help="extra trusted CA certificates")
+    g.add_argument("--timeout", type=float, metavar="S", help="per-connection timeout (10)")
+    g.add_argument("--concurrency", type=int, metavar="N", help="probes in flight (50)")
+
+
+def _bundle_option(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--bundle", metavar="PATH", required=required,
+        help="policy bundle (default: $CONNECTWIZ_BUNDLE, else the per-user config path)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="connectwiz", description="Enforced TLS with your mail partners.")
+    parser.add_argument("--version", action="version", version=f"connectwiz {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("wizard", help="the terminal wizard (default)")
+    _bundle_option(p)
+    _network_options(p)
+
+    p = sub.add_parser("demo", help="the lab and the wizard wired to it: no set-up needed")
+    p.add_argument("--bundle", metavar="PATH", help="keep the demo bundle here (default: temp)")
+
+    p = sub.add_parser("lab", help="run the local test lab until Ctrl-C")
+    p.add_argument("--smtp-port", type=int, default=25, metavar="N",
+                   help="port the lab's SMTP servers listen on (default 25)")
+    p.add_argument("--write-info", metavar="FILE", help="write nameserver, port, CA file as JSON")
+
+    p = sub.add_parser("validate", help="check that domains and routes support TLS")
+    p.add_argument("--json", action="store_true", help="JSON array on stdout")
+    p.add_argument("--verbose", "-v", action="store_true", help="hosts and certificate details")
+    p.add_argument("--email", metavar="ADDR", help="also test RCPT TO for this address")
+    p.add_argument("--route", action="append", default=[], metavar="HOST[:PORT]",
+                   help="an inbound route (internal server) to validate; repeatable")
+    p.add_argument("targets", nargs="*", metavar="DOMAIN")
+    _network_options(p)
+
+    for name, what in (("domains", "DOMAIN"), ("routes", "HOST[:PORT]")):
+        p = sub.add_parser(name, help=f"list, add or remove {name}")
+        p.add_argument("action", choices=("list", "add", "remove"))
+        p.add_argument("items", nargs="*", metavar=what)
+        p.add_argument("--json", action="store_true")
+        if name == "domains":
+            p.add_argument("--relaxed", action="store_true",
+                           help="enforce TLS with relaxed certificate checks for these domains")
+        _bundle_option(p)
+
+    p = sub.add_parser("org", help="show or set the organisation")
+    p.add_argument("action", choices=("show", "set"))
+    p.add_argument("--internal-domain", action="append", metavar="D")
+    p.add_argument("--authorized-outbound", action="append", metavar="CIDR")
+    p.add_argument("--json", action="store_true")
+    _bundle_option(p)
+
+    p = sub.add_parser("explain", help="which policies apply to a message, and why")
+    _bundle_option(p)
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDR")
+    p.add_argument("--to", dest="recipient", required=True, metavar="ADDR")
+    p.add_argument("--header-from", metavar="ADDR")
+    p.add_argument("--ip", metavar="IP", help="the client's source IP")
+    p.add_argument("--at", metavar="ISO8601", help="the time to evaluate at (default now)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="write the bundle as TOML, JSON or Postfix tables")
+    _bundle_option(p)
+    p.add_argument("--format", choices=("toml", "json", "postfix"), default="toml")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+
+    p = sub.add_parser("relay", help="the enforcing SMTP relay")
+    _bundle_option(p)
+    p.add_argument("--listen", default="127.0.0.1:2525", metavar="HOST:PORT")
+    p.add_argument("--tls-cert", metavar="PEM")
+    p.add_argument("--tls-key", metavar="PEM")
+    p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _network_options(p)
+
+    p = sub.add_parser("log", help="receipt/delivery view of relayed messages")
+    p.add_argument("--spool", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # The wizard is the default subcommand: `connectwiz --bundle B` means `connectwiz wizard ...`.
+    if not args_list or (args_list[0] not in COMMANDS and args_list[0].startswith("-")
+                         and args_list[0] not in ("-h", "--help", "--version")):
+        args_list.insert(0, "wizard")
+    args = build_parser().parse_args(args_list)
+    try:
+        module = importlib.import_module(f"connectwiz.commands.{args.command}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"connectwiz.commands.{args.command}":
+            raise
+        print(f"connectwiz: '{args.command}' is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(args))
+    except UserError as exc:
+        print(f"connectwiz: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `connectwiz log | head`
+        return 0

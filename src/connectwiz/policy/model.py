@@ -1,0 +1,149 @@
+"""The policy model: what a bundle holds, as plain immutable data. No I/O.
+
+Terms follow the Secure Delivery / Secure Receipt model: a delivery *definition* says how
+to deliver (option, encryption mode, minimum TLS); a delivery *policy* says when a
+definition applies (Emails From / Emails To scopes and validity). Receipt policies carry
+their option directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DeliveryOption(StrEnum):
+    OPPORTUNISTIC = "opportunistic"
+    ENFORCED = "enforced"
+    NONE = "none"
+
+
+class EncryptionMode(StrEnum):
+    STRICT = "strict"
+    RELAXED = "relaxed"
+
+
+class ReceiptOption(StrEnum):
+    OPPORTUNISTIC = "opportunistic"
+    ENFORCED = "enforced"
+    TLS12_NCSC = "tls12_ncsc"
+
+
+class BasedOn(StrEnum):
+    """Which sender address an Emails From scope looks at."""
+
+    ENVELOPE = "envelope"  # the return address (MAIL FROM)
+    HEADER = "header"  # the message From: header
+    BOTH = "both"  # either; the header address wins when both match
+
+
+class Applies(StrEnum):
+    EVERYONE = "everyone"
+    INTERNAL = "internal"
+    EXTERNAL = "external"
+    DOMAIN = "domain"
+    ADDRESS_GROUP = "address_group"
+    INDIVIDUAL = "individual"
+
+
+class ValidationStatus(StrEnum):
+    STRICT = "strict"
+    RELAXED = "relaxed"
+    UNSUPPORTED = "unsupported"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Emails From or Emails To. ``specifically`` holds domains, group names or addresses,
+    normalised (lower case, A-label domains) according to ``applies``."""
+
+    applies: Applies = Applies.EVERYONE
+    specifically: tuple[str, ...] = ()
+    based_on: BasedOn = BasedOn.ENVELOPE  # only meaningful on the From side
+
+
+@dataclass(frozen=True, slots=True)
+class Validity:
+    enabled: bool = True
+    start: datetime | None = None  # timezone-aware, inclusive
+    end: datetime | None = None  # timezone-aware, exclusive
+    override: bool = False
+    bidirectional: bool = False
+    source_ips: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDefinition:
+    name: str
+    option: DeliveryOption = DeliveryOption.OPPORTUNISTIC
+    encryption_mode: EncryptionMode = EncryptionMode.STRICT
+    min_tls: str = "1.2"  # "1.0" | "1.1" | "1.2" | "1.3"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    narrative: str
+    definition: str  # name of a DeliveryDefinition
+    from_: Scope = Scope()
+    to: Scope = Scope()
+    validity: Validity = Validity()
+    managed: bool = False  # created by connectwiz for external domains; edited by it
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptPolicy:
+    narrative: str
+    option: ReceiptOption = ReceiptOption.OPPORTUNISTIC
+    from_: Scope = Scope()
+    to: Scope = Scope()
+    validity: Validity = Validity()
+    managed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LastValidation:
+    status: ValidationStatus
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRoute:
+    """An internal server that inbound mail is delivered to."""
+
+    host: str
+    port: int = 25
+    encryption_mode: EncryptionMode | None = None  # learned by validation; None = not yet
+    last_validation: LastValidation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalDomain:
+    domain: str
+    added: datetime | None = None
+    encryption_mode: EncryptionMode = EncryptionMode.STRICT  # what enforcement verifies
+    last_validation: LastValidation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    internal_domains: tuple[str, ...] = ()
+    authorized_outbound: tuple[IPNetwork, ...] = ()
+    address_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyModel:
+    """Everything a bundle holds, validated."""
+
+    organisation: Organisation = field(default_factory=Organisation)
+    inbound_routes: tuple[InboundRoute, ...] = ()
+    external_domains: tuple[ExternalDomain, ...] = ()
+    delivery_definitions: tuple[DeliveryDefinition, ...] = ()
+    delivery_policies: tuple[DeliveryPolicy, ...] = ()
+    receipt_policies: tuple[ReceiptPolicy, ...] = ()

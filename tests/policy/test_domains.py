@@ -1,0 +1,124 @@
+import idna
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connectwiz.policy.domains import (
+    MAX_BATCH,
+    InvalidDomain,
+    Rejection,
+    display_domain,
+    normalize_domain,
+    parse_domain_batch,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("example.com", "example.com"),
+        ("  Partner.EXAMPLE.  ", "partner.example"),
+        ("Bücher.example", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
+        ("ａｂｃ。com", "abc.com"),  # full-width letters and ideographic full stop
+        ("mail-1.a-b.co.uk", "mail-1.a-b.co.uk"),
+        ("1.example", "1.example"),  # a numeric label is fine; only the TLD may not be
+    ],
+)
+def test_normalize_accepts(text: str, expected: str) -> None:
+    assert normalize_domain(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason_part"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("bob@partner.example", "e-mail address"),
+        ("https://partner.example", "URL"),
+        ("partner.example/path", "URL or path"),
+        ("*.partner.example", "wildcard"),
+        ("192.0.2.1", "IP address"),
+        ("[2001:db8::1]", "IP address"),
+        ("2001:db8::1", "IP address"),
+        ("a" * 64 + ".example", "longer than 63"),
+        (".".join(["a" * 60] * 5) + ".example", "longer than 253"),
+        ("localhost", "single label"),
+        ("example.123", "all digits"),
+        ("part_ner.example", "invalid characters"),
+        ("part ner.example", "space"),
+        ("-partner.example", "hyphen"),
+        ("partner..example", "empty label"),
+        ("partner.example..", "empty label"),
+        ("xn--zz.example", "punycode"),
+        ("ab--cd.example", "reserved"),
+        ("a\u200db.example", "international"),
+    ],
+)
+def test_normalize_rejects_with_reason(text: str, reason_part: str) -> None:
+    with pytest.raises(InvalidDomain) as info:
+        normalize_domain(text)
+    assert reason_part in info.value.reason
+
+
+def test_display_domain_shows_u_label() -> None:
+    assert display_domain("xn--bcher-kva.example") == "bücher.example"
+
+
+@given(st.text())
+def test_normalize_never_raises_anything_else(text: str) -> None:
+    try:
+        normalize_domain(text)
+    except InvalidDomain:
+        pass
+
+
+_label = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
+_names = st.one_of(
+    st.text(),
+    st.lists(_label, min_size=2, max_size=5).map(".".join),
+    st.lists(st.one_of(_label, st.text(min_size=1, max_size=8)), min_size=2, max_size=4).map(
+        ".".join
+    ),
+)
+
+
+@given(_names)
+def test_normalize_is_idempotent_and_round_trips_idna(text: str) -> None:
+    try:
+        result = normalize_domain(text)
+    except InvalidDomain:
+        return
+    assert normalize_domain(result) == result
+    assert result == result.lower() and result.isascii()
+    assert idna.encode(idna.decode(result)).decode("ascii") == result
+
+
+def test_batch_gives_every_nonblank_line_a_verdict() -> None:
+    text = "Partner.example\n\nbad_domain.example\npartner.example.\nknown.example\n  \nnew.example"
+    lines = parse_domain_batch(text, existing={"known.example"})
+    assert [(ln.line_no, ln.domain, ln.rejection) for ln in lines] == [
+        (1, "partner.example", None),
+        (3, None, Rejection.INVALID),
+        (4, None, Rejection.DUPLICATE),
+        (5, None, Rejection.EXISTS),
+        (7, "new.example", None),
+    ]
+    assert lines[2].reason == "duplicate of line 1"
+    assert "invalid characters" in lines[1].reason
+
+
+def test_batch_rejects_beyond_the_limit_and_keeps_them_listed() -> None:
+    text = "\n".join(f"d{i}.example" for i in range(MAX_BATCH + 3))
+    lines = parse_domain_batch(text)
+    assert len(lines) == MAX_BATCH + 3
+    assert sum(ln.accepted for ln in lines) == MAX_BATCH
+    over = [ln for ln in lines if ln.rejection is Rejection.OVER_LIMIT]
+    assert [ln.text for ln in over] == [f"d{i}.example" for i in range(MAX_BATCH, MAX_BATCH + 3)]
+
+
+def test_batch_limit_counts_only_accepted_domains() -> None:
+    text = "\n".join(["bad_one"] * 5 + [f"d{i}.example" for i in range(MAX_BATCH)])
+    lines = parse_domain_batch(text)
+    assert sum(ln.accepted for ln in lines) == MAX_BATCH
