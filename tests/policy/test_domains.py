@@ -69,9 +69,11 @@ def test_display_domain_shows_u_label() -> None:
 @given(st.text())
 def test_normalize_never_raises_anything_else(text: str) -> None:
     try:
-        normalize_domain(text)
-    except InvalidDomain:
-        pass
+        result = normalize_domain(text)
+    except InvalidDomain as exc:
+        assert exc.reason  # every rejection says why
+    else:
+        assert isinstance(result, str) and result
 
 
 _label = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)

@@ -54,13 +54,18 @@ def options_from(
     ca_path = Path(ca_text) if ca_text else None
     if ca_path is not None and not ca_path.is_file():
         raise UserError(f"--ca-file {ca_path}: no such file")
-    return NetworkOptions(
+    result = NetworkOptions(
         nameserver=parse_host_port(nameserver, 53) if nameserver else None,
         smtp_port=smtp_port if smtp_port is not None else _env_num("SMTP_PORT", int, 25),
         ca_file=ca_path,
         timeout=timeout if timeout is not None else _env_num("TIMEOUT", float, 10.0),
         concurrency=concurrency if concurrency is not None else _env_num("CONCURRENCY", int, 50),
     )
+    if not 0 < result.smtp_port < 65536:
+        raise UserError(f"--smtp-port {result.smtp_port}: expected 1 to 65535")
+    if result.timeout <= 0 or result.concurrency <= 0:
+        raise UserError("--timeout and --concurrency must be positive")
+    return result
 
 
 def _env_num(name: str, kind: type[int] | type[float], default: float) -> Any:
