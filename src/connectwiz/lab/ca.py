@@ -1,0 +1,196 @@
+"""A throw-away certificate authority for the lab and the tests.
+
+Certificates carry the extensions strict verifiers insist on (BasicConstraints, KeyUsage,
+ExtendedKeyUsage serverAuth, SubjectAltName, Subject/Authority Key Identifier), so the
+lab's "trusted" servers pass both ``ssl`` hostname checking and
+``cryptography.x509.verification``. Private keys are generated once per key type and
+reused for every leaf: signing is cheap, key generation (RSA especially) is not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+_DAY = dt.timedelta(days=1)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _new_key(key_type: str) -> PrivateKey:
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    raise ValueError(f"unknown key type {key_type!r}: expected 'ec' or 'rsa'")
+
+
+def _key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _leaf_extensions(
+    builder: x509.CertificateBuilder, names: list[str], key: PrivateKey
+) -> x509.CertificateBuilder:
+    return (
+        builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                              critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                content_commitment=False, data_encipherment=False, key_agreement=False,
+                key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+    )
+
+
+class LabCA:
+    """A root CA kept in ``directory``; ``ca_file`` is its certificate (PEM) for trust stores."""
+
+    def __init__(self, directory: Path | str, *, name: str = "connectwiz lab CA") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._keys: dict[str, PrivateKey] = {}
+        self._key_files: dict[str, Path] = {}
+        self._serial = 0
+        now = _now()
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "connectwiz lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ])
+        ski = x509.SubjectKeyIdentifier.from_public_key(self._key.public_key())
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _DAY)
+            .not_valid_after(now + 3650 * _DAY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, key_cert_sign=True, crl_sign=True,
+                    key_encipherment=False, content_commitment=False, data_encipherment=False,
+                    key_agreement=False, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.ca_file = self.directory / "lab-ca.pem"
+        _write_atomic(self.ca_file, self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def key_for(self, key_type: str = "ec") -> tuple[PrivateKey, Path]:
+        """The shared leaf key of this type and its PEM file (created on first use)."""
+        if key_type not in self._keys:
+            key = _new_key(key_type)
+            path = self.directory / f"leaf-{key_type}.key"
+            _write_atomic(path, _key_pem(key))
+            self._keys[key_type], self._key_files[key_type] = key, path
+        return self._keys[key_type], self._key_files[key_type]
+
+    def issue(
+        self,
+        names: list[str],
+        *,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        key_type: str = "ec",
+    ) -> tuple[Path, Path]:
+        """A server certificate for ``names`` (SAN DNS names) signed by this CA.
+
+        Returns (certificate PEM path, private key PEM path); the certificate file holds
+        the leaf only, as servers commonly send it (the root is what clients trust).
+        """
+        key, key_path = self.key_for(key_type)
+        now = _now()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - _DAY)
+            .not_valid_after(not_after or now + 365 * _DAY)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        cert = _leaf_extensions(builder, names, key).sign(self._key, hashes.SHA256())
+        return self._write_cert(cert, names, key_path)
+
+    def self_signed(self, names: list[str], *, key_type: str = "ec") -> tuple[Path, Path]:
+        """A certificate for ``names`` signed by its own key (no CA): (cert path, key path)."""
+        key, key_path = self.key_for(key_type)
+        now = _now()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _DAY)
+            .not_valid_after(now + 365 * _DAY)
+        )
+        cert = _leaf_extensions(builder, names, key).sign(key, hashes.SHA256())
+        return self._write_cert(cert, names, key_path)
+
+    def _write_cert(
+        self, cert: x509.Certificate, names: list[str], key_path: Path
+    ) -> tuple[Path, Path]:
+        self._serial += 1
+        stem = names[0].replace("*", "wildcard")
+        path = self.directory / f"{self._serial:04d}-{stem}.pem"
+        _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM))
+        return path, key_path
+
+
+def spki_sha256(cert_path: Path) -> str:
+    """Hex SHA-256 of a certificate's SubjectPublicKeyInfo (a TLSA 3 1 1 record's data)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
