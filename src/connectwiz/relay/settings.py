@@ -1,0 +1,28 @@
+"""Tunables of the relay: limits on receipt and the retry schedule of delivery.
+
+Defaults follow Postfix where it has an equivalent (message_size_limit, smtpd_recipient_limit,
+minimal/maximal_backoff_time, maximal_queue_lifetime), so an admin's expectations carry over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    hostname: str = "localhost"  # name in the banner, Received: headers and DSNs
+    max_message_size: int = 10_240_000  # bytes of DATA
+    max_recipients: int = 1000  # RCPT TO per message
+    max_connections: int = 100  # concurrent SMTP sessions; more get 421
+    idle_timeout: float = 300.0  # seconds a client may stay silent
+    backoff_min: float = 300.0  # first retry after a temporary failure
+    backoff_max: float = 4000.0  # retries never wait longer than this
+    max_lifetime: float = 5 * 86400.0  # then the message bounces
+    delivery_workers: int = 20  # messages delivered at once
+    shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next try after ``attempts`` failed ones: doubling, clamped."""
+        delay = self.backoff_min * (2 ** max(attempts - 1, 0))
+        return min(max(delay, self.backoff_min), self.backoff_max)
