@@ -1,0 +1,71 @@
+"""`connectwiz explain`: which delivery and receipt policies apply to a message, and why."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+from datetime import UTC, datetime
+
+from connectwiz.errors import UserError
+from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.explain import explain
+from connectwiz.policy.select import IPAddress, MessageContext
+
+
+def _address(option: str, text: str, null_ok: bool = False) -> str:
+    if null_ok and text.strip() in ("", "<>"):
+        return ""
+    try:
+        return normalize_address(text)
+    except InvalidAddress as exc:
+        raise UserError(f"{option}: {text!r} is not a valid address: {exc.reason}") from None
+
+
+def _ip(text: str | None) -> IPAddress | None:
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise UserError(f"--ip: {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _at(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(
+            f"--at: {text!r} is not an ISO 8601 date/time (e.g. 2026-11-23T09:30:00Z)"
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at  # naive means UTC
+
+
+def context_from_args(args: argparse.Namespace) -> MessageContext:
+    header = args.header_from
+    return MessageContext(
+        envelope_from=_address("--from", args.sender, null_ok=True),
+        header_from=None if header is None else _address("--header-from", header),
+        recipient=_address("--to", args.recipient),
+        client_ip=_ip(args.ip),
+        at=_at(args.at),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from connectwiz.bundle import Bundle
+    from connectwiz.bundle.paths import resolve_bundle_path
+
+    ctx = context_from_args(args)  # bad input is reported before the bundle is read
+    model = Bundle.load(resolve_bundle_path(args.bundle)).model
+    try:
+        result = explain(model, ctx)
+    except ValueError as exc:  # e.g. a policy naming a definition the bundle lacks
+        raise UserError(f"{args.bundle or 'bundle'}: {exc}") from None
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(result.render_text())
+    return 0

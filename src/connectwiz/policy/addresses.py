@@ -1,0 +1,88 @@
+"""E-mail addresses as policies compare them: local part case-insensitive, domain normalised.
+
+Policy matching never trusts its input to be well formed (a relay sees what clients send),
+so it uses the lenient :func:`canonical_address`; commands that read an address typed by an
+admin use the strict :func:`normalize_address` to report a clear error instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from connectwiz.policy.domains import InvalidDomain, normalize_domain
+
+_MAX_LOCAL = 64
+
+
+class InvalidAddress(ValueError):
+    """The text is not a usable e-mail address; ``reason`` says why."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"{text!r}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
+class Address(NamedTuple):
+    """A canonical address. ``text`` is '' for the null sender; ``domain`` is None when the
+    address has no usable domain part (then it can only match by its full text)."""
+
+    text: str
+    domain: str | None
+
+    @property
+    def is_null(self) -> bool:
+        return self.text == ""
+
+
+def _strip(text: str) -> str:
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    return text
+
+
+def normalize_address(text: str) -> str:
+    """Return ``local@domain`` with the local part lower-cased and the domain normalised,
+    or raise InvalidAddress. Surrounding angle brackets are accepted."""
+    address = _strip(text)
+    if not address:
+        raise InvalidAddress(text, "empty")
+    if "@" not in address:
+        raise InvalidAddress(text, "has no @domain part")
+    local, _, domain = address.rpartition("@")
+    if not local:
+        raise InvalidAddress(text, "nothing before the @")
+    if any(c.isspace() for c in local):
+        raise InvalidAddress(text, "contains a space")
+    if len(local.encode("utf-8")) > _MAX_LOCAL:
+        raise InvalidAddress(text, "local part is longer than 64 octets")
+    try:
+        domain = normalize_domain(domain)
+    except InvalidDomain as exc:
+        raise InvalidAddress(text, f"domain {exc.reason}") from None
+    return f"{local.lower()}@{domain}"
+
+
+def canonical_address(text: str) -> Address:
+    """Lenient form used for matching: never raises. '' and '<>' are the null sender."""
+    address = _strip(text)
+    if not address:
+        return Address("", None)
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return Address(address.lower(), None)
+    try:
+        normalized: str | None = normalize_domain(domain)
+    except InvalidDomain:
+        normalized = None
+    return Address(f"{local.lower()}@{normalized or domain.lower()}", normalized)
+
+
+def canonical_domain(text: str) -> str:
+    """Lenient domain form for index keys: normalised when valid, else lower-cased as is, so
+    an entry that can never be a valid domain simply never matches a real one."""
+    try:
+        return normalize_domain(text)
+    except InvalidDomain:
+        return text.strip().lower()

@@ -1,0 +1,126 @@
+"""`connectwiz explain` without the I/O: which policies apply to one message, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from connectwiz.policy.model import DeliveryPolicy, PolicyModel, ReceiptPolicy, Scope
+from connectwiz.policy.select import (
+    Candidate,
+    DeliveryDecision,
+    MessageContext,
+    Outcome,
+    PolicyIndex,
+    ReceiptDecision,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    context: MessageContext
+    delivery: DeliveryDecision
+    receipt: ReceiptDecision
+
+    def to_json(self) -> dict[str, Any]:
+        ctx = self.context
+        definition = self.delivery.definition
+        return {
+            "message": {
+                "envelope_from": ctx.envelope_from,
+                "header_from": ctx.header_from,
+                "recipient": ctx.recipient,
+                "client_ip": None if ctx.client_ip is None else str(ctx.client_ip),
+                "at": ctx.at.isoformat(),
+            },
+            "delivery": {
+                "policy": _policy_json(self.delivery.policy, self.delivery.candidates),
+                "default": self.delivery.policy is None,
+                "definition": {
+                    "name": definition.name,
+                    "option": definition.option.value,
+                    "encryption_mode": definition.encryption_mode.value,
+                    "min_tls": definition.min_tls,
+                },
+                "reason": self.delivery.reason,
+                "candidates": [_candidate_json(c) for c in self.delivery.candidates],
+            },
+            "receipt": {
+                "policy": _policy_json(self.receipt.policy, self.receipt.candidates),
+                "default": self.receipt.policy is None,
+                "option": self.receipt.option.value,
+                "reason": self.receipt.reason,
+                "candidates": [_candidate_json(c) for c in self.receipt.candidates],
+            },
+        }
+
+    def render_text(self) -> str:
+        ctx = self.context
+        definition = self.delivery.definition
+        sender = ctx.envelope_from or "<> (null sender)"
+        lines = [f"Message: from {sender} to {ctx.recipient}"]
+        if ctx.header_from is not None:
+            lines.append(f"  header From: {ctx.header_from}")
+        ip = "unknown" if ctx.client_ip is None else str(ctx.client_ip)
+        lines.append(f"  client IP: {ip}; at {ctx.at.isoformat()}")
+        lines.append("")
+        lines.append(
+            f"Delivery: {definition.name} ({definition.option.value}, "
+            f"{definition.encryption_mode.value}, TLS {definition.min_tls}+)"
+        )
+        lines.append(f"  {self.delivery.reason}")
+        lines.extend(_candidate_lines(self.delivery.candidates))
+        lines.append("")
+        lines.append(f"Receipt: {self.receipt.option.value}")
+        lines.append(f"  {self.receipt.reason}")
+        lines.extend(_candidate_lines(self.receipt.candidates))
+        return "\n".join(lines)
+
+
+def explain(model: PolicyModel, ctx: MessageContext) -> Explanation:
+    index = PolicyIndex(model)
+    return Explanation(ctx, index.delivery(ctx), index.receipt(ctx))
+
+
+def _scope_json(scope: Scope) -> dict[str, Any]:
+    return {
+        "applies": scope.applies.value,
+        "specifically": list(scope.specifically),
+        "based_on": scope.based_on.value,
+    }
+
+
+def _policy_json(
+    policy: DeliveryPolicy | ReceiptPolicy | None,
+    candidates: tuple[Candidate[DeliveryPolicy], ...] | tuple[Candidate[ReceiptPolicy], ...],
+) -> dict[str, Any] | None:
+    if policy is None:
+        return None
+    position = next(c.position for c in candidates if c.policy is policy)
+    return {"position": position, "narrative": policy.narrative}
+
+
+def _candidate_json(candidate: Candidate[DeliveryPolicy] | Candidate[ReceiptPolicy]) -> dict:
+    policy = candidate.policy
+    return {
+        "position": candidate.position,
+        "narrative": policy.narrative,
+        "outcome": candidate.outcome.value,
+        "why": candidate.why,
+        "swapped": candidate.swapped,
+        "override": policy.validity.override,
+        "from": _scope_json(policy.from_),
+        "to": _scope_json(policy.to),
+    }
+
+
+def _candidate_lines(
+    candidates: tuple[Candidate[DeliveryPolicy], ...] | tuple[Candidate[ReceiptPolicy], ...],
+) -> list[str]:
+    others = [c for c in candidates if c.outcome is not Outcome.APPLIES]
+    if not others:
+        return []
+    lines = ["  Other matching policies:"]
+    for c in others:
+        lines.append(f"    #{c.position} {c.policy.narrative!r}: {c.outcome.value} - {c.why}")
+    return lines
