@@ -108,6 +108,7 @@ def _candidate_json(candidate: Candidate[DeliveryPolicy] | Candidate[ReceiptPoli
         "outcome": candidate.outcome.value,
         "why": candidate.why,
         "swapped": candidate.swapped,
+        "sender": candidate.sender,
         "override": policy.validity.override,
         "from": _scope_json(policy.from_),
         "to": _scope_json(policy.to),

@@ -126,6 +126,7 @@ class Candidate(Generic[P]):
     outcome: Outcome
     why: str
     swapped: bool = False  # matched only with sender and recipient swapped (Bi-Directional)
+    sender: str = ""  # the sender address that matched (header or envelope, per based_on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,17 +335,17 @@ class _Selector(Generic[P]):
                 yield from by_domain.get(address.domain, ())
             yield from by_address.get(address.text, ())
 
-    def _match(self, prepared: _Prepared[P], addrs: _Addresses) -> bool | None:
-        """False: matched as addressed; True: matched only swapped; None: no match."""
+    def _match(self, prepared: _Prepared[P], addrs: _Addresses) -> tuple[bool, str] | None:
+        """(swapped, sender that matched), or None. As addressed is tried before swapped."""
         senders = addrs.senders(prepared.policy.from_.based_on)
-        if prepared.to.matches(addrs.recipient) and any(map(prepared.from_.matches, senders)):
-            return False
-        if (
-            prepared.policy.validity.bidirectional
-            and prepared.from_.matches(addrs.recipient)
-            and any(map(prepared.to.matches, senders))
-        ):
-            return True
+        if prepared.to.matches(addrs.recipient):
+            for sender in senders:
+                if prepared.from_.matches(sender):
+                    return False, sender.text
+        if prepared.policy.validity.bidirectional and prepared.from_.matches(addrs.recipient):
+            for sender in senders:
+                if prepared.to.matches(sender):
+                    return True, sender.text
         return None
 
     def select(
@@ -357,19 +358,19 @@ class _Selector(Generic[P]):
         for side in ("to", "from"):
             found.update(self._lookup(side, (addrs.recipient, *senders)))
 
-        in_effect: list[tuple[_Prepared[P], bool]] = []
+        in_effect: list[tuple[_Prepared[P], tuple[bool, str]]] = []
         idle: list[Candidate[P]] = []
         for i in sorted(found):
             prepared = self._prepared[i]
-            swapped = self._match(prepared, addrs)
-            if swapped is None:
+            match = self._match(prepared, addrs)
+            if match is None:
                 continue
             blocked = _not_in_effect(prepared.validity, ctx)
             if blocked is None:
-                in_effect.append((prepared, swapped))
+                in_effect.append((prepared, match))
             else:
                 outcome, why = blocked
-                idle.append(Candidate(prepared.policy, prepared.position, outcome, why, swapped))
+                idle.append(Candidate(prepared.policy, prepared.position, outcome, why, *match))
 
         if not in_effect:
             default = "opportunistic TLS" if kind == "receipt" else DEFAULT_DELIVERY.name
@@ -382,17 +383,17 @@ class _Selector(Generic[P]):
             return None, reason, tuple(idle)
 
         in_effect.sort(key=lambda item: item[0].rank(), reverse=True)
-        winner, winner_swapped = in_effect[0]
+        winner, winner_match = in_effect[0]
         ranked = [
             Candidate(winner.policy, winner.position, Outcome.APPLIES,
-                      _win_reason(winner, [p for p, _ in in_effect]), winner_swapped)
+                      _win_reason(winner, [p for p, _ in in_effect]), *winner_match)
         ]
         ranked.extend(
-            Candidate(p.policy, p.position, Outcome.LOST, _loss_reason(p, winner), swapped)
-            for p, swapped in in_effect[1:]
+            Candidate(p.policy, p.position, Outcome.LOST, _loss_reason(p, winner), *match)
+            for p, match in in_effect[1:]
         )
         reason = f"{kind} policy {_label(winner)} applies: {ranked[0].why}"
-        if winner_swapped:
+        if winner_match[0]:
             reason += " (Bi-Directional: matched with sender and recipient swapped)"
         return winner, reason, (*ranked, *idle)
 
