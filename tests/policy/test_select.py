@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -57,7 +58,7 @@ TO_LEVELS = [
 
 
 def _pairs(levels):
-    return [pytest.param(a, b, id=f"{a.applies}>{b.applies}") for a, b in zip(levels, levels[1:])]
+    return [pytest.param(a, b, id=f"{a.applies}>{b.applies}") for a, b in pairwise(levels)]
 
 
 # --- default -----------------------------------------------------------------------------
