@@ -1,0 +1,184 @@
+"""What the lab serves: domains, their mail hosts, each host's SMTP profile, and the verdict
+a correct validator must reach for each domain (so tests and the demo can be table-driven).
+
+Every host gets its own loopback address (127.0.0.10 upward); ``refused`` hosts get an
+address where nothing listens. Benchmark domains (``bench.example``) live at 127.1.x.y, one
+address and one server each, so a prober that groups by server cannot cheat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dns.name
+import idna
+
+from connectwiz.lab.dns import Zone
+
+STRICT, RELAXED, UNSUPPORTED, ERROR = "strict", "relaxed", "unsupported", "error"
+REFUSED_PROFILE = "refused"  # a host whose address has nothing listening
+BENCH_SUFFIX = "bench.example"
+
+
+@dataclass(frozen=True, slots=True)
+class LabHost:
+    name: str  # A-label, no trailing dot
+    address: str
+    profile: str  # a key of connectwiz.lab.smtp.PROFILES, or "refused"
+    preference: int | None = None  # MX preference; None for an implicit MX or a route
+
+
+@dataclass(frozen=True, slots=True)
+class LabDomain:
+    name: str  # A-label, no trailing dot: what validate reports as "target"
+    expected: str  # strict | relaxed | unsupported | error
+    reason: str  # a keyword naming what the domain demonstrates
+    description: str
+    hosts: tuple[LabHost, ...] = ()  # the hosts a validator should try, best preference first
+
+    @property
+    def display(self) -> str:
+        """The name as a person reads it (U-label for IDNs)."""
+        return idna.decode(self.name) if "xn--" in self.name else self.name
+
+
+def _addr(n: int) -> str:
+    return f"127.0.0.{n}"
+
+
+def _mx(domain: str, n: int, profile: str) -> tuple[LabHost, ...]:
+    return (LabHost(f"mx.{domain}", _addr(n), profile, 10),)
+
+
+BIG_LABEL_PAD = "a-long-label-so-the-mx-answer-outgrows-a-udp-packet"
+BIG_MX_COUNT = 18  # 18 x ~77 bytes > 1232: truncated over UDP even with EDNS
+
+_BIG_HOSTS = tuple(
+    LabHost(f"mx{i:02d}-{BIG_LABEL_PAD}.big.example", _addr(29), "trusted", 10)
+    for i in range(1, BIG_MX_COUNT + 1)
+)
+
+DOMAINS: tuple[LabDomain, ...] = (
+    LabDomain("trusted.example", STRICT, "ok",
+              "lab-CA certificate matching the MX name, TLS 1.2+",
+              _mx("trusted.example", 10, "trusted")),
+    LabDomain("selfsigned.example", RELAXED, "self_signed",
+              "TLS works but the certificate is self-signed",
+              _mx("selfsigned.example", 11, "selfsigned")),
+    LabDomain("expired.example", RELAXED, "expired",
+              "certificate from the lab CA whose validity ended 30 days ago",
+              _mx("expired.example", 12, "expired")),
+    LabDomain("wrongname.example", RELAXED, "hostname_mismatch",
+              "lab-CA certificate issued to another name",
+              _mx("wrongname.example", 13, "wrongname")),
+    LabDomain("nostarttls.example", UNSUPPORTED, "no_starttls",
+              "the server does not offer STARTTLS",
+              _mx("nostarttls.example", 14, "nostarttls")),
+    LabDomain("tls10.example", UNSUPPORTED, "tls_version",
+              "STARTTLS offered but only TLS 1.0 can be negotiated",
+              _mx("tls10.example", 15, "tls10")),
+    LabDomain("starttls454.example", UNSUPPORTED, "starttls_454",
+              "STARTTLS advertised, the command answers 454 (TLS not available)",
+              _mx("starttls454.example", 16, "starttls454")),
+    LabDomain("greeting421.example", ERROR, "greeting_421",
+              "the server greets with 421 (service not available) and hangs up",
+              _mx("greeting421.example", 17, "greeting421")),
+    LabDomain("slow.example", STRICT, "slow_greeting",
+              "a trusted server that waits before its greeting (Lab greeting_delay)",
+              _mx("slow.example", 18, "slow")),
+    LabDomain("tarpit.example", ERROR, "timeout",
+              "accepts the connection and never sends a greeting",
+              _mx("tarpit.example", 19, "tarpit")),
+    LabDomain("refused.example", ERROR, "refused",
+              "the MX address has nothing listening: connection refused",
+              _mx("refused.example", 20, REFUSED_PROFILE)),
+    LabDomain("rejectrcpt.example", STRICT, "rcpt_rejected",
+              "trusted TLS; RCPT TO is answered 550 5.1.1 (shows with --email)",
+              _mx("rejectrcpt.example", 21, "rejectrcpt")),
+    LabDomain("multiline.example", STRICT, "multiline_greeting",
+              "trusted TLS behind a multi-line 220- greeting",
+              _mx("multiline.example", 22, "multiline")),
+    LabDomain("noemx.example", STRICT, "implicit_mx",
+              "no MX record, an A record: the domain itself is the mail host",
+              (LabHost("noemx.example", _addr(23), "trusted"),)),
+    LabDomain("mixed.example", UNSUPPORTED, "mixed",
+              "three MX: trusted (10), self-signed (20), no STARTTLS (30); weakest wins",
+              (LabHost("mx1.mixed.example", _addr(24), "trusted", 10),
+               LabHost("mx2.mixed.example", _addr(25), "selfsigned", 20),
+               LabHost("mx3.mixed.example", _addr(26), "nostarttls", 30))),
+    LabDomain("cname-mx.example", STRICT, "cname",
+              "the MX target is a CNAME to mx.cname-target.example (certificate has both)",
+              (LabHost("mail.cname-mx.example", _addr(27), "trusted", 10),)),
+    LabDomain("xn--bcher-kva.example", STRICT, "idn",
+              "internationalised name bücher.example (A-label xn--bcher-kva.example)",
+              _mx("xn--bcher-kva.example", 28, "trusted")),
+    LabDomain("big.example", STRICT, "tcp_fallback",
+              f"{BIG_MX_COUNT} MX records: the UDP answer is truncated, resolvers retry over TCP",
+              _BIG_HOSTS),
+    LabDomain("nullmx.example", ERROR, "null_mx",
+              "null MX (0 .): the domain accepts no mail (RFC 7505)"),
+    LabDomain("noaddress.example", ERROR, "no_address",
+              "the MX host has no A or AAAA record"),
+    LabDomain("nxdomain.example", ERROR, "nxdomain", "the domain does not exist"),
+    LabDomain("servfail.example", ERROR, "servfail", "the name server answers SERVFAIL"),
+    LabDomain("dnstimeout.example", ERROR, "dns_timeout",
+              "the name server never answers queries for this name"),
+)
+
+# Internal servers, validated as inbound routes (host[:port], no MX lookup).
+ROUTES: tuple[LabDomain, ...] = (
+    LabDomain("mail.corp.example", STRICT, "ok", "internal server with a lab-CA certificate",
+              (LabHost("mail.corp.example", _addr(30), "trusted"),)),
+    LabDomain("legacy.corp.example", RELAXED, "self_signed",
+              "internal server with a self-signed certificate",
+              (LabHost("legacy.corp.example", _addr(31), "selfsigned"),)),
+    LabDomain("old.corp.example", UNSUPPORTED, "no_starttls",
+              "internal server without STARTTLS",
+              (LabHost("old.corp.example", _addr(32), "nostarttls"),)),
+)
+
+CNAME_ALIAS, CNAME_TARGET = "mail.cname-mx.example", "mx.cname-target.example"
+
+
+def bench_domains(count: int) -> tuple[LabDomain, ...]:
+    """``count`` strict domains with slow-greeting servers, one address each (127.1.x.y)."""
+    return tuple(
+        LabDomain(f"d{i:04d}.{BENCH_SUFFIX}", STRICT, "slow_greeting",
+                  "benchmark domain: trusted server with a delayed greeting",
+                  (LabHost(f"mx-d{i:04d}.{BENCH_SUFFIX}",
+                           f"127.1.{i // 250}.{i % 250 + 1}", "slow", 10),))
+        for i in range(count)
+    )
+
+
+def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) -> Zone:
+    """The ``example.`` zone: MX and A records for every lab domain and route host."""
+    zone = Zone(origin=dns.name.from_text("example."))
+    for d in domains:
+        if d.reason == "implicit_mx":
+            pass  # the host below is the domain itself: its A record is added with the hosts
+        elif d.reason == "null_mx":
+            zone.add(f"{d.name}.", "MX", "0 .")
+        elif d.reason == "no_address":
+            zone.add(f"{d.name}.", "MX", f"10 mx.{d.name}.")
+        elif d.reason == "servfail":
+            zone.add_servfail(f"{d.name}.")
+        elif d.reason == "dns_timeout":
+            zone.add_silent(f"{d.name}.")
+        for h in d.hosts:
+            if h.preference is not None:
+                zone.add(f"{d.name}.", "MX", f"{h.preference} {h.name}.")
+            if h.name == CNAME_ALIAS:
+                zone.add(f"{CNAME_ALIAS}.", "CNAME", f"{CNAME_TARGET}.")
+                zone.add(f"{CNAME_TARGET}.", "A", h.address)
+            else:
+                zone.add(f"{h.name}.", "A", h.address)
+    for r in routes:
+        for h in r.hosts:
+            zone.add(f"{h.name}.", "A", h.address)
+    zone.add("corp.example.", "MX", "10 mail.corp.example.")
+    zone.add("trusted.example.", "TXT", '"v=spf1 -all"')
+    zone.add("_mta-sts.trusted.example.", "TXT", '"v=STSv1; id=20261101T000000"')
+    zone.add("_smtp._tls.trusted.example.", "TXT",
+             '"v=TLSRPTv1; rua=mailto:tls-reports@trusted.example"')
+    return zone
