@@ -1,0 +1,110 @@
+"""Validate many targets at once: bounded concurrency, one probe per shared server, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from connectwiz.probe.certs import trust_store
+from connectwiz.probe.dns import DnsError, MxHost, make_resolver, resolve_addresses, resolve_mx
+from connectwiz.probe.host import ProbeSettings, probe_host
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.probe.results import HostResult, Status, Target, TargetResult, summarise
+
+_HostKey = tuple[str, tuple[str, ...], int]
+
+
+async def validate_targets(
+    targets: Sequence[Target],
+    options: NetworkOptions,
+    *,
+    email: str | None = None,
+    progress: Callable[[TargetResult], None] | None = None,
+) -> list[TargetResult]:
+    """Validate every target; results in the order of ``targets``.
+
+    At most ``options.concurrency`` DNS lookups and probes run at once. A server named by several
+    targets (a shared MX) is probed once. ``progress`` is called as each target completes.
+    Cancelling the caller cancels every probe and closes every connection.
+    """
+    store = await asyncio.to_thread(trust_store, options.ca_file)
+    batch = _Batch(options, ProbeSettings(options.timeout, store, email))
+
+    async def one(target: Target) -> TargetResult:
+        result = await batch.validate(target)
+        if progress is not None:
+            progress(result)
+        return result
+
+    tasks = [asyncio.ensure_future(one(t)) for t in targets]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await batch.cancel_rest(tasks)
+
+
+class _Batch:
+    def __init__(self, options: NetworkOptions, settings: ProbeSettings) -> None:
+        self.options = options
+        self.settings = settings
+        self.resolver = make_resolver(options)
+        self.slots = asyncio.Semaphore(max(1, options.concurrency))
+        self.probes: dict[_HostKey, asyncio.Task[HostResult]] = {}
+
+    async def validate(self, target: Target) -> TargetResult:
+        started = time.monotonic()
+        label = target.label(self.options.smtp_port)
+        try:
+            async with self.slots:
+                mx = await self._hosts_of(target)
+        except DnsError as exc:
+            return TargetResult(label, target.kind, Status.ERROR, exc.reason, _ms(started))
+        port = target.port or self.options.smtp_port
+        hosts = await asyncio.gather(*(self._probe(m, port, target.kind) for m in mx))
+        status, reason = summarise(list(hosts))
+        return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts))
+
+    async def _hosts_of(self, target: Target) -> list[MxHost]:
+        if target.kind == "domain":
+            return await resolve_mx(target.name, self.options, self.resolver)
+        if _is_ip(target.name):
+            return [MxHost(target.name, 0, (target.name,))]
+        addresses = await resolve_addresses(target.name, self.options, self.resolver)
+        if not addresses:
+            raise DnsError(f"no address found for {target.name}")
+        return [MxHost(target.name, 0, addresses)]
+
+    async def _probe(self, mx: MxHost, port: int, kind: str) -> HostResult:
+        key = (mx.name, mx.addresses, port)
+        task = self.probes.get(key)
+        if task is None:
+            task = self.probes[key] = asyncio.ensure_future(self._probe_now(mx, port))
+        # Shielded: another target may share this server; cancel_rest() ends it if need be.
+        result = await asyncio.shield(task)
+        preference = mx.preference if kind == "domain" else None
+        return result if result.preference == preference else replace(result, preference=preference)
+
+    async def _probe_now(self, mx: MxHost, port: int) -> HostResult:
+        async with self.slots:
+            return await probe_host(mx.name, mx.addresses, port, None, self.settings)
+
+    async def cancel_rest(self, tasks: list[asyncio.Future[TargetResult]]) -> None:
+        pending = [t for t in (*tasks, *self.probes.values()) if not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)

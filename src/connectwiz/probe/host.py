@@ -1,0 +1,237 @@
+"""Probe one SMTP server: greeting, EHLO, STARTTLS, one TLS handshake, EHLO, (MAIL/RCPT/RSET), QUIT.
+
+The first handshake accepts any certificate (CERT_NONE) and requires TLS 1.2+, so one connection
+gives both the certificate details and the verdict. Only when that handshake fails is a second
+connection made with a legacy context, to name the old TLS version the server offers.
+Nothing here ever sends DATA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from cryptography.x509.verification import Store
+
+from connectwiz.probe.certs import CertificateInfo, analyse_certificate
+from connectwiz.probe.results import HostResult, RcptReply, Status
+from connectwiz.probe.smtp import Reply, SmtpClient, SmtpProtocolError, StepTimeout
+from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
+
+# Overall cap per host, in per-connection timeouts: two connections of a few steps each fit;
+# a server that drips one byte at a time does not hold a batch for long.
+HOST_CAP_FACTOR = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    timeout: float
+    store: Store | None
+    email: str | None = None
+    mail_from: str = ""  # the null reverse-path: no bounce can ever be generated
+
+
+class _Finding(Exception):
+    """Ends the conversation with a verdict (a refusal, no STARTTLS, ...)."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class _Session:
+    starttls: bool = False
+    tls_version: str | None = None
+    cipher: str | None = None
+    certificate: CertificateInfo | None = None
+    rcpt: RcptReply | None = None
+
+
+async def probe_host(
+    host: str,
+    addresses: tuple[str, ...],
+    port: int,
+    preference: int | None,
+    settings: ProbeSettings,
+) -> HostResult:
+    """Probe ``host`` on the first of ``addresses`` that accepts a connection."""
+    started = time.monotonic()
+    session = _Session()
+    address: str | None = addresses[0] if addresses else None
+    cap = settings.timeout * HOST_CAP_FACTOR
+    try:
+        if not addresses:
+            raise _Finding(Status.ERROR, f"no address found for {host}")
+        async with asyncio.timeout(cap):
+            client, address = await _connect_any(addresses, port, settings.timeout)
+            status, reason = await _conversation(client, host, session, settings)
+            if status is None:  # no TLS 1.2+: learn what the server does offer
+                status, reason = await _legacy_probe(address, port, host, session, settings, reason)
+    except _Finding as finding:
+        status, reason = finding.status, finding.reason
+    except StepTimeout as exc:
+        status, reason = Status.ERROR, str(exc)
+    except TimeoutError:
+        status, reason = Status.ERROR, f"timed out: no verdict within {cap:g} s overall"
+    except SmtpProtocolError as exc:
+        status, reason = Status.ERROR, str(exc)
+    except (OSError, ssl.SSLError) as exc:
+        status, reason = Status.ERROR, f"connection failed: {_os_reason(exc)}"
+    return HostResult(
+        host=host, address=address, port=port, preference=preference,
+        status=status, reason=reason, starttls=session.starttls,
+        tls_version=session.tls_version, cipher=session.cipher,
+        certificate=session.certificate, rcpt=session.rcpt,
+        elapsed_ms=round((time.monotonic() - started) * 1000),
+    )
+
+
+async def _connect_any(
+    addresses: tuple[str, ...], port: int, timeout: float
+) -> tuple[SmtpClient, str]:
+    failures = []
+    for address in addresses:
+        try:
+            return await SmtpClient.connect(address, port, timeout), address
+        except OSError as exc:
+            failures.append(f"{_join(address, port)}: {_os_reason(exc)}")
+    raise _Finding(Status.ERROR, "cannot connect: " + "; ".join(failures))
+
+
+async def _open_session(client: SmtpClient, session: _Session) -> Reply:
+    """Greeting and EHLO, up to (not including) STARTTLS; returns the EHLO reply."""
+    greeting = await client.read_reply("waiting for the greeting")
+    if greeting.code != 220:
+        raise _Finding(Status.ERROR, f"server refused the session: {greeting}")
+    ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO")
+    if ehlo.code != 250:
+        raise _Finding(Status.UNSUPPORTED, f"EHLO rejected ({ehlo}): no STARTTLS possible")
+    if "STARTTLS" not in ehlo.keywords:
+        raise _Finding(Status.UNSUPPORTED, "STARTTLS not offered")
+    session.starttls = True
+    reply = await client.command("STARTTLS", "after STARTTLS")
+    if reply.code != 220:
+        raise _Finding(Status.ERROR, f"STARTTLS offered but refused: {reply}")
+    return ehlo
+
+
+async def _conversation(
+    client: SmtpClient, host: str, session: _Session, settings: ProbeSettings
+) -> tuple[Status | None, str]:
+    """The main attempt. Returns (None, handshake error) when TLS 1.2+ could not be set up."""
+    async with _closing(client):
+        await _open_session(client, session)
+        try:
+            ssl_object = await client.starttls(
+                client_context(verify=False), server_hostname=_sni(host)
+            )
+        except (ssl.SSLError, ConnectionError) as exc:
+            return None, _ssl_reason(exc)
+        _record_tls(session, ssl_object, host, settings)
+        ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
+        if ehlo.code != 250:
+            raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
+        if settings.email:
+            session.rcpt = await _rcpt_check(client, settings)
+    return _classify(session, host)
+
+
+@contextlib.asynccontextmanager
+async def _closing(client: SmtpClient) -> AsyncIterator[SmtpClient]:
+    """QUIT and close on the way out; on cancellation drop the connection at once."""
+    try:
+        yield client
+    except asyncio.CancelledError:
+        client.abort()
+        raise
+    finally:
+        if not client.writer.is_closing():
+            await client.close()
+
+
+def _record_tls(
+    session: _Session, ssl_object: ssl.SSLObject, host: str, settings: ProbeSettings
+) -> None:
+    session.tls_version = ssl_object.version()
+    cipher = ssl_object.cipher()
+    session.cipher = cipher[0] if cipher else None
+    chain = peer_chain(ssl_object)
+    if chain:
+        session.certificate = analyse_certificate(chain[0], host, settings.store, chain[1:])
+
+
+def _classify(session: _Session, host: str) -> tuple[Status, str]:
+    version = session.tls_version or "unknown TLS version"
+    if session.tls_version not in MODERN_VERSIONS:
+        return Status.UNSUPPORTED, f"server negotiated {version}; TLS 1.2 or newer is required"
+    cert = session.certificate
+    if cert is None:
+        return Status.RELAXED, f"{version}, but the server sent no certificate"
+    problems = cert.problems
+    if problems:
+        return Status.RELAXED, f"{version}, " + "; ".join(problems)
+    return Status.STRICT, f"{version}, certificate trusted and valid for {host}"
+
+
+async def _rcpt_check(client: SmtpClient, settings: ProbeSettings) -> RcptReply:
+    """MAIL FROM and RCPT TO only, then RSET: the reply says whether the address is accepted."""
+    mail = await client.command(f"MAIL FROM:<{settings.mail_from}>", "after MAIL FROM")
+    if mail.code != 250:
+        reply = RcptReply(mail.code, f"MAIL FROM refused: {mail.message}")
+    else:
+        rcpt = await client.command(f"RCPT TO:<{settings.email}>", "after RCPT TO")
+        reply = RcptReply(rcpt.code, rcpt.message)
+    await client.command("RSET", "after RSET")
+    return reply
+
+
+async def _legacy_probe(
+    address: str, port: int, host: str, session: _Session, settings: ProbeSettings,
+    modern_error: str,
+) -> tuple[Status, str]:
+    """Second connection, any TLS version: name what an old server offers."""
+    client = await SmtpClient.connect(address, port, settings.timeout)
+    async with _closing(client):
+        await _open_session(client, session)
+        try:
+            ssl_object = await client.starttls(
+                client_context(verify=False, legacy=True), server_hostname=_sni(host)
+            )
+        except (ssl.SSLError, ConnectionError):
+            return Status.UNSUPPORTED, f"TLS handshake failed: {modern_error}"
+        _record_tls(session, ssl_object, host, settings)
+    version = session.tls_version or "an unknown TLS version"
+    if version in MODERN_VERSIONS:  # the first failure was about something else
+        return Status.UNSUPPORTED, f"TLS handshake failed: {modern_error}"
+    return Status.UNSUPPORTED, f"server only offers {version}; TLS 1.2 or newer is required"
+
+
+def _sni(host: str) -> str | None:
+    """SNI carries host names only, never IP addresses (RFC 6066 §3)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+def _ssl_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None)
+    return reason.replace("_", " ").lower() if reason else _os_reason(exc)
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _join(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
