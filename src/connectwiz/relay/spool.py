@@ -35,7 +35,8 @@ _STATE_RANK = {"incoming": 0, "active": 1, "deferred": 2}
 @dataclass(slots=True)
 class Recipient:
     address: str
-    status: str = "pending"  # pending | delivered | bounced
+    # pending | delivered | failed (permanently; bounce not yet queued) | bounced
+    status: str = "pending"
     detail: str = ""  # last reply or error, for the DSN and the log
 
 
@@ -54,6 +55,9 @@ class QueueEntry:
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.status == "pending"]
+
+    def failed(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status == "failed"]
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -1,0 +1,293 @@
+"""Receipt: the SMTP server side. aiosmtpd speaks the protocol; this module decides.
+
+Per message the Secure Receipt policy is selected for each recipient (sender, recipient,
+client IP; the header From once DATA is in) and the strictest one wins:
+opportunistic < enforced < tls12_ncsc. Plaintext is refused with 530 under enforced; under
+tls12_ncsc TLS older than 1.2 or a cipher outside ``NCSC_CIPHERS`` is refused too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import ssl
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email import policy as email_policy
+from email.utils import format_datetime, getaddresses
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from connectwiz.policy.model import PolicyModel, ReceiptOption
+from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.relay.events import EventLog
+from connectwiz.relay.settings import RelaySettings
+from connectwiz.relay.spool import QueueEntry, Recipient, new_message_id
+
+# Our reading of the NCSC guidance on TLS for e-mail: TLS 1.3 (all of its suites are AEAD
+# with forward secrecy) or TLS 1.2 with ECDHE key exchange and AES-GCM or ChaCha20-Poly1305.
+NCSC_CIPHERS = frozenset({
+    "TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+})
+_STRICTNESS = {ReceiptOption.OPPORTUNISTIC: 0, ReceiptOption.ENFORCED: 1,
+               ReceiptOption.TLS12_NCSC: 2}
+
+REPLY_STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
+REPLY_RELAY_DENIED = "554 5.7.1 Relay access denied"
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    version: str
+    cipher: str
+    bits: int
+
+
+def session_tls(session: Session) -> TlsInfo | None:
+    extra = session.ssl
+    if not extra:
+        return None
+    obj = extra.get("ssl_object")
+    cipher = extra.get("cipher") or (obj.cipher() if obj else None)
+    if obj is None or cipher is None:
+        return None
+    return TlsInfo(obj.version() or "unknown", cipher[0], int(cipher[2] or 0))
+
+
+def tls_refusal(option: ReceiptOption, tls: TlsInfo | None) -> str | None:
+    """The reply refusing a message under ``option`` given the session's TLS, or None."""
+    if option is ReceiptOption.OPPORTUNISTIC:
+        return None
+    if tls is None:
+        return REPLY_STARTTLS_FIRST
+    if option is ReceiptOption.TLS12_NCSC and (
+        tls.version not in ("TLSv1.2", "TLSv1.3") or tls.cipher not in NCSC_CIPHERS
+    ):
+        return (f"530 5.7.0 TLS 1.2 or newer with an approved cipher required "
+                f"(this session: {tls.version} {tls.cipher})")
+    return None
+
+
+def strictest(options: list[ReceiptOption]) -> ReceiptOption:
+    return max(options, key=_STRICTNESS.__getitem__, default=ReceiptOption.OPPORTUNISTIC)
+
+
+def routing_trick(address: str) -> str | None:
+    """Why an address is refused as a relaying trick (RFC 5321 source routes, the old
+    ``user%host@relay`` and ``host!user`` forms, quoted local parts hiding an ``@``)."""
+    text = address.strip()
+    if text.startswith("<"):
+        text = text[1:]
+    if text.startswith("@"):
+        return "source routes are not accepted"
+    local = text.split(">", 1)[0].rpartition("@")[0]
+    if any(c in local for c in "%!@"):
+        return "'%', '!' and '@' in the local part are not accepted"
+    return None
+
+
+def server_context(cert: str, key: str) -> ssl.SSLContext:
+    """Accept every TLS version a client offers, so that policy — not the handshake — decides
+    and an opportunistic sender with old TLS is not pushed back to plaintext."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+@dataclass(slots=True)
+class ReceiptContext:
+    """What receipt needs from the running relay; the getters see reloads at once."""
+
+    settings: RelaySettings
+    model: Callable[[], PolicyModel]
+    index: Callable[[], PolicyIndex]
+    store: Callable[[QueueEntry, bytes, dict[str, Any]], Awaitable[None]]
+    record_refusal: Callable[[dict[str, Any]], Awaitable[None]]
+    log: EventLog
+
+
+def _client_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _authorized(model: PolicyModel, client_ip: str) -> bool:
+    ip = parse_ip(client_ip)
+    return ip is not None and any(ip.version == net.version and ip in net
+               for net in model.organisation.authorized_outbound)
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with source-route refusal and a cap on concurrent sessions."""
+
+    def __init__(self, handler: ReceiptHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._relay_handler = handler
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        # aiosmtpd drops a source route silently; refuse it before it does.
+        why = routing_trick(arg.partition(":")[2]) if arg and ":" in arg else None
+        if why:
+            await self.push(f"553 5.1.7 Sender address refused: {why}")
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        why = routing_trick(arg.partition(":")[2]) if arg and ":" in arg else None
+        if why:
+            await self.push(f"553 5.1.3 Recipient address refused: {why}")
+            return
+        await super().smtp_RCPT(arg)
+
+    async def _handle_client(self) -> None:
+        sessions = self._relay_handler.sessions
+        if len(sessions) >= self._relay_handler.ctx.settings.max_connections:
+            await self.push("421 4.3.2 Too many connections, try again later")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        sessions.add(self)
+        try:
+            await super()._handle_client()
+        finally:
+            sessions.discard(self)
+
+    def close(self) -> None:
+        """Drop the connection (shutdown after the grace period)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ReceiptHandler:
+    def __init__(self, ctx: ReceiptContext) -> None:
+        self.ctx = ctx
+        self.sessions: set[RelaySMTP] = set()
+
+    def protocol(self, tls_context: ssl.SSLContext) -> RelaySMTP:
+        s = self.ctx.settings
+        return RelaySMTP(self, hostname=s.hostname, ident="connectwiz",
+                         data_size_limit=s.max_message_size, tls_context=tls_context,
+                         require_starttls=False, timeout=s.idle_timeout)
+
+    def _context(self, envelope: Envelope, recipient: str, session: Session,
+                 header_from: str | None = None) -> MessageContext:
+        return MessageContext(envelope_from=envelope.mail_from or "", header_from=header_from,
+                              recipient=recipient, client_ip=parse_ip(_client_ip(session)),
+                              at=datetime.now(UTC))
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.ctx.settings.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        index = self.ctx.index()
+        client_ip = _client_ip(session)
+        if not index.is_internal(address) and not _authorized(self.ctx.model(), client_ip):
+            self.ctx.log("refused", client=client_ip, to=address, reason="relay access denied")
+            return REPLY_RELAY_DENIED
+        decision = index.receipt(self._context(envelope, address, session))
+        refusal = tls_refusal(decision.option, session_tls(session))
+        if refusal:
+            self.ctx.log("refused", client=client_ip, to=address, reason=refusal,
+                         policy=_policy_name(decision))
+            return refusal
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        client_ip = _client_ip(session)
+        tls = session_tls(session)
+        record: dict[str, Any] = {
+            "client_ip": client_ip, "helo": session.host_name,
+            "mail_from": envelope.mail_from or "", "recipients": list(envelope.rcpt_tos),
+            "tls_version": tls.version if tls else None, "tls_cipher": tls.cipher if tls else None,
+            "size": len(raw),
+        }
+        if _BARE_NEWLINE.search(raw):
+            # SMTP smuggling: a bare LF or CR could hide a second message end from us but
+            # not from the next hop (or the other way round). Refuse the whole message.
+            reply = "550 5.5.2 Message refused: bare LF or bare CR in DATA (RFC 5321 2.3.8)"
+            await self.ctx.record_refusal({**record, "result": reply})
+            return reply
+        header_from = _header_from(raw)
+        index = self.ctx.index()
+        decisions = [index.receipt(self._context(envelope, r, session, header_from))
+                     for r in envelope.rcpt_tos]
+        option = strictest([d.option for d in decisions])
+        winner = next((d for d in decisions if d.option is option), None)
+        record.update(header_from=header_from, receipt_option=str(option),
+                      policy=_policy_name(winner))
+        refusal = tls_refusal(option, tls)
+        if refusal:
+            await self.ctx.record_refusal({**record, "result": refusal})
+            return refusal
+        msg_id = new_message_id()
+        received = _received_header(self.ctx.settings.hostname, session, tls, msg_id,
+                                    envelope.rcpt_tos)
+        entry = QueueEntry(
+            id=msg_id, mail_from=envelope.mail_from or "",
+            recipients=[Recipient(r) for r in envelope.rcpt_tos],
+            received_at=datetime.now(UTC).timestamp(), client_ip=client_ip,
+            header_from=header_from, is_bounce=not envelope.mail_from,
+        )
+        record["result"] = "accepted"
+        try:
+            await self.ctx.store(entry, received + raw, record)
+        except OSError as exc:
+            self.ctx.log("error", client=client_ip, reason=f"spool write failed: {exc}")
+            return "451 4.3.0 Could not queue the message, try again later"
+        return f"250 2.0.0 Ok: queued as {msg_id}"
+
+
+def _policy_name(decision: Any) -> str:
+    policy = getattr(decision, "policy", None)
+    return policy.narrative if policy is not None else "default (opportunistic)"
+
+
+def _header_from(raw: bytes) -> str | None:
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[: end + 2]
+    try:
+        value = message_from_bytes(head, policy=email_policy.compat32).get("From")
+    except Exception:  # a hostile header block must not stop receipt
+        return None
+    if not value:
+        return None
+    addresses = [a for _, a in getaddresses([str(value)]) if a]
+    return addresses[0] if addresses else None
+
+
+def _received_header(hostname: str, session: Session, tls: TlsInfo | None, msg_id: str,
+                     rcpts: list[str]) -> bytes:
+    helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:200]
+    ip = _client_ip(session)
+    if tls:
+        proto = "ESMTPS" if session.extended_smtp else "SMTPS"
+        using = f"\r\n\t(using {tls.version} with cipher {tls.cipher} ({tls.bits} bits))"
+    else:
+        proto, using = ("ESMTP" if session.extended_smtp else "SMTP"), ""
+    # Only name the recipient when there is one, so the header does not leak a Bcc list.
+    for_part = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    date = format_datetime(datetime.now(UTC))
+    return (f"Received: from {helo} ([{ip}]){using}\r\n\tby {hostname} (connectwiz) "
+            f"with {proto} id {msg_id}{for_part}; {date}\r\n").encode("utf-8", "replace")

@@ -1,0 +1,336 @@
+"""The running relay: SMTP receipt, the queue scheduler, delivery workers, signals.
+
+Lifecycle: ``start()`` loads the policy (a broken bundle is a UserError), recovers the
+spool, listens; ``reload()`` (SIGHUP) swaps the policy only when the new one loads;
+``stop()`` (SIGTERM) stops listening, lets sessions and deliveries finish for up to
+``settings.shutdown_grace`` seconds, then drops what is left — anything not delivered is
+still in the spool and is picked up again on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from connectwiz.errors import UserError
+from connectwiz.policy.model import PolicyModel
+from connectwiz.policy.select import PolicyIndex
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.deliver import Deliverer, group_recipients
+from connectwiz.relay.dsn import build_dsn
+from connectwiz.relay.events import EventLog
+from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
+from connectwiz.relay.settings import RelaySettings
+from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.tlscert import ensure_self_signed
+
+
+class Relay:
+    def __init__(
+        self,
+        load_policy: Callable[[], PolicyModel],
+        spool_dir: Path,
+        listen: tuple[str, int] = ("127.0.0.1", 2525),
+        options: NetworkOptions | None = None,
+        settings: RelaySettings | None = None,
+        log: EventLog | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        self.load_policy = load_policy
+        self.spool = Spool(Path(spool_dir))
+        self.msglog = MessageLog(Path(spool_dir))
+        self.listen = listen
+        self.options = options or NetworkOptions()
+        self.settings = settings or RelaySettings()
+        self.log = log or EventLog()
+        self.tls_cert, self.tls_key = tls_cert, tls_key
+        self.deliverer = Deliverer(self.options, self.settings.hostname)
+        self._model = PolicyModel()
+        self._index = PolicyIndex(self._model)
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[None]] = set()
+        self._queued: set[str] = set()  # ids waiting in _ready or being delivered
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._handler: ReceiptHandler | None = None
+        self.address: tuple[str, int] = listen
+
+    # -- policy --------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> PolicyModel:
+        return self._model
+
+    def _set_model(self, model: PolicyModel) -> None:
+        index = PolicyIndex(model)  # built first: a model it rejects must not half-apply
+        self._model, self._index = model, index
+
+    async def reload(self) -> bool:
+        try:
+            model = await asyncio.to_thread(self.load_policy)
+            self._set_model(model)
+        except Exception as exc:  # anything: the old policy must stay in force
+            self.log("reload-refused", reason=str(exc) or type(exc).__name__,
+                     note="the previous policy stays in force")
+            return False
+        self.log("reloaded", **_policy_summary(model))
+        return True
+
+    # -- start / stop --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.spool.create)
+        model = await asyncio.to_thread(self.load_policy)
+        self._set_model(model)
+        self.log("policy", **_policy_summary(model))
+        cert, key = self.tls_cert, self.tls_key
+        if cert is None or key is None:
+            cert, key, created = await asyncio.to_thread(
+                ensure_self_signed, self.spool.root / "tls", self.settings.hostname)
+            if created:
+                self.log("tls-cert-generated", cert=str(cert), key=str(key),
+                         note="self-signed; pass --tls-cert/--tls-key to use your own")
+        try:
+            tls_context = server_context(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"cannot use TLS certificate {cert} / key {key}: {exc}") from None
+        ready, deferred = await asyncio.to_thread(self.spool.recover)
+        self._handler = ReceiptHandler(ReceiptContext(
+            settings=self.settings, model=lambda: self._model, index=lambda: self._index,
+            store=self._store, record_refusal=self._record_refusal, log=self.log))
+        loop = asyncio.get_running_loop()
+        handler = self._handler
+        host, port = self.listen
+        try:
+            self._server = await loop.create_server(
+                lambda: handler.protocol(tls_context), host, port)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.address = self._server.sockets[0].getsockname()[:2]
+        self._workers = [asyncio.create_task(self._worker())
+                         for _ in range(self.settings.delivery_workers)]
+        for entry in ready:
+            self._enqueue(entry.id)
+        for entry in deferred:
+            self._schedule(entry.id, entry.next_attempt - time.time())
+        self.log("listening", host=self.address[0], port=self.address[1],
+                 spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred))
+
+    async def stop(self) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        self.log("stopping", grace_s=self.settings.shutdown_grace)
+        if self._server is not None:
+            self._server.close()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        sessions = self._handler.sessions if self._handler else set()
+        while sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for proto in list(sessions):
+            proto.close()
+        if self._busy:
+            await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        counts = await asyncio.to_thread(self.spool.counts)
+        self.log("stopped", **counts)
+        self._stopped.set()
+
+    async def serve_until_signalled(self) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # -- receipt callbacks ---------------------------------------------------------------------
+
+    async def _store(self, entry: QueueEntry, body: bytes, record: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._store_sync, entry, body, record)
+        self.log("received", id=entry.id, client=record["client_ip"], mail_from=entry.mail_from,
+                 rcpts=len(entry.recipients), tls=record["tls_version"] or "none",
+                 cipher=record["tls_cipher"], receipt=record.get("receipt_option"),
+                 policy=record.get("policy"), size=record["size"])
+        self._enqueue(entry.id)
+
+    def _store_sync(self, entry: QueueEntry, body: bytes, record: dict[str, Any]) -> None:
+        self.spool.accept(entry, body)
+        self.msglog.append(entry.id, "received", **record)
+
+    async def _record_refusal(self, record: dict[str, Any]) -> None:
+        msg_id = new_message_id()
+        await asyncio.to_thread(self.msglog.append, msg_id, "received", **record)
+        self.log("refused", id=msg_id, client=record["client_ip"], reason=record["result"],
+                 policy=record.get("policy"))
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _enqueue(self, msg_id: str) -> None:
+        self._timers.pop(msg_id, None)
+        if msg_id not in self._queued and not self._stopping:
+            self._queued.add(msg_id)
+            self._ready.put_nowait(msg_id)
+
+    def _schedule(self, msg_id: str, delay: float) -> None:
+        if self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[msg_id] = loop.call_later(max(delay, 0.0), self._enqueue, msg_id)
+
+    async def _worker(self) -> None:
+        while not self._stopping:
+            msg_id = await self._ready.get()
+            if self._stopping:
+                return
+            task = asyncio.create_task(self._process(msg_id))
+            self._busy.add(task)
+            try:
+                await task
+            except Exception as exc:  # a bug must not kill the worker; the entry stays queued
+                self.log("error", id=msg_id, reason=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._busy.discard(task)
+                self._queued.discard(msg_id)
+
+    def _claim(self, msg_id: str) -> tuple[QueueEntry, bytes] | None:
+        for state in ("incoming", "deferred"):
+            try:
+                self.spool.move(msg_id, state, "active")
+            except FileNotFoundError:
+                continue
+            return self.spool.read_entry("active", msg_id), self.spool.read_body(msg_id)
+        return None
+
+    async def _process(self, msg_id: str) -> None:
+        claimed = await asyncio.to_thread(self._claim, msg_id)
+        if claimed is None:
+            return
+        entry, body = claimed
+        model, index = self._model, self._index
+        entry.attempts += 1
+        for group in group_recipients(entry, model, index):
+            attempts = await self.deliverer.deliver_group(entry, body, group, model)
+            await asyncio.to_thread(self._record_group, entry, group.policy, attempts,
+                                    group.recipients)
+        now = time.time()
+        pending = entry.pending()
+        expired = bool(pending) and now - entry.received_at >= self.settings.max_lifetime
+        if expired:
+            for rcpt in pending:
+                rcpt.status = "failed"
+                rcpt.detail = (f"gave up after {entry.attempts} attempts over "
+                               f"{_duration(now - entry.received_at)}; last error: "
+                               f"{rcpt.detail or 'none recorded'}")
+            await asyncio.to_thread(self.msglog.append, entry.id, "expired",
+                                    recipients=[r.address for r in pending])
+        if entry.failed():
+            await self._bounce(entry, body, expired)
+        pending = entry.pending()
+        if pending:
+            delay = self.settings.backoff(entry.attempts)
+            entry.next_attempt = now + delay
+            await asyncio.to_thread(self._defer_sync, entry, pending)
+            self.log("deferred", id=entry.id, rcpts=len(pending), retry_in_s=round(delay, 3),
+                     reason=pending[0].detail)
+            self._schedule(entry.id, delay)
+        else:
+            await asyncio.to_thread(self.spool.finish, entry.id)
+            self.log("done", id=entry.id, attempts=entry.attempts)
+
+    def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
+                      recipients: list[Recipient]) -> None:
+        for att in attempts:
+            self.msglog.append(entry.id, "attempt", policy=policy, **att.as_record())
+            self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
+                     definition=att.definition, tls=att.tls_version or "none",
+                     cipher=att.tls_cipher, verified=att.certificate_verified,
+                     outcome=att.outcome, reply=att.error or att.reply)
+        done = [r.address for r in recipients if r.status == "delivered"]
+        if done:
+            self.msglog.append(entry.id, "delivered", recipients=done)
+        self.spool.update_active(entry)
+
+    def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
+        self.msglog.append(entry.id, "deferred", recipients=[r.address for r in pending],
+                           reason=pending[0].detail, next_attempt=entry.next_attempt)
+        self.spool.defer(entry)
+
+    async def _bounce(self, entry: QueueEntry, body: bytes, expired: bool) -> None:
+        failed = entry.failed()
+        addresses = [r.address for r in failed]
+        reason = failed[0].detail
+        if not entry.mail_from or entry.is_bounce:
+            await asyncio.to_thread(self.msglog.append, entry.id, "bounced",
+                                    recipients=addresses, reason=reason,
+                                    note="null sender: no bounce for a bounce")
+            self.log("bounced", id=entry.id, rcpts=len(failed), reason=reason, dsn="none")
+        else:
+            dsn = build_dsn(entry, failed, body, self.settings.hostname, expired)
+            bounce = QueueEntry(id=new_message_id(), mail_from="",
+                                recipients=[Recipient(entry.mail_from)],
+                                received_at=time.time(), is_bounce=True)
+            await asyncio.to_thread(self._store_bounce, entry, bounce, dsn, addresses, reason)
+            self.log("bounced", id=entry.id, rcpts=len(failed), reason=reason, dsn=bounce.id)
+            self._enqueue(bounce.id)
+        for rcpt in failed:
+            rcpt.status = "bounced"
+        await asyncio.to_thread(self.spool.update_active, entry)
+
+    def _store_bounce(self, entry: QueueEntry, bounce: QueueEntry, dsn: bytes,
+                      addresses: list[str], reason: str) -> None:
+        self.spool.accept(bounce, dsn)
+        self.msglog.append(bounce.id, "received", client_ip="local", helo=None, mail_from="",
+                           recipients=[entry.mail_from], tls_version=None, tls_cipher=None,
+                           size=len(dsn), result="accepted", receipt_option=None,
+                           policy=f"delivery status notification for {entry.id}")
+        self.msglog.append(entry.id, "bounced", recipients=addresses, reason=reason,
+                           dsn=bounce.id)
+
+    # -- for tests and the benchmark -----------------------------------------------------------
+
+    async def idle(self) -> None:
+        """Wait until nothing is queued for immediate delivery (deferred entries may remain)."""
+        while self._queued:
+            await asyncio.sleep(0.02)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _policy_summary(model: PolicyModel) -> dict[str, int]:
+    return {"delivery_policies": len(model.delivery_policies),
+            "receipt_policies": len(model.receipt_policies),
+            "inbound_routes": len(model.inbound_routes),
+            "external_domains": len(model.external_domains)}
+
