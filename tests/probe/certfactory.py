@@ -1,0 +1,82 @@
+"""Certificates made in the test, with cryptography: a root, an intermediate, leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+_KEY = ec.generate_private_key(ec.SECP256R1())  # one key for all: generation is the slow part
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(cn: str = "Test Root", issuer: tuple[x509.Certificate, object] | None = None,
+            key: ec.EllipticCurvePrivateKey | None = None) -> tuple[x509.Certificate, object]:
+    """A CA certificate (a root, or an intermediate when ``issuer`` is given) and its key."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer_cert.subject if issuer_cert else _name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - 3650 * DAY)
+        .not_valid_after(NOW + 3650 * DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, key_encipherment=False,
+            content_commitment=False, data_encipherment=False, key_agreement=False,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer_key.public_key()), critical=False)
+    )
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def make_leaf(
+    names: list[str],
+    issuer: tuple[x509.Certificate, object] | None,
+    *,
+    not_before: dt.datetime = NOW - 30 * DAY,
+    not_after: dt.datetime = NOW + 300 * DAY,
+    key: object | None = None,
+    ips: list[str] | None = None,
+) -> x509.Certificate:
+    """A server certificate for ``names``; self-signed when ``issuer`` is None."""
+    key = key or _KEY
+    subject = _name(names[0] if names else "no-names")
+    issuer_name = issuer[0].subject if issuer else subject
+    signing_key = issuer[1] if issuer else key
+    san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips or []]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            signing_key.public_key()), critical=False)
+    )
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)

@@ -1,0 +1,152 @@
+"""Certificate analysis and classification as pure functions, with certificates made here."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.x509.verification import Store
+
+from connectwiz.probe.certs import analyse_certificate, match_hostname
+from connectwiz.probe.host import classify
+from connectwiz.probe.results import Status
+
+from .certfactory import DAY, NOW, make_ca, make_leaf, rsa_key
+
+ROOT = make_ca("Test Root")
+STORE = Store([ROOT[0]])
+HOST = "mx.partner.example"
+
+
+def analyse(leaf, host=HOST, intermediates=None, store=STORE):
+    return analyse_certificate(leaf, host, store, intermediates, now=NOW)
+
+
+def test_trusted_valid_matching_certificate_is_strict():
+    info = analyse(make_leaf([HOST], ROOT))
+    assert (info.trusted, info.self_signed, info.hostname_match, info.expired) == (
+        True, False, True, False)
+    assert info.problems == []
+    status, reason = classify("TLSv1.3", info, HOST)
+    assert status == Status.STRICT
+    assert "TLSv1.3" in reason
+
+
+def test_self_signed_is_relaxed_and_says_so():
+    info = analyse(make_leaf([HOST], None))
+    assert info.self_signed and not info.trusted
+    status, reason = classify("TLSv1.2", info, HOST)
+    assert status == Status.RELAXED
+    assert "self-signed" in reason
+
+
+def test_unknown_issuer_names_the_issuer():
+    other = make_ca("Other Root")
+    info = analyse(make_leaf([HOST], other))
+    assert not info.trusted and not info.self_signed
+    status, reason = classify("TLSv1.3", info, HOST)
+    assert status == Status.RELAXED
+    assert "unknown CA" in reason and "Other Root" in reason
+
+
+def test_expired_certificate_from_trusted_ca_is_trusted_but_expired():
+    leaf = make_leaf([HOST], ROOT, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
+    info = analyse(leaf)
+    assert info.trusted and info.expired and info.hostname_match
+    status, reason = classify("TLSv1.3", info, HOST)
+    assert status == Status.RELAXED
+    assert "expired on" in reason
+    assert (NOW - 30 * DAY).strftime("%Y-%m-%d") in reason
+
+
+def test_not_yet_valid_certificate():
+    info = analyse(make_leaf([HOST], ROOT, not_before=NOW + DAY, not_after=NOW + 90 * DAY))
+    assert info.not_yet_valid and not info.expired and info.trusted
+    assert "not valid before" in classify("TLSv1.3", info, HOST)[1]
+
+
+def test_name_mismatch_lists_names_on_certificate():
+    info = analyse(make_leaf(["a.other.example", "b.other.example"], ROOT))
+    assert info.trusted and not info.hostname_match
+    status, reason = classify("TLSv1.3", info, HOST)
+    assert status == Status.RELAXED
+    assert "a.other.example, b.other.example" in reason and "mismatch" in reason
+
+
+def test_several_problems_are_all_reported():
+    leaf = make_leaf(["elsewhere.example"], None, not_before=NOW - 90 * DAY,
+                     not_after=NOW - DAY)
+    reason = classify("TLSv1.2", analyse(leaf), HOST)[1]
+    assert "self-signed" in reason and "expired" in reason and "elsewhere.example" in reason
+
+
+def test_wildcard_certificate_matches_one_label():
+    info = analyse(make_leaf(["*.partner.example"], ROOT))
+    assert info.hostname_match and info.problems == []
+    assert classify("TLSv1.3", info, HOST)[0] == Status.STRICT
+
+
+def test_intermediate_sent_by_server_completes_the_chain():
+    intermediate = make_ca("Test Intermediate", issuer=ROOT)
+    leaf = make_leaf([HOST], intermediate)
+    assert analyse(leaf, intermediates=[intermediate[0]]).problems == []
+    without = analyse(leaf)
+    assert not without.trusted
+    assert "unknown CA" in without.problems[0]
+
+
+def test_no_trust_store_means_nothing_is_trusted():
+    info = analyse(make_leaf([HOST], ROOT), store=None)
+    assert not info.trusted and info.hostname_match
+
+
+def test_ip_route_matches_ip_san_only():
+    leaf = make_leaf(["mail.corp.example"], ROOT, ips=["192.0.2.7"])
+    assert analyse(leaf, host="192.0.2.7").problems == []
+    assert not analyse(leaf, host="192.0.2.8").hostname_match
+
+
+def test_old_tls_is_unsupported_even_with_a_good_certificate():
+    info = analyse(make_leaf([HOST], ROOT))
+    status, reason = classify("TLSv1", info, HOST)
+    assert status == Status.UNSUPPORTED
+    assert "TLSv1" in reason and "1.2" in reason
+
+
+def test_certificate_details():
+    leaf = make_leaf([HOST, "mx2.partner.example"], ROOT, key=rsa_key(2048))
+    info = analyse(leaf)
+    assert info.key_type == "RSA" and info.key_size == 2048
+    assert info.signature_algorithm == "ecdsa-with-SHA256"  # signed by the EC root
+    assert analyse(make_leaf([HOST], None, key=rsa_key(2048))).signature_algorithm == \
+        "sha256WithRSAEncryption"
+    assert info.names == (HOST, "mx2.partner.example")
+    assert info.subject == f"CN={HOST}" and info.issuer == "CN=Test Root"
+    ec_info = analyse(make_leaf([HOST], ROOT))
+    assert ec_info.key_type == "EC secp256r1" and ec_info.key_size == 256
+    as_json = ec_info.to_json()
+    assert set(as_json) == {"subject", "issuer", "names", "not_before", "not_after", "trusted",
+                            "self_signed", "hostname_match", "expired"}
+    assert as_json["not_before"] == (NOW - 30 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    ("names", "host", "expected"),
+    [
+        (["mx.example.com"], "mx.example.com", True),
+        (["MX.Example.COM."], "mx.example.com.", True),  # case and trailing dot do not matter
+        (["*.example.com"], "mx.example.com", True),
+        (["*.example.com"], "a.b.example.com", False),  # exactly one label
+        (["*.example.com"], "example.com", False),  # not the bare parent
+        (["*.com"], "example.com", False),  # too broad: two labels must follow the wildcard
+        (["f*.example.com"], "foo.example.com", False),  # partial wildcards: not supported
+        (["mx.*.example.com"], "mx.a.example.com", False),  # left-most label only
+        (["*.*.example.com"], "a.b.example.com", False),
+        (["other.example.com"], "mx.example.com", False),
+        (["192.0.2.1"], "192.0.2.1", True),
+        (["*.0.2.1"], "192.0.2.1", False),  # IPs never match DNS patterns
+        (["192.0.2.1"], "mx.example.com", False),
+        (["2001:db8::1"], "2001:DB8:0::1", True),
+        ([], "mx.example.com", False),
+    ],
+)
+def test_rfc6125_name_matching(names, host, expected):
+    assert match_hostname(names, host) is expected
