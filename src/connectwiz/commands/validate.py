@@ -1,0 +1,119 @@
+"""`connectwiz validate`: check that partner domains and inbound routes support TLS."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import TextIO
+
+from connectwiz.errors import UserError
+from connectwiz.policy.domains import display_domain
+from connectwiz.probe.batch import validate_targets
+from connectwiz.probe.options import options_from, parse_host_port
+from connectwiz.probe.results import HostResult, Status, Target, TargetResult
+
+LABELS = {
+    Status.STRICT: ("✔", "Supports TLS — Strict"),
+    Status.RELAXED: ("✔", "Supports TLS — Relaxed"),
+    Status.UNSUPPORTED: ("✖", "TLS Not Supported"),
+    Status.ERROR: ("!", "Error"),
+}
+_ASCII_MARKS = {"✔": "+", "✖": "x", "!": "!"}
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(
+        nameserver=args.nameserver, smtp_port=args.smtp_port, ca_file=args.ca_file,
+        timeout=args.timeout, concurrency=args.concurrency,
+    )
+    targets = [Target.route(*parse_host_port(r, options.smtp_port)) for r in args.route]
+    targets += [Target.domain(d) for d in args.targets]
+    if not targets:
+        raise UserError("nothing to validate: give a DOMAIN or --route HOST[:PORT]")
+    if args.email is not None:
+        local, at, domain = args.email.rpartition("@")
+        if not at or not local or not domain or any(c in args.email for c in " <>\r\n"):
+            raise UserError(f"--email {args.email!r}: expected an address like user@example.com")
+    progress = _Progress(len(targets), sys.stderr) if sys.stderr.isatty() else None
+    results = asyncio.run(
+        validate_targets(targets, options, email=args.email, progress=progress)
+    )
+    if progress is not None:
+        progress.clear()
+    if args.json:
+        json.dump([r.to_json() for r in results], sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        for result in results:
+            _print_result(result, args.verbose, sys.stdout)
+    return 0 if all(r.supports_tls for r in results) else 1
+
+
+class _Progress:
+    """One self-overwriting status line on stderr (a terminal only)."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.done, self.stream = total, 0, stream
+
+    def __call__(self, result: TargetResult) -> None:
+        self.done += 1
+        line = f"validated {self.done}/{self.total}: {result.target} {result.status}"
+        self.stream.write("\r\033[K" + line[:120])
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r\033[K")
+        self.stream.flush()
+
+
+def _print_result(result: TargetResult, verbose: bool, out: TextIO) -> None:
+    mark, label = LABELS[result.status]
+    name = result.target
+    if result.kind == "domain" and display_domain(name) != name:
+        name = f"{name} ({display_domain(name)})"
+    _write(out, f"{mark} {name}: {label} — {result.reason}")
+    if verbose:
+        for host in result.hosts:
+            for line in _host_lines(host):
+                _write(out, "    " + line)
+
+
+def _host_lines(host: HostResult) -> list[str]:
+    where = f"[{host.address}]" if host.address and ":" in host.address else host.address
+    pref = f" (preference {host.preference})" if host.preference is not None else ""
+    lines = [f"{host.host} {where or '-'}:{host.port}{pref}: {host.status} — {host.reason}"]
+    tls = f"{host.tls_version} {host.cipher}" if host.tls_version else "no TLS session"
+    lines.append(f"  STARTTLS {'offered' if host.starttls else 'not offered'}; {tls}; "
+                 f"{host.elapsed_ms} ms")
+    cert = host.certificate
+    if cert is not None:
+        key = f"{cert.key_type} {cert.key_size} bits" if cert.key_size else cert.key_type
+        lines += [
+            f"  subject:   {cert.subject}",
+            f"  issuer:    {cert.issuer}" + (" (self-signed)" if cert.self_signed else ""),
+            f"  names:     {', '.join(cert.names) or '(none)'}",
+            f"  valid:     {cert.not_before:%Y-%m-%d %H:%M} to {cert.not_after:%Y-%m-%d %H:%M} UTC",
+            f"  key:       {key}; signature {cert.signature_algorithm}",
+            f"  checks:    trusted={_yn(cert.trusted)} name={_yn(cert.hostname_match)} "
+            f"dates={_yn(not cert.expired and not cert.not_yet_valid)}",
+        ]
+    if host.rcpt is not None:
+        lines.append(f"  RCPT TO:   {host.rcpt.code} {host.rcpt.message}")
+    return lines
+
+
+def _yn(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _write(out: TextIO, line: str) -> None:
+    encoding = getattr(out, "encoding", None) or "utf-8"
+    try:
+        line.encode(encoding)
+    except UnicodeEncodeError:  # e.g. LANG=C piping: keep the output readable
+        for fancy, plain in _ASCII_MARKS.items():
+            line = line.replace(fancy, plain)
+        line = line.replace("—", "-").encode(encoding, "replace").decode(encoding)
+    out.write(line + "\n")
