@@ -30,10 +30,6 @@ class Address(NamedTuple):
     text: str
     domain: str | None
 
-    @property
-    def is_null(self) -> bool:
-        return self.text == ""
-
 
 def _strip(text: str) -> str:
     text = text.strip()

@@ -217,8 +217,7 @@ class _ScopeMatcher:
         applies = self.applies
         if applies is Applies.EVERYONE:
             return True
-        if address.is_null:
-            return False
+        # The null sender ('' with no domain) falls through every test below.
         if applies is Applies.DOMAIN:
             return address.domain in self.keys
         if applies in _KEYED_BY_ADDRESS:
