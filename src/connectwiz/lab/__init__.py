@@ -1,0 +1,15 @@
+"""The lab: a local CA, a DNS server and SMTP servers with known TLS behaviour, on loopback.
+
+Used by ``connectwiz lab``, ``connectwiz demo`` and the test suite; nothing here talks to
+anything but 127.0.0.0/8. See docs/lab.md for what each lab domain demonstrates.
+"""
+
+from connectwiz.lab.ca import LabCA
+from connectwiz.lab.runner import Lab, LabHandle, run_in_thread
+from connectwiz.lab.smtp import LabMessage, LabSession
+from connectwiz.lab.zones import DOMAINS, ROUTES, LabDomain, LabHost
+
+__all__ = [
+    "DOMAINS", "ROUTES", "Lab", "LabCA", "LabDomain", "LabHandle", "LabHost", "LabMessage",
+    "LabSession", "run_in_thread",
+]

@@ -56,6 +56,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _subject(names: list[str]) -> x509.Name:
+    # A CN holds at most 64 characters; the SAN carries the real names anyway.
+    cn = next((n for n in names if len(n) <= 64), "connectwiz lab server")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
 def _leaf_extensions(
     builder: x509.CertificateBuilder, names: list[str], key: PrivateKey
 ) -> x509.CertificateBuilder:
@@ -146,7 +152,7 @@ class LabCA:
         now = _now()
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .subject_name(_subject(names))
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -164,7 +170,7 @@ class LabCA:
         """A certificate for ``names`` signed by its own key (no CA): (cert path, key path)."""
         key, key_path = self.key_for(key_type)
         now = _now()
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        subject = _subject(names)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -1,0 +1,300 @@
+"""The whole lab: CA + DNS + SMTP servers, as an async context manager or in a thread.
+
+    async with Lab(smtp_port=0) as lab:           # in an event loop
+        ...lab.nameserver, lab.smtp_port, lab.ca_file, lab.domains...
+
+    handle = run_in_thread(smtp_port=0)           # for sync code, pytest, the TUI
+    ...
+    handle.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import errno
+import shutil
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from connectwiz.lab.ca import LabCA, spki_sha256
+from connectwiz.lab.dns import DNSServer, Zone
+from connectwiz.lab.smtp import (
+    PROFILES,
+    LabMessage,
+    LabSession,
+    Recorder,
+    SMTPServer,
+    server_context,
+)
+from connectwiz.lab.zones import (
+    BENCH_SUFFIX,
+    CNAME_ALIAS,
+    CNAME_TARGET,
+    DOMAINS,
+    REFUSED_PROFILE,
+    ROUTES,
+    LabDomain,
+    LabHost,
+    bench_domains,
+    build_zone,
+)
+
+WRONG_NAME = "not-this-host.example"  # what the "wrongname" profile's certificate names
+_SINK_FIRST = 100  # sinks added at run time get 127.0.0.100 upward
+
+
+class Lab:
+    """CA, DNS server on 127.0.0.1 and one SMTP server per lab host, all on loopback.
+
+    ``smtp_port``: the one port every lab SMTP server listens on (each on its own 127.0.0.x);
+    0 picks a free one. ``greeting_delay``: seconds the slow servers wait before greeting.
+    ``extra_slow_domains``: that many extra strict domains (``dNNNN.bench.example``), each
+    with its own slow server on its own address, for concurrency benchmarks.
+    """
+
+    def __init__(self, smtp_port: int = 0, *, dns_port: int = 0,
+                 directory: Path | str | None = None, greeting_delay: float = 1.5,
+                 extra_slow_domains: int = 0) -> None:
+        self._requested_port = smtp_port
+        self._dns_port = dns_port
+        self._own_dir = directory is None
+        self.directory = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="cwlab-"))
+        self.greeting_delay = greeting_delay
+        self.recorder = Recorder()
+        self.ca = LabCA(self.directory / "ca")
+        self.ca_file: Path = self.ca.ca_file
+        all_domains = DOMAINS + bench_domains(extra_slow_domains)
+        self.domains: dict[str, LabDomain] = {d.name: d for d in all_domains}
+        self.expected_routes: dict[str, LabDomain] = {r.name: r for r in ROUTES}
+        self.zone: Zone = build_zone(all_domains, ROUTES)
+        self.dns = DNSServer([self.zone], port=dns_port)
+        self.smtp_port = smtp_port
+        self.servers: dict[str, SMTPServer] = {}  # by address
+        self._hosts: dict[str, LabHost] = {}
+        self._sinks = 0
+        self._build_servers(all_domains)
+
+    # -- public view -----------------------------------------------------------------------
+
+    @property
+    def nameserver(self) -> tuple[str, int]:
+        return self.dns.address
+
+    @property
+    def routes(self) -> list[tuple[str, int]]:
+        """Sample inbound routes (internal servers): trusted, self-signed, no STARTTLS."""
+        return [(r.name, self.smtp_port) for r in ROUTES]
+
+    @property
+    def sessions(self) -> list[LabSession]:
+        return self.recorder.sessions
+
+    @property
+    def messages(self) -> list[LabMessage]:
+        return self.recorder.messages
+
+    def info(self) -> dict[str, Any]:
+        host, port = self.nameserver
+        return {
+            "nameserver": f"{host}:{port}",
+            "smtp_port": self.smtp_port,
+            "ca_file": str(self.ca_file),
+            "domains": {d.name: d.expected for d in self.domains.values()
+                        if not d.name.endswith(BENCH_SUFFIX)},
+            "routes": [f"{h}:{p}" for h, p in self.routes],
+        }
+
+    def address_of(self, host: str) -> str:
+        """The loopback address a lab host name resolves to."""
+        return self._hosts[host.lower().rstrip(".")].address
+
+    def sessions_to(self, host: str) -> list[LabSession]:
+        """Sessions the server behind ``host`` has seen so far."""
+        address = self.address_of(host)
+        return [s for s in list(self.sessions) if s.address[0] == address]
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Lab:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self.dns.start()
+        try:
+            await self._start_smtp()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.servers.values()),
+                             return_exceptions=True)
+        await self.dns.stop()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    async def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
+        """A new server with ``profile`` (default: trusted, accepts everything) for ``names``.
+
+        The names get A records in the lab DNS and go into the certificate. Returns the
+        server's (address, port); the port is the lab's ``smtp_port``.
+        """
+        self._sinks += 1
+        address = f"127.0.0.{_SINK_FIRST + self._sinks}"
+        hosts = [LabHost(n.lower().rstrip("."), address, profile) for n in names]
+        server = self._server_for(hosts)
+        await server.start()
+        for h in hosts:
+            self.zone.add(f"{h.name}.", "A", address)
+        return address, server.port
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _build_servers(self, domains: tuple[LabDomain, ...]) -> None:
+        by_address: dict[str, list[LabHost]] = {}
+        for h in (h for d in (*domains, *ROUTES) for h in d.hosts):
+            self._hosts[h.name] = h
+            if h.profile != REFUSED_PROFILE:
+                by_address.setdefault(h.address, []).append(h)
+        bench = [hs for hs in by_address.values() if hs[0].name.endswith(BENCH_SUFFIX)]
+        bench_ctx = None
+        if bench:  # one wildcard certificate serves every benchmark host
+            cert, key = self.ca.issue([f"*.{BENCH_SUFFIX}"])
+            bench_ctx = server_context(cert, key)
+        for hosts in by_address.values():
+            ctx = bench_ctx if hosts[0].name.endswith(BENCH_SUFFIX) else None
+            self._server_for(hosts, ctx)
+        trusted_cert = self.servers[self.address_of("mx.trusted.example")].cert_path
+        assert trusted_cert is not None
+        self.zone.add("_25._tcp.mx.trusted.example.", "TLSA",
+                      f"3 1 1 {spki_sha256(trusted_cert)}")
+
+    def _server_for(self, hosts: list[LabHost],
+                    ctx: ssl.SSLContext | None = None) -> SMTPServer:
+        profile = PROFILES[hosts[0].profile]
+        names = [h.name for h in hosts]
+        if CNAME_ALIAS in names:
+            names.append(CNAME_TARGET)
+        cert_path = None
+        if ctx is None:
+            now = dt.datetime.now(dt.UTC)
+            if profile.cert == "selfsigned":
+                cert_path, key = self.ca.self_signed(names)
+            elif profile.cert == "expired":
+                cert_path, key = self.ca.issue(names, not_before=now - dt.timedelta(days=400),
+                                               not_after=now - dt.timedelta(days=30))
+            elif profile.cert == "wrongname":
+                cert_path, key = self.ca.issue([WRONG_NAME])
+            else:
+                cert_path, key = self.ca.issue(names)
+            ctx = server_context(cert_path, key, tls10_only=profile.tls10_only)
+        server = SMTPServer(profile, names[0], hosts[0].address, self.smtp_port, ctx,
+                            self.recorder, self.greeting_delay, cert_path)
+        self.servers[hosts[0].address] = server
+        return server
+
+    async def _start_smtp(self) -> None:
+        servers = list(self.servers.values())
+        for _attempt in range(20):
+            port = self._requested_port
+            started: list[SMTPServer] = []
+            try:
+                for s in servers:
+                    s.port = port
+                    port = await s.start()
+                    started.append(s)
+            except OSError as exc:
+                await asyncio.gather(*(s.stop() for s in started))
+                # An ephemeral port free on the first address may be taken on another: retry.
+                if self._requested_port or exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            self.smtp_port = port
+            return
+        raise OSError(errno.EADDRINUSE, "no SMTP port free on every lab address")
+
+
+class LabHandle:
+    """A lab running in its own thread and event loop; the attributes mirror :class:`Lab`."""
+
+    def __init__(self, lab: Lab, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+                 stop_event: asyncio.Event) -> None:
+        self.lab = lab
+        self._loop, self._thread, self._stop_event = loop, thread, stop_event
+        self.nameserver = lab.nameserver
+        self.smtp_port = lab.smtp_port
+        self.ca_file = lab.ca_file
+        self.ca = lab.ca
+        self.domains = lab.domains
+        self.expected_routes = lab.expected_routes
+        self.routes = lab.routes
+        self.sessions = lab.sessions  # the live lists: read them, do not modify them
+        self.messages = lab.messages
+
+    def info(self) -> dict[str, Any]:
+        return self.lab.info()
+
+    def address_of(self, host: str) -> str:
+        return self.lab.address_of(host)
+
+    def sessions_to(self, host: str) -> list[LabSession]:
+        return self.lab.sessions_to(host)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Block until ``predicate()`` is true (checked whenever a session changes)."""
+        return self.lab.recorder.wait_for(predicate, timeout)
+
+    def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
+        return asyncio.run_coroutine_threadsafe(
+            self.lab.add_sink(names, profile), self._loop).result(timeout=30)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+            self._thread.join()
+
+    def __enter__(self) -> LabHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_in_thread(**kw: Any) -> LabHandle:
+    """Start ``Lab(**kw)`` in a daemon thread with its own loop; returns once it serves."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        try:
+            lab = Lab(**kw)
+            await lab.start()
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+            return
+        box["lab"], box["loop"], box["stop"] = lab, asyncio.get_running_loop(), stop
+        ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await lab.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="connectwiz-lab",
+                              daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        thread.join()
+        raise box["error"]
+    return LabHandle(box["lab"], box["loop"], thread, box["stop"])

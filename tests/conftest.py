@@ -1,0 +1,38 @@
+"""Shared fixtures.
+
+``lab``: one lab for the whole test session (CA, DNS on 127.0.0.1, SMTP servers on
+127.0.0.10+), running in a background thread so sync tests, async tests and Textual apps
+can all use it. It is a :class:`connectwiz.lab.LabHandle`: ``nameserver``, ``smtp_port``,
+``ca_file``, ``ca``, ``domains`` (name -> LabDomain with ``expected`` verdict and
+``reason``), ``routes``, ``expected_routes``, live ``sessions``/``messages``,
+``sessions_to(host)``, ``address_of(host)``, ``wait_for(predicate, timeout)``,
+``add_sink(names)``. The lab is shared: find your own sessions (e.g. by client port or by
+a server you added with ``add_sink``) rather than counting all of them.
+
+``lab_network_options``: NetworkOptions pointing at the lab, timeout 3 s (the slow lab
+servers greet after 1.5 s; tarpit and DNS-timeout cases fail after 3 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from connectwiz.lab import LabHandle, run_in_thread
+from connectwiz.probe.options import NetworkOptions
+
+LAB_TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    handle = run_in_thread(smtp_port=0)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def lab_network_options(lab: LabHandle) -> NetworkOptions:
+    return NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
+                          ca_file=lab.ca_file, timeout=LAB_TIMEOUT, concurrency=50)
