@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM")
     p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    g = p.add_argument_group("relay limits and retries (Postfix-like defaults)")
+    g.add_argument("--hostname", help="name in the banner, Received: and bounces")
+    g.add_argument("--max-size", type=int, metavar="BYTES", help="message size limit (10240000)")
+    g.add_argument("--max-recipients", type=int, metavar="N", help="recipients per message (1000)")
+    g.add_argument("--max-connections", type=int, metavar="N", help="concurrent sessions (100)")
+    g.add_argument("--idle-timeout", type=float, metavar="S", help="silent client limit (300)")
+    g.add_argument("--backoff-min", type=float, metavar="S", help="first retry delay (300)")
+    g.add_argument("--backoff-max", type=float, metavar="S", help="longest retry delay (4000)")
+    g.add_argument("--max-lifetime", type=float, metavar="S",
+                   help="bounce after retrying this long (432000 = 5 days)")
+    g.add_argument("--shutdown-grace", type=float, metavar="S",
+                   help="SIGTERM waits this long for sessions and deliveries (30)")
     _network_options(p)
 
     p = sub.add_parser("log", help="receipt/delivery view of relayed messages")

@@ -42,14 +42,20 @@ def build_dsn(entry: QueueEntry, failed: list[Recipient], original: bytes, hostn
     text.add_header("Content-Description", "Notification")
 
     arrival = format_datetime(datetime.fromtimestamp(entry.received_at, UTC))
-    fields = [f"Reporting-MTA: dns; {hostname}", f"X-Connectwiz-Queue-ID: {entry.id}",
-              f"Arrival-Date: {arrival}", ""]
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {hostname}"
+    per_message["X-Connectwiz-Queue-ID"] = entry.id
+    per_message["Arrival-Date"] = arrival
+    blocks = [per_message]
     for rcpt in failed:
-        diag = rcpt.detail.replace("\r", " ").replace("\n", " ")
-        fields += [f"Final-Recipient: rfc822; {rcpt.address}", "Action: failed",
-                   f"Status: {_status(rcpt, expired)}", f"Diagnostic-Code: smtp; {diag}", ""]
+        block = Message()
+        block["Final-Recipient"] = f"rfc822; {rcpt.address}"
+        block["Action"] = "failed"
+        block["Status"] = _status(rcpt, expired)
+        block["Diagnostic-Code"] = "smtp; " + " ".join(rcpt.detail.split())
+        blocks.append(block)
     status = MIMEBase("message", "delivery-status")
-    status.set_payload("\r\n".join(fields))
+    status.set_payload(blocks)  # RFC 3464: header-style blocks, which email renders as such
     status.add_header("Content-Description", "Delivery report")
 
     end = original.find(b"\r\n\r\n")

@@ -34,8 +34,11 @@ class MessageLog:
         """Blocking (fsync): call from a worker thread."""
         record = {"at": _now(), "event": event, **fields}
         line = (json.dumps(record, default=str) + "\n").encode()
-        fd = os.open(self.dir / f"{msg_id}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self.dir / f"{msg_id}.jsonl", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a crash tore the last line: do not glue onto it
             os.write(fd, line)
             os.fsync(fd)
         finally:

@@ -69,6 +69,12 @@ class QueueEntry:
         return cls(**raw)
 
 
+def default_spool() -> Path:
+    """``$XDG_STATE_HOME/connectwiz/spool`` (``~/.local/state`` when unset)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).expanduser() / "connectwiz" / "spool"
+
+
 def new_message_id() -> str:
     """Sortable by arrival (time in hex) and unique (random suffix)."""
     return f"{time.time_ns() // 1000:x}{secrets.token_hex(5)}".upper()

@@ -1,0 +1,66 @@
+"""``connectwiz relay``: run the enforcing SMTP relay until SIGTERM (SIGHUP reloads)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from pathlib import Path
+
+from connectwiz.bundle import Bundle
+from connectwiz.bundle.paths import resolve_bundle_path
+from connectwiz.errors import UserError
+from connectwiz.policy.model import PolicyModel
+from connectwiz.probe.options import options_from, parse_host_port
+from connectwiz.relay.events import EventLog
+from connectwiz.relay.server import Relay
+from connectwiz.relay.settings import RelaySettings
+from connectwiz.relay.spool import default_spool
+
+_LIMITS = {  # CLI option -> RelaySettings field
+    "max_size": "max_message_size", "max_recipients": "max_recipients",
+    "max_connections": "max_connections", "idle_timeout": "idle_timeout",
+    "backoff_min": "backoff_min", "backoff_max": "backoff_max",
+    "max_lifetime": "max_lifetime", "shutdown_grace": "shutdown_grace",
+}
+
+
+def settings_from(args: argparse.Namespace) -> RelaySettings:
+    values: dict[str, object] = {"hostname": args.hostname or socket.gethostname()}
+    for option, name in _LIMITS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if value <= 0:
+            raise UserError(f"--{option.replace('_', '-')} must be positive")
+        values[name] = value
+    settings = RelaySettings(**values)  # type: ignore[arg-type]
+    if settings.backoff_max < settings.backoff_min:
+        raise UserError("--backoff-max must not be smaller than --backoff-min")
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    bundle_path = resolve_bundle_path(args.bundle)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UserError("--tls-cert and --tls-key go together")
+    for option in ("tls_cert", "tls_key"):
+        value = getattr(args, option)
+        if value is not None and not Path(value).is_file():
+            raise UserError(f"--{option.replace('_', '-')} {value}: no such file")
+    host, port = parse_host_port(args.listen, 2525)
+    options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
+                           ca_file=args.ca_file, timeout=args.timeout,
+                           concurrency=args.concurrency)
+
+    def load_policy() -> PolicyModel:
+        return Bundle.load(bundle_path).model
+
+    relay = Relay(
+        load_policy, Path(args.spool) if args.spool else default_spool(), (host, port),
+        options=options, settings=settings_from(args), log=EventLog(json_lines=args.log_json),
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+    )
+    asyncio.run(relay.serve_until_signalled())
+    return 0

@@ -1,0 +1,203 @@
+"""Pure logic of the relay: spool state machine, message log, receipt rules, DSN, backoff."""
+
+from __future__ import annotations
+
+import email
+import json
+from email import policy as email_policy
+from pathlib import Path
+
+import pytest
+
+from connectwiz.errors import UserError
+from connectwiz.policy.model import ReceiptOption
+from connectwiz.relay.dsn import build_dsn
+from connectwiz.relay.msglog import MessageLog, list_records, read_record
+from connectwiz.relay.receipt import (
+    REPLY_STARTTLS_FIRST,
+    TlsInfo,
+    routing_trick,
+    strictest,
+    tls_refusal,
+)
+from connectwiz.relay.settings import RelaySettings
+from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+
+
+def _entry(msg_id: str | None = None, sender: str = "a@corp.example") -> QueueEntry:
+    return QueueEntry(id=msg_id or new_message_id(), mail_from=sender,
+                      recipients=[Recipient("b@trusted.example"), Recipient("c@x.example")],
+                      received_at=1_700_000_000.0, client_ip="127.0.0.1")
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path / "spool")
+    s.create()
+    return s
+
+
+def test_accept_writes_body_and_incoming_entry(spool: Spool) -> None:
+    entry = _entry()
+    spool.accept(entry, b"Subject: hi\r\n\r\nbody\r\n")
+    assert spool.read_body(entry.id) == b"Subject: hi\r\n\r\nbody\r\n"
+    assert spool.read_entry("incoming", entry.id) == entry
+    assert spool.counts() == {"incoming": 1, "active": 0, "deferred": 0}
+    assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_recover_puts_interrupted_deliveries_back_and_keeps_deferred(spool: Spool) -> None:
+    a, b, c = _entry("A1"), _entry("B2"), _entry("C3")
+    for e in (a, b, c):
+        spool.accept(e, b"x\r\n")
+    spool.move("B2", "incoming", "active")  # crashed mid-delivery
+    spool.move("C3", "incoming", "active")
+    c.next_attempt = 123.0
+    spool.defer(c)
+    ready, deferred = Spool(spool.root).recover()
+    assert sorted(e.id for e in ready) == ["A1", "B2"]
+    assert [e.next_attempt for e in deferred] == [123.0]
+    assert spool.counts() == {"incoming": 2, "active": 0, "deferred": 1}
+
+
+def test_recover_prefers_the_later_state_when_a_crash_left_two(spool: Spool) -> None:
+    e = _entry("D4")
+    spool.accept(e, b"x\r\n")
+    spool.move("D4", "incoming", "active")
+    e.recipients[0].status = "delivered"
+    # active -> deferred writes the new file before unlinking the old: simulate the crash
+    spool.write_atomic(spool.root / "deferred" / "D4.json", e.to_json())
+    ready, deferred = spool.recover()
+    assert ready == [] and [d.id for d in deferred] == ["D4"]
+    assert deferred[0].recipients[0].status == "delivered"
+    assert not (spool.root / "active" / "D4.json").exists()
+
+
+def test_recover_removes_unacknowledged_bodies_and_temp_files(spool: Spool) -> None:
+    (spool.root / "messages" / "ORPHAN.eml").write_bytes(b"never acknowledged")
+    (spool.root / "tmp" / "half.json.1234").write_bytes(b"{")
+    spool.recover()
+    assert list((spool.root / "messages").iterdir()) == []
+    assert list((spool.root / "tmp").iterdir()) == []
+
+
+def test_recover_sets_aside_a_damaged_entry(spool: Spool) -> None:
+    (spool.root / "incoming" / "BAD.json").write_text("{not json")
+    ready, deferred = spool.recover()
+    assert ready == deferred == []
+    assert (spool.root / "incoming" / "BAD.json.corrupt").exists()
+
+
+def test_finish_forgets_body_but_not_log(spool: Spool) -> None:
+    e = _entry()
+    spool.accept(e, b"x\r\n")
+    MessageLog(spool.root).append(e.id, "received", result="accepted", recipients=[])
+    spool.move(e.id, "incoming", "active")
+    spool.finish(e.id)
+    assert not spool.body_path(e.id).exists()
+    assert spool.counts() == {"incoming": 0, "active": 0, "deferred": 0}
+    assert read_record(spool.root, e.id).received["result"] == "accepted"
+
+
+def test_message_log_skips_a_torn_last_line_and_derives_status(spool: Spool) -> None:
+    log = MessageLog(spool.root)
+    log.append("M1", "received", result="accepted", recipients=["b@x.example"])
+    log.append("M1", "attempt", host="mx.x.example", outcome="temporary")
+    log.append("M1", "deferred", recipients=["b@x.example"], reason="4xx")
+    with open(spool.root / "log" / "M1.jsonl", "a") as f:
+        f.write('{"event": "deliv')  # crash mid-append
+    record = read_record(spool.root, "m1")
+    assert record.status == "deferred"
+    assert len(record.attempts) == 1
+    log.append("M1", "delivered", recipients=["b@x.example"])
+    assert [r.status for r in list_records(spool.root)] == ["delivered"]
+
+
+def test_message_log_unknown_id_is_a_user_error(spool: Spool) -> None:
+    with pytest.raises(UserError, match="no message"):
+        read_record(spool.root, "NOPE")
+    with pytest.raises(UserError, match="not a relay spool"):
+        list_records(spool.root / "elsewhere")
+
+
+@pytest.mark.parametrize("address, refused", [
+    ("<@a.example,@b.example:user@c.example>", True),
+    ("<user%c.example@relay.example>", True),
+    ("<c.example!user@relay.example>", True),
+    ('<"user@c.example"@relay.example>', True),
+    ("<user@c.example> SIZE=100", False),
+    ("<>", False),
+    ("<first.last+tag@c.example>", False),
+])
+def test_routing_tricks_are_recognised(address: str, refused: bool) -> None:
+    assert (routing_trick(address) is not None) is refused
+
+
+TLS13 = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
+
+
+@pytest.mark.parametrize("option, tls, refused", [
+    (ReceiptOption.OPPORTUNISTIC, None, False),
+    (ReceiptOption.ENFORCED, None, True),
+    (ReceiptOption.ENFORCED, TlsInfo("TLSv1", "ECDHE-RSA-AES256-SHA", 256), False),
+    (ReceiptOption.TLS12_NCSC, None, True),
+    (ReceiptOption.TLS12_NCSC, TLS13, False),
+    (ReceiptOption.TLS12_NCSC, TlsInfo("TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", 128), False),
+    (ReceiptOption.TLS12_NCSC, TlsInfo("TLSv1.2", "ECDHE-RSA-CHACHA20-POLY1305", 256), False),
+    (ReceiptOption.TLS12_NCSC, TlsInfo("TLSv1.2", "AES128-SHA", 128), True),
+    (ReceiptOption.TLS12_NCSC, TlsInfo("TLSv1.2", "ECDHE-RSA-AES128-SHA", 128), True),
+    (ReceiptOption.TLS12_NCSC, TlsInfo("TLSv1.1", "ECDHE-RSA-AES256-SHA", 256), True),
+])
+def test_tls_refusal_per_receipt_option(option: ReceiptOption, tls: TlsInfo | None,
+                                        refused: bool) -> None:
+    reply = tls_refusal(option, tls)
+    assert (reply is not None) is refused
+    if tls is None and refused:
+        assert reply == REPLY_STARTTLS_FIRST
+
+
+def test_strictest_receipt_option_wins() -> None:
+    opt = ReceiptOption
+    assert strictest([opt.OPPORTUNISTIC, opt.TLS12_NCSC, opt.ENFORCED]) is opt.TLS12_NCSC
+    assert strictest([opt.OPPORTUNISTIC, opt.ENFORCED]) is opt.ENFORCED
+    assert strictest([]) is opt.OPPORTUNISTIC
+
+
+def test_backoff_doubles_and_is_clamped() -> None:
+    s = RelaySettings(backoff_min=300, backoff_max=4000)
+    assert [s.backoff(n) for n in (1, 2, 3, 4, 5, 9)] == [300, 600, 1200, 2400, 4000, 4000]
+
+
+def test_dsn_is_an_rfc3464_report_naming_the_failure() -> None:
+    entry = _entry("E5")
+    failed = [Recipient("b@trusted.example", "failed",
+                        "mx.trusted.example[127.0.0.10]:25: 550 5.7.1 Go away")]
+    original = b"From: a@corp.example\r\nSubject: report\r\n\r\nsecret body\r\n"
+    raw = build_dsn(entry, failed, original, "relay.corp.example", expired=False)
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    msg = email.message_from_bytes(raw, policy=email_policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert msg["To"] == "a@corp.example"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert "550 5.7.1 Go away" in parts[0].get_content()
+    status = raw.decode()
+    assert "Final-Recipient: rfc822; b@trusted.example" in status
+    assert "Status: 5.7.1" in status and "Action: failed" in status
+    assert "Subject: report" in status and "secret body" not in status
+
+
+def test_dsn_after_lifetime_says_expired() -> None:
+    failed = [Recipient("b@x.example", "failed", "gave up after 3 attempts; last error: "
+                        "TLS required but the server does not offer STARTTLS")]
+    raw = build_dsn(_entry(), failed, b"Subject: s\r\n\r\n", "relay.example", expired=True)
+    assert b"Status: 5.4.7" in raw and b"does not offer STARTTLS" in raw
+
+
+def test_queue_entry_json_round_trip() -> None:
+    e = _entry()
+    e.recipients[1].status = "delivered"
+    assert QueueEntry.from_json(e.to_json()) == e
+    assert json.loads(e.to_json())["recipients"][1]["status"] == "delivered"
