@@ -20,7 +20,8 @@ def _name(cn: str) -> x509.Name:
 
 
 def make_ca(cn: str = "Test Root", issuer: tuple[x509.Certificate, object] | None = None,
-            key: ec.EllipticCurvePrivateKey | None = None) -> tuple[x509.Certificate, object]:
+            key: ec.EllipticCurvePrivateKey | None = None,
+            not_before: dt.datetime = NOW - 3650 * DAY) -> tuple[x509.Certificate, object]:
     """A CA certificate (a root, or an intermediate when ``issuer`` is given) and its key."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -31,7 +32,7 @@ def make_ca(cn: str = "Test Root", issuer: tuple[x509.Certificate, object] | Non
         .issuer_name(issuer_cert.subject if issuer_cert else _name(cn))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - 3650 * DAY)
+        .not_valid_before(not_before)
         .not_valid_after(NOW + 3650 * DAY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from cryptography.x509.verification import Store
 
-from connectwiz.probe.certs import analyse_certificate, match_hostname
+from connectwiz.probe.certs import TrustStore, analyse_certificate, match_hostname
 from connectwiz.probe.host import classify
 from connectwiz.probe.results import Status
 
 from .certfactory import DAY, NOW, make_ca, make_leaf, rsa_key
 
 ROOT = make_ca("Test Root")
-STORE = Store([ROOT[0]])
+STORE = TrustStore((ROOT[0],))
 HOST = "mx.partner.example"
 
 
@@ -57,6 +56,14 @@ def test_expired_certificate_from_trusted_ca_is_trusted_but_expired():
     assert (NOW - 30 * DAY).strftime("%Y-%m-%d") in reason
 
 
+def test_expired_leaf_older_than_its_ca_still_names_only_the_expiry():
+    young_root = make_ca("Young Root", not_before=NOW - DAY)  # re-issued CA, as in the lab
+    leaf = make_leaf([HOST], young_root, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
+    info = analyse(leaf, store=TrustStore((young_root[0],)))
+    assert info.trusted and info.expired
+    assert len(info.problems) == 1 and "expired" in info.problems[0]
+
+
 def test_not_yet_valid_certificate():
     info = analyse(make_leaf([HOST], ROOT, not_before=NOW + DAY, not_after=NOW + 90 * DAY))
     assert info.not_yet_valid and not info.expired and info.trusted
@@ -94,7 +101,7 @@ def test_intermediate_sent_by_server_completes_the_chain():
 
 
 def test_no_trust_store_means_nothing_is_trusted():
-    info = analyse(make_leaf([HOST], ROOT), store=None)
+    info = analyse(make_leaf([HOST], ROOT), store=TrustStore(()))
     assert not info.trusted and info.hostname_match
 
 

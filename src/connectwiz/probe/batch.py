@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from connectwiz.probe.certs import trust_store
+from connectwiz.probe.certs import TrustStore, trust_store
 from connectwiz.probe.dns import DnsError, MxHost, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.host import ProbeSettings, probe_host
 from connectwiz.probe.options import NetworkOptions
@@ -30,8 +30,8 @@ async def validate_targets(
     targets (a shared MX) is probed once. ``progress`` is called as each target completes.
     Cancelling the caller cancels every probe and closes every connection.
     """
-    store = await asyncio.to_thread(trust_store, options.ca_file)
-    batch = _Batch(options, ProbeSettings(options.timeout, store, email))
+    trust = await asyncio.to_thread(_loaded_trust_store, options)
+    batch = _Batch(options, ProbeSettings(options.timeout, trust, email))
 
     async def one(target: Target) -> TargetResult:
         result = await batch.validate(target)
@@ -96,6 +96,13 @@ class _Batch:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _loaded_trust_store(options: NetworkOptions) -> TrustStore:
+    """Read and index the CA files now (in a thread), not in the event loop on first use."""
+    trust = trust_store(options.ca_file)
+    _ = trust.store, trust.by_subject
+    return trust
 
 
 def _is_ip(text: str) -> bool:

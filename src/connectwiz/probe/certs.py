@@ -11,14 +11,16 @@ import functools
 import ipaddress
 import re
 import ssl
+import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -140,27 +142,45 @@ def system_ca_file() -> Path | None:
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     """Every parsable certificate in a PEM bundle; one odd entry does not spoil the rest."""
     certs = []
-    for block in _PEM_BLOCK.findall(data):
-        try:
-            certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError:
-            continue
+    with warnings.catch_warnings():  # some system roots have odd serials; they still verify
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for block in _PEM_BLOCK.findall(data):
+            try:
+                certs.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                continue
     return certs
 
 
-@functools.lru_cache(maxsize=8)
-def trust_store(ca_file: Path | None) -> Store | None:
-    """System roots plus the certificates of ``ca_file``, loaded once per process and file.
+@dataclass(frozen=True)
+class TrustStore:
+    """Trusted CA certificates: a cryptography Store for verification, plus the certificates
+    themselves so a failed verification can be explained (which issuer is missing)."""
 
-    None when there is not a single trusted certificate (then nothing verifies).
-    """
+    certificates: tuple[x509.Certificate, ...]
+
+    @functools.cached_property
+    def store(self) -> Store | None:
+        return Store(list(self.certificates)) if self.certificates else None
+
+    @functools.cached_property
+    def by_subject(self) -> dict[x509.Name, list[x509.Certificate]]:
+        index: dict[x509.Name, list[x509.Certificate]] = {}
+        for cert in self.certificates:
+            index.setdefault(cert.subject, []).append(cert)
+        return index
+
+
+@functools.lru_cache(maxsize=8)
+def trust_store(ca_file: Path | None) -> TrustStore:
+    """System roots plus the certificates of ``ca_file``, loaded once per process and file."""
     certs: list[x509.Certificate] = []
     system = system_ca_file()
     if system is not None:
         certs.extend(load_pem_certificates(system.read_bytes()))
     if ca_file is not None:
         certs.extend(load_pem_certificates(ca_file.read_bytes()))
-    return Store(certs) if certs else None
+    return TrustStore(tuple(certs))
 
 
 # --- analysis -----------------------------------------------------------------------------
@@ -169,7 +189,7 @@ def trust_store(ca_file: Path | None) -> Store | None:
 def analyse_certificate(
     leaf: x509.Certificate,
     host: str,
-    store: Store | None,
+    trust: TrustStore,
     intermediates: list[x509.Certificate] | None = None,
     now: datetime | None = None,
 ) -> CertificateInfo:
@@ -179,13 +199,8 @@ def analyse_certificate(
     names = certificate_names(leaf)
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     hostname_match = match_hostname(names, host)
-    strict_error = _verify(store, leaf, intermediates, host, now)
-    if strict_error is None:
-        trusted = True
-    else:
-        # Trust on its own: verify again at a moment inside the validity, for a name it holds.
-        inside = min(max(now, not_before + timedelta(seconds=1)), not_after - timedelta(seconds=1))
-        trusted = _verify(store, leaf, intermediates, _a_name_of(names) or host, inside) is None
+    strict_error = _verify(trust.store, leaf, intermediates, host, now)
+    trusted = strict_error is None or _chains_to_anchor(leaf, intermediates, trust)
     key_type, key_size = _key(leaf)
     return CertificateInfo(
         subject=leaf.subject.rfc4514_string(),
@@ -227,14 +242,33 @@ def _verify(
     return None
 
 
-def _a_name_of(names: list[str]) -> str | None:
-    """A concrete name the certificate covers (a wildcard's label replaced), for trust checks."""
-    for name in names:
-        if name.startswith("*."):
-            return "wildcard" + name[1:]
-        if name:
-            return name
-    return None
+def _chains_to_anchor(
+    leaf: x509.Certificate, intermediates: list[x509.Certificate], trust: TrustStore
+) -> bool:
+    """Signatures alone lead from ``leaf`` to a trusted certificate (dates and names ignored).
+
+    Only explains a failed strict verification ("unknown CA" or not); the verdict itself
+    always comes from the full path validation in ``_verify``.
+    """
+    current = leaf
+    for _ in range(len(intermediates) + 1):
+        for anchor in trust.by_subject.get(current.issuer, []):
+            if _issued_by(current, anchor):
+                return True
+        parent = next((c for c in intermediates
+                       if c.subject == current.issuer and _issued_by(current, c)), None)
+        if parent is None or parent == current:
+            return False
+        current = parent
+    return False
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def certificate_names(cert: x509.Certificate) -> list[str]:
@@ -250,13 +284,7 @@ def certificate_names(cert: x509.Certificate) -> list[str]:
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+    return cert.issuer == cert.subject and _issued_by(cert, cert)
 
 
 def _key(cert: x509.Certificate) -> tuple[str, int | None]:

@@ -16,9 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from cryptography.x509.verification import Store
-
-from connectwiz.probe.certs import CertificateInfo, analyse_certificate
+from connectwiz.probe.certs import CertificateInfo, TrustStore, analyse_certificate
 from connectwiz.probe.results import HostResult, RcptReply, Status
 from connectwiz.probe.smtp import Reply, SmtpClient, SmtpProtocolError, StepTimeout
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
@@ -26,12 +24,13 @@ from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
 # Overall cap per host, in per-connection timeouts: two connections of a few steps each fit;
 # a server that drips one byte at a time does not hold a batch for long.
 HOST_CAP_FACTOR = 3
+_VERSION_NAMES = {"TLSv1": "TLSv1.0"}  # what ssl calls TLS 1.0, spelt like the others
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeSettings:
     timeout: float
-    store: Store | None
+    trust: TrustStore
     email: str | None = None
     mail_from: str = ""  # the null reverse-path: no bounce can ever be generated
 
@@ -118,7 +117,8 @@ async def _open_session(client: SmtpClient, session: _Session) -> Reply:
     session.starttls = True
     reply = await client.command("STARTTLS", "after STARTTLS")
     if reply.code != 220:
-        raise _Finding(Status.ERROR, f"STARTTLS offered but refused: {reply}")
+        # 454: advertised but not available now; no TLS is possible, say exactly what was said.
+        raise _Finding(Status.UNSUPPORTED, f"STARTTLS offered but refused: {reply}")
     return ehlo
 
 
@@ -140,38 +140,45 @@ async def _conversation(
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
         if settings.email:
             session.rcpt = await _rcpt_check(client, settings)
-    return _classify(session, host)
+    return classify(session.tls_version, session.certificate, host)
 
 
 @contextlib.asynccontextmanager
 async def _closing(client: SmtpClient) -> AsyncIterator[SmtpClient]:
-    """QUIT and close on the way out; on cancellation drop the connection at once."""
+    """QUIT and close on the way out, while the server is responsive.
+
+    On a timeout, a protocol error or cancellation drop the connection at once instead:
+    a tarpit would make a polite QUIT wait another timeout.
+    """
     try:
         yield client
-    except asyncio.CancelledError:
+    except _Finding:
+        await client.close()
+        raise
+    except BaseException:
         client.abort()
         raise
-    finally:
-        if not client.writer.is_closing():
-            await client.close()
+    await client.close()
 
 
 def _record_tls(
     session: _Session, ssl_object: ssl.SSLObject, host: str, settings: ProbeSettings
 ) -> None:
-    session.tls_version = ssl_object.version()
+    session.tls_version = _VERSION_NAMES.get(ssl_object.version() or "", ssl_object.version())
     cipher = ssl_object.cipher()
     session.cipher = cipher[0] if cipher else None
     chain = peer_chain(ssl_object)
     if chain:
-        session.certificate = analyse_certificate(chain[0], host, settings.store, chain[1:])
+        session.certificate = analyse_certificate(chain[0], host, settings.trust, chain[1:])
 
 
-def _classify(session: _Session, host: str) -> tuple[Status, str]:
-    version = session.tls_version or "unknown TLS version"
-    if session.tls_version not in MODERN_VERSIONS:
+def classify(
+    tls_version: str | None, cert: CertificateInfo | None, host: str
+) -> tuple[Status, str]:
+    """The verdict for a completed handshake: strict only if TLS 1.2+ and every check passes."""
+    version = tls_version or "unknown TLS version"
+    if tls_version not in MODERN_VERSIONS:
         return Status.UNSUPPORTED, f"server negotiated {version}; TLS 1.2 or newer is required"
-    cert = session.certificate
     if cert is None:
         return Status.RELAXED, f"{version}, but the server sent no certificate"
     problems = cert.problems
