@@ -83,6 +83,7 @@ class DeliveryDefinition:
     option: DeliveryOption = DeliveryOption.OPPORTUNISTIC
     encryption_mode: EncryptionMode = EncryptionMode.STRICT
     min_tls: str = "1.2"  # "1.0" | "1.1" | "1.2" | "1.3"
+    managed: bool = False  # created by connectwiz for its managed policies; removed when unused
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,101 @@
+"""Find the line of a key path (``delivery_policies[2].to.applies``) in a bundle's text.
+
+tomllib gives values without positions, so schema errors are placed by a light line scan:
+table headers and ``key =`` lines are indexed by their full path. It is only run when an
+error is reported, and it falls back to the nearest enclosing key it can find.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+KeyPath = tuple[str | int, ...]
+
+_BARE = r"[A-Za-z0-9_-]+"
+_QUOTED = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"
+_PART = rf"(?:{_BARE}|{_QUOTED})"
+_DOTTED = rf"{_PART}(?:\s*\.\s*{_PART})*"
+_AOT = re.compile(rf"^\s*\[\[\s*({_DOTTED})\s*\]\]")
+_TABLE = re.compile(rf"^\s*\[\s*({_DOTTED})\s*\]")
+_KEYVAL = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART_RE = re.compile(_PART)
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _split(dotted: str) -> list[str]:
+    return [p[1:-1] if p[0] in "\"'" else p for p in _PART_RE.findall(dotted)]
+
+
+class Locator:
+    def __init__(self, text: str) -> None:
+        self._lines = text.splitlines()
+        self._index: dict[KeyPath, int] | None = None
+
+    def _build(self) -> dict[KeyPath, int]:
+        index: dict[KeyPath, int] = {}
+        aot_counts: dict[KeyPath, int] = {}
+        table: KeyPath = ()
+        multiline: str | None = None  # the quote that closes an open multi-line string
+
+        def resolve(parts: list[str]) -> KeyPath:
+            out: list[str | int] = []
+            for part in parts:
+                out.append(part)
+                if tuple(out) in aot_counts:
+                    out.append(aot_counts[tuple(out)])
+            return tuple(out)
+
+        for no, line in enumerate(self._lines, start=1):
+            if multiline is not None:
+                if line.count(multiline) % 2:
+                    multiline = None
+                continue
+            if m := _AOT.match(line):
+                parts = _split(m[1])
+                key = (*resolve(parts[:-1]), parts[-1])
+                aot_counts[key] = aot_counts.get(key, -1) + 1
+                table = (*key, aot_counts[key])
+                index.setdefault(key, no)
+                index.setdefault(table, no)
+                continue
+            if m := _TABLE.match(line):
+                table = resolve(_split(m[1]))
+                index.setdefault(table, no)
+                continue
+            if m := _KEYVAL.match(line):
+                index.setdefault((*table, *_split(m[1])), no)
+            for quote in ('"""', "'''"):
+                if line.count(quote) % 2:
+                    multiline = quote
+        return index
+
+    def line_of(self, path: Sequence[str | int], value: object = None) -> int | None:
+        """The line of ``path``, or of its nearest known parent. When ``value`` is given and
+        only a parent was found (an array element), the first line at or after the parent's
+        that shows the value is returned, so errors in long multi-line arrays point home."""
+        if self._index is None:
+            self._index = self._build()
+        key = tuple(path)
+        for n in range(len(key), 0, -1):
+            line = self._index.get(key[:n])
+            if line is None:
+                continue
+            if value is not None and n < len(key):
+                needle = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else None
+                if needle:
+                    for no in range(line, len(self._lines) + 1):
+                        if needle in self._lines[no - 1]:
+                            return no
+            return line
+        return None

@@ -1,0 +1,632 @@
+"""Schema v1 of the bundle: plain TOML data (from tomllib or tomlkit) to a validated PolicyModel,
+and a PolicyModel back to plain data.
+
+Every problem is reported as a BundleError naming the file, line, key path and what is wrong;
+the first problem found stops validation. Stored values are normalised (domains in A-label
+form, addresses lower case, networks in canonical form).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, time
+from enum import StrEnum
+from typing import Any, NoReturn, TypeVar
+
+from connectwiz.bundle.errors import BundleError
+from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.domains import InvalidDomain, normalize_domain
+from connectwiz.policy.model import (
+    Applies,
+    BasedOn,
+    DeliveryDefinition,
+    DeliveryOption,
+    DeliveryPolicy,
+    EncryptionMode,
+    ExternalDomain,
+    InboundRoute,
+    IPNetwork,
+    LastValidation,
+    Organisation,
+    PolicyModel,
+    ReceiptOption,
+    ReceiptPolicy,
+    Scope,
+    ValidationStatus,
+    Validity,
+)
+
+SCHEMA_VERSION = 1
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+
+TOP_KEYS = (
+    "schema_version", "organisation", "inbound_routes", "external_domains",
+    "delivery_definitions", "delivery_policies", "receipt_policies",
+)
+ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups")
+ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
+DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
+VALIDATION_KEYS = ("status", "at", "reason")
+DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed")
+VALIDITY_KEYS = ("enabled", "start", "end", "override", "bidirectional", "source_ips")
+DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "managed")
+RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
+FROM_KEYS = ("based_on", "applies", "specifically")
+TO_KEYS = ("applies", "specifically")
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def parse_network(text: str) -> IPNetwork:
+    """A CIDR (or a single address, meaning /32 or /128). Host bits set is an error, since
+    ``10.0.0.1/8`` is more often a typo than a wish to allow all of 10/8."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            fixed = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{text!r} has host bits set; did you mean '{fixed}'?") from None
+        raise ValueError(
+            f"{text!r} is not an IPv4 or IPv6 network (e.g. 192.0.2.0/24)"
+        ) from None
+
+
+def normalize_host(text: str) -> str:
+    """An inbound route's host: an IP address (canonical form) or a fully qualified name."""
+    candidate = text.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    try:
+        return normalize_domain(candidate)
+    except InvalidDomain as exc:
+        raise ValueError(f"{text!r} is not an IP address or host name: {exc.reason}") from None
+
+
+def check_port(port: object) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    return port
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, datetime):
+        return "a date-time"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, time):
+        return "a time"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (expected one of: {', '.join(choices)})"
+
+
+class _Validator:
+    def __init__(self, source: str, text: Callable[[], str]) -> None:
+        self.source = source
+        self._text = text
+        self._locator: Locator | None = None
+        self._domains: dict[str, str] = {}  # memo: the same domain appears in several lists
+        self.groups: dict[str, tuple[str, ...]] = {}
+
+    def fail(self, path: KeyPath, problem: str, value: object = None) -> NoReturn:
+        if self._locator is None:
+            self._locator = Locator(self._text())
+        line = self._locator.line_of(path, value)
+        raise BundleError(problem, file=self.source, line=line, key=format_path(path) or None)
+
+    # Shapes -----------------------------------------------------------------------------
+
+    def table(
+        self, value: object, path: KeyPath, known: Sequence[str], required: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a table, not {_kind(value)}")
+        for key in value:
+            if key not in known:
+                self.fail((*path, key), f"unknown key {key!r}" + _suggest(key, known))
+        for key in required:
+            if key not in value:
+                self.fail(path, f"required key {key!r} is missing")
+        return value
+
+    def tables(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        value = data.get(key, [])
+        if not isinstance(value, list):
+            self.fail((key,), f"must be an array of tables ([[{key}]]), not {_kind(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                self.fail((key, i), f"must be a table, not {_kind(item)}")
+        return value
+
+    def typed(self, t: dict[str, Any], key: str, path: KeyPath, kind: type, default: Any) -> Any:
+        value = t.get(key, default)
+        bad = isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
+        if key in t and bad:
+            names = {str: "a string", bool: "true or false", int: "an integer"}
+            self.fail((*path, key), f"must be {names[kind]}, not {_kind(value)}")
+        return value
+
+    def text(self, t: dict[str, Any], key: str, path: KeyPath, default: str = "") -> str:
+        value = self.typed(t, key, path, str, default)
+        if key in t and not value.strip() and key in ("name", "narrative", "definition"):
+            self.fail((*path, key), "must not be empty")
+        return value
+
+    def flag(self, t: dict[str, Any], key: str, path: KeyPath, default: bool = False) -> bool:
+        return self.typed(t, key, path, bool, default)
+
+    def choice(self, t: dict[str, Any], key: str, path: KeyPath, enum: type[E], default: E) -> E:
+        if key not in t:
+            return default
+        value = t[key]
+        choices = [m.value for m in enum]
+        if not isinstance(value, str):
+            self.fail((*path, key), f"must be a string, one of: {', '.join(choices)}")
+        try:
+            return enum(value)
+        except ValueError:
+            self.fail((*path, key), f"{value!r} is not valid" + _suggest(value, choices))
+
+    def when(self, t: dict[str, Any], key: str, path: KeyPath) -> datetime | None:
+        if key not in t:
+            return None
+        value = t[key]
+        example = "e.g. 2026-12-01T00:00:00Z"
+        if not isinstance(value, datetime):
+            self.fail((*path, key), f"must be a TOML date-time with a UTC offset ({example}), "
+                                    f"not {_kind(value)}")
+        if value.tzinfo is None:
+            self.fail((*path, key), f"has no UTC offset; add Z or +HH:MM ({example})")
+        return value
+
+    def strings(self, t: dict[str, Any], key: str, path: KeyPath) -> list[str]:
+        value = t.get(key, [])
+        if not isinstance(value, list):
+            self.fail((*path, key), f"must be an array of strings, not {_kind(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail((*path, key, i), f"must be a string, not {_kind(item)}")
+        return value
+
+    def unique(self, items: Sequence[str], path: KeyPath) -> None:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item in seen:
+                self.fail((*path, i), f"{item!r} is listed twice", item)
+            seen.add(item)
+
+    # Values -----------------------------------------------------------------------------
+
+    def domain(self, text: str, path: KeyPath) -> str:
+        known = self._domains.get(text)
+        if known is not None:
+            return known
+        try:
+            result = normalize_domain(text)
+        except InvalidDomain as exc:
+            self.fail(path, f"{text!r} {exc.reason}", text)
+        self._domains[text] = result
+        return result
+
+    def domains(self, t: dict[str, Any], key: str, path: KeyPath) -> tuple[str, ...]:
+        items = self.strings(t, key, path)
+        result = [self.domain(d, (*path, key, i)) for i, d in enumerate(items)]
+        self.unique(result, (*path, key))
+        return tuple(result)
+
+    def address(self, text: str, path: KeyPath) -> str:
+        try:
+            return normalize_address(text)
+        except InvalidAddress as exc:
+            self.fail(path, f"{text!r} {exc.reason}", text)
+
+    def networks(self, t: dict[str, Any], key: str, path: KeyPath) -> tuple[IPNetwork, ...]:
+        result: list[IPNetwork] = []
+        for i, text in enumerate(self.strings(t, key, path)):
+            try:
+                result.append(parse_network(text))
+            except ValueError as exc:
+                self.fail((*path, key, i), str(exc), text)
+        self.unique([str(n) for n in result], (*path, key))
+        return tuple(result)
+
+    def validation(self, t: dict[str, Any], path: KeyPath) -> LastValidation | None:
+        if "last_validation" not in t:
+            return None
+        p = (*path, "last_validation")
+        v = self.table(t["last_validation"], p, VALIDATION_KEYS, ("status", "at"))
+        status = self.choice(v, "status", p, ValidationStatus, ValidationStatus.ERROR)
+        at = self.when(v, "at", p)
+        assert at is not None  # required above
+        return LastValidation(status, at, self.text(v, "reason", p))
+
+    # Sections ---------------------------------------------------------------------------
+
+    def organisation(self, data: dict[str, Any]) -> Organisation:
+        p: KeyPath = ("organisation",)
+        t = self.table(data.get("organisation", {}), p, ORGANISATION_KEYS)
+        groups_path = (*p, "address_groups")
+        raw_groups = t.get("address_groups", {})
+        if not isinstance(raw_groups, dict):
+            self.fail(groups_path,
+                      f"must be a table of name = [addresses], not {_kind(raw_groups)}")
+        groups: dict[str, tuple[str, ...]] = {}
+        for name in raw_groups:
+            members = self.strings(raw_groups, name, groups_path)
+            addrs = [self.address(a, (*groups_path, name, i)) for i, a in enumerate(members)]
+            self.unique(addrs, (*groups_path, name))
+            groups[name] = tuple(addrs)
+        self.groups = groups
+        return Organisation(
+            internal_domains=self.domains(t, "internal_domains", p),
+            authorized_outbound=self.networks(t, "authorized_outbound", p),
+            address_groups=groups,
+        )
+
+    def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
+        self.table(t, p, ROUTE_KEYS, ("host",))
+        host_text = self.typed(t, "host", p, str, "")
+        try:
+            host = normalize_host(host_text)
+            port = check_port(t.get("port", 25))
+        except ValueError as exc:
+            key = "port" if str(exc).startswith("port") else "host"
+            self.fail((*p, key), str(exc))
+        mode = self.choice(t, "encryption_mode", p, EncryptionMode, None)  # type: ignore[arg-type]
+        return InboundRoute(host, port, mode, self.validation(t, p))
+
+    def external_domain(self, t: dict[str, Any], p: KeyPath) -> ExternalDomain:
+        self.table(t, p, DOMAIN_KEYS, ("domain",))
+        domain = self.domain(self.typed(t, "domain", p, str, ""), (*p, "domain"))
+        return ExternalDomain(
+            domain=domain,
+            added=self.when(t, "added", p),
+            encryption_mode=self.choice(t, "encryption_mode", p, EncryptionMode,
+                                        EncryptionMode.STRICT),
+            last_validation=self.validation(t, p),
+        )
+
+    def definition(self, t: dict[str, Any], p: KeyPath) -> DeliveryDefinition:
+        self.table(t, p, DEFINITION_KEYS, ("name",))
+        min_tls = t.get("min_tls", "1.2")
+        if isinstance(min_tls, float):  # min_tls = 1.2 written without quotes
+            min_tls = f"{min_tls:.1f}"
+        if min_tls not in TLS_VERSIONS:
+            self.fail((*p, "min_tls"), f"{min_tls!r} is not one of: {', '.join(TLS_VERSIONS)}")
+        return DeliveryDefinition(
+            name=self.text(t, "name", p),
+            option=self.choice(t, "option", p, DeliveryOption, DeliveryOption.OPPORTUNISTIC),
+            encryption_mode=self.choice(t, "encryption_mode", p, EncryptionMode,
+                                        EncryptionMode.STRICT),
+            min_tls=min_tls,
+            managed=self.flag(t, "managed", p),
+        )
+
+    def scope(self, t: dict[str, Any], side: str, p: KeyPath) -> Scope:
+        if side not in t:
+            return Scope()
+        sp = (*p, side)
+        known = FROM_KEYS if side == "from" else TO_KEYS
+        s = self.table(t[side], sp, known)
+        applies = self.choice(s, "applies", sp, Applies, Applies.EVERYONE)
+        based_on = self.choice(s, "based_on", sp, BasedOn, BasedOn.ENVELOPE)
+        entries = self.strings(s, "specifically", sp)
+        lp = (*sp, "specifically")
+        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP)
+        if keyed and not entries:
+            self.fail(lp if "specifically" in s else (*sp, "applies"),
+                      f"applies = '{applies}' needs at least one entry in 'specifically'")
+        if not keyed and entries:
+            self.fail(lp, f"'specifically' is not used with applies = '{applies}'")
+        if applies is Applies.DOMAIN:
+            items = [self.domain(e, (*lp, i)) for i, e in enumerate(entries)]
+        elif applies is Applies.INDIVIDUAL:
+            items = [self.address(e, (*lp, i)) for i, e in enumerate(entries)]
+        else:
+            items = list(entries)
+            for i, name in enumerate(items):
+                if name not in self.groups:
+                    self.fail((*lp, i), f"unknown address group {name!r}"
+                              + _suggest(name, list(self.groups) or ["(none defined)"]), name)
+        self.unique(items, lp)
+        return Scope(applies, tuple(items), based_on)
+
+    def validity(self, t: dict[str, Any], p: KeyPath) -> Validity:
+        start, end = self.when(t, "start", p), self.when(t, "end", p)
+        if start is not None and end is not None and end <= start:
+            self.fail((*p, "end"), "must be later than start")
+        return Validity(
+            enabled=self.flag(t, "enabled", p, True),
+            start=start,
+            end=end,
+            override=self.flag(t, "override", p),
+            bidirectional=self.flag(t, "bidirectional", p),
+            source_ips=self.networks(t, "source_ips", p),
+        )
+
+    def delivery_policy(
+        self, t: dict[str, Any], p: KeyPath, definitions: dict[str, DeliveryDefinition]
+    ) -> DeliveryPolicy:
+        self.table(t, p, DELIVERY_KEYS, ("narrative", "definition"))
+        name = self.text(t, "definition", p)
+        if name not in definitions:
+            self.fail((*p, "definition"), f"no [[delivery_definitions]] is named {name!r}"
+                      + _suggest(name, list(definitions) or ["(none defined)"]))
+        return DeliveryPolicy(
+            narrative=self.text(t, "narrative", p),
+            definition=name,
+            from_=self.scope(t, "from", p),
+            to=self.scope(t, "to", p),
+            validity=self.validity(t, p),
+            managed=self.flag(t, "managed", p),
+        )
+
+    def receipt_policy(self, t: dict[str, Any], p: KeyPath) -> ReceiptPolicy:
+        self.table(t, p, RECEIPT_KEYS, ("narrative",))
+        return ReceiptPolicy(
+            narrative=self.text(t, "narrative", p),
+            option=self.choice(t, "option", p, ReceiptOption, ReceiptOption.OPPORTUNISTIC),
+            from_=self.scope(t, "from", p),
+            to=self.scope(t, "to", p),
+            validity=self.validity(t, p),
+            managed=self.flag(t, "managed", p),
+        )
+
+    # The whole document -----------------------------------------------------------------
+
+    def model(self, data: dict[str, Any]) -> PolicyModel:
+        self.schema_version(data)
+        self.table(data, (), TOP_KEYS)
+        org = self.organisation(data)
+
+        routes: list[InboundRoute] = []
+        seen_routes: dict[tuple[str, int], int] = {}
+        for i, t in enumerate(self.tables(data, "inbound_routes")):
+            route = self.route(t, ("inbound_routes", i))
+            key = (route.host, route.port)
+            if key in seen_routes:
+                self.fail(("inbound_routes", i, "host"),
+                          f"route {route.host}:{route.port} is listed twice "
+                          f"(also inbound_routes[{seen_routes[key]}])")
+            seen_routes[key] = i
+            routes.append(route)
+
+        domains: list[ExternalDomain] = []
+        seen_domains: dict[str, int] = {}
+        internal = set(org.internal_domains)
+        for i, t in enumerate(self.tables(data, "external_domains")):
+            ext = self.external_domain(t, ("external_domains", i))
+            if ext.domain in seen_domains:
+                self.fail(("external_domains", i, "domain"),
+                          f"{ext.domain!r} is listed twice "
+                          f"(also external_domains[{seen_domains[ext.domain]}])")
+            if ext.domain in internal:
+                self.fail(("external_domains", i, "domain"),
+                          f"{ext.domain!r} is also an internal domain "
+                          f"(organisation.internal_domains)")
+            seen_domains[ext.domain] = i
+            domains.append(ext)
+
+        definitions: dict[str, DeliveryDefinition] = {}
+        for i, t in enumerate(self.tables(data, "delivery_definitions")):
+            d = self.definition(t, ("delivery_definitions", i))
+            if d.name in definitions:
+                self.fail(("delivery_definitions", i, "name"),
+                          f"definition name {d.name!r} is used twice")
+            definitions[d.name] = d
+
+        delivery = tuple(
+            self.delivery_policy(t, ("delivery_policies", i), definitions)
+            for i, t in enumerate(self.tables(data, "delivery_policies"))
+        )
+        receipt = tuple(
+            self.receipt_policy(t, ("receipt_policies", i))
+            for i, t in enumerate(self.tables(data, "receipt_policies"))
+        )
+        self.managed(domains, definitions, delivery, receipt)
+        return PolicyModel(org, tuple(routes), tuple(domains), tuple(definitions.values()),
+                           delivery, receipt)
+
+    def schema_version(self, data: dict[str, Any]) -> None:
+        if "schema_version" not in data:
+            self.fail((), f"schema_version is missing; a v{SCHEMA_VERSION} bundle starts with "
+                          f"'schema_version = {SCHEMA_VERSION}'")
+        version = data["schema_version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            self.fail(("schema_version",), f"must be an integer, not {_kind(version)}")
+        if version > SCHEMA_VERSION:
+            self.fail(("schema_version",),
+                      f"version {version} was written by a newer connectwiz; this one reads "
+                      f"version {SCHEMA_VERSION} (upgrade connectwiz)")
+        if version != SCHEMA_VERSION:
+            self.fail(("schema_version",), f"unknown version {version}; expected {SCHEMA_VERSION}")
+
+    def managed(
+        self, domains: list[ExternalDomain], definitions: dict[str, DeliveryDefinition],
+        delivery: tuple[DeliveryPolicy, ...], receipt: tuple[ReceiptPolicy, ...],
+    ) -> None:
+        """The managed policies list exactly the external domains (by encryption mode), so
+        what the relay enforces is what ``domains list`` shows."""
+        by_mode: dict[EncryptionMode, int] = {}
+        for i, pol in enumerate(delivery):
+            if not pol.managed:
+                continue
+            if pol.to.applies is not Applies.DOMAIN:
+                self.fail(("delivery_policies", i, "to", "applies"),
+                          "a managed policy (managed = true) must apply to 'domain'")
+            mode = definitions[pol.definition].encryption_mode
+            if mode in by_mode:
+                self.fail(("delivery_policies", i, "managed"),
+                          f"a second managed delivery policy with encryption_mode = '{mode}' "
+                          f"(the first is delivery_policies[{by_mode[mode]}]); keep one")
+            by_mode[mode] = i
+        receipt_at = None
+        for i, rpol in enumerate(receipt):
+            if not rpol.managed:
+                continue
+            if rpol.from_.applies is not Applies.DOMAIN:
+                self.fail(("receipt_policies", i, "from", "applies"),
+                          "a managed policy (managed = true) must apply to 'domain'")
+            if receipt_at is not None:
+                self.fail(("receipt_policies", i, "managed"),
+                          f"a second managed receipt policy (the first is "
+                          f"receipt_policies[{receipt_at}]); keep one")
+            receipt_at = i
+
+        modes = {d.domain: d.encryption_mode for d in domains}
+        for mode, i in by_mode.items():
+            for k, name in enumerate(delivery[i].to.specifically):
+                if modes.get(name) is not mode:
+                    self.fail(("delivery_policies", i, "to", "specifically", k),
+                              f"{name!r} is not an external domain with encryption_mode = "
+                              f"'{mode}'; a managed policy lists only those (fix the "
+                              f"[[external_domains]] entry or remove it here)", name)
+        if receipt_at is not None:
+            for k, name in enumerate(receipt[receipt_at].from_.specifically):
+                if name not in modes:
+                    self.fail(("receipt_policies", receipt_at, "from", "specifically", k),
+                              f"{name!r} is not in [[external_domains]]; a managed policy lists "
+                              f"only those (add the domain there or remove it here)", name)
+        strict_sets = {mode: set(delivery[i].to.specifically) for mode, i in by_mode.items()}
+        received = set(receipt[receipt_at].from_.specifically) if receipt_at is not None else set()
+        for j, ext in enumerate(domains):
+            where = ("external_domains", j, "domain")
+            if ext.domain not in strict_sets.get(ext.encryption_mode, ()):
+                self.fail(where, f"{ext.domain!r} is missing from the managed delivery policy "
+                                 f"with encryption_mode = '{ext.encryption_mode}' "
+                                 f"(managed = true); add it to that policy's 'specifically' list")
+            if ext.domain not in received:
+                self.fail(where, f"{ext.domain!r} is missing from the managed receipt policy "
+                                 f"(managed = true); add it to that policy's 'from.specifically'")
+
+
+def build_model(data: dict[str, Any], source: str, text: Callable[[], str]) -> PolicyModel:
+    """Validate parsed TOML data. ``text`` gives the document text, only needed (and only
+    called) to find the line of an error."""
+    return _Validator(source, text).model(data)
+
+
+# Model back to data -----------------------------------------------------------------------
+
+
+def _when(value: datetime, json_safe: bool) -> datetime | str:
+    if not json_safe:
+        return value
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _validation(lv: LastValidation, json_safe: bool) -> dict[str, Any]:
+    return {"status": lv.status.value, "at": _when(lv.at, json_safe), "reason": lv.reason}
+
+
+def _scope(scope: Scope, side: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if side == "from":
+        out["based_on"] = scope.based_on.value
+    out["applies"] = scope.applies.value
+    if scope.specifically:
+        out["specifically"] = list(scope.specifically)
+    return out
+
+
+def _validity(v: Validity, json_safe: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"enabled": v.enabled}
+    if v.start is not None:
+        out["start"] = _when(v.start, json_safe)
+    if v.end is not None:
+        out["end"] = _when(v.end, json_safe)
+    out.update(override=v.override, bidirectional=v.bidirectional,
+               source_ips=[str(n) for n in v.source_ips])
+    return out
+
+
+def route_data(r: InboundRoute, json_safe: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"host": r.host, "port": r.port}
+    if r.encryption_mode is not None:
+        out["encryption_mode"] = r.encryption_mode.value
+    if r.last_validation is not None:
+        out["last_validation"] = _validation(r.last_validation, json_safe)
+    return out
+
+
+def domain_data(d: ExternalDomain, json_safe: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"domain": d.domain}
+    if d.added is not None:
+        out["added"] = _when(d.added, json_safe)
+    out["encryption_mode"] = d.encryption_mode.value
+    if d.last_validation is not None:
+        out["last_validation"] = _validation(d.last_validation, json_safe)
+    return out
+
+
+def definition_data(d: DeliveryDefinition) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": d.name, "option": d.option.value,
+                           "encryption_mode": d.encryption_mode.value, "min_tls": d.min_tls}
+    if d.managed:
+        out["managed"] = True
+    return out
+
+
+def delivery_policy_data(p: DeliveryPolicy, json_safe: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"narrative": p.narrative, "definition": p.definition}
+    if p.managed:
+        out["managed"] = True
+    out.update(_validity(p.validity, json_safe))
+    out["from"] = _scope(p.from_, "from")
+    out["to"] = _scope(p.to, "to")
+    return out
+
+
+def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"narrative": p.narrative, "option": p.option.value}
+    if p.managed:
+        out["managed"] = True
+    out.update(_validity(p.validity, json_safe))
+    out["from"] = _scope(p.from_, "from")
+    out["to"] = _scope(p.to, "to")
+    return out
+
+
+def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
+    """The model in schema v1 shape. ``json_safe`` turns date-times into ISO 8601 ``Z``
+    strings; otherwise they stay datetimes (for TOML)."""
+    org = model.organisation
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "organisation": {
+            "internal_domains": list(org.internal_domains),
+            "authorized_outbound": [str(n) for n in org.authorized_outbound],
+            "address_groups": {k: list(v) for k, v in org.address_groups.items()},
+        },
+        "inbound_routes": [route_data(r, json_safe) for r in model.inbound_routes],
+        "external_domains": [domain_data(d, json_safe) for d in model.external_domains],
+        "delivery_definitions": [definition_data(d) for d in model.delivery_definitions],
+        "delivery_policies": [delivery_policy_data(p, json_safe)
+                              for p in model.delivery_policies],
+        "receipt_policies": [receipt_policy_data(p, json_safe) for p in model.receipt_policies],
+    }

@@ -1,0 +1,472 @@
+"""The Bundle: one TOML file, read fast, edited in place, written safely.
+
+Loading parses with the stdlib ``tomllib`` (fast) and validates into a PolicyModel. The
+tomlkit document, which keeps comments and layout, is only built when an edit is asked for:
+tomlkit is several times slower to parse, and most readers (the relay, ``explain``,
+``domains list``) never edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.toml_document import TOMLDocument
+
+from connectwiz.bundle import document as d
+from connectwiz.bundle.errors import BundleError
+from connectwiz.bundle.schema import (
+    build_model,
+    check_port,
+    model_data,
+    normalize_host,
+    parse_network,
+)
+from connectwiz.errors import UserError
+from connectwiz.policy.domains import InvalidDomain, normalize_domain
+from connectwiz.policy.model import (
+    EncryptionMode,
+    IPNetwork,
+    LastValidation,
+    PolicyModel,
+)
+
+_TOMLLIB_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def parse_text(text: str, source: str) -> PolicyModel:
+    """TOML text to a validated model, or BundleError naming source, line and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        m = _TOMLLIB_POS.search(message)
+        line = int(m[1]) if m else None
+        problem = message[: m.start()] if m else message
+        col = f" (column {m[2]})" if m else ""
+        raise BundleError(f"not valid TOML: {problem}{col}", file=source, line=line) from None
+    return build_model(data, source, lambda: text)
+
+
+def _fingerprint(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, None when it does not exist; other failures are BundleErrors."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise BundleError("is a directory, not a bundle file", file=str(path)) from None
+    except OSError as exc:
+        raise BundleError(f"cannot read: {exc.strerror}", file=str(path)) from None
+
+
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise BundleError(f"not UTF-8 text (byte {exc.start})", file=source, line=line) from None
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new
+    one, never a mix: temp file in the same folder, fsync, rename, fsync the folder."""
+    folder = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class _Lock:
+    """An exclusive, non-blocking fcntl lock on ``<bundle>.lock`` holding the owner's pid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self, bundle: Path) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BundleError(f"cannot create lock file {self.path.name}: {exc.strerror}",
+                              file=str(bundle)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise BundleError(f"bundle is being written by another process (pid {owner}); "
+                                  f"try again when it is done", file=str(bundle)) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _replace(target: Path, text: str, expected: str | None) -> str:
+    """Replace ``target`` (lock held) if it still has fingerprint ``expected``; keeps the
+    old file as ``.bak``. Returns the new fingerprint."""
+    current = _read(target)
+    if _fingerprint(current) != expected:
+        if current is None:
+            what = "was deleted"
+        else:
+            what = "was created" if expected is None else "changed on disk"
+        raise BundleError(f"{what} since it was read; not overwriting it (run the command "
+                          f"again to start from the current file)", file=str(target))
+    data = text.encode("utf-8")
+    mode = _default_mode()
+    if current is not None:
+        mode = target.stat().st_mode & 0o7777
+        write_atomic(target.with_name(target.name + ".bak"), current, mode)
+    write_atomic(target, data, mode)
+    return hashlib.sha256(data).hexdigest()
+
+
+class Bundle:
+    """A policy bundle: ``model`` to read, edit methods to change, ``save`` to write."""
+
+    def __init__(self, path: Path | None, text: str | None, model: PolicyModel | None,
+                 fingerprint: str | None, source: str) -> None:
+        self._path = path
+        self._text = text  # None for a new bundle: the document is built from scratch
+        self._doc: TOMLDocument | None = None
+        self._model = model
+        self._fingerprint = fingerprint  # of the file as read or last written
+        self._source = source
+        self._lock: _Lock | None = None
+
+    # Loading ----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Bundle:
+        p = Path(path)
+        raw = _read(p)
+        if raw is None:
+            raise BundleError("no such file (add a domain or run the wizard to create it)",
+                              file=str(p))
+        return cls._from_bytes(p, raw)
+
+    @classmethod
+    def load_or_new(cls, path: str | os.PathLike[str]) -> Bundle:
+        """The bundle at ``path``, or an empty one that is created there on the first save."""
+        p = Path(path)
+        raw = _read(p)
+        if raw is None:
+            return cls(p, None, None, None, str(p))
+        return cls._from_bytes(p, raw)
+
+    @classmethod
+    def _from_bytes(cls, path: Path, raw: bytes) -> Bundle:
+        text = _decode(raw, str(path))
+        model = parse_text(text, str(path))
+        return cls(path, text, model, _fingerprint(raw), str(path))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Bundle:
+        return cls(None, text, parse_text(text, source), None, source)
+
+    @classmethod
+    def from_model(cls, model: PolicyModel, path: str | os.PathLike[str] | None = None) -> Bundle:
+        """A bundle holding ``model``, in memory until ``save`` replaces the file at ``path``."""
+        p = Path(path) if path is not None else None
+        source = str(p) if p is not None else "<model>"
+        text = d.model_text(model)
+        current = _fingerprint(_read(p)) if p is not None else None
+        return cls(p, text, parse_text(text, source), current, source)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def model(self) -> PolicyModel:
+        if self._model is None:
+            doc = self._document()
+            self._model = build_model(doc.unwrap(), self._source, doc.as_string)
+        return self._model
+
+    def _document(self) -> TOMLDocument:
+        if self._doc is None:
+            if self._text is None:
+                self._doc = d.new_document()
+            else:
+                try:
+                    self._doc = tomlkit.parse(self._text)
+                except TOMLKitError as exc:  # tomllib accepted it; tomlkit should too
+                    raise BundleError(f"cannot edit: {exc}", file=self._source) from None
+        return self._doc
+
+    def _edited(self) -> TOMLDocument:
+        """The document, about to change: the cached model is dropped."""
+        doc = self._document()
+        self._model = None
+        return doc
+
+    # Output -----------------------------------------------------------------------------
+
+    def to_toml(self) -> str:
+        if self._doc is None:
+            return self._text if self._text is not None else d.new_document().as_string()
+        text = self._doc.as_string()
+        # appended entries end in a blank line; the file itself should not
+        return text.rstrip("\n") + "\n" if text.endswith("\n\n") else text
+
+    def to_json(self) -> dict[str, Any]:
+        """The model in schema v1 shape, JSON-safe (date-times as ISO 8601 ``Z`` strings)."""
+        return model_data(self.model, json_safe=True)
+
+    # Saving -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the writer's lock (saves inside do not take it again). A second writer,
+        in this process or another, gets a BundleError instead of waiting."""
+        if self._lock is not None:
+            yield
+            return
+        if self._path is None:
+            raise UserError("this bundle has no file to lock")
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _Lock(self._path)
+        lock.acquire(self._path)
+        self._lock = lock
+        try:
+            yield
+        finally:
+            lock.release()
+            self._lock = None
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Write atomically, keeping the previous file as ``<name>.bak``. Refuses when the
+        document does not validate, when another process holds the lock, or when the file
+        changed on disk since it was read (someone's hand edit would be lost)."""
+        target = Path(path) if path is not None else self._path
+        if target is None:
+            raise UserError("this bundle has no file; give a path to save it to")
+        text = self.to_toml()
+        parse_text(text, str(target))  # what is written must load again
+        if target == self._path:
+            with self.lock():
+                self._fingerprint = _replace(target, text, self._fingerprint)
+            self._text = text
+        else:  # save as: the other file is replaced on purpose, with its own lock and .bak
+            other = Bundle(target, text, None, None, str(target))
+            with other.lock():
+                _replace(target, text, _fingerprint(_read(target)))
+
+    # External domains -------------------------------------------------------------------
+
+    def _domain_index(self, doc: TOMLDocument) -> dict[str, int]:
+        return {str(t["domain"]): i for i, t in enumerate(d.entries(doc, "external_domains"))}
+
+    @staticmethod
+    def _normal(domain: str) -> str:
+        try:
+            return normalize_domain(domain)
+        except InvalidDomain as exc:
+            raise UserError(f"{domain!r} {exc.reason}") from None
+
+    def _domain_entry(self, doc: TOMLDocument, domain: str) -> Any:
+        name = self._normal(domain)
+        index = self._domain_index(doc).get(name)
+        if index is None:
+            raise UserError(f"{name} is not an external domain of this bundle")
+        return doc["external_domains"][index]
+
+    def add_domains(
+        self, domains: Iterable[str], *, mode: EncryptionMode = EncryptionMode.STRICT,
+        at: datetime,
+    ) -> list[str]:
+        """Add domains under the organisation's TLS policy; returns those added (domains
+        already present are left as they are)."""
+        names = list(dict.fromkeys(self._normal(x) for x in domains))
+        internal = set(self.model.organisation.internal_domains)
+        clash = [n for n in names if n in internal]
+        if clash:
+            raise UserError(f"{', '.join(clash)}: an internal domain cannot be an external one")
+        doc = self._document()
+        present = self._domain_index(doc)
+        added = [n for n in names if n not in present]
+        if not added:
+            return []
+        doc = self._edited()
+        when = d.stamp(at)
+        for name in added:
+            entry = {"domain": name, "added": when, "encryption_mode": mode.value}
+            d.append_entry(doc, "external_domains", d.make_table(entry))
+        d.sync_managed(doc)
+        return added
+
+    def remove_domains(self, domains: Iterable[str]) -> list[str]:
+        """Remove domains and what was created for them. All must exist, else nothing
+        changes and UserError names the unknown ones."""
+        names = list(dict.fromkeys(self._normal(x) for x in domains))
+        doc = self._document()
+        present = self._domain_index(doc)
+        unknown = [n for n in names if n not in present]
+        if unknown:
+            raise UserError(f"not an external domain of this bundle: {', '.join(unknown)}")
+        if not names:
+            return []
+        doc = self._edited()
+        d.delete_entries(doc, "external_domains", [present[n] for n in names])
+        d.sync_managed(doc)
+        return names
+
+    def set_domain_mode(self, domain: str, mode: EncryptionMode) -> None:
+        entry = self._domain_entry(self._document(), domain)
+        if str(entry.get("encryption_mode", "strict")) == mode.value:
+            return
+        doc = self._edited()
+        entry["encryption_mode"] = mode.value
+        d.sync_managed(doc)
+
+    def record_domain_validation(self, domain: str, result: LastValidation) -> None:
+        entry = self._domain_entry(self._document(), domain)
+        self._edited()
+        entry["last_validation"] = d.validation_table(result)
+
+    # Inbound routes ---------------------------------------------------------------------
+
+    @staticmethod
+    def _route_key(host: str, port: int) -> tuple[str, int]:
+        try:
+            return normalize_host(host), check_port(port)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    def _route_index(self, doc: TOMLDocument) -> dict[tuple[str, int], int]:
+        return {(str(t["host"]), int(t.get("port", 25))): i
+                for i, t in enumerate(d.entries(doc, "inbound_routes"))}
+
+    def _route_at(self, doc: TOMLDocument, key: tuple[str, int]) -> int:
+        index = self._route_index(doc).get(key)
+        if index is None:
+            raise UserError(f"{_show(key)} is not an inbound route of this bundle")
+        return index
+
+    def add_route(self, host: str, port: int = 25) -> tuple[str, int]:
+        """Add an inbound route; returns its normalised (host, port)."""
+        key = self._route_key(host, port)
+        if key in self._route_index(self._document()):
+            raise UserError(f"{_show(key)} is already an inbound route")
+        doc = self._edited()
+        d.append_entry(doc, "inbound_routes", d.make_table({"host": key[0], "port": key[1]}))
+        return key
+
+    def remove_route(self, host: str, port: int) -> None:
+        doc = self._document()
+        index = self._route_at(doc, self._route_key(host, port))
+        d.delete_entries(self._edited(), "inbound_routes", [index])
+
+    def update_route(self, old_host: str, old_port: int, new_host: str, new_port: int) -> None:
+        """Point a route elsewhere; what its validation found no longer applies and is
+        dropped."""
+        doc = self._document()
+        old, new = self._route_key(old_host, old_port), self._route_key(new_host, new_port)
+        index = self._route_at(doc, old)
+        if new != old and new in self._route_index(doc):
+            raise UserError(f"{_show(new)} is already an inbound route")
+        entry = self._edited()["inbound_routes"][index]
+        entry["host"], entry["port"] = new
+        for key in ("encryption_mode", "last_validation"):
+            if key in entry:
+                del entry[key]
+
+    def record_route_validation(
+        self, host: str, port: int, result: LastValidation, mode: EncryptionMode | None
+    ) -> None:
+        """Store a route's verdict and the encryption mode it supports (None: it does not
+        support TLS, so no mode is stored)."""
+        doc = self._document()
+        entry = doc["inbound_routes"][self._route_at(doc, self._route_key(host, port))]
+        self._edited()
+        if mode is None:
+            if "encryption_mode" in entry:
+                del entry["encryption_mode"]
+        else:
+            entry["encryption_mode"] = mode.value
+        entry["last_validation"] = d.validation_table(result)
+
+    # Organisation -----------------------------------------------------------------------
+
+    def set_organisation(
+        self, internal_domains: Iterable[str] | None = None,
+        authorized_outbound: Iterable[str | IPNetwork] | None = None,
+    ) -> None:
+        """Replace the lists given; None leaves a list as it is."""
+        values: dict[str, list[str]] = {}
+        if internal_domains is not None:
+            domains = list(dict.fromkeys(self._normal(x) for x in internal_domains))
+            external = {x.domain for x in self.model.external_domains}
+            clash = [x for x in domains if x in external]
+            if clash:
+                raise UserError(f"{', '.join(clash)}: already an external domain; "
+                                f"remove it there first")
+            values["internal_domains"] = domains
+        if authorized_outbound is not None:
+            networks: list[str] = []
+            for item in authorized_outbound:
+                try:
+                    networks.append(str(parse_network(str(item))))
+                except ValueError as exc:
+                    raise UserError(str(exc)) from None
+            values["authorized_outbound"] = list(dict.fromkeys(networks))
+        if not values:
+            return
+        doc = self._edited()
+        org = doc["organisation"] if "organisation" in doc else d.add_table(doc, "organisation")
+        for key, items in values.items():
+            array = tomlkit.array()
+            array.extend(items)
+            org[key] = array
+
+
+def _show(key: tuple[str, int]) -> str:
+    host, port = key
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
