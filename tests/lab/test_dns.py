@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import dns.asyncquery
@@ -9,6 +10,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
@@ -139,8 +141,6 @@ async def test_names_outside_the_zone_are_refused_not_forwarded(server: DNSServe
 
 
 async def test_garbage_is_survived(server: DNSServer) -> None:
-    import asyncio
-
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
         asyncio.DatagramProtocol, remote_addr=server.address)
@@ -152,8 +152,6 @@ async def test_garbage_is_survived(server: DNSServer) -> None:
 
 def test_every_lab_host_resolves_in_the_zone() -> None:
     zone = build_zone(DOMAINS, ROUTES)
-    import dns.name
-
     for d in (*DOMAINS, *ROUTES):
         for h in d.hosts:
             name = dns.name.from_text(h.name)

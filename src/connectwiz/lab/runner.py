@@ -154,6 +154,7 @@ class Lab:
         server = self._server_for(hosts)
         await server.start()
         for h in hosts:
+            self._hosts[h.name] = h
             self.zone.add(f"{h.name}.", "A", address)
         return address, server.port
 
