@@ -1,0 +1,98 @@
+"""`connectwiz validate` end to end against the lab: output, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from connectwiz.cli import main
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def net(lab, monkeypatch) -> list[str]:
+    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "CONCURRENCY"):
+        monkeypatch.delenv(f"CONNECTWIZ_{var}", raising=False)
+    host, port = lab.nameserver
+    return ["--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
+            "--ca-file", str(lab.ca_file), "--timeout", "3"]
+
+
+def test_all_supporting_tls_exits_0(net, capsys):
+    assert main(["validate", *net, "trusted.example", "selfsigned.example"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("✔ trusted.example: Supports TLS — Strict — TLSv1.")
+    assert lines[1].startswith("✔ selfsigned.example: Supports TLS — Relaxed — ")
+    assert "self-signed" in lines[1] and len(lines) == 2
+
+
+def test_one_unsupported_exits_1(net, capsys):
+    assert main(["validate", *net, "trusted.example", "nostarttls.example"]) == 1
+    out = capsys.readouterr().out
+    assert "✖ nostarttls.example: TLS Not Supported — STARTTLS not offered" in out
+
+
+def test_error_is_marked_and_exits_1(net, capsys):
+    assert main(["validate", *net, "nxdomain.example"]) == 1
+    assert capsys.readouterr().out.startswith("! nxdomain.example: Error — domain does not exist")
+
+
+def test_json_output_is_the_contract(net, lab, capsys):
+    code = main(["validate", "--json", *net, "--route", f"mail.corp.example:{lab.smtp_port}",
+                 "BÜCHER.example", "mixed.example"])
+    assert code == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [d["target"] for d in data] == [f"mail.corp.example:{lab.smtp_port}",
+                                           "xn--bcher-kva.example", "mixed.example"]
+    assert [d["kind"] for d in data] == ["route", "domain", "domain"]
+    assert [d["status"] for d in data] == ["strict", "strict", "unsupported"]
+    assert [h["preference"] for h in data[2]["hosts"]] == [10, 20, 30]
+    assert data[1]["hosts"][0]["rcpt"] is None
+
+
+def test_verbose_shows_hosts_and_certificate(net, capsys):
+    assert main(["validate", "-v", *net, "wrongname.example"]) == 0
+    out = capsys.readouterr().out
+    assert "mx.wrongname.example" in out and "(preference 10)" in out
+    assert "names:     not-this-host.example" in out
+    assert "issuer:    CN=connectwiz lab CA" in out and "key:       EC secp256r1 256 bits" in out
+
+
+def test_email_shows_rcpt_reply_in_verbose(net, capsys):
+    assert main(["validate", "-v", "--email", "x@partner.example", *net,
+                 "rejectrcpt.example"]) == 0
+    assert "RCPT TO:   550" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "nothing to validate"),
+        (["not a domain"], "invalid domain 'not a domain': contains a space"),
+        (["user@partner.example"], "looks like an e-mail address"),
+        (["--route", "mail.example:99999"], "bad port"),
+        (["--email", "nobody", "trusted.example"], "--email 'nobody'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(net, capsys, argv, message):
+    assert main(["validate", *net, *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("connectwiz: ") and message in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_real_process_keeps_stderr_clean_when_not_a_terminal(net):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTWIZ_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "connectwiz", "validate", "--json", *net, "trusted.example"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no progress display when stderr is not a TTY
+    assert json.loads(proc.stdout)[0]["status"] == "strict"
