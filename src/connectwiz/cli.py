@@ -22,8 +22,23 @@ COMMANDS = (
 
 
 class _Parser(argparse.ArgumentParser):
+    _intermixing = False
+
     def error(self, message: str) -> None:  # argparse's default prints usage; keep it one line
         self.exit(2, f"connectwiz: {message} (see connectwiz {self.prog.split()[-1]} --help)\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # Let options sit between positionals (`domains add --relaxed a.example`); argparse
+        # supports that only in parsers without subcommands, so the top level parses as usual.
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _network_options(p: argparse.ArgumentParser) -> None:

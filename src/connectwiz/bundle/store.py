@@ -373,13 +373,6 @@ class Bundle:
 
     # Inbound routes ---------------------------------------------------------------------
 
-    @staticmethod
-    def _route_key(host: str, port: int) -> tuple[str, int]:
-        try:
-            return normalize_host(host), check_port(port)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-
     def _route_index(self, doc: TOMLDocument) -> dict[tuple[str, int], int]:
         return {(str(t["host"]), int(t.get("port", 25))): i
                 for i, t in enumerate(d.entries(doc, "inbound_routes"))}
@@ -392,7 +385,7 @@ class Bundle:
 
     def add_route(self, host: str, port: int = 25) -> tuple[str, int]:
         """Add an inbound route; returns its normalised (host, port)."""
-        key = self._route_key(host, port)
+        key = route_key(host, port)
         if key in self._route_index(self._document()):
             raise UserError(f"{_show(key)} is already an inbound route")
         doc = self._edited()
@@ -401,14 +394,14 @@ class Bundle:
 
     def remove_route(self, host: str, port: int) -> None:
         doc = self._document()
-        index = self._route_at(doc, self._route_key(host, port))
+        index = self._route_at(doc, route_key(host, port))
         d.delete_entries(self._edited(), "inbound_routes", [index])
 
     def update_route(self, old_host: str, old_port: int, new_host: str, new_port: int) -> None:
         """Point a route elsewhere; what its validation found no longer applies and is
         dropped."""
         doc = self._document()
-        old, new = self._route_key(old_host, old_port), self._route_key(new_host, new_port)
+        old, new = route_key(old_host, old_port), route_key(new_host, new_port)
         index = self._route_at(doc, old)
         if new != old and new in self._route_index(doc):
             raise UserError(f"{_show(new)} is already an inbound route")
@@ -424,7 +417,7 @@ class Bundle:
         """Store a route's verdict and the encryption mode it supports (None: it does not
         support TLS, so no mode is stored)."""
         doc = self._document()
-        entry = doc["inbound_routes"][self._route_at(doc, self._route_key(host, port))]
+        entry = doc["inbound_routes"][self._route_at(doc, route_key(host, port))]
         self._edited()
         if mode is None:
             if "encryption_mode" in entry:
@@ -465,6 +458,14 @@ class Bundle:
             array = tomlkit.array()
             array.extend(items)
             org[key] = array
+
+
+def route_key(host: str, port: int) -> tuple[str, int]:
+    """A route's normalised (host, port), or UserError."""
+    try:
+        return normalize_host(host), check_port(port)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _show(key: tuple[str, int]) -> str:
