@@ -45,11 +45,14 @@ def _key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a private temp file + fsync + rename: readers see all of it or none."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -124,14 +127,14 @@ class LabCA:
             .sign(self._key, hashes.SHA256())
         )
         self.ca_file = self.directory / "lab-ca.pem"
-        _write_atomic(self.ca_file, self.certificate.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.ca_file, self.certificate.public_bytes(serialization.Encoding.PEM))
 
     def key_for(self, key_type: str = "ec") -> tuple[PrivateKey, Path]:
         """The shared leaf key of this type and its PEM file (created on first use)."""
         if key_type not in self._keys:
             key = _new_key(key_type)
             path = self.directory / f"leaf-{key_type}.key"
-            _write_atomic(path, _key_pem(key))
+            write_atomic(path, _key_pem(key))
             self._keys[key_type], self._key_files[key_type] = key, path
         return self._keys[key_type], self._key_files[key_type]
 
@@ -189,7 +192,7 @@ class LabCA:
         self._serial += 1
         stem = names[0].replace("*", "wildcard")
         path = self.directory / f"{self._serial:04d}-{stem}.pem"
-        _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(path, cert.public_bytes(serialization.Encoding.PEM))
         return path, key_path
 
 
