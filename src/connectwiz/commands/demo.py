@@ -1,0 +1,50 @@
+"""`connectwiz demo`: the lab in a thread and the wizard wired to it, so every state of the
+flow can be seen with no network and no set-up. The lab stops when the wizard exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from connectwiz.bundle import Bundle
+from connectwiz.lab import LabHandle, run_in_thread
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.tui import make_app
+
+DEMO_INTERNAL_DOMAIN = "corp.example"
+DEMO_NETWORK = "10.0.0.0/8"
+DEMO_HINT = (
+    "Demo: a local lab answers for you. Add some lab domains to see each verdict: "
+    "trusted.example, selfsigned.example, expired.example, nostarttls.example, "
+    "nullmx.example, mixed.example. One sample route has no TLS: edit or remove it to go on."
+)
+
+
+def seed_demo_bundle(path: Path, lab: LabHandle) -> None:
+    """A starting bundle: the organisation and the lab's sample routes (strict, relaxed, none)."""
+    bundle = Bundle.load_or_new(path)
+    bundle.set_organisation(internal_domains=[DEMO_INTERNAL_DOMAIN],
+                            authorized_outbound=[DEMO_NETWORK])
+    for host, port in lab.routes:
+        bundle.add_route(host, port)
+    bundle.save()
+
+
+def demo_options(lab: LabHandle) -> NetworkOptions:
+    return NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
+                          ca_file=Path(lab.ca_file), timeout=5.0, concurrency=50)
+
+
+def run(args: argparse.Namespace) -> int:
+    with run_in_thread(smtp_port=0) as lab, tempfile.TemporaryDirectory(
+            prefix="connectwiz-demo-") as scratch:
+        path = Path(args.bundle).expanduser() if args.bundle else Path(scratch) / "bundle.toml"
+        if not path.exists():
+            seed_demo_bundle(path, lab)
+        make_app(path, demo_options(lab), hint=DEMO_HINT).run()
+        if not args.bundle:
+            print("The demo bundle was scratch and is gone; use --bundle PATH to keep it.",
+                  file=sys.stderr)
+    return 0

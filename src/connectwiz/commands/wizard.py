@@ -1,0 +1,17 @@
+"""`connectwiz wizard`: the terminal wizard over one bundle."""
+
+from __future__ import annotations
+
+import argparse
+
+from connectwiz.bundle.paths import resolve_bundle_path
+from connectwiz.probe.options import options_from
+from connectwiz.tui import make_app
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
+                           ca_file=args.ca_file, timeout=args.timeout,
+                           concurrency=args.concurrency)
+    make_app(resolve_bundle_path(args.bundle), options).run()  # BundleError: one line, exit 2
+    return 0

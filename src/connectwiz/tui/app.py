@@ -1,0 +1,80 @@
+"""The wizard App: owns the state, shows one screen per step, reports probe failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from connectwiz.bundle import Bundle
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.tui.components.dialogs import ConfirmDialog
+from connectwiz.tui.probing import PROBE_GROUP
+from connectwiz.tui.screens.start import StartScreen
+from connectwiz.tui.state import Clock, WizardState, utc_now
+
+
+class WizardApp(App[None]):
+    CSS_PATH = "wizard.tcss"
+    TITLE = "connectwiz"
+    SUB_TITLE = "Set up your TLS policies"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    def __init__(self, state: WizardState, *, blink: bool = True) -> None:
+        super().__init__()
+        self.state = state
+        self.blink = blink  # snapshot tests turn the cursor blink off for stable pictures
+
+    def on_mount(self) -> None:
+        self.push_screen(StartScreen())
+
+    async def action_quit(self) -> None:
+        if not self.state.unsaved():
+            self.exit()
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        if not isinstance(self.screen, ConfirmDialog):
+            self.push_screen(ConfirmDialog(
+                "You have changes that are not saved (Finish saves them). Quit anyway?",
+                "Quit", "Stay"), done)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed or cancelled probe is reported: a message, never a crash."""
+        if event.worker.group != PROBE_GROUP:
+            return
+        if event.state is WorkerState.ERROR:
+            error = event.worker.error
+            detail = str(error) or type(error).__name__
+            self.notify(f"Validation failed: {detail}", severity="error", timeout=10)
+        elif event.state is WorkerState.CANCELLED:
+            self.notify("Validation cancelled", severity="warning")
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The palette lists what the current step can do, alongside Textual's own commands."""
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if active.node is self or not binding.description or not active.enabled:
+                continue
+            yield SystemCommand(binding.description, f"Key: {binding.key_display or key}",
+                                partial(self.run_action, binding.action, active.node))
+        yield from super().get_system_commands(screen)
+
+
+def make_app(bundle_path: Path, options: NetworkOptions, *, clock: Clock | None = None,
+             hint: str = "", blink: bool = True) -> WizardApp:
+    """The wizard on ``bundle_path`` (created at Finish if missing). Raises BundleError."""
+    bundle = Bundle.load_or_new(Path(bundle_path))
+    state = WizardState(bundle, options, clock=clock or utc_now, hint=hint)
+    return WizardApp(state, blink=blink)

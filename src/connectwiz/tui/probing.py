@@ -1,0 +1,95 @@
+"""Running validations from a screen without blocking it.
+
+A screen mixes in ProbeRunner, calls ``start_probe`` with targets keyed by what the screen
+shows (a route's (host, port), a domain name), and gets one ``TargetValidated`` message per
+target as results arrive. Tests feed results through the same message, so the pictures
+they take come from the code path a real probe uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+from textual import work
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import ProgressBar
+from textual.worker import Worker, WorkerState
+
+from connectwiz.probe import Target, validate_targets
+from connectwiz.probe.results import TargetResult
+
+PROBE_GROUP = "probe"
+
+
+@dataclass
+class TargetValidated(Message):
+    """One target's verdict; ``key`` is what the screen listed (route key or domain)."""
+
+    key: Hashable
+    result: TargetResult
+
+
+@dataclass
+class ProbeFinished(Message):
+    """The run ended (done, failed or cancelled); screens hide their progress."""
+
+    state: WorkerState
+
+
+class ProbeRunner(Screen):
+    """A screen that validates targets in a worker, shows progress and can cancel the run."""
+
+    def init_probe(self) -> None:
+        self.pending: set[Hashable] = set()
+        self.probe_worker: Worker[None] | None = None
+
+    @property
+    def probing(self) -> bool:
+        running = self.probe_worker is not None and self.probe_worker.is_running
+        return running or bool(self.pending)
+
+    def start_probe(self, targets: dict[Hashable, Target], email: str | None) -> None:
+        self.show_pending(targets)
+        self.probe_worker = self._run_probe(dict(targets), email)
+        self.refresh_bindings()
+
+    def show_pending(self, keys: Iterable[Hashable]) -> None:
+        """Mark these rows as being tested and reset the progress bar (if the screen has one)."""
+        self.pending = set(keys)
+        for bar in self.query(ProgressBar):
+            bar.update(total=len(self.pending), progress=0)
+            bar.display = True
+
+    def settle(self, key: Hashable) -> None:
+        """One result is in: the row is no longer pending and the bar moves on."""
+        self.pending.discard(key)
+        for bar in self.query(ProgressBar):
+            bar.advance(1)
+
+    def cancel_probe(self) -> None:
+        if self.probe_worker is not None:
+            self.probe_worker.cancel()
+
+    @work(exclusive=True, exit_on_error=False, group=PROBE_GROUP)
+    async def _run_probe(self, targets: dict[Hashable, Target], email: str | None) -> None:
+        options = self.app.state.options  # type: ignore[attr-defined]
+        label_to_key = {t.label(options.smtp_port): k for k, t in targets.items()}
+
+        def progress(result: TargetResult) -> None:
+            key = label_to_key.get(result.target)
+            if key is not None:
+                self.post_message(TargetValidated(key, result))
+
+        await validate_targets(list(targets.values()), options, email=email, progress=progress)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # Not stopped: the App's handler also sees it and reports failures.
+        if event.worker is self.probe_worker and event.state in (
+            WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED
+        ):
+            self.pending.clear()
+            for bar in self.query(ProgressBar):
+                bar.display = False
+            self.post_message(ProbeFinished(event.state))

@@ -1,0 +1,149 @@
+"""Add External Domains: paste one per line (up to 50), Continue to review, Add to confirm."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, DataTable, Footer, Header, Static, TextArea
+
+from connectwiz.policy.domains import MAX_BATCH, BatchLine, display_domain, parse_domain_batch
+from connectwiz.tui.labels import BAD, GOOD
+from connectwiz.tui.screens.base import WizardScreen
+
+
+class AddDomainsScreen(WizardScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "continue", "Continue", id="continue"),
+        Binding("a", "add", "Add", id="add"),
+        Binding("d,delete", "remove", "Remove line", id="remove"),
+        Binding("e", "edit", "Edit text", id="edit"),
+        Binding("escape", "cancel", "Cancel", id="cancel"),
+    ]
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self.initial = text
+        self.reviewing = False
+        self.lines: list[BatchLine] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Add External Domains", classes="step-title")
+        with Vertical(id="edit-pane"):
+            yield Static(f"One domain per line, up to {MAX_BATCH} at a time. Ctrl+S continues.",
+                         classes="explain")
+            yield TextArea(self.initial, id="batch", show_line_numbers=True)
+            with Horizontal(classes="buttons"):
+                yield Button("Continue", id="continue", variant="primary")
+                yield Button("Cancel", id="cancel")
+        with Vertical(id="review-pane"):
+            yield Static(id="summary", classes="explain")
+            yield DataTable(id="review", cursor_type="row")
+            with Horizontal(classes="buttons"):
+                yield Button("Add", id="add", variant="success")
+                yield Button("Edit text", id="edit")
+                yield Button("Cancel", id="cancel-review")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#review", DataTable)
+        table.add_column("Line", key="line")
+        table.add_column("Entered", key="text")
+        table.add_column("Result", key="result")
+
+    def redraw(self) -> None:
+        self.query_one("#edit-pane").display = not self.reviewing
+        self.query_one("#review-pane").display = self.reviewing
+        if self.reviewing:
+            self._fill_review()
+        super().redraw()
+
+    @property
+    def text_area(self) -> TextArea:
+        return self.query_one("#batch", TextArea)
+
+    def _parse(self) -> None:
+        existing = {d.domain for d in self.state.model.external_domains}
+        self.lines = parse_domain_batch(self.text_area.text, existing)
+
+    def _fill_review(self) -> None:
+        table = self.query_one("#review", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for line in self.lines:
+            if line.accepted:
+                assert line.domain is not None
+                result = Text(f"✔ will add {display_domain(line.domain)}", style=GOOD)
+            else:
+                result = Text(f"✖ {line.rejection}: {line.reason}", style=BAD)
+            table.add_row(str(line.line_no), line.text.strip(), result, key=str(line.line_no))
+        if self.lines:
+            table.move_cursor(row=min(cursor, len(self.lines) - 1))
+        accepted = sum(1 for line in self.lines if line.accepted)
+        rejected = len(self.lines) - accepted
+        summary = Text(f"{accepted} domain(s) to add")
+        if rejected:
+            summary.append(f", {rejected} line(s) with errors: remove them (D) or edit the text "
+                           "(E) before adding.", style="yellow")
+        elif not accepted:
+            summary.append(": nothing to add. Edit the text (E).", style="yellow")
+        self.query_one("#summary", Static).update(summary)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "continue":
+            return not self.reviewing
+        if action in ("remove", "edit"):
+            return self.reviewing
+        if action == "add":
+            if not self.reviewing:
+                return False
+            ready = self.lines and all(line.accepted for line in self.lines)
+            return True if ready else None
+        return True
+
+    @on(Button.Pressed, "#continue")
+    def action_continue(self) -> None:
+        self._parse()
+        if not self.lines:
+            self.notify("Enter at least one domain, one per line.", severity="warning")
+            return
+        self.reviewing = True
+        self.redraw()
+        self.query_one("#review", DataTable).focus()
+
+    @on(Button.Pressed, "#edit")
+    def action_edit(self) -> None:
+        self.reviewing = False
+        self.redraw()
+        self.text_area.focus()
+
+    def action_remove(self) -> None:
+        """Drop the highlighted line from the text and check the batch again."""
+        row = self.query_one("#review", DataTable).cursor_row
+        if not 0 <= row < len(self.lines):
+            return
+        raw = self.text_area.text.splitlines()
+        del raw[self.lines[row].line_no - 1]
+        self.text_area.load_text("\n".join(raw))
+        self._parse()
+        self.redraw()
+
+    @on(Button.Pressed, "#add")
+    def action_add(self) -> None:
+        if self.check_action("add", ()) is not True:
+            self.notify("Remove the lines with errors first.", severity="warning")
+            return
+        domains = [line.domain for line in self.lines if line.domain is not None]
+        self.state.add_domains(domains)
+        self.app.pop_screen()
+        self.notify(f"Added {len(domains)} domain(s); Validate checks their TLS (saved at "
+                    "Finish).")
+
+    @on(Button.Pressed, "#cancel, #cancel-review")
+    def action_cancel(self) -> None:
+        self.app.pop_screen()

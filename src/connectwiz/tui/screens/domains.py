@@ -1,0 +1,195 @@
+"""Step 2: external domains. Add a batch, validate one or all, remove, then Finish."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+
+from connectwiz.bundle import BundleError
+from connectwiz.policy.domains import display_domain
+from connectwiz.policy.model import EncryptionMode, ExternalDomain, ValidationStatus
+from connectwiz.probe import Target
+from connectwiz.tui.components.dialogs import ConfirmDialog
+from connectwiz.tui.components.domain_dialog import DomainValidateDialog
+from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, when
+from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
+from connectwiz.tui.screens.add_domains import AddDomainsScreen
+from connectwiz.tui.screens.base import WizardScreen
+from connectwiz.tui.screens.finish import FinishScreen
+
+
+class DomainsScreen(ProbeRunner, WizardScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "add", "Add domains", id="add"),
+        Binding("v", "validate", "Validate", id="validate"),
+        Binding("V", "validate_all", "Validate all", id="validate_all"),
+        Binding("d,delete", "remove", "Remove", id="remove"),
+        Binding("r", "mode('relaxed')", "Enforce Relaxed", id="relaxed"),
+        Binding("r", "mode('strict')", "Enforce Strict", id="strict"),
+        Binding("escape", "cancel_probe", "Cancel test", id="cancel_probe"),
+        Binding("f", "finish", "Finish", id="finish"),
+        Binding("b", "back", "Back", id="back"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.init_probe()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Step 2 of 3 · External domains", classes="step-title")
+        yield Static("Mail to these domains is delivered with Enforced TLS (Strict) and mail "
+                     "from them is received with Enforced TLS.", classes="explain")
+        yield DataTable(id="domains", cursor_type="row", zebra_stripes=True)
+        yield ProgressBar(id="progress", show_eta=False)
+        yield Static(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column("Domain", key="domain")
+        table.add_column("Mode", key="mode")
+        table.add_column("Status", key="status")
+        table.add_column("Validated", key="at")
+        self.query_one(ProgressBar).display = False
+
+    def redraw(self) -> None:
+        table = self.query_one(DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        domains = self.state.model.external_domains
+        for domain in domains:  # keyed by name: rows are found again when results arrive
+            table.add_row(*self._row(domain), key=domain.domain)
+        if domains:
+            table.move_cursor(row=min(cursor, len(domains) - 1))
+        self._update_detail()
+        super().redraw()
+
+    def _row(self, domain: ExternalDomain) -> tuple[str | Text, ...]:
+        return (display_domain(domain.domain), mode_label(domain.encryption_mode),
+                self._verdict(domain), Text(when(domain.last_validation), style=MUTED))
+
+    def _verdict(self, domain: ExternalDomain) -> Text:
+        if domain.domain in self.pending:
+            return TESTING.copy()
+        return domain_verdict(self.state.domain_status(domain))
+
+    def selected(self) -> ExternalDomain | None:
+        domains = self.state.model.external_domains
+        row = self.query_one(DataTable).cursor_row
+        return domains[row] if domains and 0 <= row < len(domains) else None
+
+    @on(DataTable.RowHighlighted)
+    def _update_detail(self) -> None:
+        domains = self.state.model.external_domains
+        domain = self.selected()
+        if self.probing:
+            text = Text(f"Validating… {len(self.pending)} to go. Escape cancels.")
+        elif domain is None:
+            text = Text("No external domains yet: Add domains (A).", style="yellow")
+        else:
+            text = Text(f"{len(domains)} domain(s). {display_domain(domain.domain)}: ")
+            result = self.state.domain_results.get(domain.domain)
+            last = domain.last_validation
+            reason = result.reason if result else (last.reason if last else "")
+            status = self.state.domain_status(domain)
+            if status is None:
+                text.append("not validated yet (V).", style=MUTED)
+            else:
+                text.append_text(domain_verdict(status, reason))
+                if status is ValidationStatus.RELAXED and (
+                        domain.encryption_mode is EncryptionMode.STRICT):
+                    text.append(" R enforces it as Relaxed.", style="yellow")
+        self.query_one("#detail", Static).update(text)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        domain = self.selected()
+        if action == "cancel_probe":
+            return self.probing
+        if action == "mode":
+            if domain is None:
+                return False
+            wanted = EncryptionMode(str(parameters[0]))
+            if wanted is EncryptionMode.RELAXED:
+                return (domain.encryption_mode is EncryptionMode.STRICT
+                        and self.state.domain_status(domain) is ValidationStatus.RELAXED)
+            return domain.encryption_mode is EncryptionMode.RELAXED
+        if self.probing and action in ("add", "validate", "validate_all", "remove", "finish",
+                                       "back"):
+            return None
+        if action in ("validate", "validate_all", "remove") and domain is None:
+            return None
+        return True
+
+    def action_add(self) -> None:
+        self.app.push_screen(AddDomainsScreen())
+
+    def action_validate(self) -> None:
+        domain = self.selected()
+        if domain is not None:
+            self.app.push_screen(DomainValidateDialog(domain.domain))
+
+    def action_validate_all(self) -> None:
+        state = self.state
+        domains = state.model.external_domains
+        self.start_probe({d.domain: Target.domain(d.domain) for d in domains}, None)
+        self.redraw()
+
+    def action_remove(self) -> None:
+        domain = self.selected()
+        if domain is None:
+            return
+        name = domain.domain
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.state.remove_domain(name)
+                self.redraw()
+                self.notify(f"Removed {display_domain(name)} (saved at Finish)")
+
+        self.app.push_screen(ConfirmDialog(
+            f"Remove {display_domain(name)}? Its TLS policies go with it.", "Remove", "Keep"),
+            done)
+
+    def action_mode(self, mode: str) -> None:
+        domain = self.selected()
+        if domain is not None:
+            self.state.set_domain_mode(domain.domain, EncryptionMode(mode))
+            self.redraw()
+
+    def action_cancel_probe(self) -> None:
+        self.cancel_probe()
+
+    def on_target_validated(self, message: TargetValidated) -> None:
+        name = str(message.key)
+        self.settle(name)
+        self.state.record_domain(name, message.result)
+        domain = self.state.domain(name)
+        if domain is not None:
+            table = self.query_one(DataTable)
+            if name in table.rows:
+                table.update_cell(name, "status", self._verdict(domain), update_width=True)
+                table.update_cell(name, "at", Text(when(domain.last_validation), style=MUTED),
+                                  update_width=True)
+        self._update_detail()
+
+    def on_probe_finished(self, message: ProbeFinished) -> None:
+        self.redraw()
+
+    def action_finish(self) -> None:
+        try:
+            self.state.save()
+        except (BundleError, OSError) as exc:
+            self.notify(f"Could not write {self.state.path}: {exc}", severity="error",
+                        timeout=10)
+            return
+        self.app.push_screen(FinishScreen())
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

@@ -1,0 +1,96 @@
+"""Step 3: the summary, shown once the bundle is written. Edit goes back; Export writes a copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import Footer, Header, Static
+
+from connectwiz.tui.components.dialogs import ExportDialog
+from connectwiz.tui.labels import BAD, GOOD, MUTED, mode_label, pretty_path
+from connectwiz.tui.screens.base import WizardScreen
+
+_SHOWN = 8
+
+
+def _names(items: tuple[str, ...]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f" … and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+class FinishScreen(WizardScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("e", "edit", "Edit", id="edit"),
+        Binding("x", "export", "Export", id="export"),
+        Binding("q", "app.quit", "Quit", id="quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Step 3 of 3 · Summary", classes="step-title")
+        with VerticalScroll(id="summary"):
+            yield Static(id="policies")
+            yield Static(id="routes")
+            yield Static(id="changes")
+            yield Static(id="saved")
+        yield Footer()
+
+    def redraw(self) -> None:
+        state, model = self.state, self.state.model
+        count = len(model.external_domains)
+        self.query_one("#policies", Static).update(Text.assemble(
+            ("External Domain TLS Policies\n", "bold"),
+            (f"  {count} domain{'s' if count != 1 else ''}", GOOD if count else MUTED),
+            " with Enforced TLS for delivery and receipt",
+        ))
+
+        routes = Text("Inbound routes\n", style="bold")
+        for route in model.inbound_routes:
+            routes.append(f"  {route.host}:{route.port}  ")
+            routes.append(mode_label(route.encryption_mode),
+                          style=GOOD if route.encryption_mode else BAD)
+            routes.append("\n")
+        if not model.inbound_routes:
+            routes.append("  none\n", style=MUTED)
+        self.query_one("#routes", Static).update(routes)
+
+        changes = state.changes()
+        text = Text("Changes since the bundle was opened\n", style="bold")
+        if changes.empty:
+            text.append("  none\n", style=MUTED)
+        for label, items in (
+            ("Domains added", changes.domains_added),
+            ("Domains removed", changes.domains_removed),
+            ("Routes added", tuple(f"{h}:{p}" for h, p in changes.routes_added)),
+            ("Routes removed", tuple(f"{h}:{p}" for h, p in changes.routes_removed)),
+            ("Encryption mode changed", changes.modes_changed),
+        ):
+            if items:
+                text.append(f"  {label} ({len(items)}): {_names(items)}\n")
+        self.query_one("#changes", Static).update(text)
+        self.query_one("#saved", Static).update(
+            Text.assemble(("Saved to ", "bold"), pretty_path(state.path)))
+        super().redraw()
+
+    def action_edit(self) -> None:
+        self.app.pop_screen()
+
+    def action_export(self) -> None:
+        def done(choice: tuple[Path, str] | None) -> None:
+            if choice is None:
+                return
+            path, fmt = choice
+            try:
+                self.state.export(path, fmt)
+            except OSError as exc:
+                self.notify(f"Could not write {path}: {exc.strerror or exc}", severity="error")
+                return
+            self.notify(f"Exported the bundle as {fmt.upper()} to {path}")
+
+        default = Path(pretty_path(self.state.path.with_suffix(".json")))
+        self.app.push_screen(ExportDialog(default), done)

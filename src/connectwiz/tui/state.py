@@ -1,0 +1,213 @@
+"""The wizard's state: one object the App owns and every step reads and edits.
+
+Edits go to the Bundle's in-memory document; nothing reaches the disk until Finish
+(``save``). ``loaded`` is the model as it was read, so Finish can say what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from connectwiz.bundle import Bundle
+from connectwiz.policy.model import (
+    EncryptionMode,
+    ExternalDomain,
+    InboundRoute,
+    LastValidation,
+    PolicyModel,
+    ValidationStatus,
+)
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.probe.results import TargetResult
+
+Clock = Callable[[], datetime]
+RouteKey = tuple[str, int]
+SUPPORTED = (ValidationStatus.STRICT, ValidationStatus.RELAXED)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def email_problem(text: str) -> str | None:
+    """Why ``text`` is not a usable test address, or None when it is."""
+    text = text.strip()
+    if not text:
+        return "enter an e-mail address"
+    if not _EMAIL.match(text):
+        return f"{text!r} is not an e-mail address (expected name@domain)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What differs between the loaded bundle and the current one."""
+
+    domains_added: tuple[str, ...] = ()
+    domains_removed: tuple[str, ...] = ()
+    routes_added: tuple[RouteKey, ...] = ()
+    routes_removed: tuple[RouteKey, ...] = ()
+    modes_changed: tuple[str, ...] = ()  # routes and domains whose encryption mode changed
+
+    @property
+    def empty(self) -> bool:
+        return not (self.domains_added or self.domains_removed or self.routes_added
+                    or self.routes_removed or self.modes_changed)
+
+
+@dataclass
+class WizardState:
+    bundle: Bundle
+    options: NetworkOptions
+    clock: Clock = utc_now
+    hint: str = ""  # shown on the Start screen (the demo suggests lab domains)
+    loaded: PolicyModel = field(init=False)
+    saved_text: str = field(init=False)  # the bundle as last read or written
+    route_results: dict[RouteKey, TargetResult] = field(default_factory=dict)
+    domain_results: dict[str, TargetResult] = field(default_factory=dict)
+    route_email: str = ""
+    domain_emails: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.loaded = self.bundle.model
+        self.saved_text = self.bundle.to_toml()
+
+    @property
+    def model(self) -> PolicyModel:
+        return self.bundle.model
+
+    @property
+    def path(self) -> Path:
+        return Path(self.bundle.path)
+
+    # Inbound routes -------------------------------------------------------------------
+
+    def route(self, key: RouteKey) -> InboundRoute | None:
+        return next((r for r in self.model.inbound_routes if (r.host, r.port) == key), None)
+
+    def route_status(self, route: InboundRoute) -> ValidationStatus | None:
+        """This session's verdict, else the one stored in the bundle."""
+        result = self.route_results.get((route.host, route.port))
+        if result is not None:
+            return ValidationStatus(result.status)
+        return route.last_validation.status if route.last_validation else None
+
+    def routes_blocking(self) -> list[InboundRoute]:
+        """Routes that keep the wizard from going on: not validated, or not supporting TLS."""
+        return [r for r in self.model.inbound_routes if self.route_status(r) not in SUPPORTED]
+
+    def routes_ready(self) -> bool:
+        return bool(self.model.inbound_routes) and not self.routes_blocking()
+
+    def add_route(self, host: str, port: int) -> None:
+        self.bundle.add_route(host, port)
+
+    def update_route(self, old: RouteKey, host: str, port: int) -> None:
+        self.bundle.update_route(old[0], old[1], host, port)
+        self.route_results.pop(old, None)
+
+    def remove_route(self, key: RouteKey) -> None:
+        self.bundle.remove_route(*key)
+        self.route_results.pop(key, None)
+
+    # External domains -----------------------------------------------------------------
+
+    def domain(self, name: str) -> ExternalDomain | None:
+        return next((d for d in self.model.external_domains if d.domain == name), None)
+
+    def domain_status(self, domain: ExternalDomain) -> ValidationStatus | None:
+        result = self.domain_results.get(domain.domain)
+        if result is not None:
+            return ValidationStatus(result.status)
+        return domain.last_validation.status if domain.last_validation else None
+
+    def add_domains(self, domains: Iterable[str]) -> None:
+        self.bundle.add_domains(list(domains), at=self.clock())
+
+    def remove_domain(self, name: str) -> None:
+        self.bundle.remove_domains([name])
+        self.domain_results.pop(name, None)
+        self.domain_emails.pop(name, None)
+
+    def set_domain_mode(self, name: str, mode: EncryptionMode) -> None:
+        self.bundle.set_domain_mode(name, mode)
+
+    def email_for(self, name: str) -> str:
+        return self.domain_emails.get(name) or f"postmaster@{name}"
+
+    # Validation results (the worker's progress messages end here) --------------------
+
+    def record_route(self, key: RouteKey, result: TargetResult) -> None:
+        """Keep a route's verdict for display and write it (and the learned mode) to the bundle."""
+        if self.route(key) is None:  # removed while the probe ran
+            return
+        status = ValidationStatus(result.status)
+        mode = EncryptionMode(status.value) if status in SUPPORTED else None
+        self.bundle.record_route_validation(key[0], key[1], self._last(result), mode)
+        self.route_results[key] = result
+
+    def record_domain(self, name: str, result: TargetResult) -> None:
+        if self.domain(name) is None:
+            return
+        self.bundle.record_domain_validation(name, self._last(result))
+        self.domain_results[name] = result
+
+    def _last(self, result: TargetResult) -> LastValidation:
+        return LastValidation(ValidationStatus(result.status), self.clock(), result.reason)
+
+    # Finish ---------------------------------------------------------------------------
+
+    def changes(self) -> Changes:
+        before, after = self.loaded, self.model
+        old_domains = {d.domain: d for d in before.external_domains}
+        new_domains = {d.domain: d for d in after.external_domains}
+        old_routes = {(r.host, r.port): r for r in before.inbound_routes}
+        new_routes = {(r.host, r.port): r for r in after.inbound_routes}
+        modes = [f"{k[0]}:{k[1]}" for k, r in new_routes.items()
+                 if k in old_routes and old_routes[k].encryption_mode != r.encryption_mode]
+        modes += [d for d, x in new_domains.items()
+                  if d in old_domains and old_domains[d].encryption_mode != x.encryption_mode]
+        return Changes(
+            domains_added=tuple(d for d in new_domains if d not in old_domains),
+            domains_removed=tuple(d for d in old_domains if d not in new_domains),
+            routes_added=tuple(k for k in new_routes if k not in old_routes),
+            routes_removed=tuple(k for k in old_routes if k not in new_routes),
+            modes_changed=tuple(modes),
+        )
+
+    def unsaved(self) -> bool:
+        return self.bundle.to_toml() != self.saved_text
+
+    def save(self) -> None:
+        self.bundle.save()
+        self.saved_text = self.bundle.to_toml()
+
+    def export(self, path: Path, fmt: str) -> None:
+        """Write the bundle as TOML or JSON to ``path``, atomically."""
+        if fmt == "json":
+            text = json.dumps(self.bundle.to_json(), indent=2, ensure_ascii=False) + "\n"
+        else:
+            text = self.bundle.to_toml()
+        write_atomic(path, text)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path = path.expanduser()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

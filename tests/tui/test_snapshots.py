@@ -1,0 +1,231 @@
+"""Pictures of every step and state of the wizard, at 80x24 and (for the main steps) 120x40.
+
+Results are real TargetResult objects posted as the validation worker posts them, so the
+pictures are deterministic and come from the same code path as a live probe. Review the
+SVGs in snapshots/test_snapshots/ before accepting changes with --snapshot-update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from connectwiz.policy.model import EncryptionMode, ValidationStatus
+from connectwiz.probe.results import TargetResult
+from connectwiz.tui.probing import ProbeRunner, TargetValidated
+from tests.tui.helpers import DOMAIN_RESULTS, ROUTE_RESULTS, ROUTES, SIZES, Setup, wizard
+
+BOTH = pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
+HINT = "Demo: add lab domains such as trusted.example, selfsigned.example, nullmx.example."
+ALL_STRICT = {key: EncryptionMode.STRICT for key in ROUTES}
+DOMAINS = ["trusted.example", "selfsigned.example", "nostarttls.example", "nullmx.example"]
+
+Step = Callable[[Pilot[Any]], Awaitable[None]]
+
+
+def steps(*actions: Step) -> Step:
+    async def run(pilot: Pilot[Any]) -> None:
+        for action in actions:
+            await action(pilot)
+        await pilot.pause()
+
+    return run
+
+
+def press(*keys: str) -> Step:
+    async def run(pilot: Pilot[Any]) -> None:
+        await pilot.press(*keys)
+        await pilot.pause()
+
+    return run
+
+
+def feed(results: dict[Any, TargetResult]) -> Step:
+    """Post results to the current screen exactly as the probe worker does."""
+
+    async def run(pilot: Pilot[Any]) -> None:
+        for key, result in results.items():
+            pilot.app.screen.post_message(TargetValidated(key, result))
+        await pilot.pause()
+
+    return run
+
+
+def pending(keys: list[Hashable]) -> Step:
+    async def run(pilot: Pilot[Any]) -> None:
+        screen = pilot.app.screen
+        assert isinstance(screen, ProbeRunner)
+        screen.show_pending(keys)
+        screen.redraw()  # type: ignore[attr-defined]
+        await pilot.pause()
+
+    return run
+
+
+def to_domains(pilot: Pilot[Any]) -> Awaitable[None]:
+    return press("enter", "n")(pilot)
+
+
+@BOTH
+def test_start(snap_compare: Any, bundle_path: Path, size: str) -> None:
+    setup = Setup(route_modes={ROUTES[0]: EncryptionMode.STRICT,
+                               ROUTES[1]: EncryptionMode.RELAXED},
+                  domains=DOMAINS,
+                  domain_checks={"trusted.example": ValidationStatus.STRICT,
+                                 "nostarttls.example": ValidationStatus.UNSUPPORTED})
+    app = wizard(setup.write(bundle_path), hint=HINT)
+    assert snap_compare(app, terminal_size=SIZES[size])
+
+
+def test_start_new_bundle(snap_compare: Any, bundle_path: Path) -> None:
+    assert snap_compare(wizard(bundle_path))
+
+
+def test_organisation_dialog(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup().write(bundle_path))
+    assert snap_compare(app, press=["o"])
+
+
+def test_organisation_dialog_rejects_bad_network(snap_compare: Any, bundle_path: Path) -> None:
+    async def type_bad(pilot: Pilot[Any]) -> None:
+        await pilot.press("o", "tab", "end", *", 10.0.0.0/33", "enter")
+
+    app = wizard(Setup().write(bundle_path))
+    assert snap_compare(app, run_before=steps(type_bad))
+
+
+def test_routes_not_validated(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup().write(bundle_path))
+    assert snap_compare(app, press=["enter"])
+
+
+def test_routes_email_dialog_checks_address(snap_compare: Any, bundle_path: Path) -> None:
+    async def type_bad(pilot: Pilot[Any]) -> None:
+        await pilot.press("enter", "v", "ctrl+u", *"not-an-address", "enter")
+
+    app = wizard(Setup().write(bundle_path))
+    assert snap_compare(app, run_before=steps(type_bad))
+
+
+@BOTH
+def test_routes_results_block_next(snap_compare: Any, bundle_path: Path, size: str) -> None:
+    app = wizard(Setup().write(bundle_path))
+    assert snap_compare(app, terminal_size=SIZES[size],
+                        run_before=steps(press("enter"), feed(ROUTE_RESULTS)))
+
+
+def test_routes_all_supported(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(routes=ROUTES[:2]).write(bundle_path))
+    good = {k: ROUTE_RESULTS[k] for k in ROUTES[:2]}
+    assert snap_compare(app, run_before=steps(press("enter"), feed(good)))
+
+
+def test_routes_testing(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup().write(bundle_path))
+    first = {ROUTES[0]: ROUTE_RESULTS[ROUTES[0]]}
+    assert snap_compare(app, run_before=steps(press("enter"), pending(list(ROUTES)),
+                                              feed(first)))
+
+
+def test_route_edit_dialog(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup().write(bundle_path))
+    assert snap_compare(app, run_before=steps(press("enter", "down", "down", "e")))
+
+
+@BOTH
+def test_domains(snap_compare: Any, bundle_path: Path, size: str) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    # The cursor ends on selfsigned.example: only relaxed, so Enforce Relaxed is offered.
+    assert snap_compare(app, terminal_size=SIZES[size],
+                        run_before=steps(to_domains, feed(DOMAIN_RESULTS), press("down")))
+
+
+def test_domains_empty(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains))
+
+
+def test_domains_validating(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    two = {d: DOMAIN_RESULTS[d] for d in DOMAINS[:2]}
+    assert snap_compare(app, run_before=steps(to_domains, pending(list(DOMAINS)), feed(two)))
+
+
+def test_add_domains_text(snap_compare: Any, bundle_path: Path) -> None:
+    async def type_batch(pilot: Pilot[Any]) -> None:
+        await pilot.press("a", *"partner.example\nbank.example\nbücher.example")
+
+    app = wizard(Setup(route_modes=ALL_STRICT).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, type_batch))
+
+
+def test_add_domains_review_with_errors(snap_compare: Any, bundle_path: Path) -> None:
+    async def type_batch(pilot: Pilot[Any]) -> None:
+        text = "partner.example\nnot a domain\nPARTNER.example\ntrusted.example\nbank.example"
+        await pilot.press("a", *text, "ctrl+s")
+
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=["trusted.example"]).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, type_batch))
+
+
+def test_domain_dialog_error_more(snap_compare: Any, bundle_path: Path) -> None:
+    async def open_more(pilot: Pilot[Any]) -> None:
+        await pilot.press("down", "down", "v")
+        await pilot.pause()
+        failed = DOMAIN_RESULTS["nostarttls.example"]
+        pilot.app.screen.post_message(TargetValidated("nostarttls.example", failed))
+        await pilot.pause()
+        await pilot.click("CollapsibleTitle")
+
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, terminal_size=(100, 30), run_before=steps(to_domains, open_more))
+
+
+def test_domain_dialog_supports_tls(snap_compare: Any, bundle_path: Path) -> None:
+    async def validated(pilot: Pilot[Any]) -> None:
+        await pilot.press("v")
+        await pilot.pause()
+        ok = DOMAIN_RESULTS["trusted.example"]
+        pilot.app.screen.post_message(TargetValidated("trusted.example", ok))
+
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, validated))
+
+
+def test_remove_confirm(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, press("d")))
+
+
+@BOTH
+def test_finish(snap_compare: Any, bundle_path: Path, size: str) -> None:
+    async def edit_and_finish(pilot: Pilot[Any]) -> None:
+        await pilot.press("d", "y")  # remove trusted.example
+        await pilot.press("a", *"partner.example\nbank.example", "ctrl+s", "a")
+        await pilot.pause()
+        await pilot.press("f")
+
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, terminal_size=SIZES[size],
+                        run_before=steps(to_domains, edit_and_finish))
+
+
+def test_export_dialog(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, press("f", "x")))
+
+
+def test_quit_with_unsaved_changes_asks(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, press("d", "y", "ctrl+q")))
+
+
+def test_no_color(snap_compare: Any, bundle_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = wizard(Setup().write(bundle_path))
+    assert app.no_color
+    assert snap_compare(app, run_before=steps(press("enter"), feed(ROUTE_RESULTS)))
