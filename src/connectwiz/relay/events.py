@@ -12,7 +12,7 @@ from typing import Any, TextIO
 class EventLog:
     def __init__(self, json_lines: bool = False, stream: TextIO | None = None) -> None:
         self.json_lines = json_lines
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = stream  # None: whatever sys.stderr is at the time of writing
         self._lock = threading.Lock()  # lines from executor threads must not interleave
 
     def __call__(self, event: str, **fields: Any) -> None:
@@ -28,6 +28,7 @@ class EventLog:
                     text = json.dumps(text)
                 parts.append(f"{key}={text}")
             line = " ".join(parts)
+        stream = self.stream or sys.stderr
         with self._lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            stream.write(line + "\n")
+            stream.flush()

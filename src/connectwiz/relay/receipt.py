@@ -118,6 +118,12 @@ class ReceiptContext:
     log: EventLog
 
 
+def sender(envelope: Envelope) -> str:
+    """The envelope sender, '' for the null sender (aiosmtpd keeps it as '<>')."""
+    mail_from = envelope.mail_from or ""
+    return "" if mail_from == "<>" else mail_from
+
+
 def _client_ip(session: Session) -> str:
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
@@ -190,7 +196,7 @@ class ReceiptHandler:
 
     def _context(self, envelope: Envelope, recipient: str, session: Session,
                  header_from: str | None = None) -> MessageContext:
-        return MessageContext(envelope_from=envelope.mail_from or "", header_from=header_from,
+        return MessageContext(envelope_from=sender(envelope), header_from=header_from,
                               recipient=recipient, client_ip=parse_ip(_client_ip(session)),
                               at=datetime.now(UTC))
 
@@ -219,7 +225,7 @@ class ReceiptHandler:
         tls = session_tls(session)
         record: dict[str, Any] = {
             "client_ip": client_ip, "helo": session.host_name,
-            "mail_from": envelope.mail_from or "", "recipients": list(envelope.rcpt_tos),
+            "mail_from": sender(envelope), "recipients": list(envelope.rcpt_tos),
             "tls_version": tls.version if tls else None, "tls_cipher": tls.cipher if tls else None,
             "size": len(raw),
         }
@@ -245,10 +251,10 @@ class ReceiptHandler:
         received = _received_header(self.ctx.settings.hostname, session, tls, msg_id,
                                     envelope.rcpt_tos)
         entry = QueueEntry(
-            id=msg_id, mail_from=envelope.mail_from or "",
+            id=msg_id, mail_from=sender(envelope),
             recipients=[Recipient(r) for r in envelope.rcpt_tos],
             received_at=datetime.now(UTC).timestamp(), client_ip=client_ip,
-            header_from=header_from, is_bounce=not envelope.mail_from,
+            header_from=header_from, is_bounce=not sender(envelope),
         )
         record["result"] = "accepted"
         try:

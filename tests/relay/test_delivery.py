@@ -1,0 +1,254 @@
+"""Delivery end to end: relay in process, lab DNS (MX) and lab SMTP servers as the next hop."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+from dataclasses import replace
+from email import policy as email_policy
+
+import pytest
+
+from connectwiz.cli import main as cli_main
+from connectwiz.policy.model import EncryptionMode, InboundRoute
+
+from .conftest import (
+    FAST,
+    NO_TLS,
+    OPPORTUNISTIC,
+    RELAXED,
+    STRICT,
+    body,
+    lab_messages,
+    make_model,
+    send,
+    token,
+    wait_lab,
+)
+
+pytestmark = pytest.mark.network
+
+
+async def _deliver_one(lab, relays, domain: str, definition, *, settings=FAST):
+    """Send one tagged message to ``domain`` under ``definition``; returns (relay, id, tag)."""
+    r = await relays(make_model(lab, delivery={domain: definition}), settings)
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@{domain}"], body(tag))
+    return r, msg_id, tag
+
+
+def _sent_anything(lab, tag: str) -> bool:
+    """Did any lab server see this test's envelope (MAIL FROM carries the tag)?"""
+    return any(tag in c for s in list(lab.sessions) for c in list(s.commands))
+
+
+async def test_opportunistic_to_server_without_starttls_delivers_plaintext(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "nostarttls.example", OPPORTUNISTIC)
+    record = await r.wait_status(msg_id, "delivered")
+    [attempt] = record.attempts
+    assert attempt["host"] == "mx.nostarttls.example" and attempt["tls_version"] is None
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert lab_messages(lab, tag)[0].tls_version is None
+
+
+async def test_enforced_strict_to_trusted_delivers_with_verified_tls(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "trusted.example", STRICT)
+    record = await r.wait_status(msg_id, "delivered")
+    [attempt] = record.attempts
+    assert attempt["certificate_verified"] is True
+    assert attempt["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    assert attempt["definition"] == STRICT.name and attempt["address"] == "127.0.0.10"
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    message = lab_messages(lab, tag)[0]
+    assert message.tls_version == attempt["tls_version"]
+    assert message.rcpt_tos == (f"rcpt-{tag}@trusted.example",)
+    # Dot-stuffing survived the trip; our Received: header is on top.
+    assert b"\r\n.leading dot line\r\n" in message.data
+    assert message.data.startswith(b"Received: from client.test ([127.0.0.1])")
+
+
+async def test_enforced_strict_to_self_signed_defers(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "selfsigned.example", STRICT)
+    record = await r.wait_status(msg_id, "deferred")
+    attempt = record.attempts[0]
+    assert attempt["outcome"] == "temporary"
+    assert "handshake failed" in attempt["error"] and "certificate" in attempt["error"]
+    assert not _sent_anything(lab, tag), "enforced TLS must never fall back to plaintext"
+
+
+async def test_enforced_relaxed_to_self_signed_delivers(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "selfsigned.example", RELAXED)
+    record = await r.wait_status(msg_id, "delivered")
+    [attempt] = record.attempts
+    assert attempt["tls_version"] is not None and attempt["certificate_verified"] is False
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert lab_messages(lab, tag)[0].tls_version is not None
+
+
+async def test_none_delivers_without_tls_even_when_offered(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "trusted.example", NO_TLS)
+    record = await r.wait_status(msg_id, "delivered")
+    assert record.attempts[0]["tls_version"] is None
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert lab_messages(lab, tag)[0].tls_version is None
+
+
+async def test_enforced_to_server_without_starttls_defers(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "nostarttls.example", STRICT)
+    record = await r.wait_status(msg_id, "deferred")
+    assert "does not offer STARTTLS" in record.attempts[0]["error"]
+    # Deferred with backoff: the relay retries, still without sending in plaintext.
+    await r.wait_status(msg_id, "deferred")
+    deadline = asyncio.get_running_loop().time() + 10
+    while len((await r.record(msg_id)).attempts) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "no retry"
+        await asyncio.sleep(0.05)
+    assert not _sent_anything(lab, tag)
+
+
+class StripTLSProxy:
+    """A man in the middle: forwards to a real server but hides STARTTLS from EHLO replies
+    (rewriting it the way some firewalls do) and records what the client sent."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.from_client = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pump(src, dst, rewrite: bool) -> None:
+            try:
+                while line := await src.readline():
+                    if rewrite:
+                        line = line.replace(b"STARTTLS", b"XXXXXXXA")
+                    else:
+                        self.from_client.extend(line)
+                    dst.write(line)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(up_reader, writer, True), pump(reader, up_writer, False))
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_starttls_stripping_mitm_under_enforced_defers_never_plaintext(lab, relays) -> None:
+    proxy = StripTLSProxy((lab.address_of("mail.corp.example"), lab.smtp_port))
+    port = await proxy.start()
+    try:
+        model = make_model(lab, routes=[InboundRoute("127.0.0.1", port, EncryptionMode.STRICT)])
+        r = await relays(model)
+        tag = token()
+        msg_id = await send(r.port, f"p-{tag}@partner.example", [f"bob-{tag}@corp.example"],
+                            body(tag))
+        record = await r.wait_status(msg_id, "deferred")
+        attempt = record.attempts[0]
+        assert attempt["host"] == "127.0.0.1" and attempt["port"] == port
+        assert "does not offer STARTTLS" in attempt["error"]
+        assert b"EHLO" in proxy.from_client, "the relay did talk to the proxy"
+        assert b"MAIL FROM" not in proxy.from_client and tag.encode() not in proxy.from_client
+        assert lab_messages(lab, tag) == []
+    finally:
+        await proxy.stop()
+
+
+async def test_inbound_routes_use_their_encryption_mode(lab, relays, tmp_path) -> None:
+    # legacy.corp.example has a self-signed certificate: strict defers, relaxed delivers.
+    legacy = lab.address_of("legacy.corp.example")
+    for mode, status in ((EncryptionMode.STRICT, "deferred"),
+                         (EncryptionMode.RELAXED, "delivered")):
+        model = make_model(lab, routes=[InboundRoute("legacy.corp.example", lab.smtp_port, mode)])
+        r = await relays(model, spool=tmp_path / mode.value)
+        tag = token()
+        msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+        record = await r.wait_status(msg_id, status)
+        assert record.attempts[0]["address"] == legacy
+        assert record.attempts[0]["encryption_mode"] == mode.value
+
+
+async def test_permanent_refusal_bounces_to_sender_at_once(lab, relays) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "rejectrcpt.example", STRICT)
+    record = await r.wait_status(msg_id, "bounced")
+    bounced = next(e for e in record.events if e["event"] == "bounced")
+    assert "550" in bounced["reason"]
+    dsn = await _wait_dsn(lab, tag)
+    assert b"Status: 5.1.1" in dsn.data
+    assert (await r.wait_status(bounced["dsn"], "delivered")).received["mail_from"] == ""
+
+
+async def _wait_dsn(lab, tag: str):
+    sender = f"alice-{tag}@corp.example"
+
+    def dsn():
+        return [m for m in list(lab.messages) if m.rcpt_tos == (sender,) and m.mail_from == ""]
+
+    assert await wait_lab(lab, lambda: len(dsn()) == 1, timeout=15)
+    return dsn()[0]
+
+
+async def test_bounce_after_lifetime_with_dsn_to_sender(lab, relays) -> None:
+    settings = replace(FAST, max_lifetime=0.6, backoff_min=0.1, backoff_max=0.2)
+    r, msg_id, tag = await _deliver_one(lab, relays, "selfsigned.example", STRICT,
+                                        settings=settings)
+    record = await r.wait_status(msg_id, "bounced")
+    assert len(record.attempts) >= 2, "retried before giving up"
+    assert any(e["event"] == "expired" for e in record.events)
+    dsn = await _wait_dsn(lab, tag)
+    report = email.message_from_bytes(dsn.data, policy=email_policy.default)
+    assert report.get_content_type() == "multipart/report"
+    text = dsn.data.decode()
+    assert "Status: 5.4.7" in text and f"rcpt-{tag}@selfsigned.example" in text
+    assert "mx.selfsigned.example" in text and "handshake failed" in text
+    assert f"Subject: test {tag}" in text  # the original headers come back
+
+
+async def test_no_bounce_for_a_bounce(lab, relays) -> None:
+    r = await relays(make_model(lab, delivery={"rejectrcpt.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, "", [f"rcpt-{tag}@rejectrcpt.example"], body(tag))
+    record = await r.wait_status(msg_id, "bounced")
+    bounced = next(e for e in record.events if e["event"] == "bounced")
+    assert "dsn" not in bounced and "no bounce for a bounce" in bounced["note"]
+
+
+async def test_deferred_message_survives_restart_and_follows_new_policy(lab, relays,
+                                                                        tmp_path) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, "selfsigned.example", STRICT)
+    await r.wait_status(msg_id, "deferred")
+    await r.relay.stop()
+    r2 = await relays(make_model(lab, delivery={"selfsigned.example": RELAXED}), spool=r.spool)
+    record = await r2.wait_status(msg_id, "delivered")
+    assert record.attempts[-1]["definition"] == RELAXED.name
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def test_log_command_shows_receipt_and_attempts(lab, relays, capsys) -> None:
+    r, msg_id, _ = await _deliver_one(lab, relays, "trusted.example", STRICT)
+    await r.wait_status(msg_id, "delivered")
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli_main, ["log", "--spool", str(r.spool)]) == 0
+    listing = capsys.readouterr().out
+    assert msg_id in listing and "delivered" in listing
+    assert await asyncio.to_thread(cli_main, ["log", "--spool", str(r.spool), msg_id]) == 0
+    shown = capsys.readouterr().out
+    assert "from 127.0.0.1" in shown and "mx.trusted.example [127.0.0.10]" in shown
+    assert "certificate verified" in shown and STRICT.name in shown
+    assert await asyncio.to_thread(cli_main, ["log", "--spool", str(r.spool), "--json",
+                                              msg_id]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "delivered" and data["received"]["client_ip"] == "127.0.0.1"
+    assert data["attempts"][0]["certificate_verified"] is True
+    assert await asyncio.to_thread(cli_main, ["log", "--spool", str(r.spool), "NOSUCH"]) == 2
+    assert "no message" in capsys.readouterr().err
