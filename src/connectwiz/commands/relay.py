@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and not Path(value).is_file():
             raise UserError(f"--{option.replace('_', '-')} {value}: no such file")
-    host, port = parse_host_port(args.listen, 2525)
+    if args.listen.endswith(":0"):  # any free port; the "listening" log line names it
+        host, port = parse_host_port(args.listen[:-2], 2525)[0], 0
+    else:
+        host, port = parse_host_port(args.listen, 2525)
     options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
                            ca_file=args.ca_file, timeout=args.timeout,
                            concurrency=args.concurrency)

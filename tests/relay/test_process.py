@@ -1,0 +1,250 @@
+"""The relay as a real process: kill -9 and restart, SIGHUP reload, SIGTERM, bad start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from .conftest import body, lab_messages, token, wait_lab
+
+pytestmark = pytest.mark.network
+
+BUNDLE = """\
+schema_version = 1
+
+[organisation]
+internal_domains = ["corp.example"]
+authorized_outbound = ["127.0.0.1/32"]
+
+[[inbound_routes]]
+host = "{route_host}"
+port = {route_port}
+encryption_mode = "relaxed"
+"""
+
+ENFORCED_RECEIPT = """
+[[receipt_policies]]
+narrative = "Enforced TLS from partners"
+option = "enforced"
+from = { based_on = "envelope", applies = "domain", specifically = ["enforced.example"] }
+to = { applies = "internal" }
+"""
+
+
+class RelayProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.stderr_lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            self.stderr_lines.append(text)
+            with contextlib.suppress(ValueError):  # only JSON lines are events
+                self.events.append(json.loads(text))
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_event(self, name: str, count: int = 1, timeout: float = 20) -> dict[str, Any]:
+        async def waiter() -> dict[str, Any]:
+            while True:
+                found = [e for e in self.events if e.get("event") == name]
+                if len(found) >= count:
+                    return found[count - 1]
+                if self.proc.stderr is not None and self.proc.stderr.at_eof() \
+                        and self._reader.done():
+                    raise AssertionError(f"relay exited before {name!r}: {self.stderr_lines}")
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(waiter(), timeout)
+
+    @property
+    def port(self) -> int:
+        return next(e["port"] for e in self.events if e.get("event") == "listening")
+
+    async def wait_exit(self, timeout: float = 20) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.wait_exit()
+
+
+async def start_relay(lab, bundle: Path, spool: Path, *extra: str) -> RelayProcess:
+    host, port = lab.nameserver
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
+        "--listen", "127.0.0.1:0", "--spool", str(spool), "--log-json",
+        "--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
+        "--ca-file", str(lab.ca_file), "--timeout", "30", "--hostname", "relay.corp.example",
+        "--backoff-min", "0.2", "--backoff-max", "0.4", "--shutdown-grace", "5", *extra,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    relay = RelayProcess(proc)
+    await relay.wait_event("listening")
+    return relay
+
+
+class HoldThenForward:
+    """A next hop under test control: first it accepts connections and says nothing (a
+    delivery hangs in flight), later it forwards to a real lab server."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.forward = False
+        self.held = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if not self.forward:
+            self.held.set()
+            await reader.read()  # until the relay goes away
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def stop(self) -> None:
+        self.server.close()
+        for w in self._writers:
+            w.close()
+
+
+async def test_kill_9_during_delivery_then_restart_delivers_once(lab, tmp_path) -> None:
+    hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
+    hop_port = await hop.start()
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=hop_port))
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        tag = token()
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+        await client.connect()
+        await client.sendmail("x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+        client.close()
+        await asyncio.wait_for(hop.held.wait(), 20)  # the delivery is in flight
+        assert len(list((spool / "active").glob("*.json"))) == 1
+        await relay.kill()  # SIGKILL: no chance to clean up
+        assert relay.proc.returncode == -signal.SIGKILL
+
+        hop.forward = True
+        relay = await start_relay(lab, bundle, spool)
+        assert relay.events[-1]["recovered"] == 1
+        await relay.wait_event("done")
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+        assert not list((spool / "active").glob("*")) and not list((spool / "messages").glob("*"))
+        assert len(lab_messages(lab, tag)) == 1, "delivered exactly once"
+    finally:
+        await relay.kill()
+        await hop.stop()
+
+
+async def _plaintext_reply(port: int, sender: str) -> int:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.mail(sender)
+        return (await client.rcpt("bob@corp.example")).code
+    except aiosmtplib.SMTPRecipientRefused as exc:
+        return exc.code
+    finally:
+        client.close()
+
+
+async def test_sighup_reload_refuses_a_broken_bundle_and_keeps_the_old_policy(lab,
+                                                                             tmp_path) -> None:
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    good = BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port)
+    bundle.write_text(good + ENFORCED_RECEIPT)
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        assert await _plaintext_reply(relay.port, "p@enforced.example") == 530
+        bundle.write_text(good + ENFORCED_RECEIPT.replace('"enforced"', '"enforcd"'))
+        relay.proc.send_signal(signal.SIGHUP)
+        refused = await relay.wait_event("reload-refused")
+        assert "enforcd" in refused["reason"] and "bundle.toml" in refused["reason"]
+        assert await _plaintext_reply(relay.port, "p@enforced.example") == 530
+        bundle.write_text(good)  # a valid bundle without the receipt policy
+        relay.proc.send_signal(signal.SIGHUP)
+        await relay.wait_event("reloaded")
+        assert await _plaintext_reply(relay.port, "p@enforced.example") == 250
+    finally:
+        await relay.kill()
+
+
+async def test_sigterm_finishes_the_open_session_and_exits_0(lab, tmp_path) -> None:
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        tag = token()
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+        await client.connect()
+        await client.ehlo()
+        await client.mail("x@partner.example")
+        await client.rcpt(f"bob-{tag}@corp.example")
+        relay.proc.send_signal(signal.SIGTERM)
+        await relay.wait_event("stopping")
+        with pytest.raises(OSError):  # no longer listening
+            await asyncio.open_connection("127.0.0.1", relay.port)
+        reply = await client.data(body(tag))
+        assert reply.code == 250
+        await client.quit()
+        assert await relay.wait_exit() == 0
+        stopped = relay.events[-1]
+        assert stopped["event"] == "stopped"
+        # Accepted during shutdown: delivered then, or kept for the next start.
+        delivered = bool(lab_messages(lab, tag))
+        assert delivered or stopped["incoming"] == 1
+    finally:
+        await relay.kill()
+
+
+async def test_broken_bundle_at_start_is_a_one_line_error(lab, tmp_path) -> None:
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text("schema_version = 1\n[organisation\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
+        "--listen", "127.0.0.1:0", "--spool", str(tmp_path / "spool"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "CONNECTWIZ_NAMESERVER": "127.0.0.1:9"})
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = [ln for ln in err.decode().splitlines() if not ln.startswith("20")]
+    assert len(lines) == 1 and lines[0].startswith("connectwiz: ") and "bundle.toml" in lines[0]
+    assert "Traceback" not in err.decode()
