@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections import deque
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -93,7 +94,8 @@ class DNSServer:
         self.zones = zones
         self.host = host
         self.port = port
-        self.queries: list[tuple[str, str, str]] = []  # (transport, name, type), for tests
+        # (transport, name, type) of recent queries, for tests; bounded for long-running labs
+        self.queries: deque[tuple[str, str, str]] = deque(maxlen=10_000)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._held: set[asyncio.StreamWriter] = set()

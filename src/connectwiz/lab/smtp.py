@@ -172,7 +172,7 @@ class SMTPServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        peer = writer.get_extra_info("peername")
+        peer = writer.get_extra_info("peername") or ("?", 0)  # None if already reset
         session = self.recorder.new_session(
             server=self.hostname, profile=self.profile.name,
             address=(self.address, self.port), client=(peer[0], peer[1]))

@@ -142,6 +142,8 @@ CNAME_ALIAS, CNAME_TARGET = "mail.cname-mx.example", "mx.cname-target.example"
 
 def bench_domains(count: int) -> tuple[LabDomain, ...]:
     """``count`` strict domains with slow-greeting servers, one address each (127.1.x.y)."""
+    if not 0 <= count <= 250 * 256:
+        raise ValueError(f"extra_slow_domains={count}: expected 0 to {250 * 256}")
     return tuple(
         LabDomain(f"d{i:04d}.{BENCH_SUFFIX}", STRICT, "slow_greeting",
                   "benchmark domain: trusted server with a delayed greeting",
