@@ -1,4 +1,4 @@
-"""Scope matching (internal/external/domain/group/individual), addresses and scope checks."""
+"""Scope matching (internal/external/domain/group/individual) and address forms."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from connectwiz.policy.addresses import (
     canonical_address,
     normalize_address,
 )
-from connectwiz.policy.model import Applies, BasedOn, Scope
-from connectwiz.policy.select import PolicyIndex, scope_problem
+from connectwiz.policy.model import Applies
+from connectwiz.policy.select import PolicyIndex
 from tests.policy.select_helpers import EXTERNAL, INTERNAL, dp, model, msg, scope, winner
 
 # --- internal / external -----------------------------------------------------------------
@@ -182,33 +182,3 @@ def test_canonical_address_is_lenient():
     assert canonical_address("Postmaster") == ("postmaster", None)
     assert canonical_address("X@Bad_Domain") == ("x@bad_domain", None)
     assert canonical_address("X@Example.COM") == ("x@example.com", "example.com")
-
-
-# --- scope checks (for bundle validation) ------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("scope_", "problem"),
-    [
-        (Scope(), None),
-        (Scope(Applies.INTERNAL), None),
-        (Scope(Applies.EXTERNAL, based_on=BasedOn.BOTH), None),
-        (Scope(Applies.DOMAIN, ("partner.example",)), None),
-        (Scope(Applies.ADDRESS_GROUP, ("board",)), None),
-        (Scope(Applies.INDIVIDUAL, ("ceo@example.com",)), None),
-        (Scope(Applies.DOMAIN), "needs at least one entry"),
-        (Scope(Applies.INDIVIDUAL), "needs at least one entry"),
-        (Scope(Applies.ADDRESS_GROUP), "needs at least one entry"),
-        (Scope(Applies.EVERYONE, ("partner.example",)), "not used with"),
-        (Scope(Applies.DOMAIN, ("partner.example", "not a domain")), "'not a domain' contains"),
-        (Scope(Applies.DOMAIN, ("user@partner.example",)), "e-mail address"),
-        (Scope(Applies.INDIVIDUAL, ("partner.example",)), "no @domain"),
-        (Scope(Applies.ADDRESS_GROUP, ("board", "ghosts")), "unknown address group 'ghosts'"),
-    ],
-)
-def test_scope_problem(scope_, problem):
-    result = scope_problem(scope_, {"board": ("ceo@example.com",)})
-    if problem is None:
-        assert result is None
-    else:
-        assert result is not None and problem in result

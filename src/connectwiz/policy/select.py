@@ -18,7 +18,7 @@ Scopes: ``internal`` matches the organisation's internal domains *and their subd
 not validated, so it is not covered implicitly). ``address_group`` and ``individual`` compare
 whole addresses. The null sender matches only ``everyone``. Every ``applies`` value is
 accepted on both sides, since a Bi-Directional policy evaluates its To scope against the
-sender anyway.
+sender anyway (connectwiz.bundle.schema checks the rest of a scope when a bundle loads).
 
 Scale: policies are indexed at construction by the domain / address keys of one of their
 scopes, so a message looks up a few keys and checks only the policies found there plus the
@@ -34,14 +34,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from connectwiz.policy.addresses import (
-    Address,
-    InvalidAddress,
-    canonical_address,
-    canonical_domain,
-    normalize_address,
-)
-from connectwiz.policy.domains import InvalidDomain, normalize_domain
+from connectwiz.policy.addresses import Address, canonical_address, canonical_domain
 from connectwiz.policy.model import (
     Applies,
     BasedOn,
@@ -152,31 +145,6 @@ def specificity(policy: DeliveryPolicy | ReceiptPolicy) -> tuple[int, int]:
 
 def describe_level(scope: Scope) -> str:
     return _LEVEL_NAME[scope.applies]
-
-
-def scope_problem(scope: Scope, address_groups: Mapping[str, Sequence[str]]) -> str | None:
-    """The one place a scope is checked; returns a one-line problem or None.
-
-    Every ``applies`` value is accepted on both sides; ``specifically`` must be non-empty
-    exactly when ``applies`` is domain / address_group / individual, and its entries must be
-    valid domains, known group names or valid addresses respectively.
-    """
-    keyed = scope.applies in _KEYED_BY_DOMAIN | _KEYED_BY_ADDRESS
-    if keyed and not scope.specifically:
-        return f"applies = {scope.applies.value!r} needs at least one entry in 'specifically'"
-    if not keyed and scope.specifically:
-        return f"'specifically' is not used with applies = {scope.applies.value!r}"
-    for entry in scope.specifically:
-        try:
-            if scope.applies is Applies.DOMAIN:
-                normalize_domain(entry)
-            elif scope.applies is Applies.INDIVIDUAL:
-                normalize_address(entry)
-        except (InvalidDomain, InvalidAddress) as exc:
-            return f"{entry!r} {exc.reason}"
-        if scope.applies is Applies.ADDRESS_GROUP and entry not in address_groups:
-            return f"unknown address group {entry!r}"
-    return None
 
 
 class _InternalDomains:
