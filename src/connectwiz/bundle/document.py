@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import tomlkit
-from tomlkit.items import AoT, Array, InlineTable, Item, Table
+from tomlkit.items import AoT, Array, InlineTable, Item, Table, Trivia
 from tomlkit.toml_document import TOMLDocument
 
 from connectwiz.bundle.schema import (
@@ -66,12 +66,16 @@ def _value(value: Any, multiline: bool = False) -> Item:
             inline.append(key, _value(item))
         return inline
     if isinstance(value, list):
-        array = tomlkit.array()
-        array.extend(value)
-        if multiline and value:
-            array.multiline(True)
-        return array
+        # Built in one go: tomlkit's Array.append re-indexes the whole array each time.
+        items = [tomlkit.item(x) for x in value]
+        return Array(items, Trivia(), multiline=multiline and bool(value))
     return tomlkit.item(value)
+
+
+def array(items: list[str], multiline: bool = False) -> Array:
+    result = _value(items, multiline)
+    assert isinstance(result, Array)
+    return result
 
 
 def make_table(data: dict[str, Any], subtables: Iterable[str] = ()) -> Table:
@@ -204,9 +208,7 @@ def _managed_receipt_policy(names: list[str]) -> Table:
 def _set_list(scope: Table | InlineTable, names: list[str]) -> None:
     current = [str(x) for x in scope.get("specifically", [])]
     if current != names:
-        array = _value(names, multiline=isinstance(scope, Table))
-        assert isinstance(array, Array)
-        scope["specifically"] = array
+        scope["specifically"] = array(names, multiline=isinstance(scope, Table))
 
 
 def _definition_modes(doc: TOMLDocument) -> dict[str, str]:
