@@ -7,9 +7,17 @@ import socket
 import ssl
 
 import dns.asyncresolver
+import dns.resolver
 import pytest
 
-from connectwiz.lab import DOMAINS, ROUTES, Lab, LabHandle, run_in_thread
+from connectwiz.lab import (
+    DOMAINS,
+    ROUTES,
+    Lab,
+    LabHandle,
+    ipv6_loopback_available,
+    run_in_thread,
+)
 from connectwiz.policy.domains import normalize_domain
 from connectwiz.probe.options import NetworkOptions
 
@@ -80,3 +88,23 @@ def test_shared_lab_fixture(lab: LabHandle) -> None:
 def test_lab_network_options(lab: LabHandle, lab_network_options: NetworkOptions) -> None:
     o = lab_network_options
     assert (o.nameserver, o.smtp_port, o.ca_file) == (lab.nameserver, lab.smtp_port, lab.ca_file)
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="::1 cannot be bound on this host")
+async def test_ipv6_lab_domain() -> None:
+    async with Lab(smtp_port=0, ipv6=True) as lab:
+        assert lab.domains["v6.example"].expected == "strict"
+        r = dns.asyncresolver.Resolver(configure=False)
+        r.nameservers, r.port = [lab.nameserver[0]], lab.nameserver[1]
+        host = (await r.resolve("v6.example", "MX"))[0].exchange.to_text(omit_final_dot=True)
+        assert [a.address for a in await r.resolve(host, "AAAA")] == ["::1"]
+        with pytest.raises(dns.resolver.NoAnswer):
+            await r.resolve(host, "A")
+        reader, writer = await asyncio.open_connection("::1", lab.smtp_port)
+        assert (await reader.readline()).startswith(b"220 mx.v6.example ")
+        writer.write(b"EHLO c.test\r\nSTARTTLS\r\n")
+        while not (await reader.readline()).startswith(b"220 "):
+            pass
+        await writer.start_tls(ssl.create_default_context(cafile=str(lab.ca_file)),
+                               server_hostname=host)
+        writer.close()

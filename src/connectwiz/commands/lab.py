@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 from connectwiz.errors import UserError
-from connectwiz.lab import Lab
+from connectwiz.lab import Lab, ipv6_loopback_available
 from connectwiz.lab.ca import write_atomic
 
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(smtp_port: int, info_path: Path | None) -> int:
-    lab = Lab(smtp_port=smtp_port)
+    lab = Lab(smtp_port=smtp_port, ipv6=ipv6_loopback_available())
     try:
         await lab.start()
     except OSError as exc:

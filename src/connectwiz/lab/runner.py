@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import errno
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -38,6 +39,7 @@ from connectwiz.lab.zones import (
     DOMAINS,
     REFUSED_PROFILE,
     ROUTES,
+    V6_DOMAIN,
     LabDomain,
     LabHost,
     bench_domains,
@@ -55,11 +57,12 @@ class Lab:
     0 picks a free one. ``greeting_delay``: seconds the slow servers wait before greeting.
     ``extra_slow_domains``: that many extra strict domains (``dNNNN.bench.example``), each
     with its own slow server on its own address, for concurrency benchmarks.
+    ``ipv6``: also serve ``v6.example``, whose MX has only an AAAA record (::1).
     """
 
     def __init__(self, smtp_port: int = 0, *, dns_port: int = 0,
                  directory: Path | str | None = None, greeting_delay: float = 1.5,
-                 extra_slow_domains: int = 0) -> None:
+                 extra_slow_domains: int = 0, ipv6: bool = False) -> None:
         self._requested_port = smtp_port
         self._dns_port = dns_port
         self._own_dir = directory is None
@@ -68,7 +71,7 @@ class Lab:
         self.recorder = Recorder()
         self.ca = LabCA(self.directory / "ca")
         self.ca_file: Path = self.ca.ca_file
-        all_domains = DOMAINS + bench_domains(extra_slow_domains)
+        all_domains = DOMAINS + ((V6_DOMAIN,) if ipv6 else ()) + bench_domains(extra_slow_domains)
         self.domains: dict[str, LabDomain] = {d.name: d for d in all_domains}
         self.expected_routes: dict[str, LabDomain] = {r.name: r for r in ROUTES}
         self.zone: Zone = build_zone(all_domains, ROUTES)
@@ -222,6 +225,16 @@ class Lab:
             self.smtp_port = port
             return
         raise OSError(errno.EADDRINUSE, "no SMTP port free on every lab address")
+
+
+def ipv6_loopback_available() -> bool:
+    """Whether ::1 can be bound here (IPv6 may be disabled in containers)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 class LabHandle:

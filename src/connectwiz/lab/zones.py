@@ -125,6 +125,11 @@ DOMAINS: tuple[LabDomain, ...] = (
               "the name server never answers queries for this name"),
 )
 
+# Opt-in (Lab(ipv6=True)): not every host has a usable ::1.
+V6_DOMAIN = LabDomain("v6.example", STRICT, "ipv6",
+                      "the MX host has only an AAAA record (::1), trusted TLS",
+                      (LabHost("mx.v6.example", "::1", "trusted", 10),))
+
 # Internal servers, validated as inbound routes (host[:port], no MX lookup).
 ROUTES: tuple[LabDomain, ...] = (
     LabDomain("mail.corp.example", STRICT, "ok", "internal server with a lab-CA certificate",
@@ -174,7 +179,7 @@ def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) ->
                 zone.add(f"{CNAME_ALIAS}.", "CNAME", f"{CNAME_TARGET}.")
                 zone.add(f"{CNAME_TARGET}.", "A", h.address)
             else:
-                zone.add(f"{h.name}.", "A", h.address)
+                zone.add(f"{h.name}.", "AAAA" if ":" in h.address else "A", h.address)
     for r in routes:
         for h in r.hosts:
             zone.add(f"{h.name}.", "A", h.address)
