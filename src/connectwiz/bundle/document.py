@@ -66,9 +66,13 @@ def _value(value: Any, multiline: bool = False) -> Item:
             inline.append(key, _value(item))
         return inline
     if isinstance(value, list):
-        # Built in one go: tomlkit's Array.append re-indexes the whole array each time.
-        items = [tomlkit.item(x) for x in value]
-        return Array(items, Trivia(), multiline=multiline and bool(value))
+        if multiline and value:
+            # Built in one go: Array.append re-indexes the whole array each time (O(n²) for
+            # a 10k-domain managed list). The multi-line form adds its own separators.
+            return Array([tomlkit.item(x) for x in value], Trivia(), multiline=True)
+        inline = tomlkit.array()
+        inline.extend(value)
+        return inline
     return tomlkit.item(value)
 
 
