@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from connectwiz.policy.model import DeliveryPolicy, PolicyModel, ReceiptPolicy, Scope
+from connectwiz.policy.model import (
+    DeliveryOption,
+    DeliveryPolicy,
+    PolicyModel,
+    ReceiptPolicy,
+    Scope,
+)
 from connectwiz.policy.select import (
     Candidate,
     DeliveryDecision,
@@ -64,10 +70,10 @@ class Explanation:
         ip = "unknown" if ctx.client_ip is None else str(ctx.client_ip)
         lines.append(f"  client IP: {ip}; at {ctx.at.isoformat()}")
         lines.append("")
-        lines.append(
-            f"Delivery: {definition.name} ({definition.option.value}, "
-            f"{definition.encryption_mode.value}, TLS {definition.min_tls}+)"
-        )
+        how = definition.option.value
+        if definition.option is not DeliveryOption.NONE:  # no TLS: mode and version are moot
+            how += f", {definition.encryption_mode.value}, TLS {definition.min_tls}+"
+        lines.append(f"Delivery: {definition.name} ({how})")
         lines.append(f"  {self.delivery.reason}")
         lines.extend(_candidate_lines(self.delivery.candidates))
         lines.append("")

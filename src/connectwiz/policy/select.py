@@ -371,7 +371,7 @@ def _win_reason(winner: _Prepared[P], in_effect: Sequence[_Prepared[P]]) -> str:
     override = winner.validity.override
     rivals = [p for p in in_effect[1:] if p.validity.override == override]
     if override and not rivals:
-        return f"Policy Override is set; it beats the other {len(in_effect) - 1} matching"
+        return f"Policy Override is set; it beats the other {len(in_effect) - 1} matching policies"
     pool = "override policies" if override else "matching policies"
     text = f"most specific ({_levels(winner)}) of {len(rivals) + 1} {pool}"
     tied = [p for p in rivals if specificity(p.policy) == specificity(winner.policy)]
