@@ -132,9 +132,9 @@ class Relay:
             return
         self._stopping = True
         deadline = time.monotonic() + self.settings.shutdown_grace
-        self.log("stopping", grace_s=self.settings.shutdown_grace)
         if self._server is not None:
             self._server.close()
+        self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
