@@ -35,7 +35,13 @@ def wizard(path: Path, options: NetworkOptions | None = None, *, hint: str = "")
     """The app as the CLI builds it, with the test clock, no blink and no animations."""
     app = make_app(path, options or NetworkOptions(), clock=fixed_clock, hint=hint, blink=False)
     app.animation_level = "none"
+    app.NOTIFICATION_TIMEOUT = 600  # a slow run must not let a toast vanish from a picture
     return app
+
+
+def keys(text: str) -> list[str]:
+    """Key presses that type ``text`` (a newline is the Enter key)."""
+    return ["enter" if c == "\n" else c for c in text]
 
 
 async def wait_for(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float = 15.0,

@@ -10,12 +10,12 @@ from typing import ClassVar
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from textual.worker import WorkerState
 
 from connectwiz.bundle import Bundle
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.tui.components.dialogs import ConfirmDialog
-from connectwiz.tui.probing import PROBE_GROUP
+from connectwiz.tui.probing import ProbeFinished
 from connectwiz.tui.screens.start import StartScreen
 from connectwiz.tui.state import Clock, WizardState, utc_now
 
@@ -50,15 +50,13 @@ class WizardApp(App[None]):
                 "You have changes that are not saved (Finish saves them). Quit anyway?",
                 "Quit", "Stay"), done)
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+    def on_probe_finished(self, message: ProbeFinished) -> None:
         """The one place a failed or cancelled probe is reported: a message, never a crash."""
-        if event.worker.group != PROBE_GROUP:
-            return
-        if event.state is WorkerState.ERROR:
-            error = event.worker.error
-            detail = str(error) or type(error).__name__
+        if message.state is WorkerState.ERROR:
+            error = message.error
+            detail = (str(error) or type(error).__name__) if error else "unknown error"
             self.notify(f"Validation failed: {detail}", severity="error", timeout=10)
-        elif event.state is WorkerState.CANCELLED:
+        elif message.state is WorkerState.CANCELLED:
             self.notify("Validation cancelled", severity="warning")
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:

@@ -33,9 +33,11 @@ class TargetValidated(Message):
 
 @dataclass
 class ProbeFinished(Message):
-    """The run ended (done, failed or cancelled); screens hide their progress."""
+    """The run ended (done, failed or cancelled). The screen redraws; the message then
+    bubbles to the App, the one place that reports failures and cancellations."""
 
     state: WorkerState
+    error: BaseException | None = None
 
 
 class ProbeRunner(Screen):
@@ -85,11 +87,11 @@ class ProbeRunner(Screen):
         await validate_targets(list(targets.values()), options, email=email, progress=progress)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        # Not stopped: the App's handler also sees it and reports failures.
+        # Worker.StateChanged does not bubble; ProbeFinished does, up to the App.
         if event.worker is self.probe_worker and event.state in (
             WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED
         ):
             self.pending.clear()
             for bar in self.query(ProgressBar):
                 bar.display = False
-            self.post_message(ProbeFinished(event.state))
+            self.post_message(ProbeFinished(event.state, event.worker.error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -11,7 +12,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Footer, Header, Static, TextArea
 
-from connectwiz.policy.domains import MAX_BATCH, BatchLine, display_domain, parse_domain_batch
+from connectwiz.policy.domains import (
+    MAX_BATCH,
+    BatchLine,
+    Rejection,
+    display_domain,
+    parse_domain_batch,
+)
 from connectwiz.tui.labels import BAD, GOOD
 from connectwiz.tui.screens.base import WizardScreen
 
@@ -48,7 +55,7 @@ class AddDomainsScreen(WizardScreen):
                 yield Button("Add", id="add", variant="success")
                 yield Button("Edit text", id="edit")
                 yield Button("Cancel", id="cancel-review")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one("#review", DataTable)
@@ -68,8 +75,15 @@ class AddDomainsScreen(WizardScreen):
         return self.query_one("#batch", TextArea)
 
     def _parse(self) -> None:
-        existing = {d.domain for d in self.state.model.external_domains}
-        self.lines = parse_domain_batch(self.text_area.text, existing)
+        model = self.state.model
+        existing = {d.domain for d in model.external_domains}
+        internal = set(model.organisation.internal_domains)
+        self.lines = [
+            replace(line, domain=None, rejection=Rejection.INVALID,
+                    reason="is one of your internal domains")
+            if line.domain in internal else line
+            for line in parse_domain_batch(self.text_area.text, existing)
+        ]
 
     def _fill_review(self) -> None:
         table = self.query_one("#review", DataTable)

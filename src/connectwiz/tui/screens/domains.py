@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
-from connectwiz.bundle import BundleError
+from connectwiz.errors import UserError
 from connectwiz.policy.domains import display_domain
 from connectwiz.policy.model import EncryptionMode, ExternalDomain, ValidationStatus
 from connectwiz.probe import Target
@@ -25,13 +25,13 @@ from connectwiz.tui.screens.finish import FinishScreen
 
 class DomainsScreen(ProbeRunner, WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("a", "add", "Add domains", id="add"),
+        Binding("a", "add", "Add", id="add"),
         Binding("v", "validate", "Validate", id="validate"),
         Binding("V", "validate_all", "Validate all", id="validate_all"),
         Binding("d,delete", "remove", "Remove", id="remove"),
-        Binding("r", "mode('relaxed')", "Enforce Relaxed", id="relaxed"),
-        Binding("r", "mode('strict')", "Enforce Strict", id="strict"),
-        Binding("escape", "cancel_probe", "Cancel test", id="cancel_probe"),
+        Binding("r", "mode('relaxed')", "Use Relaxed", id="relaxed"),
+        Binding("r", "mode('strict')", "Use Strict", id="strict"),
+        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("f", "finish", "Finish", id="finish"),
         Binding("b", "back", "Back", id="back"),
     ]
@@ -48,7 +48,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         yield DataTable(id="domains", cursor_type="row", zebra_stripes=True)
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="detail")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -120,9 +120,8 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                 return (domain.encryption_mode is EncryptionMode.STRICT
                         and self.state.domain_status(domain) is ValidationStatus.RELAXED)
             return domain.encryption_mode is EncryptionMode.RELAXED
-        if self.probing and action in ("add", "validate", "validate_all", "remove", "finish",
-                                       "back"):
-            return None
+        if self.probing:  # only Cancel while a validation runs
+            return False if action in ("add", "remove", "back") else None
         if action in ("validate", "validate_all", "remove") and domain is None:
             return None
         return True
@@ -185,7 +184,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
     def action_finish(self) -> None:
         try:
             self.state.save()
-        except (BundleError, OSError) as exc:
+        except (UserError, OSError) as exc:  # BundleError is a UserError
             self.notify(f"Could not write {self.state.path}: {exc}", severity="error",
                         timeout=10)
             return

@@ -27,7 +27,6 @@ class FinishScreen(WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("e", "edit", "Edit", id="edit"),
         Binding("x", "export", "Export", id="export"),
-        Binding("q", "app.quit", "Quit", id="quit"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -38,7 +37,7 @@ class FinishScreen(WizardScreen):
             yield Static(id="routes")
             yield Static(id="changes")
             yield Static(id="saved")
-        yield Footer()
+        yield Footer(compact=True)
 
     def redraw(self) -> None:
         state, model = self.state, self.state.model

@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
+from connectwiz.errors import UserError
 from connectwiz.probe import Target
 from connectwiz.tui.components.dialogs import ConfirmDialog, EmailDialog, RouteDialog
 from connectwiz.tui.labels import TESTING, route_verdict
@@ -28,7 +29,7 @@ class RoutesScreen(ProbeRunner, WizardScreen):
         Binding("e", "edit", "Edit", id="edit"),
         Binding("d,delete", "remove", "Remove", id="remove"),
         Binding("v", "validate", "Validate", id="validate"),
-        Binding("escape", "cancel_probe", "Cancel test", id="cancel_probe"),
+        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("n", "next", "Next", id="next"),
         Binding("b", "back", "Back", id="back"),
     ]
@@ -45,7 +46,7 @@ class RoutesScreen(ProbeRunner, WizardScreen):
         yield DataTable(id="routes", cursor_type="row", zebra_stripes=True)
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -86,10 +87,13 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             text = Text(f"Testing {len(self.pending)} route(s)… Escape cancels.")
         elif not routes:
             text = Text("Add your internal mail servers (A), then Validate (V).", style="yellow")
+        elif any(state.route_status(r) is None for r in blocking):
+            text = Text("Validate (V) tests every route. Next needs all of them to support TLS.",
+                        style="yellow")
         elif blocking:
             first = blocking[0]
             text = Text(f"{len(routes) - len(blocking)} of {len(routes)} routes support TLS. "
-                        f"Validate, fix or remove {first.host}:{first.port} to go on.",
+                        f"Fix (E) or remove (D) {first.host}:{first.port} to go on.",
                         style="yellow")
         else:
             text = Text("Every route supports TLS. Next: external domains (N).", style="green")
@@ -108,10 +112,12 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             return self.probing
         if action == "next":
             return True if self.state.routes_ready() and not self.probing else None
-        if action in ("edit", "remove", "add"):
-            if self.probing:
-                return None
-            return True if action == "add" or self.state.model.inbound_routes else None
+        if action in ("edit", "remove", "add", "back"):
+            if self.probing:  # the list must not change under a running validation
+                return False
+            if action in ("add", "back"):
+                return True
+            return True if self.state.model.inbound_routes else None
         if action == "validate":
             return True if self.state.model.inbound_routes and not self.probing else None
         return True
@@ -123,7 +129,10 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             if self.state.route(result) is not None:
                 self.notify(f"{result[0]}:{result[1]} is already a route", severity="warning")
                 return
-            self.state.add_route(*result)
+            try:
+                self.state.add_route(*result)
+            except UserError as exc:
+                self.notify(str(exc), severity="error")
             self.redraw()
 
         self.app.push_screen(RouteDialog("Add an inbound route",
@@ -140,7 +149,10 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             if self.state.route(result) is not None:
                 self.notify(f"{result[0]}:{result[1]} is already a route", severity="warning")
                 return
-            self.state.update_route(key, *result)
+            try:
+                self.state.update_route(key, *result)
+            except UserError as exc:
+                self.notify(str(exc), severity="error")
             self.redraw()
 
         self.app.push_screen(RouteDialog("Edit the inbound route", _row_key(key),

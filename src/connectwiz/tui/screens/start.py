@@ -11,6 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Header, Static
 
+from connectwiz.errors import UserError
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.tui.components.dialogs import OrgDialog
 from connectwiz.tui.labels import GOOD, MUTED, mode_label, pretty_path
@@ -29,13 +30,13 @@ class StartScreen(WizardScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         with VerticalScroll(id="start"):
-            yield Static("Set up your TLS policies", classes="step-title")
+            yield Static("Start · what this bundle holds", classes="step-title")
             yield Static(id="bundle")
             yield Static(id="organisation")
             yield Static(id="routes")
             yield Static(id="domains")
             yield Static(id="hint")
-        yield Footer()
+        yield Footer(compact=True)
 
     def redraw(self) -> None:
         state, model = self.state, self.state.model
@@ -89,10 +90,14 @@ class StartScreen(WizardScreen):
         org = self.state.model.organisation
 
         def done(result: tuple[list[str], list[str]] | None) -> None:
-            if result is not None:
+            if result is None:
+                return
+            try:
                 self.state.bundle.set_organisation(
                     internal_domains=result[0], authorized_outbound=result[1])
-                self.redraw()
+            except UserError as exc:
+                self.notify(str(exc), severity="error", timeout=10)
+            self.redraw()
 
         self.app.push_screen(OrgDialog(list(org.internal_domains),
                                        [str(n) for n in org.authorized_outbound]), done)
