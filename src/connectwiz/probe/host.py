@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import ssl
 import time
@@ -130,7 +131,7 @@ async def _conversation(
         await _open_session(client, session)
         try:
             ssl_object = await client.starttls(
-                client_context(verify=False), server_hostname=_sni(host)
+                _probe_context(legacy=False), server_hostname=_sni(host)
             )
         except (ssl.SSLError, ConnectionError) as exc:
             return None, _ssl_reason(exc)
@@ -209,7 +210,7 @@ async def _legacy_probe(
         await _open_session(client, session)
         try:
             ssl_object = await client.starttls(
-                client_context(verify=False, legacy=True), server_hostname=_sni(host)
+                _probe_context(legacy=True), server_hostname=_sni(host)
             )
         except (ssl.SSLError, ConnectionError):
             return Status.UNSUPPORTED, f"TLS handshake failed: {modern_error}"
@@ -218,6 +219,12 @@ async def _legacy_probe(
     if version in MODERN_VERSIONS:  # the first failure was about something else
         return Status.UNSUPPORTED, f"TLS handshake failed: {modern_error}"
     return Status.UNSUPPORTED, f"server only offers {version}; TLS 1.2 or newer is required"
+
+
+@functools.lru_cache(maxsize=2)
+def _probe_context(legacy: bool) -> ssl.SSLContext:
+    """Shared by every probe: building a context costs more than a handshake's client side."""
+    return client_context(verify=False, legacy=legacy)
 
 
 def _sni(host: str) -> str | None:
