@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import socket
 from pathlib import Path
 
@@ -25,8 +26,26 @@ _LIMITS = {  # CLI option -> RelaySettings field
 }
 
 
+class _MailLogBridge(logging.Handler):
+    """aiosmtpd logs client mishaps (failed handshakes, resets) with tracebacks; the relay's
+    log keeps one line per event, so pass on the first line only."""
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log("smtp-session", level=record.levelname.lower(),
+                 message=record.getMessage().splitlines()[0][:300],
+                 error=repr(record.exc_info[1])[:300] if record.exc_info else None)
+
+
 def settings_from(args: argparse.Namespace) -> RelaySettings:
     values: dict[str, object] = {"hostname": args.hostname or socket.gethostname()}
+    if args.concurrency is not None:  # deliveries in flight, like probes for validate
+        if args.concurrency <= 0:
+            raise UserError("--concurrency must be positive")
+        values["delivery_workers"] = args.concurrency
     for option, name in _LIMITS.items():
         value = getattr(args, option, None)
         if value is None:
@@ -59,9 +78,13 @@ def run(args: argparse.Namespace) -> int:
     def load_policy() -> PolicyModel:
         return Bundle.load(bundle_path).model
 
+    log = EventLog(json_lines=args.log_json)
+    mail_log = logging.getLogger("mail.log")
+    mail_log.addHandler(_MailLogBridge(log))
+    mail_log.propagate = False
     relay = Relay(
         load_policy, Path(args.spool) if args.spool else default_spool(), (host, port),
-        options=options, settings=settings_from(args), log=EventLog(json_lines=args.log_json),
+        options=options, settings=settings_from(args), log=log,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from connectwiz.policy.addresses import canonical_address
 from connectwiz.policy.model import PolicyModel, ReceiptOption
 from connectwiz.policy.select import MessageContext, PolicyIndex
 from connectwiz.relay.events import EventLog
@@ -204,6 +205,9 @@ class ReceiptHandler:
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.ctx.settings.max_recipients:
             return "452 4.5.3 Too many recipients"
+        if canonical_address(address).domain is None:
+            # No domain, or one we could not look up (address literals included).
+            return "501 5.1.3 Bad recipient address syntax: a mail domain is required"
         index = self.ctx.index()
         client_ip = _client_ip(session)
         if not index.is_internal(address) and not _authorized(self.ctx.model(), client_ip):

@@ -212,11 +212,21 @@ class Relay:
             self._busy.add(task)
             try:
                 await task
-            except Exception as exc:  # a bug must not kill the worker; the entry stays queued
-                self.log("error", id=msg_id, reason=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug or a disk error must not kill the worker
+                self.log("error", id=msg_id, reason=f"{type(exc).__name__}: {exc}",
+                         retry_in_s=self.settings.backoff_max)
+                await self._park(msg_id)
             finally:
                 self._busy.discard(task)
                 self._queued.discard(msg_id)
+
+    async def _park(self, msg_id: str) -> None:
+        """After an unexpected error: keep the message and try again much later."""
+        try:
+            await asyncio.to_thread(self.spool.move, msg_id, "active", "deferred")
+        except OSError:
+            return  # not in active (already moved on) or the disk is failing: restart recovers
+        self._schedule(msg_id, self.settings.backoff_max)
 
     def _claim(self, msg_id: str) -> tuple[QueueEntry, bytes] | None:
         for state in ("incoming", "deferred"):
