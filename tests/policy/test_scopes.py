@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectwiz.policy.addresses import (
     InvalidAddress,
     canonical_address,
     normalize_address,
 )
+from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import Applies
 from connectwiz.policy.select import PolicyIndex
 from tests.policy.select_helpers import EXTERNAL, INTERNAL, dp, model, msg, scope, winner
@@ -182,3 +185,15 @@ def test_canonical_address_is_lenient():
     assert canonical_address("Postmaster") == ("postmaster", None)
     assert canonical_address("X@Bad_Domain") == ("x@bad_domain", None)
     assert canonical_address("X@Example.COM") == ("x@example.com", "example.com")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="abcXYZ019-._ü \u212a", max_size=30) | st.sampled_from(
+    ["example.com", "EXAMPLE.COM.", "xn--bcher-kva.example", "a--b.example", "1.2.3.4",
+     "ab.c0m", "ab.0com", "a.b-", "-a.b", "\u212aelvin.example", ("a" * 63 + ".") * 4 + "com"]))
+def test_canonical_address_domain_agrees_with_normalize_domain(text):
+    try:
+        expected = normalize_domain(text)
+    except InvalidDomain:
+        expected = None
+    assert canonical_address(f"x@{text}").domain == expected

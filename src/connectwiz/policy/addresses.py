@@ -7,11 +7,17 @@ admin use the strict :func:`normalize_address` to report a clear error instead.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 
 _MAX_LOCAL = 64
+# Already canonical: lower-case LDH labels, no "--" anywhere (so no punycode or reserved
+# labels), a top-level label starting with a letter. normalize_domain would return such a
+# name unchanged; recognising it directly keeps per-message matching cheap.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_CANONICAL = re.compile(rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
 
 
 class InvalidAddress(ValueError):
@@ -68,17 +74,22 @@ def canonical_address(text: str) -> Address:
     local, at, domain = address.rpartition("@")
     if not at:
         return Address(address.lower(), None)
-    try:
-        normalized: str | None = normalize_domain(domain)
-    except InvalidDomain:
-        normalized = None
+    normalized = _lenient_domain(domain)
     return Address(f"{local.lower()}@{normalized or domain.lower()}", normalized)
 
 
 def canonical_domain(text: str) -> str:
     """Lenient domain form for index keys: normalised when valid, else lower-cased as is, so
     an entry that can never be a valid domain simply never matches a real one."""
+    return _lenient_domain(text) or text.strip().lower()
+
+
+def _lenient_domain(text: str) -> str | None:
+    lowered = text.lower()
+    if (text.isascii() and len(lowered) <= 253 and "--" not in lowered
+            and _CANONICAL.fullmatch(lowered)):
+        return lowered
     try:
         return normalize_domain(text)
     except InvalidDomain:
-        return text.strip().lower()
+        return None
