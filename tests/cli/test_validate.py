@@ -96,3 +96,26 @@ def test_real_process_keeps_stderr_clean_when_not_a_terminal(net):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no progress display when stderr is not a TTY
     assert json.loads(proc.stdout)[0]["status"] == "strict"
+
+
+def test_progress_line_goes_to_a_terminal_only(net, monkeypatch, capsys):
+    class Tty:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> int:
+            self.text += text
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert main(["validate", *net, "trusted.example", "selfsigned.example"]) == 0
+    assert "validated 1/2: " in tty.text and "validated 2/2: " in tty.text
+    assert tty.text.endswith("\r\033[K")  # the line is cleared before the results print
+    assert "validated" not in capsys.readouterr().out
