@@ -87,6 +87,14 @@ def test_bad_input_exits_2_with_one_line(net, capsys, argv, message):
     assert captured.err.count("\n") == 1
 
 
+def test_ca_file_without_certificates_exits_2(net, tmp_path, capsys):
+    bogus = tmp_path / "not-a-ca.pem"
+    bogus.write_text("hello\n")
+    argv = [a if a != net[net.index("--ca-file") + 1] else str(bogus) for a in net]
+    assert main(["validate", *argv, "trusted.example"]) == 2
+    assert "no PEM certificate" in capsys.readouterr().err
+
+
 def test_real_process_keeps_stderr_clean_when_not_a_terminal(net):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTWIZ_")}
     proc = subprocess.run(

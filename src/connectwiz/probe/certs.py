@@ -24,6 +24,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from connectwiz.errors import UserError
+
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN CERTIFICATE-----\s.+?\s-----END CERTIFICATE-----", re.DOTALL
 )
@@ -179,7 +181,13 @@ def trust_store(ca_file: Path | None) -> TrustStore:
     if system is not None:
         certs.extend(load_pem_certificates(system.read_bytes()))
     if ca_file is not None:
-        certs.extend(load_pem_certificates(ca_file.read_bytes()))
+        try:
+            extra = load_pem_certificates(ca_file.read_bytes())
+        except OSError as exc:
+            raise UserError(f"--ca-file {ca_file}: {exc.strerror or exc}") from None
+        if not extra:
+            raise UserError(f"--ca-file {ca_file}: no PEM certificate in it")
+        certs.extend(extra)
     return TrustStore(tuple(certs))
 
 
