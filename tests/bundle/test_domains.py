@@ -102,6 +102,10 @@ def test_managed_name_taken_by_a_different_definition_is_a_clear_error() -> None
     bundle = Bundle.from_text(text)  # a strict definition under the relaxed name
     with pytest.raises(UserError, match="rename it"):
         bundle.add_domains(["loose.example"], mode=EncryptionMode.RELAXED, at=AT)
+    with pytest.raises(UserError, match="rename it"):
+        bundle.set_domain_mode("bank.example", EncryptionMode.RELAXED)
+    assert bundle.to_toml() == text  # refused before anything changed
+    assert [d.domain for d in bundle.model.external_domains] == ["bank.example"]
 
 
 def test_routes_are_unique_and_normalised() -> None:

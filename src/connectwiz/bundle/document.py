@@ -173,11 +173,11 @@ def model_text(model: PolicyModel) -> str:
         doc.append("organisation", table)
     for section in ("inbound_routes", "external_domains", "delivery_definitions"):
         if data[section]:
-            doc.append(section, tomlkit.aot([make_table(x) for x in data[section]]))
+            doc.append(section, AoT([make_table(x) for x in data[section]]))
     for section, side in (("delivery_policies", "to"), ("receipt_policies", "from")):
         policies = getattr(model, section)
         if policies:
-            doc.append(section, tomlkit.aot([
+            doc.append(section, AoT([
                 make_table(x, _policy_subtables(x, side if p.managed else None))
                 for p, x in zip(policies, data[section], strict=True)
             ]))
@@ -220,14 +220,20 @@ def _definition_modes(doc: TOMLDocument) -> dict[str, str]:
             for d in entries(doc, "delivery_definitions")}
 
 
-def _ensure_definition(doc: TOMLDocument, mode: EncryptionMode) -> str:
+def check_definition(doc: TOMLDocument, mode: EncryptionMode) -> None:
+    """Refuse (before any change) when the managed definition's name is taken by a
+    definition with another encryption mode."""
     name = DEFINITION_NAME[mode]
-    modes = _definition_modes(doc)
-    if name in modes:
-        if modes[name] != mode.value:
-            raise UserError(f"delivery definition {name!r} has encryption_mode = "
-                            f"'{modes[name]}', not '{mode}'; rename it so connectwiz can "
-                            f"create its own")
+    found = _definition_modes(doc).get(name)
+    if found is not None and found != mode.value:
+        raise UserError(f"delivery definition {name!r} has encryption_mode = '{found}', not "
+                        f"'{mode}'; rename it so connectwiz can create its own")
+
+
+def _ensure_definition(doc: TOMLDocument, mode: EncryptionMode) -> str:
+    check_definition(doc, mode)
+    name = DEFINITION_NAME[mode]
+    if name in _definition_modes(doc):
         return name
     definition = DeliveryDefinition(name, DeliveryOption.ENFORCED, mode, "1.2", managed=True)
     append_entry(doc, "delivery_definitions", make_table(definition_data(definition)))

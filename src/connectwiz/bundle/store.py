@@ -334,6 +334,7 @@ class Bundle:
         added = [n for n in names if n not in present]
         if not added:
             return []
+        d.check_definition(doc, mode)
         doc = self._edited()
         when = d.stamp(at)
         for name in added:
@@ -362,6 +363,7 @@ class Bundle:
         entry = self._domain_entry(self._document(), domain)
         if str(entry.get("encryption_mode", "strict")) == mode.value:
             return
+        d.check_definition(self._document(), mode)
         doc = self._edited()
         entry["encryption_mode"] = mode.value
         d.sync_managed(doc)
