@@ -32,14 +32,19 @@ class MessageLog:
 
     def append(self, msg_id: str, event: str, **fields: Any) -> None:
         """Blocking (fsync): call from a worker thread."""
-        record = {"at": _now(), "event": event, **fields}
-        line = (json.dumps(record, default=str) + "\n").encode()
+        self.append_many(msg_id, [{"event": event, **fields}])
+
+    def append_many(self, msg_id: str, records: list[dict[str, Any]]) -> None:
+        """Several events with one fsync. Each record needs an ``event`` key."""
+        at = _now()
+        data = b"".join((json.dumps({"at": at, **r}, default=str) + "\n").encode()
+                        for r in records)
         fd = os.open(self.dir / f"{msg_id}.jsonl", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a crash tore the last line: do not glue onto it
-            os.write(fd, line)
+                data = b"\n" + data  # a crash tore the last line: do not glue onto it
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -231,7 +231,8 @@ class Relay:
     def _claim(self, msg_id: str) -> tuple[QueueEntry, bytes] | None:
         for state in ("incoming", "deferred"):
             try:
-                self.spool.move(msg_id, state, "active")
+                # Not fsync'd: after a crash, incoming and active are recovered alike.
+                self.spool.move(msg_id, state, "active", durable=False)
             except FileNotFoundError:
                 continue
             return self.spool.read_entry("active", msg_id), self.spool.read_body(msg_id)
@@ -244,10 +245,13 @@ class Relay:
         entry, body = claimed
         model, index = self._model, self._index
         entry.attempts += 1
-        for group in group_recipients(entry, model, index):
+        groups = group_recipients(entry, model, index)
+        for n, group in enumerate(groups, 1):
             attempts = await self.deliverer.deliver_group(entry, body, group, model)
+            # Progress must be on disk before the next group, so a crash does not repeat
+            # it; after the last group the final state change records it anyway.
             await asyncio.to_thread(self._record_group, entry, group.policy, attempts,
-                                    group.recipients)
+                                    group.recipients, n < len(groups))
         now = time.time()
         pending = entry.pending()
         expired = bool(pending) and now - entry.received_at >= self.settings.max_lifetime
@@ -274,17 +278,21 @@ class Relay:
             self.log("done", id=entry.id, attempts=entry.attempts)
 
     def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
-                      recipients: list[Recipient]) -> None:
+                      recipients: list[Recipient], save: bool) -> None:
+        records: list[dict[str, Any]] = []
         for att in attempts:
-            self.msglog.append(entry.id, "attempt", policy=policy, **att.as_record())
+            records.append({"event": "attempt", "policy": policy, **att.as_record()})
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
                      outcome=att.outcome, reply=att.error or att.reply)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
-            self.msglog.append(entry.id, "delivered", recipients=done)
-        self.spool.update_active(entry)
+            records.append({"event": "delivered", "recipients": done})
+        if records:
+            self.msglog.append_many(entry.id, records)
+        if save:
+            self.spool.update_active(entry)
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
         self.msglog.append(entry.id, "deferred", recipients=[r.address for r in pending],

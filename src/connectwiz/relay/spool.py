@@ -131,10 +131,13 @@ class Spool:
     def read_entry(self, state: str, msg_id: str) -> QueueEntry:
         return QueueEntry.from_json(self._entry_path(state, msg_id).read_bytes())
 
-    def move(self, msg_id: str, src: str, dst: str) -> None:
+    def move(self, msg_id: str, src: str, dst: str, durable: bool = True) -> None:
+        """Rename between states. ``durable=False`` skips the directory fsyncs where losing
+        the rename in a crash is harmless (recovery treats both states alike)."""
         os.replace(self._entry_path(src, msg_id), self._entry_path(dst, msg_id))
-        _fsync_dir(self.root / dst)
-        _fsync_dir(self.root / src)
+        if durable:
+            _fsync_dir(self.root / dst)
+            _fsync_dir(self.root / src)
 
     def update_active(self, entry: QueueEntry) -> None:
         """Record progress (e.g. recipients delivered) so a crash does not repeat it."""
@@ -148,9 +151,9 @@ class Spool:
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
         self._entry_path("active", msg_id).unlink()
-        _fsync_dir(self.root / "active")
+        _fsync_dir(self.root / "active")  # else a crash could deliver the message again
+        # Not fsync'd: a body that reappears after a crash has no entry; recover removes it.
         self.body_path(msg_id).unlink(missing_ok=True)
-        _fsync_dir(self.root / "messages")
 
     def recover(self) -> tuple[list[QueueEntry], list[QueueEntry]]:
         """After a start or crash: (entries to deliver now, deferred entries).
