@@ -252,3 +252,21 @@ async def test_log_command_shows_receipt_and_attempts(lab, relays, capsys) -> No
     assert data["attempts"][0]["certificate_verified"] is True
     assert await asyncio.to_thread(cli_main, ["log", "--spool", str(r.spool), "NOSUCH"]) == 2
     assert "no message" in capsys.readouterr().err
+
+
+async def test_enforced_refuses_tls_below_minimum_version(lab, relays) -> None:
+    # tls10.example only speaks TLS 1.0: under enforced (min 1.2) that is no TLS at all.
+    r, msg_id, tag = await _deliver_one(lab, relays, "tls10.example", RELAXED)
+    record = await r.wait_status(msg_id, "deferred")
+    assert "handshake failed" in record.attempts[0]["error"]
+    assert not _sent_anything(lab, tag)
+
+
+async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
+    # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
+    r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
+    record = await r.wait_status(msg_id, "delivered")
+    first, second = record.attempts
+    assert "STARTTLS refused" in first["error"] and first["outcome"] == "temporary"
+    assert second["outcome"] == "delivered" and second["tls_version"] is None
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)

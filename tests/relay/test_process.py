@@ -248,3 +248,31 @@ async def test_broken_bundle_at_start_is_a_one_line_error(lab, tmp_path) -> None
     lines = [ln for ln in err.decode().splitlines() if not ln.startswith("20")]
     assert len(lines) == 1 and lines[0].startswith("connectwiz: ") and "bundle.toml" in lines[0]
     assert "Traceback" not in err.decode()
+
+
+async def test_sigterm_with_a_hanging_delivery_exits_in_time_and_keeps_the_message(
+        lab, tmp_path) -> None:
+    hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
+    hop_port = await hop.start()
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=hop_port))
+    relay = await start_relay(lab, bundle, spool, "--shutdown-grace", "0.5")
+    try:
+        tag = token()
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+        await client.connect()
+        await client.sendmail("x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+        client.close()
+        await asyncio.wait_for(hop.held.wait(), 20)
+        relay.proc.send_signal(signal.SIGTERM)
+        assert await relay.wait_exit() == 0  # the grace period bounds the wait
+        assert relay.events[-1]["event"] == "stopped"
+        assert len(list((spool / "active").glob("*.json"))) == 1, "kept for the next start"
+
+        hop.forward = True
+        relay = await start_relay(lab, bundle, spool)
+        await relay.wait_event("done")
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    finally:
+        await relay.kill()
+        await hop.stop()

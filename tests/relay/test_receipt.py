@@ -246,3 +246,21 @@ async def test_idle_client_is_dropped(lab, relays) -> None:
         assert await asyncio.wait_for(reader.read(), 10) == b""
     finally:
         writer.close()
+
+
+async def test_relay_presents_the_configured_certificate(lab, relays, tmp_path) -> None:
+    from connectwiz.lab.ca import LabCA
+
+    ca = LabCA(tmp_path / "ca")
+    cert, key = ca.issue(["relay.corp.example"])
+    r = await relays(make_model(lab), tls=(cert, key))
+    ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        # Verifies chain and name: fails unless the relay serves the certificate we gave it.
+        await client.starttls(tls_context=ctx, server_hostname="relay.corp.example")
+        assert (await client.noop()).code == 250
+    finally:
+        client.close()
+    assert not (r.spool / "tls").exists(), "no self-signed certificate when one is given"
