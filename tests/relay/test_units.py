@@ -201,3 +201,19 @@ def test_queue_entry_json_round_trip() -> None:
     e.recipients[1].status = "delivered"
     assert QueueEntry.from_json(e.to_json()) == e
     assert json.loads(e.to_json())["recipients"][1]["status"] == "delivered"
+
+
+def test_one_relay_per_spool(spool: Spool) -> None:
+    spool.lock()
+    other = Spool(spool.root)
+    with pytest.raises(UserError, match="in use by another relay"):
+        other.lock()
+    spool.unlock()
+    other.lock()  # free again once the first lets go
+    other.unlock()
+
+
+def test_failed_write_leaves_nothing_behind(spool: Spool) -> None:
+    with pytest.raises(OSError):
+        spool.write_atomic(spool.root / "no-such-dir" / "x.json", b"data")
+    assert list((spool.root / "tmp").iterdir()) == []

@@ -90,6 +90,14 @@ class Relay:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.create)
+        self.spool.lock()
+        try:
+            await self._start()
+        except BaseException:
+            self.spool.unlock()
+            raise
+
+    async def _start(self) -> None:
         model = await asyncio.to_thread(self.load_policy)
         self._set_model(model)
         self.log("policy", **_policy_summary(model))
@@ -151,6 +159,7 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         counts = await asyncio.to_thread(self.spool.counts)
+        self.spool.unlock()
         self.log("stopped", **counts)
         self._stopped.set()
 

@@ -20,6 +20,7 @@ one, and ``recover`` keeps the later state when it finds both.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -27,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from connectwiz.errors import UserError
 
 STATES = ("incoming", "active", "deferred")
 _STATE_RANK = {"incoming": 0, "active": 1, "deferred": 2}
@@ -91,11 +94,31 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._lock_fd: int | None = None
 
     def create(self) -> None:
         for name in ("tmp", "messages", "log", *STATES):
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)  # mail content and keys live here
+
+    def lock(self) -> None:
+        """Claim the spool for this process; two relays on one spool would deliver twice.
+        The lock is released when the process exits, however it exits."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"spool {self.root} is in use by another relay") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = self._lock_fd
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     # -- primitive ---------------------------------------------------------------------------
 
@@ -103,13 +126,17 @@ class Spool:
         tmp = self.root / "tmp" / f"{dest.name}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing half-written
+            raise
         _fsync_dir(dest.parent)
 
     def _entry_path(self, state: str, msg_id: str) -> Path:
@@ -123,7 +150,11 @@ class Spool:
     def accept(self, entry: QueueEntry, body: bytes) -> None:
         """Store a new message durably. Only after this returns may the relay answer 250."""
         self.write_atomic(self.body_path(entry.id), body)
-        self.write_atomic(self._entry_path("incoming", entry.id), entry.to_json())
+        try:
+            self.write_atomic(self._entry_path("incoming", entry.id), entry.to_json())
+        except BaseException:
+            self.body_path(entry.id).unlink(missing_ok=True)
+            raise
 
     def read_body(self, msg_id: str) -> bytes:
         return self.body_path(msg_id).read_bytes()
