@@ -353,11 +353,12 @@ class Deliverer:
         self.helo = helo
         self._contexts: dict[tuple[str, str, str], ssl.SSLContext | None] = {}
 
-    def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
+    async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
         if key not in self._contexts:
             ca = str(self.options.ca_file) if self.options.ca_file else None
-            self._contexts[key] = client_context(definition, ca)
+            # Loading the system trust store reads files: keep it off the event loop.
+            self._contexts[key] = await asyncio.to_thread(client_context, definition, ca)
         return self._contexts[key]
 
     async def targets(self, group: Group, model: PolicyModel
@@ -409,7 +410,7 @@ class Deliverer:
         for target, definition in targets:
             if not todo:
                 break
-            ctx = self._context(definition)
+            ctx = await self._context(definition)
             att = await attempt_host(target, definition, ctx, entry.mail_from,
                                      [r.address for r in todo], body, self.helo,
                                      self.options.timeout)
