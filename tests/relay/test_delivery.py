@@ -267,6 +267,6 @@ async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, re
     r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
     record = await r.wait_status(msg_id, "delivered")
     first, second = record.attempts
-    assert "STARTTLS refused" in first["error"] and first["outcome"] == "temporary"
+    assert "STARTTLS refused" in first["error"] and first["retry_plain"] is True
     assert second["outcome"] == "delivered" and second["tls_version"] is None
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)

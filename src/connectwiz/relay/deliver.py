@@ -75,6 +75,8 @@ class Attempt:
     outcome: str = "temporary"  # delivered | temporary | permanent
     error: str = ""
     rcpt_replies: dict[str, str] = field(default_factory=dict)
+    # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
+    retry_plain: bool = False
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +205,10 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _RetryPlain(TempFailure):
+    """Opportunistic TLS failed at this host: the caller tries it once more in plaintext."""
+
+
 # -- one attempt at one host -------------------------------------------------------------------
 
 
@@ -270,16 +276,14 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
         att.outcome = "delivered"
     except PermFailure as exc:
         att.outcome, att.error = "permanent", str(exc)
+    except _RetryPlain as exc:
+        att.outcome, att.error, att.retry_plain = "temporary", str(exc), True
     except TempFailure as exc:
         att.outcome, att.error = "temporary", str(exc)
     finally:
         if client is not None:
             await client.close()
     return att
-
-
-class _RetryPlain(TempFailure):
-    """Opportunistic TLS failed at this host: the caller tries it once more in plaintext."""
 
 
 def _fail(code: int, text: str) -> None:
@@ -414,8 +418,7 @@ class Deliverer:
             att = await attempt_host(target, definition, ctx, entry.mail_from,
                                      [r.address for r in todo], body, self.helo,
                                      self.options.timeout)
-            if att.error.startswith(("TLS handshake failed", "STARTTLS refused")) and \
-                    definition.option is DeliveryOption.OPPORTUNISTIC:
+            if att.retry_plain:
                 attempts.append(att)
                 plain = DeliveryDefinition(definition.name, DeliveryOption.NONE)
                 att = await attempt_host(target, plain, None, entry.mail_from,
