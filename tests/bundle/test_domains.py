@@ -140,3 +140,27 @@ def test_to_json_is_json_safe() -> None:
     assert data["external_domains"][0]["added"] == "2026-11-01T09:00:00Z"
     assert data["external_domains"][0]["last_validation"]["at"] == "2026-11-01T09:01:00Z"
     assert data["delivery_policies"][0]["from"]["specifically"] == ["legal"]
+
+
+def test_hand_written_domains_in_any_form_are_found_and_listed_normalised() -> None:
+    text = HAND_WRITTEN.replace('domain = "bank.example"', 'domain = "Bank.Example."', 1)
+    bundle = Bundle.from_text(text)
+    bundle.add_domains(["aaa.example"], at=AT)
+    assert bundle.model.delivery_policies[1].to.specifically == ("aaa.example", "bank.example")
+    assert bundle.remove_domains(["BANK.example"]) == ["bank.example"]
+    assert [d.domain for d in bundle.model.external_domains] == ["aaa.example"]
+
+
+def test_empty_inline_array_section_is_replaced_and_a_full_one_refused() -> None:
+    bundle = Bundle.from_text("schema_version = 1\nexternal_domains = []\n")
+    assert bundle.add_domains(["one.example"], at=AT) == ["one.example"]
+    assert "[[external_domains]]" in bundle.to_toml()
+    inline = Bundle.from_text(
+        'schema_version = 1\nexternal_domains = [{domain = "a.example"}]\n'
+        '[[delivery_definitions]]\nname = "Enforced TLS - Strict"\noption = "enforced"\n'
+        '[[delivery_policies]]\nnarrative = "n"\ndefinition = "Enforced TLS - Strict"\n'
+        'managed = true\nto = {applies = "domain", specifically = ["a.example"]}\n'
+        '[[receipt_policies]]\nnarrative = "r"\nmanaged = true\n'
+        'from = {applies = "domain", specifically = ["a.example"]}\n')
+    with pytest.raises(UserError, match=r"write each entry as a \[\[external_domains\]\] table"):
+        inline.add_domains(["two.example"], at=AT)

@@ -123,3 +123,12 @@ def test_save_as_writes_another_file(hand_written: Path, tmp_path: Path) -> None
     bundle.save(copy)
     assert copy.read_text(encoding="utf-8") == HAND_WRITTEN
     assert Bundle.from_text("schema_version = 1\n").path is None
+
+
+def test_unwritable_folder_is_a_bundle_error(hand_written: Path) -> None:
+    bundle = Bundle.load(hand_written)
+    bundle.add_domains(["one.example"], at=AT)
+    blocker = hand_written.parent / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(BundleError, match=r"cannot write"):
+        bundle.save(blocker / "bundle.toml")

@@ -23,6 +23,7 @@ from connectwiz.bundle.schema import (
     receipt_policy_data,
 )
 from connectwiz.errors import UserError
+from connectwiz.policy.domains import normalize_domain
 from connectwiz.policy.model import (
     Applies,
     DeliveryDefinition,
@@ -110,7 +111,9 @@ def _reparsed(section: str, table: Table) -> Table:
 def append_entry(doc: TOMLDocument, section: str, table: Table) -> None:
     """Append to ``[[section]]`` (created at the end of the document if absent), with one
     blank line before and after, whatever the previous entry ended with."""
-    if section not in doc:
+    if not entries(doc, section):
+        if section in doc:  # an empty `section = []` written by hand
+            del doc[section]
         doc.append(section, tomlkit.aot())
     aot = doc[section]
     before = aot[-1].as_string() if len(aot) else doc.as_string()
@@ -137,7 +140,16 @@ def delete_entries(doc: TOMLDocument, section: str, indexes: Iterable[int]) -> N
 
 
 def entries(doc: TOMLDocument, section: str) -> AoT | list[Table]:
-    return doc.get(section, [])
+    found = doc.get(section, [])
+    if found and not isinstance(found, AoT):  # e.g. `external_domains = [{...}]`
+        raise UserError(f"{section} is written as an inline array; write each entry as a "
+                        f"[[{section}]] table so connectwiz can edit it")
+    return found
+
+
+def domain_of(entry: Table) -> str:
+    """The entry's domain, normalised (a hand-written entry may say 'Bank.Example.')."""
+    return normalize_domain(str(entry["domain"]))
 
 
 def validation_table(lv: LastValidation) -> InlineTable:
@@ -282,7 +294,7 @@ def sync_managed(doc: TOMLDocument) -> None:
     by_mode: dict[EncryptionMode, list[str]] = {m: [] for m in EncryptionMode}
     for entry in entries(doc, "external_domains"):
         by_mode[EncryptionMode(str(entry.get("encryption_mode", "strict")))].append(
-            str(entry["domain"]))
+            domain_of(entry))
     for mode in EncryptionMode:
         _sync_delivery(doc, mode, sorted(by_mode[mode]))
     _sync_receipt(doc, sorted(by_mode[EncryptionMode.STRICT] + by_mode[EncryptionMode.RELAXED]))

@@ -289,20 +289,23 @@ class Bundle:
         if target is None:
             raise UserError("this bundle has no file; give a path to save it to")
         text = self.to_toml()
-        parse_text(text, str(target))  # what is written must load again
-        if target == self._path:
-            with self.lock():
-                self._fingerprint = _replace(target, text, self._fingerprint)
-            self._text = text
-        else:  # save as: the other file is replaced on purpose, with its own lock and .bak
-            other = Bundle(target, text, None, None, str(target))
-            with other.lock():
-                _replace(target, text, _fingerprint(_read(target)))
+        model = parse_text(text, str(target))  # what is written must load again
+        try:
+            if target == self._path:
+                with self.lock():
+                    self._fingerprint = _replace(target, text, self._fingerprint)
+                self._text, self._model = text, model
+            else:  # save as: the other file is replaced on purpose, with its own lock and .bak
+                other = Bundle(target, text, None, None, str(target))
+                with other.lock():
+                    _replace(target, text, _fingerprint(_read(target)))
+        except OSError as exc:
+            raise BundleError(f"cannot write: {exc.strerror or exc}", file=str(target)) from None
 
     # External domains -------------------------------------------------------------------
 
     def _domain_index(self, doc: TOMLDocument) -> dict[str, int]:
-        return {str(t["domain"]): i for i, t in enumerate(d.entries(doc, "external_domains"))}
+        return {d.domain_of(t): i for i, t in enumerate(d.entries(doc, "external_domains"))}
 
     @staticmethod
     def _normal(domain: str) -> str:
@@ -376,7 +379,7 @@ class Bundle:
     # Inbound routes ---------------------------------------------------------------------
 
     def _route_index(self, doc: TOMLDocument) -> dict[tuple[str, int], int]:
-        return {(str(t["host"]), int(t.get("port", 25))): i
+        return {route_key(str(t["host"]), int(t.get("port", 25))): i
                 for i, t in enumerate(d.entries(doc, "inbound_routes"))}
 
     def _route_at(self, doc: TOMLDocument, key: tuple[str, int]) -> int:
