@@ -21,6 +21,8 @@ from connectwiz.probe.certs import CertificateInfo
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.results import HostResult, RcptReply, TargetResult
 from connectwiz.tui import WizardApp, make_app
+from connectwiz.tui.components.dialogs import EmailDialog
+from connectwiz.tui.screens.routes import RoutesScreen
 
 NOW = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
 EARLIER = datetime(2026, 11, 20, 9, 15, tzinfo=UTC)
@@ -152,3 +154,11 @@ DOMAIN_RESULTS = {
 }
 
 
+async def validate_routes(pilot: Pilot[Any], app: WizardApp) -> None:
+    """Validate, accept the pre-filled address, wait until every route has a verdict."""
+    await pilot.press("v")
+    await wait_for(pilot, lambda: isinstance(app.screen, EmailDialog), what="e-mail dialog")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, RoutesScreen) and not app.screen.probing
+                   and len(app.state.route_results) == len(app.state.model.inbound_routes),
+                   what="route verdicts")

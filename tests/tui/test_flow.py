@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from textual.pilot import Pilot
 
 from connectwiz.bundle import Bundle
 from connectwiz.lab import LabHandle
 from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.tui import WizardApp
-from connectwiz.tui.components.dialogs import ConfirmDialog, EmailDialog
+from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
-from tests.tui.helpers import Setup, keys, wait_for, wizard
+from tests.tui.helpers import Setup, keys, validate_routes, wait_for, wizard
 
 pytestmark = pytest.mark.network
 SIZE = (100, 30)
@@ -34,16 +32,6 @@ def statuses(path: Path) -> dict[str, tuple[ValidationStatus | None, EncryptionM
     model = Bundle.load(path).model
     return {d.domain: (d.last_validation.status if d.last_validation else None,
                        d.encryption_mode) for d in model.external_domains}
-
-
-async def validate_routes(pilot: Pilot[Any], app: WizardApp) -> None:
-    """Validate, accept the pre-filled address, wait until every route has a verdict."""
-    await pilot.press("v")
-    await wait_for(pilot, lambda: on(app, EmailDialog), what="e-mail dialog")
-    await pilot.press("enter")
-    await wait_for(pilot, lambda: on(app, RoutesScreen) and not app.screen.probing
-                   and len(app.state.route_results) == len(app.state.model.inbound_routes),
-                   what="route verdicts")
 
 
 async def test_first_run_writes_the_bundle_at_finish(

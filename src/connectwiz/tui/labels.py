@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.text import Text
 
+from connectwiz.policy.domains import display_domain
 from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
 from connectwiz.probe.results import TargetResult
 
@@ -52,6 +53,11 @@ def mode_label(mode: EncryptionMode | None) -> str:
     if mode is None:
         return "—"
     return "Strict" if mode is EncryptionMode.STRICT else "Relaxed"
+
+
+def shown_domain(domain: str) -> str:
+    """display_domain, skipping the IDNA decoder for plain ASCII names (big lists)."""
+    return display_domain(domain) if "xn--" in domain else domain
 
 
 def when(last: LastValidation | None) -> str:

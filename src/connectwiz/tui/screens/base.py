@@ -18,10 +18,10 @@ class WizardScreen(Screen[None]):
         if not getattr(self.app, "blink", True):
             for widget in self.query("Input, TextArea"):
                 widget.cursor_blink = False  # type: ignore[attr-defined]
-        self.redraw()
 
     def on_screen_resume(self) -> None:
-        # Dialogs and later steps edit the state; show it as it is now.
+        # Sent when the screen is first shown and whenever a dialog or a later step closes
+        # (they edit the state): one place to draw the state as it is now.
         self.redraw()
 
     def redraw(self) -> None:

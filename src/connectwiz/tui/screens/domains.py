@@ -16,11 +16,14 @@ from connectwiz.policy.model import EncryptionMode, ExternalDomain, ValidationSt
 from connectwiz.probe import Target
 from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
-from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, when
+from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, shown_domain, when
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.finish import FinishScreen
+from connectwiz.tui.widgets import Cells, sync_rows, update_row
+
+COLUMNS = ("domain", "mode", "status", "at")
 
 
 class DomainsScreen(ProbeRunner, WizardScreen):
@@ -29,8 +32,8 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         Binding("v", "validate", "Validate", id="validate"),
         Binding("V", "validate_all", "Validate all", id="validate_all"),
         Binding("d,delete", "remove", "Remove", id="remove"),
-        Binding("r", "mode('relaxed')", "Use Relaxed", id="relaxed"),
-        Binding("r", "mode('strict')", "Use Strict", id="strict"),
+        Binding("r", "mode('relaxed')", "Relaxed", id="relaxed"),
+        Binding("r", "mode('strict')", "Strict", id="strict"),
         Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("f", "finish", "Finish", id="finish"),
         Binding("b", "back", "Back", id="back"),
@@ -39,6 +42,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.init_probe()
+        self.shown: dict[str, Cells] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -52,26 +56,23 @@ class DomainsScreen(ProbeRunner, WizardScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_column("Domain", key="domain")
-        table.add_column("Mode", key="mode")
-        table.add_column("Status", key="status")
-        table.add_column("Validated", key="at")
+        for label, key in zip(("Domain", "Mode", "Status", "Validated"), COLUMNS, strict=True):
+            table.add_column(label, key=key)
         self.query_one(ProgressBar).display = False
 
     def redraw(self) -> None:
         table = self.query_one(DataTable)
         cursor = table.cursor_row
-        table.clear()
         domains = self.state.model.external_domains
-        for domain in domains:  # keyed by name: rows are found again when results arrive
-            table.add_row(*self._row(domain), key=domain.domain)
-        if domains:
+        # Keyed by name: rows are found again when results arrive.
+        sync_rows(table, COLUMNS, [(d.domain, self._row(d)) for d in domains], self.shown)
+        if domains and table.cursor_row != min(cursor, len(domains) - 1):
             table.move_cursor(row=min(cursor, len(domains) - 1))
         self._update_detail()
         super().redraw()
 
-    def _row(self, domain: ExternalDomain) -> tuple[str | Text, ...]:
-        return (display_domain(domain.domain), mode_label(domain.encryption_mode),
+    def _row(self, domain: ExternalDomain) -> Cells:
+        return (shown_domain(domain.domain), mode_label(domain.encryption_mode),
                 self._verdict(domain), Text(when(domain.last_validation), style=MUTED))
 
     def _verdict(self, domain: ExternalDomain) -> Text:
@@ -104,7 +105,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                 text.append_text(domain_verdict(status, reason))
                 if status is ValidationStatus.RELAXED and (
                         domain.encryption_mode is EncryptionMode.STRICT):
-                    text.append(" R enforces it as Relaxed.", style="yellow")
+                    text.append(" Press R to enforce it as Relaxed.", style="yellow")
         self.query_one("#detail", Static).update(text)
         self.refresh_bindings()
 
@@ -170,12 +171,8 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         self.settle(name)
         self.state.record_domain(name, message.result)
         domain = self.state.domain(name)
-        if domain is not None:
-            table = self.query_one(DataTable)
-            if name in table.rows:
-                table.update_cell(name, "status", self._verdict(domain), update_width=True)
-                table.update_cell(name, "at", Text(when(domain.last_validation), style=MUTED),
-                                  update_width=True)
+        if domain is not None and name in self.shown:
+            update_row(self.query_one(DataTable), COLUMNS, name, self._row(domain), self.shown)
         self._update_detail()
 
     def on_probe_finished(self, message: ProbeFinished) -> None:

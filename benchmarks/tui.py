@@ -1,0 +1,119 @@
+"""Wizard responsiveness: command to first frame, and the domain list for big bundles.
+
+    .venv/bin/python benchmarks/tui.py [--sizes 1000,10000]
+
+* first frame: wall time from starting `python -m connectwiz wizard` (a fresh interpreter,
+  headless) until the Start screen has been drawn;
+* domain list: time to open a bundle of N domains, go to the domain step and have the table
+  filled and drawn, then the mean time per keypress while scrolling (page down, end, home).
+
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = """
+import sys, time
+from connectwiz.cli import build_parser
+from connectwiz.bundle.paths import resolve_bundle_path
+from connectwiz.probe.options import options_from
+from connectwiz.tui import make_app
+
+args = build_parser().parse_args(["wizard", "--bundle", sys.argv[1]])
+app = make_app(resolve_bundle_path(args.bundle), options_from())
+
+async def first_frame(pilot):
+    await pilot.pause()
+    print(time.time(), flush=True)
+    pilot.app.exit()
+
+app.run(headless=True, size=(80, 24), auto_pilot=first_frame)
+"""
+
+
+
+def write_bundle(path: Path, n: int) -> None:
+    """A bundle with one validated route and ``n`` validated external domains."""
+    from connectwiz.bundle import Bundle
+    from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
+
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    bundle = Bundle.load_or_new(path)
+    bundle.set_organisation(internal_domains=["example.com"])
+    bundle.add_route("mail.example.com", 25)
+    bundle.record_route_validation("mail.example.com", 25,
+                                   LastValidation(ValidationStatus.STRICT, at, "ok"),
+                                   EncryptionMode.STRICT)
+    names = [f"partner{i:06d}.example" for i in range(n)]
+    bundle.add_domains(names, at=at)
+    bundle.save()
+
+
+def first_frame(bundle: Path, runs: int = 3) -> list[float]:
+    times = []
+    for _ in range(runs):
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(bundle)], capture_output=True,
+                              text=True, cwd=ROOT, check=True)
+        times.append(float(proc.stdout.strip().splitlines()[-1]) - start)
+    return times
+
+
+async def domain_list(bundle: Path, n: int) -> tuple[float, float, float]:
+    from connectwiz.probe.options import NetworkOptions
+    from connectwiz.tui import make_app
+    from connectwiz.tui.screens.domains import DomainsScreen
+
+    start = time.perf_counter()
+    app = make_app(bundle, NetworkOptions())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("enter")
+        await pilot.pause()
+        shown = time.perf_counter()
+        await pilot.press("n")
+        while not (isinstance(app.screen, DomainsScreen)
+                   and app.screen.query_one("DataTable").row_count == n):
+            await pilot.pause(0.001)
+        await pilot.pause()
+        listed = time.perf_counter() - shown
+        keys = ["pagedown"] * 20 + ["end", "home"] + ["down"] * 20
+        scroll_start = time.perf_counter()
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause()
+        per_key = (time.perf_counter() - scroll_start) / len(keys)
+    return shown - start, listed, per_key
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "small.toml"
+        write_bundle(small, 5)
+        frames = first_frame(small)
+        print(f"command to first frame (5 domains): best {min(frames) * 1000:.0f} ms, "
+              f"worst {max(frames) * 1000:.0f} ms over {len(frames)} runs")
+        for n in (int(s) for s in args.sizes.split(",")):
+            path = Path(tmp) / f"b{n}.toml"
+            write_bundle(path, n)
+            opened, listed, per_key = asyncio.run(domain_list(path, n))
+            print(f"{n:>6} domains: open + Start screen {opened * 1000:.0f} ms, "
+                  f"domain list filled and drawn {listed * 1000:.0f} ms, "
+                  f"scrolling {per_key * 1000:.1f} ms per key")
+
+
+if __name__ == "__main__":
+    main()
