@@ -148,7 +148,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=500)
     p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--workers", type=int, default=20, help="relay delivery workers")
+    p.add_argument("--workers", type=int, default=50, help="relay delivery workers")
     p.add_argument("--size", type=int, default=4096, help="approximate body bytes")
     asyncio.run(run(p.parse_args()))
 

@@ -116,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("relay", help="the enforcing SMTP relay")
     _bundle_option(p)
-    p.add_argument("--listen", default="127.0.0.1:2525", metavar="HOST:PORT")
-    p.add_argument("--tls-cert", metavar="PEM")
-    p.add_argument("--tls-key", metavar="PEM")
+    p.add_argument("--listen", default="127.0.0.1:2525", metavar="HOST:PORT",
+                   help="where to accept SMTP (127.0.0.1:2525; port 0: any free port)")
+    p.add_argument("--tls-cert", metavar="PEM",
+                   help="certificate for STARTTLS (default: self-signed, made once)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     g = p.add_argument_group("relay limits and retries (Postfix-like defaults)")

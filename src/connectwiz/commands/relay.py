@@ -12,7 +12,7 @@ from connectwiz.bundle import Bundle
 from connectwiz.bundle.paths import resolve_bundle_path
 from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
-from connectwiz.probe.options import options_from, parse_host_port
+from connectwiz.probe.options import NetworkOptions, options_from, parse_host_port
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
@@ -40,12 +40,13 @@ class _MailLogBridge(logging.Handler):
                  error=repr(record.exc_info[1])[:300] if record.exc_info else None)
 
 
-def settings_from(args: argparse.Namespace) -> RelaySettings:
-    values: dict[str, object] = {"hostname": args.hostname or socket.gethostname()}
-    if args.concurrency is not None:  # deliveries in flight, like probes for validate
-        if args.concurrency <= 0:
-            raise UserError("--concurrency must be positive")
-        values["delivery_workers"] = args.concurrency
+def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySettings:
+    if options.concurrency <= 0:
+        raise UserError("--concurrency must be positive")
+    values: dict[str, object] = {
+        "hostname": args.hostname or socket.gethostname(),
+        "delivery_workers": options.concurrency,  # deliveries in flight, as probes for validate
+    }
     for option, name in _LIMITS.items():
         value = getattr(args, option, None)
         if value is None:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     mail_log.propagate = False
     relay = Relay(
         load_policy, Path(args.spool) if args.spool else default_spool(), (host, port),
-        options=options, settings=settings_from(args), log=log,
+        options=options, settings=settings_from(args, options), log=log,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
     )

@@ -19,7 +19,7 @@ class RelaySettings:
     backoff_min: float = 300.0  # first retry after a temporary failure
     backoff_max: float = 4000.0  # retries never wait longer than this
     max_lifetime: float = 5 * 86400.0  # then the message bounces
-    delivery_workers: int = 20  # messages delivered at once
+    delivery_workers: int = 50  # messages delivered at once (--concurrency)
     shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
 
     def backoff(self, attempts: int) -> float:
