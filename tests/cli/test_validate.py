@@ -127,3 +127,18 @@ def test_progress_line_goes_to_a_terminal_only(net, monkeypatch, capsys):
     assert "validated 1/2: " in tty.text and "validated 2/2: " in tty.text
     assert tty.text.endswith("\r\033[K")  # the line is cleared before the results print
     assert "validated" not in capsys.readouterr().out
+
+
+def test_marks_fall_back_to_ascii_when_the_terminal_cannot_show_them():
+    import io
+
+    from connectwiz.commands.validate import _write
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    _write(out, "✔ partner.example: Supports TLS — Strict — ok")
+    _write(out, "✖ bücher.example: TLS Not Supported — STARTTLS not offered")
+    out.seek(0)
+    assert out.read().splitlines() == [
+        "+ partner.example: Supports TLS - Strict - ok",
+        "x b?cher.example: TLS Not Supported - STARTTLS not offered",
+    ]

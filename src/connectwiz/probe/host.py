@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from connectwiz.probe.certs import CertificateInfo, TrustStore, analyse_certificate
 from connectwiz.probe.results import HostResult, RcptReply, Status
-from connectwiz.probe.smtp import Reply, SmtpClient, SmtpProtocolError, StepTimeout
+from connectwiz.probe.smtp import SmtpClient, SmtpProtocolError, StepTimeout
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
 
-# Overall cap per host, in per-connection timeouts: two connections of a few steps each fit;
-# a server that drips one byte at a time does not hold a batch for long.
+# Overall cap per host, in per-connection timeouts: two connections of a few steps each fit,
+# while a server that answers every step just inside the timeout cannot hold a batch for long.
 HOST_CAP_FACTOR = 3
 _VERSION_NAMES = {"TLSv1": "TLSv1.0"}  # what ssl calls TLS 1.0, spelt like the others
 
@@ -82,7 +82,7 @@ async def probe_host(
         status, reason = Status.ERROR, f"timed out: no verdict within {cap:g} s overall"
     except SmtpProtocolError as exc:
         status, reason = Status.ERROR, str(exc)
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # includes ssl.SSLError after the handshake
         status, reason = Status.ERROR, f"connection failed: {_os_reason(exc)}"
     return HostResult(
         host=host, address=address, port=port, preference=preference,
@@ -102,11 +102,13 @@ async def _connect_any(
             return await SmtpClient.connect(address, port, timeout), address
         except OSError as exc:
             failures.append(f"{_join(address, port)}: {_os_reason(exc)}")
+        except StepTimeout as exc:
+            failures.append(f"{_join(address, port)}: {exc}")
     raise _Finding(Status.ERROR, "cannot connect: " + "; ".join(failures))
 
 
-async def _open_session(client: SmtpClient, session: _Session) -> Reply:
-    """Greeting and EHLO, up to (not including) STARTTLS; returns the EHLO reply."""
+async def _open_session(client: SmtpClient, session: _Session) -> None:
+    """Greeting, EHLO and the STARTTLS command: everything before the handshake."""
     greeting = await client.read_reply("waiting for the greeting")
     if greeting.code != 220:
         raise _Finding(Status.ERROR, f"server refused the session: {greeting}")
@@ -120,7 +122,6 @@ async def _open_session(client: SmtpClient, session: _Session) -> Reply:
     if reply.code != 220:
         # 454: advertised but not available now; no TLS is possible, say exactly what was said.
         raise _Finding(Status.UNSUPPORTED, f"STARTTLS offered but refused: {reply}")
-    return ehlo
 
 
 async def _conversation(
@@ -134,6 +135,7 @@ async def _conversation(
                 _probe_context(legacy=False), server_hostname=_sni(host)
             )
         except (ssl.SSLError, ConnectionError) as exc:
+            client.abort()  # nothing sensible can follow a failed handshake on this connection
             return None, _ssl_reason(exc)
         _record_tls(session, ssl_object, host, settings)
         ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
@@ -213,6 +215,7 @@ async def _legacy_probe(
                 _probe_context(legacy=True), server_hostname=_sni(host)
             )
         except (ssl.SSLError, ConnectionError):
+            client.abort()
             return Status.UNSUPPORTED, f"TLS handshake failed: {modern_error}"
         _record_tls(session, ssl_object, host, settings)
     version = session.tls_version or "an unknown TLS version"
