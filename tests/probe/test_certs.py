@@ -157,3 +157,4 @@ def test_certificate_details():
 )
 def test_rfc6125_name_matching(names, host, expected):
     assert match_hostname(names, host) is expected
+

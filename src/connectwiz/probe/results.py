@@ -42,7 +42,9 @@ class Target:
 
     @classmethod
     def route(cls, host: str, port: int | None = None) -> Target:
-        host = host.strip().strip("[]") if host.strip().startswith("[") else host.strip()
+        host = host.strip()
+        if host.startswith("[") and host.endswith("]"):  # [IPv6] as written in HOST:PORT
+            host = host[1:-1]
         try:
             name = str(ipaddress.ip_address(host))
         except ValueError:
