@@ -30,7 +30,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "add", "Add", id="add"),
         Binding("v", "validate", "Validate", id="validate"),
-        Binding("V", "validate_all", "Validate all", id="validate_all"),
+        Binding("V,shift+v", "validate_all", "Validate all", id="validate_all"),
         Binding("d,delete", "remove", "Remove", id="remove"),
         Binding("r", "mode('relaxed')", "Relaxed", id="relaxed"),
         Binding("r", "mode('strict')", "Strict", id="strict"),
