@@ -264,3 +264,25 @@ async def test_relay_presents_the_configured_certificate(lab, relays, tmp_path) 
     finally:
         client.close()
     assert not (r.spool / "tls").exists(), "no self-signed certificate when one is given"
+
+
+async def test_hostile_client_gets_replies_and_the_relay_keeps_serving(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        replies = await _chat(reader, writer, [
+            b"EHLO t\r\n",
+            b"X" * 5000 + b"\r\n",  # longer than any SMTP command may be
+            b"\x00\xff\xfe junk\r\n",
+            b"RCPT TO:<bob@corp.example>\r\n",  # out of sequence
+            b"DATA\r\n",  # out of sequence
+            b"MAIL FROM:<not an address>\r\n",
+            b"NOOP\r\n",
+        ])
+    finally:
+        writer.close()
+    codes = [line[:3] for line in replies[2:]]
+    assert codes[:5] == [b"500", b"500", b"503", b"503", b"501"], replies
+    assert codes[5] == b"250"
+    # A fresh client is served normally afterwards.
+    assert await send(r.port, "alice@corp.example", ["bob@corp.example"], body(token()))

@@ -217,3 +217,24 @@ def test_failed_write_leaves_nothing_behind(spool: Spool) -> None:
     with pytest.raises(OSError):
         spool.write_atomic(spool.root / "no-such-dir" / "x.json", b"data")
     assert list((spool.root / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+    (["--backoff-min", "10", "--backoff-max", "5"], "--backoff-max must not be smaller"),
+    (["--max-size", "0"], "--max-size must be positive"),
+    (["--listen", "127.0.0.1:99999"], "bad port"),
+])
+def test_relay_command_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           extra: list[str], message: str) -> None:
+    from connectwiz.cli import main
+
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text("schema_version = 1\n")
+    (tmp_path / "cert.pem").write_text("not used")
+    args = ["relay", "--bundle", str(bundle), "--spool", str(tmp_path / "spool"), *extra]
+    args = [a if a != "cert.pem" else str(tmp_path / "cert.pem") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("connectwiz: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "spool").exists(), "nothing created for a refused start"

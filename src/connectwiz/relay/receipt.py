@@ -201,6 +201,15 @@ class ReceiptHandler:
                               recipient=recipient, client_ip=parse_ip(_client_ip(session)),
                               at=datetime.now(UTC))
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if address not in ("", "<>") and (any(c.isspace() for c in address)
+                                          or canonical_address(address).domain is None):
+            return "501 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.ctx.settings.max_recipients:
