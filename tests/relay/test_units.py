@@ -238,3 +238,13 @@ def test_relay_command_rejects_bad_options(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err
     assert err.startswith("connectwiz: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "spool").exists(), "nothing created for a refused start"
+
+
+def test_client_ips_from_a_dual_stack_listener_compare_as_ipv4() -> None:
+    from ipaddress import ip_address
+
+    from connectwiz.relay.receipt import parse_ip
+
+    assert parse_ip("::ffff:10.1.2.3") == ip_address("10.1.2.3")
+    assert parse_ip("::1") == ip_address("::1")
+    assert parse_ip("not an ip") is None

@@ -132,15 +132,17 @@ def _client_ip(session: Session) -> str:
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; policies name them as IPv4.
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped or ip
 
 
 def _authorized(model: PolicyModel, client_ip: str) -> bool:
     ip = parse_ip(client_ip)
-    return ip is not None and any(ip.version == net.version and ip in net
-               for net in model.organisation.authorized_outbound)
+    return ip is not None and any(ip in net for net in model.organisation.authorized_outbound)
 
 
 class RelaySMTP(SMTP):
