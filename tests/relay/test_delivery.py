@@ -270,3 +270,14 @@ async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, re
     assert "STARTTLS refused" in first["error"] and first["retry_plain"] is True
     assert second["outcome"] == "delivered" and second["tls_version"] is None
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+@pytest.mark.parametrize("domain, status", [("nxdomain.example", "5.1.2"),
+                                            ("nullmx.example", "5.1.10")])
+async def test_domain_that_takes_no_mail_bounces_at_once(lab, relays, domain: str,
+                                                         status: str) -> None:
+    r, msg_id, tag = await _deliver_one(lab, relays, domain, OPPORTUNISTIC)
+    record = await r.wait_status(msg_id, "bounced")
+    assert record.attempts == [], "no host to try"
+    dsn = await _wait_dsn(lab, tag)
+    assert f"Status: {status}".encode() in dsn.data
