@@ -1,4 +1,5 @@
-"""validate_targets' own guarantees, with scripted servers on 127.0.0.1 (routes by IP)."""
+"""validate_targets' scheduling guarantees, with the per-host probe replaced by a controllable
+stand-in (no sockets: what is tested here is the batch logic itself)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,79 @@ import asyncio
 import pytest
 
 from connectwiz.probe import NetworkOptions, Status, Target, validate_targets
+from connectwiz.probe.results import HostResult
 
-pytestmark = pytest.mark.network
+
+class FakeProbes:
+    """Probes that stay in flight until released, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.max_active = 0
+        self.started: list[tuple[str, int]] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, host, addresses, port, preference, settings) -> HostResult:
+        self.started.append((host, port))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await self.release.wait()
+        finally:
+            self.active -= 1
+        return HostResult(host, addresses[0], port, preference, Status.STRICT, "fake")
 
 
-async def test_no_more_probes_in_flight_than_the_concurrency():
-    limit, total = 2, 5
-    state = {"active": 0, "max": 0, "served": 0}
-    cond = asyncio.Condition()
+@pytest.fixture
+def fake(monkeypatch) -> FakeProbes:
+    probes = FakeProbes()
+    monkeypatch.setattr("connectwiz.probe.batch.probe_host", probes)
+    return probes
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with cond:
-            state["active"] += 1
-            state["max"] = max(state["max"], state["active"])
-            cond.notify_all()
-            # Hold the greeting until the limit is reached (or no one else can come):
-            # a batch that overshot the limit would show up in state["max"].
-            await cond.wait_for(
-                lambda: state["active"] >= limit or state["served"] + state["active"] == total)
-        writer.write(b"554 5.3.2 busy\r\n")
-        await writer.drain()
-        writer.close()
-        async with cond:
-            state["active"] -= 1
-            state["served"] += 1
-            cond.notify_all()
 
-    servers = [await asyncio.start_server(handle, "127.0.0.1", 0) for _ in range(total)]
-    try:
-        targets = [Target.route("127.0.0.1", s.sockets[0].getsockname()[1]) for s in servers]
-        options = NetworkOptions(nameserver=("127.0.0.1", 9), timeout=5.0, concurrency=limit)
-        results = await validate_targets(targets, options)
-    finally:
-        for server in servers:
-            server.close()
-    assert [r.status for r in results] == [Status.ERROR] * total
-    assert all("554 5.3.2 busy" in r.reason for r in results)
-    assert state["max"] == limit and state["served"] == total
+async def _settle(rounds: int = 100) -> None:
+    """Let every runnable task run until it blocks (no I/O is involved)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0)
+
+
+OPTIONS = NetworkOptions(nameserver=("127.0.0.1", 9), timeout=5.0, concurrency=2)
+
+
+async def test_no_more_probes_in_flight_than_the_concurrency(fake):
+    targets = [Target.route("127.0.0.1", 2500 + i) for i in range(5)]
+    task = asyncio.create_task(validate_targets(targets, OPTIONS))
+    await _until(lambda: fake.active >= 2)
+    await _settle()
+    assert fake.active == 2 and len(fake.started) == 2  # the other three wait their turn
+    fake.release.set()
+    results = await task
+    assert fake.max_active == 2 and len(fake.started) == 5
+    assert [r.target for r in results] == [f"127.0.0.1:{2500 + i}" for i in range(5)]
+
+
+async def test_shared_server_is_probed_once_and_progress_reports_each_target(fake):
+    seen = []
+    targets = [Target.route("127.0.0.1", 2525), Target.route("127.0.0.1", 2525),
+               Target.route("127.0.0.1", 2526)]
+    fake.release.set()
+    results = await validate_targets(targets, OPTIONS, progress=seen.append)
+    assert sorted(fake.started) == [("127.0.0.1", 2525), ("127.0.0.1", 2526)]
+    assert [r.status for r in results] == [Status.STRICT] * 3
+    assert sorted(r.target for r in seen) == sorted(r.target for r in results)
+
+
+async def test_cancelling_the_batch_cancels_every_probe(fake):
+    targets = [Target.route("127.0.0.1", 2500 + i) for i in range(3)]
+    task = asyncio.create_task(validate_targets(targets, OPTIONS))
+    await _until(lambda: fake.active >= 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fake.active == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
