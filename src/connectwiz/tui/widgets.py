@@ -1,21 +1,35 @@
-"""Table helpers. Filling a DataTable measures every cell, which costs about half a
-millisecond a row; a 10,000-domain list must not pay that again each time a dialog closes."""
+"""Widget helpers shared by the steps and dialogs."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.text import Text
-from textual.widgets import DataTable
+from textual.screen import Screen
+from textual.widgets import DataTable, Input, TextArea
 
 Cells = tuple[str | Text, ...]
 
 
+def no_blink(screen: Screen[Any]) -> None:
+    """Snapshot runs turn the cursor blink off (``App.blink``) so every picture is the same."""
+    if not getattr(screen.app, "blink", True):
+        for widget in screen.query(Input):
+            widget.cursor_blink = False
+        for area in screen.query(TextArea):
+            area.cursor_blink = False
+
+
 def sync_rows(table: DataTable[str | Text], columns: Sequence[str],
               rows: Sequence[tuple[str, Cells]], shown: dict[str, Cells]) -> None:
-    """Make ``table`` show ``rows`` (key, cells), touching only what changed since ``shown``
-    (the rows as last drawn, updated here). Removed rows go, rows added at the end are
-    appended; any other reordering redraws the table."""
+    """Make ``table`` show ``rows`` (key, cells), touching only what changed.
+
+    ``shown`` holds the rows as last drawn and is kept up to date. Removed rows go, rows
+    added at the end are appended; any other reordering redraws the table. Filling a
+    DataTable measures every cell (about half a millisecond a row), so a list of 10,000
+    domains must not be rebuilt each time a dialog closes.
+    """
     keys = [key for key, _ in rows]
     if list(shown) != keys:
         wanted = set(keys)

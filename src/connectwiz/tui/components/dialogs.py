@@ -4,35 +4,36 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Footer, Input, Label, Static
 
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.probe import Target
 from connectwiz.probe.options import parse_host_port
 from connectwiz.tui.state import email_problem
+from connectwiz.tui.widgets import no_blink
 
 R = TypeVar("R")
-
-
-def no_blink(screen: ModalScreen[Any]) -> None:
-    """Snapshot runs turn the cursor blink off so every picture is the same."""
-    if not getattr(screen.app, "blink", True):
-        for widget in screen.query("Input, TextArea"):
-            widget.cursor_blink = False  # type: ignore[attr-defined]
 
 
 class Dialog(ModalScreen[R]):
     """A centred box; Escape cancels (dismisses with None)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+
+    def compose(self) -> ComposeResult:
+        yield from self.body()
+        yield Footer(compact=True)  # the dialog's keys, like every step's
+
+    def body(self) -> ComposeResult:
+        raise NotImplementedError
 
     def on_mount(self) -> None:
         no_blink(self)
@@ -56,7 +57,7 @@ class ConfirmDialog(Dialog[bool]):
         super().__init__()
         self.question, self.yes, self.no = question, yes, no
 
-    def compose(self) -> ComposeResult:
+    def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.question, classes="question")
             with Horizontal(classes="buttons"):
@@ -78,7 +79,7 @@ class EmailDialog(Dialog[str | None]):
         super().__init__()
         self.title_text, self.explain, self.default, self.ok = title, explain, default, ok
 
-    def compose(self) -> ComposeResult:
+    def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="title")
             yield Static(self.explain, classes="explain")
@@ -110,7 +111,7 @@ class RouteDialog(Dialog[tuple[str, int] | None]):
         super().__init__()
         self.title_text, self.current, self.default_port = title, current, default_port
 
-    def compose(self) -> ComposeResult:
+    def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="title")
             yield Static(f"Internal mail server as HOST or HOST:PORT (port {self.default_port} "
@@ -144,7 +145,7 @@ class OrgDialog(Dialog[tuple[list[str], list[str]] | None]):
         super().__init__()
         self.domains, self.networks = domains, networks
 
-    def compose(self) -> ComposeResult:
+    def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Organisation", classes="title")
             yield Static("Internal domains (comma separated)", classes="explain")
@@ -188,7 +189,7 @@ class ExportDialog(Dialog[tuple[Path, str] | None]):
         super().__init__()
         self.default = default
 
-    def compose(self) -> ComposeResult:
+    def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Export the bundle", classes="title")
             yield Static("File to write (a name ending in .json writes JSON, else TOML).",

@@ -10,6 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Collapsible, Input, Label, Static
 
+from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
@@ -34,7 +35,7 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
     def state(self) -> WizardState:
         return self.app.state  # type: ignore[attr-defined,no-any-return]
 
-    def compose(self) -> ComposeResult:
+    def body(self) -> ComposeResult:
         with VerticalScroll(classes="dialog wide"):
             yield Label(f"Validate {self.domain}", classes="title")
             yield Static("E-mail address at this domain. It is used for the test only: "
@@ -66,7 +67,7 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
             return
         email = self.query_one("#email", Input).value.strip()
         problem = email_problem(email)
-        if problem is None and email.rpartition("@")[2].lower() != self.domain:
+        if problem is None and not self._at_domain(email):
             problem = f"use an address at {self.domain}"
         if problem:
             self.error(problem)
@@ -76,6 +77,12 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
         self.query_one("#verdict", Static).update(TESTING)
         self.query_one("#more").display = False
         self.start_probe({self.domain: Target.domain(self.domain)}, email)
+
+    def _at_domain(self, email: str) -> bool:
+        try:
+            return normalize_domain(email.rpartition("@")[2]) == self.domain
+        except InvalidDomain:
+            return False
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

@@ -1,10 +1,11 @@
-"""What every wizard step shares: the App's state, the header/footer frame, no-blink in tests."""
+"""What every wizard step shares: the App's state, redraw on show, no blink in tests."""
 
 from __future__ import annotations
 
 from textual.screen import Screen
 
 from connectwiz.tui.state import WizardState
+from connectwiz.tui.widgets import no_blink
 
 
 class WizardScreen(Screen[None]):
@@ -15,9 +16,7 @@ class WizardScreen(Screen[None]):
         return self.app.state  # type: ignore[attr-defined,no-any-return]
 
     def on_mount(self) -> None:
-        if not getattr(self.app, "blink", True):
-            for widget in self.query("Input, TextArea"):
-                widget.cursor_blink = False  # type: ignore[attr-defined]
+        no_blink(self)
 
     def on_screen_resume(self) -> None:
         # Sent when the screen is first shown and whenever a dialog or a later step closes
