@@ -118,7 +118,8 @@ def models(draw: st.DrawFn) -> PolicyModel:
                        tuple(receipt))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(models())
 def test_model_toml_model_round_trip(model: PolicyModel) -> None:
     text = model_text(model)

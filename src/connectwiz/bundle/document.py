@@ -22,6 +22,7 @@ from connectwiz.bundle.schema import (
     model_data,
     receipt_policy_data,
 )
+from connectwiz.bundle.split import Document, DomainRun, Entry
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import normalize_domain
 from connectwiz.policy.model import (
@@ -108,7 +109,7 @@ def _reparsed(section: str, table: Table) -> Table:
     return tomlkit.parse(doc.as_string().strip("\n") + "\n\n")[section][0]
 
 
-def append_entry(doc: TOMLDocument, section: str, table: Table) -> None:
+def append_entry(doc: Document, section: str, table: Table) -> None:
     """Append to ``[[section]]`` (created at the end of the document if absent), with one
     blank line before and after, whatever the previous entry ended with."""
     if not entries(doc, section):
@@ -122,7 +123,7 @@ def append_entry(doc: TOMLDocument, section: str, table: Table) -> None:
     entry.trivia.indent = "" if before.endswith("\n\n") else "\n"
 
 
-def add_table(doc: TOMLDocument, name: str) -> Table:
+def add_table(doc: Document, name: str) -> Table:
     """A new empty ``[name]`` table at the end of the document."""
     before = doc.as_string()
     table = tomlkit.parse(f"[{name}]\n\n")[name]
@@ -131,7 +132,7 @@ def add_table(doc: TOMLDocument, name: str) -> Table:
     return doc[name]
 
 
-def delete_entries(doc: TOMLDocument, section: str, indexes: Iterable[int]) -> None:
+def delete_entries(doc: Document, section: str, indexes: Iterable[int]) -> None:
     aot = doc[section]
     for i in sorted(set(indexes), reverse=True):
         del aot[i]
@@ -139,15 +140,15 @@ def delete_entries(doc: TOMLDocument, section: str, indexes: Iterable[int]) -> N
         del doc[section]
 
 
-def entries(doc: TOMLDocument, section: str) -> AoT | list[Table]:
+def entries(doc: Document, section: str) -> AoT | DomainRun | list[Table]:
     found = doc.get(section, [])
-    if found and not isinstance(found, AoT):  # e.g. `external_domains = [{...}]`
+    if found and not isinstance(found, AoT | DomainRun):  # e.g. `external_domains = [{...}]`
         raise UserError(f"{section} is written as an inline array; write each entry as a "
                         f"[[{section}]] table so connectwiz can edit it")
     return found
 
 
-def domain_of(entry: Table) -> str:
+def domain_of(entry: Table | Entry) -> str:
     """The entry's domain, normalised (a hand-written entry may say 'Bank.Example.')."""
     return normalize_domain(str(entry["domain"]))
 
@@ -227,12 +228,12 @@ def _set_list(scope: Table | InlineTable, names: list[str]) -> None:
         scope["specifically"] = array(names, multiline=isinstance(scope, Table))
 
 
-def _definition_modes(doc: TOMLDocument) -> dict[str, str]:
+def _definition_modes(doc: Document) -> dict[str, str]:
     return {str(d["name"]): str(d.get("encryption_mode", "strict"))
             for d in entries(doc, "delivery_definitions")}
 
 
-def check_definition(doc: TOMLDocument, mode: EncryptionMode) -> None:
+def check_definition(doc: Document, mode: EncryptionMode) -> None:
     """Refuse (before any change) when the managed definition's name is taken by a
     definition with another encryption mode."""
     name = DEFINITION_NAME[mode]
@@ -242,7 +243,7 @@ def check_definition(doc: TOMLDocument, mode: EncryptionMode) -> None:
                         f"'{mode}'; rename it so connectwiz can create its own")
 
 
-def _ensure_definition(doc: TOMLDocument, mode: EncryptionMode) -> str:
+def _ensure_definition(doc: Document, mode: EncryptionMode) -> str:
     check_definition(doc, mode)
     name = DEFINITION_NAME[mode]
     if name in _definition_modes(doc):
@@ -252,7 +253,7 @@ def _ensure_definition(doc: TOMLDocument, mode: EncryptionMode) -> str:
     return name
 
 
-def _sync_delivery(doc: TOMLDocument, mode: EncryptionMode, names: list[str]) -> None:
+def _sync_delivery(doc: Document, mode: EncryptionMode, names: list[str]) -> None:
     modes = _definition_modes(doc)
     policies = entries(doc, "delivery_policies")
     found = next((i for i, p in enumerate(policies) if p.get("managed") is True
@@ -267,7 +268,7 @@ def _sync_delivery(doc: TOMLDocument, mode: EncryptionMode, names: list[str]) ->
         delete_entries(doc, "delivery_policies", [found])
 
 
-def _sync_receipt(doc: TOMLDocument, names: list[str]) -> None:
+def _sync_receipt(doc: Document, names: list[str]) -> None:
     policies = entries(doc, "receipt_policies")
     found = next((i for i, p in enumerate(policies) if p.get("managed") is True), None)
     if found is None:
@@ -279,7 +280,7 @@ def _sync_receipt(doc: TOMLDocument, names: list[str]) -> None:
         delete_entries(doc, "receipt_policies", [found])
 
 
-def _drop_unused_definitions(doc: TOMLDocument) -> None:
+def _drop_unused_definitions(doc: Document) -> None:
     used = {str(p["definition"]) for p in entries(doc, "delivery_policies")}
     unused = [i for i, d in enumerate(entries(doc, "delivery_definitions"))
               if d.get("managed") is True and str(d["name"]) not in used]
@@ -287,7 +288,7 @@ def _drop_unused_definitions(doc: TOMLDocument) -> None:
         delete_entries(doc, "delivery_definitions", unused)
 
 
-def sync_managed(doc: TOMLDocument) -> None:
+def sync_managed(doc: Document) -> None:
     """Make the managed policies list exactly the external domains: create them (and their
     definitions) on first need, update their sorted lists, delete them when a list empties.
     Hand-written policies (no ``managed = true``) are never touched."""

@@ -23,7 +23,6 @@ from typing import Any
 import tomli
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.toml_document import TOMLDocument
 
 from connectwiz.bundle import document as d
 from connectwiz.bundle.errors import BundleError
@@ -34,6 +33,7 @@ from connectwiz.bundle.schema import (
     normalize_host,
     parse_network,
 )
+from connectwiz.bundle.split import Document, split_document
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import (
@@ -48,6 +48,10 @@ _TOMLLIB_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 def parse_text(text: str, source: str) -> PolicyModel:
     """TOML text to a validated model, or BundleError naming source, line and key."""
+    return _parse(text, source)[1]
+
+
+def _parse(text: str, source: str) -> tuple[dict[str, Any], PolicyModel]:
     try:
         data = tomli.loads(text)  # tomllib's parser, compiled: twice as fast at 10k domains
     except tomli.TOMLDecodeError as exc:
@@ -57,7 +61,7 @@ def parse_text(text: str, source: str) -> PolicyModel:
         problem = message[: m.start()] if m else message
         col = f" (column {m[2]})" if m else ""
         raise BundleError(f"not valid TOML: {problem}{col}", file=source, line=line) from None
-    return build_model(data, source, lambda: text)
+    return data, build_model(data, source, lambda: text)
 
 
 def _fingerprint(data: bytes | None) -> str | None:
@@ -171,10 +175,12 @@ class Bundle:
     """A policy bundle: ``model`` to read, edit methods to change, ``save`` to write."""
 
     def __init__(self, path: Path | None, text: str | None, model: PolicyModel | None,
-                 fingerprint: str | None, source: str) -> None:
+                 fingerprint: str | None, source: str,
+                 data: dict[str, Any] | None = None) -> None:
         self._path = path
         self._text = text  # None for a new bundle: the document is built from scratch
-        self._doc: TOMLDocument | None = None
+        self._data = data  # tomli's reading of _text, until the document is built
+        self._doc: Document | None = None
         self._model = model
         self._fingerprint = fingerprint  # of the file as read or last written
         self._source = source
@@ -203,12 +209,13 @@ class Bundle:
     @classmethod
     def _from_bytes(cls, path: Path, raw: bytes) -> Bundle:
         text = _decode(raw, str(path))
-        model = parse_text(text, str(path))
-        return cls(path, text, model, _fingerprint(raw), str(path))
+        data, model = _parse(text, str(path))
+        return cls(path, text, model, _fingerprint(raw), str(path), data)
 
     @classmethod
     def from_text(cls, text: str, source: str = "<string>") -> Bundle:
-        return cls(None, text, parse_text(text, source), None, source)
+        data, model = _parse(text, source)
+        return cls(None, text, model, None, source, data)
 
     @classmethod
     def from_model(cls, model: PolicyModel, path: str | os.PathLike[str] | None = None) -> Bundle:
@@ -217,7 +224,8 @@ class Bundle:
         source = str(p) if p is not None else "<model>"
         text = d.model_text(model)
         current = _fingerprint(_read(p)) if p is not None else None
-        return cls(p, text, parse_text(text, source), current, source)
+        data, model = _parse(text, source)
+        return cls(p, text, model, current, source, data)
 
     @property
     def path(self) -> Path | None:
@@ -230,18 +238,20 @@ class Bundle:
             self._model = build_model(doc.unwrap(), self._source, doc.as_string)
         return self._model
 
-    def _document(self) -> TOMLDocument:
+    def _document(self) -> Document:
         if self._doc is None:
             if self._text is None:
                 self._doc = d.new_document()
             else:
                 try:
-                    self._doc = tomlkit.parse(self._text)
-                except TOMLKitError as exc:  # tomllib accepted it; tomlkit should too
+                    split = split_document(self._text, self._data) if self._data else None
+                    self._doc = split or tomlkit.parse(self._text)
+                except TOMLKitError as exc:  # tomli accepted it; tomlkit should too
                     raise BundleError(f"cannot edit: {exc}", file=self._source) from None
+                self._data = None
         return self._doc
 
-    def _edited(self) -> TOMLDocument:
+    def _edited(self) -> Document:
         """The document, about to change: the cached model is dropped."""
         doc = self._document()
         self._model = None
@@ -304,7 +314,7 @@ class Bundle:
 
     # External domains -------------------------------------------------------------------
 
-    def _domain_index(self, doc: TOMLDocument) -> dict[str, int]:
+    def _domain_index(self, doc: Document) -> dict[str, int]:
         return {d.domain_of(t): i for i, t in enumerate(d.entries(doc, "external_domains"))}
 
     @staticmethod
@@ -314,7 +324,7 @@ class Bundle:
         except InvalidDomain as exc:
             raise UserError(f"{domain!r} {exc.reason}") from None
 
-    def _domain_entry(self, doc: TOMLDocument, domain: str) -> Any:
+    def _domain_entry(self, doc: Document, domain: str) -> Any:
         name = self._normal(domain)
         index = self._domain_index(doc).get(name)
         if index is None:
@@ -378,11 +388,11 @@ class Bundle:
 
     # Inbound routes ---------------------------------------------------------------------
 
-    def _route_index(self, doc: TOMLDocument) -> dict[tuple[str, int], int]:
+    def _route_index(self, doc: Document) -> dict[tuple[str, int], int]:
         return {route_key(str(t["host"]), int(t.get("port", 25))): i
                 for i, t in enumerate(d.entries(doc, "inbound_routes"))}
 
-    def _route_at(self, doc: TOMLDocument, key: tuple[str, int]) -> int:
+    def _route_at(self, doc: Document, key: tuple[str, int]) -> int:
         index = self._route_index(doc).get(key)
         if index is None:
             raise UserError(f"{_show(key)} is not an inbound route of this bundle")
