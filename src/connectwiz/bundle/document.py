@@ -22,7 +22,7 @@ from connectwiz.bundle.schema import (
     model_data,
     receipt_policy_data,
 )
-from connectwiz.bundle.split import Document, DomainRun, Entry
+from connectwiz.bundle.split import Document, DomainRun, Entry, SplitDocument
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import normalize_domain
 from connectwiz.policy.model import (
@@ -117,7 +117,12 @@ def append_entry(doc: Document, section: str, table: Table) -> None:
             del doc[section]
         doc.append(section, tomlkit.aot())
     aot = doc[section]
-    before = aot[-1].as_string() if len(aot) else doc.as_string()
+    if len(aot):
+        before = aot[-1].as_string()
+    elif isinstance(aot, DomainRun) and isinstance(doc, SplitDocument):
+        before = doc.head.as_string()  # an emptied run keeps its place in the file
+    else:
+        before = doc.as_string()
     entry = _reparsed(section, table)
     aot.append(entry)
     entry.trivia.indent = "" if before.endswith("\n\n") else "\n"
