@@ -138,3 +138,27 @@ def test_broken_bundle_is_left_alone_by_add_and_no_traceback(tmp_path: Path) -> 
     assert proc.stderr.startswith(f"connectwiz: {path}:") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr
     assert path.read_text(encoding="utf-8") == broken
+
+
+def test_concurrent_adds_never_lose_an_update(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    assert main(["domains", "add", "--bundle", str(path), "first.example"]) == 0
+    names = [f"racer{i}.example" for i in range(6)]
+    procs = [subprocess.Popen([sys.executable, "-m", "connectwiz", "domains", "add",
+                               "--bundle", str(path), name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in names]
+    won = []
+    for name, proc in zip(names, procs, strict=True):
+        out, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            won.append(name)
+            assert out == f"added {name} (strict)\n"
+        else:  # refused with a clear reason, never a silent overwrite
+            assert proc.returncode == 2, err
+            assert ("being written by another process" in err
+                    or "changed on disk since it was read" in err), err
+    model = Bundle.load(path).model
+    # exactly the winners' domains (in the order they saved), nothing half-written
+    assert sorted(d.domain for d in model.external_domains) == sorted(["first.example", *won])
+    assert set(model.delivery_policies[0].to.specifically) == {"first.example", *won}
