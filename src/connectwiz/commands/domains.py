@@ -44,7 +44,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    if not args.items:
+    if not any(item.strip() for item in args.items):
         raise UserError("domains add: give at least one DOMAIN")
     bundle = Bundle.load_or_new(resolve_bundle_path(args.bundle))
     existing = {d.domain for d in bundle.model.external_domains}
