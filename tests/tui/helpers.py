@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.pilot import Pilot
+from textual.widgets import Input, TextArea
 
 from connectwiz.bundle import Bundle
 from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
@@ -41,9 +43,12 @@ def wizard(path: Path, options: NetworkOptions | None = None, *, hint: str = "")
     return app
 
 
-def keys(text: str) -> list[str]:
-    """Key presses that type ``text`` (a newline is the Enter key)."""
-    return ["enter" if c == "\n" else c for c in text]
+async def paste(pilot: Pilot[Any], text: str) -> None:
+    """Paste ``text`` into the focused text box, as a terminal's bracketed paste does."""
+    await wait_for(pilot, lambda: isinstance(pilot.app.focused, Input | TextArea),
+                   what="a focused text box")
+    pilot.app.post_message(events.Paste(text))  # where the terminal driver delivers it
+    await pilot.pause()
 
 
 async def wait_for(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float = 15.0,

@@ -18,7 +18,7 @@ from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
-from tests.tui.helpers import Setup, keys, validate_routes, wait_for, wizard
+from tests.tui.helpers import Setup, paste, validate_routes, wait_for, wizard
 
 pytestmark = pytest.mark.network
 SIZE = (100, 30)
@@ -45,7 +45,9 @@ async def test_first_run_writes_the_bundle_at_finish(
         await pilot.press("enter")
         assert on(app, RoutesScreen)
         for host in (host1, host2):
-            await pilot.press("a", *keys(f"{host}:{port}"), "enter")
+            await pilot.press("a")
+            await paste(pilot, f"{host}:{port}")
+            await pilot.press("enter")
             await wait_for(pilot, lambda: on(app, RoutesScreen), what="route dialog closed")
         await validate_routes(pilot, app)
         modes = {r.host: r.encryption_mode for r in app.state.model.inbound_routes}
@@ -53,7 +55,9 @@ async def test_first_run_writes_the_bundle_at_finish(
 
         await pilot.press("n")
         assert on(app, DomainsScreen)
-        await pilot.press("a", *keys("trusted.example\nselfsigned.example"), "ctrl+s", "a")
+        await pilot.press("a")
+        await paste(pilot, "trusted.example\nselfsigned.example")
+        await pilot.press("ctrl+s", "a")
         await wait_for(pilot, lambda: on(app, DomainsScreen), what="domains list")
         await pilot.press("V")
         await wait_for(pilot, lambda: len(app.state.domain_results) == 2
@@ -108,7 +112,9 @@ async def test_rerun_adds_a_batch_with_invalid_and_duplicate_lines(
              "nostarttls.example\n")
     app = wizard(bundle_path, lab_network_options)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("enter", "n", "a", *keys(batch), "ctrl+s")
+        await pilot.press("enter", "n", "a")
+        await paste(pilot, batch)
+        await pilot.press("ctrl+s")
         screen = app.screen
         assert isinstance(screen, AddDomainsScreen)
         verdicts = [(line.text, line.rejection) for line in screen.lines]
@@ -213,7 +219,9 @@ async def test_export_writes_json(bundle_path: Path, lab: LabHandle,
     app = wizard(bundle_path, lab_network_options)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter", "n", "f", "x")
-        await pilot.press("ctrl+u", *keys("export.json"), "enter")
+        await pilot.press("ctrl+u")
+        await paste(pilot, "export.json")
+        await pilot.press("enter")
         await wait_for(pilot, lambda: Path("export.json").exists(), what="export file")
     data = json.loads(Path("export.json").read_text())
     assert [d["domain"] for d in data["external_domains"]] == ["trusted.example"]

@@ -17,7 +17,7 @@ from textual.pilot import Pilot
 from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.probing import ProbeRunner, TargetValidated
-from tests.tui.helpers import DOMAIN_RESULTS, ROUTE_RESULTS, ROUTES, SIZES, Setup, keys, wizard
+from tests.tui.helpers import DOMAIN_RESULTS, ROUTE_RESULTS, ROUTES, SIZES, Setup, paste, wizard
 
 BOTH = pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
 HINT = "Demo: add lab domains such as trusted.example, selfsigned.example, nullmx.example."
@@ -157,7 +157,8 @@ def test_domains_validating(snap_compare: Any, bundle_path: Path) -> None:
 
 def test_add_domains_text(snap_compare: Any, bundle_path: Path) -> None:
     async def type_batch(pilot: Pilot[Any]) -> None:
-        await pilot.press("a", *keys("partner.example\nbank.example\nbücher.example"))
+        await pilot.press("a")
+        await paste(pilot, "partner.example\nbank.example\nbücher.example")
 
     app = wizard(Setup(route_modes=ALL_STRICT).write(bundle_path))
     assert snap_compare(app, run_before=steps(to_domains, type_batch))
@@ -166,7 +167,9 @@ def test_add_domains_text(snap_compare: Any, bundle_path: Path) -> None:
 def test_add_domains_review_with_errors(snap_compare: Any, bundle_path: Path) -> None:
     async def type_batch(pilot: Pilot[Any]) -> None:
         text = "partner.example\nnot a domain\nPARTNER.example\ntrusted.example\nbank.example"
-        await pilot.press("a", *keys(text), "ctrl+s")
+        await pilot.press("a")
+        await paste(pilot, text)
+        await pilot.press("ctrl+s")
 
     app = wizard(Setup(route_modes=ALL_STRICT, domains=["trusted.example"]).write(bundle_path))
     assert snap_compare(app, run_before=steps(to_domains, type_batch))
@@ -205,7 +208,9 @@ def test_remove_confirm(snap_compare: Any, bundle_path: Path) -> None:
 def test_finish(snap_compare: Any, bundle_path: Path, size: str) -> None:
     async def edit_and_finish(pilot: Pilot[Any]) -> None:
         await pilot.press("d", "y")  # remove trusted.example
-        await pilot.press("a", *keys("partner.example\nbank.example"), "ctrl+s", "a")
+        await pilot.press("a")
+        await paste(pilot, "partner.example\nbank.example")
+        await pilot.press("ctrl+s", "a")
         await pilot.pause()
         await pilot.press("f")
 
