@@ -9,6 +9,7 @@ from connectwiz.policy.domains import (
     Rejection,
     display_domain,
     normalize_domain,
+    normalize_host,
     parse_domain_batch,
 )
 
@@ -124,3 +125,23 @@ def test_batch_limit_counts_only_accepted_domains() -> None:
     text = "\n".join(["bad_one"] * 5 + [f"d{i}.example" for i in range(MAX_BATCH)])
     lines = parse_domain_batch(text)
     assert sum(ln.accepted for ln in lines) == MAX_BATCH
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mail.Corp.Example", "mail.corp.example"),
+        ("exchange01", "exchange01"),  # internal servers may be known by a short name
+        ("192.0.2.7", "192.0.2.7"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+        ("2001:db8:0::1", "2001:db8::1"),
+    ],
+)
+def test_normalize_host_accepts_names_short_names_and_ips(text: str, expected: str) -> None:
+    assert normalize_host(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "bad_host", "10.0.0", "mail.example/25", "*.corp.example"])
+def test_normalize_host_rejects(text: str) -> None:
+    with pytest.raises(InvalidDomain):
+        normalize_host(text)

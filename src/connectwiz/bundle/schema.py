@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import (
@@ -84,16 +85,9 @@ def parse_network(text: str) -> IPNetwork:
 
 
 def normalize_host(text: str) -> str:
-    """An inbound route's host: an IP address (canonical form) or a fully qualified name."""
-    candidate = text.strip()
-    if candidate.startswith("[") and candidate.endswith("]"):
-        candidate = candidate[1:-1]
+    """An inbound route's host: an IP address (canonical form) or a host name."""
     try:
-        return str(ipaddress.ip_address(candidate))
-    except ValueError:
-        pass
-    try:
-        return normalize_domain(candidate)
+        return domains.normalize_host(text)
     except InvalidDomain as exc:
         raise ValueError(f"{text!r} is not an IP address or host name: {exc.reason}") from None
 

@@ -31,6 +31,23 @@ class InvalidDomain(ValueError):
 
 def normalize_domain(text: str) -> str:
     """Return the canonical form of a domain typed by an admin, or raise InvalidDomain."""
+    return _normalize_name(text, allow_single_label=False)
+
+
+def normalize_host(text: str) -> str:
+    """A server's host as an admin types it: an IP address (canonical form, ``[v6]`` accepted)
+    or a host name. Unlike a mail domain, a single label is allowed: internal servers are often
+    known by a short name their resolver completes."""
+    candidate = text.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return _normalize_name(candidate, allow_single_label=True)
+
+
+def _normalize_name(text: str, *, allow_single_label: bool) -> str:
     name = text.strip()
     if not name:
         raise InvalidDomain(text, "empty")
@@ -63,9 +80,9 @@ def normalize_domain(text: str) -> str:
     result = ".".join(ascii_labels)
     if len(result) > _MAX_NAME:
         raise InvalidDomain(text, "name is longer than 253 octets")
-    if len(ascii_labels) == 1:
+    if len(ascii_labels) == 1 and not allow_single_label:
         raise InvalidDomain(text, "is a single label; a mail domain needs a dot (e.g. example.com)")
-    if ascii_labels[-1].isdigit():
+    if ascii_labels[-1].isdigit():  # also stops "10.0.0" passing as a short host name
         raise InvalidDomain(text, "top-level domain is all digits")
     return result
 

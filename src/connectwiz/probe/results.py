@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from connectwiz.errors import UserError
-from connectwiz.policy.domains import InvalidDomain, normalize_domain
+from connectwiz.policy.domains import InvalidDomain, normalize_domain, normalize_host
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe.certs import CertificateInfo
 
@@ -42,16 +41,10 @@ class Target:
 
     @classmethod
     def route(cls, host: str, port: int | None = None) -> Target:
-        host = host.strip()
-        if host.startswith("[") and host.endswith("]"):  # [IPv6] as written in HOST:PORT
-            host = host[1:-1]
         try:
-            name = str(ipaddress.ip_address(host))
-        except ValueError:
-            try:
-                name = normalize_domain(host)
-            except InvalidDomain as exc:
-                raise UserError(f"invalid route host {exc.text!r}: {exc.reason}") from None
+            name = normalize_host(host)
+        except InvalidDomain as exc:
+            raise UserError(f"invalid route host {exc.text!r}: {exc.reason}") from None
         if port is not None and not 0 < port < 65536:
             raise UserError(f"invalid route port {port}: expected 1 to 65535")
         return cls("route", name, port)
