@@ -43,6 +43,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         super().__init__()
         self.init_probe()
         self.shown: dict[str, Cells] = {}
+        self.offered: tuple[bool | None, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -107,7 +108,13 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                         domain.encryption_mode is EncryptionMode.STRICT):
                     text.append(" Press R to enforce it as Relaxed.", style="yellow")
         self.query_one("#detail", Static).update(text)
-        self.refresh_bindings()
+        # Redrawing the footer on every cursor move is what scrolling would pay for; only the
+        # Relaxed/Strict keys depend on the highlighted row.
+        offered = (self.check_action("mode", ("relaxed",)), self.check_action("mode", ("strict",)),
+                   self.probing, domain is None)
+        if offered != self.offered:
+            self.offered = offered
+            self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         domain = self.selected()
