@@ -35,4 +35,5 @@ def lab() -> Iterator[LabHandle]:
 @pytest.fixture(scope="session")
 def lab_network_options(lab: LabHandle) -> NetworkOptions:
     return NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
-                          ca_file=lab.ca_file, timeout=LAB_TIMEOUT, concurrency=50)
+                          ca_file=lab.ca_file, timeout=LAB_TIMEOUT, concurrency=50,
+                          https_port=lab.https_port)

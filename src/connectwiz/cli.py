@@ -48,6 +48,8 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ca-file", metavar="PEM", help="extra trusted CA certificates")
     g.add_argument("--timeout", type=float, metavar="S", help="per-connection timeout (10)")
     g.add_argument("--concurrency", type=int, metavar="N", help="probes in flight (50)")
+    g.add_argument("--https-port", type=int, metavar="N",
+                   help="port for MTA-STS policy fetches from mta-sts.<domain> (443)")
 
 
 def _bundle_option(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the bundle as TOML, JSON or Postfix tables")
     _bundle_option(p)
     p.add_argument("--format", choices=("toml", "json", "postfix"), default="toml")
-    p.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="default: stdout; for --format postfix a folder (required)")
 
     p = sub.add_parser("relay", help="the enforcing SMTP relay")
     _bundle_option(p)

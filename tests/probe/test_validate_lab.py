@@ -33,6 +33,11 @@ REASON_TEXT = {
     "cname": "certificate trusted and valid",
     "idn": "certificate trusted and valid",
     "tcp_fallback": "certificate trusted and valid",
+    "mta_sts_testing": "certificate trusted and valid",
+    "mta_sts_mx_mismatch": "certificate trusted and valid",
+    "mta_sts_enforce_relaxed": "self-signed",
+    "dane_match": "certificate trusted and valid",
+    "dane_mismatch": "certificate trusted and valid",
     "null_mx": "accepts no mail",
     "no_address": "no address",
     "nxdomain": "NXDOMAIN",
@@ -110,7 +115,8 @@ def test_json_contract_shape(all_results):
                  "self_signed", "hostname_match", "expired"}
     for result in all_results.values():
         data = result.to_json()
-        assert set(data) == {"target", "kind", "status", "reason", "elapsed_ms", "hosts"}
+        assert set(data) == {"target", "kind", "status", "reason", "elapsed_ms", "hosts",
+                             "mta_sts", "tls_rpt", "dane"}
         assert data["status"] in ("strict", "relaxed", "unsupported", "error")
         assert isinstance(data["elapsed_ms"], int) and data["reason"]
         for host in data["hosts"]:

@@ -34,7 +34,8 @@ def seed_demo_bundle(path: Path, lab: LabHandle) -> None:
 
 def demo_options(lab: LabHandle) -> NetworkOptions:
     return NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
-                          ca_file=Path(lab.ca_file), timeout=5.0, concurrency=50)
+                          ca_file=Path(lab.ca_file), timeout=5.0, concurrency=50,
+                          https_port=lab.https_port)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ def _print_banner(lab: Lab) -> None:
         "connectwiz lab running; Ctrl-C to stop",
         f"  nameserver  {ns}",
         f"  smtp port   {port}  (one server per host on 127.0.0.10 and up)",
+        f"  https port  {lab.https_port}  (MTA-STS policies, mta-sts.<domain> on 127.0.0.40)",
         f"  CA file     {ca}",
         "",
         "Lab domains and the verdict validate should give:",
@@ -65,7 +66,7 @@ def _print_banner(lab: Lab) -> None:
         + ", ".join(f"{h}:{p} {lab.expected_routes[h].expected}" for h, p in lab.routes),
         "",
         "Try:",
-        f"  connectwiz validate --nameserver {ns} --smtp-port {port} --ca-file {ca} "
-        "trusted.example",
+        f"  connectwiz validate --nameserver {ns} --smtp-port {port} "
+        f"--https-port {lab.https_port} --ca-file {ca} trusted.example -v",
     ]
     print("\n".join(lines), flush=True)

@@ -129,14 +129,19 @@ class LabCA:
         self.ca_file = self.directory / "lab-ca.pem"
         write_atomic(self.ca_file, self.certificate.public_bytes(serialization.Encoding.PEM))
 
-    def key_for(self, key_type: str = "ec") -> tuple[PrivateKey, Path]:
-        """The shared leaf key of this type and its PEM file (created on first use)."""
-        if key_type not in self._keys:
+    def key_for(self, key_type: str = "ec", label: str = "leaf") -> tuple[PrivateKey, Path]:
+        """The shared key of this type and label and its PEM file (created on first use).
+
+        Every leaf uses the "leaf" key unless told otherwise; a certificate that must not
+        share its key (a DANE host, whose TLSA record pins the key) takes another label.
+        """
+        slot = f"{label}-{key_type}"
+        if slot not in self._keys:
             key = _new_key(key_type)
-            path = self.directory / f"leaf-{key_type}.key"
+            path = self.directory / f"{slot}.key"
             write_atomic(path, _key_pem(key))
-            self._keys[key_type], self._key_files[key_type] = key, path
-        return self._keys[key_type], self._key_files[key_type]
+            self._keys[slot], self._key_files[slot] = key, path
+        return self._keys[slot], self._key_files[slot]
 
     def issue(
         self,
@@ -145,13 +150,14 @@ class LabCA:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         key_type: str = "ec",
+        key_label: str = "leaf",
     ) -> tuple[Path, Path]:
         """A server certificate for ``names`` (SAN DNS names) signed by this CA.
 
         Returns (certificate PEM path, private key PEM path); the certificate file holds
         the leaf only, as servers commonly send it (the root is what clients trust).
         """
-        key, key_path = self.key_for(key_type)
+        key, key_path = self.key_for(key_type, key_label)
         now = _now()
         builder = (
             x509.CertificateBuilder()

@@ -41,6 +41,9 @@ class Zone:
         default_factory=dict)
     servfail: set[dns.name.Name] = field(default_factory=set)
     silent: set[dns.name.Name] = field(default_factory=set)
+    # Names whose answers carry the AD bit when the query asks for DNSSEC (DO or AD): the lab
+    # server plays the part of a validating resolver for them.
+    authenticated: set[dns.name.Name] = field(default_factory=set)
     _existing: set[dns.name.Name] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +70,9 @@ class Zone:
 
     def add_servfail(self, name: str) -> None:
         self.servfail.add(self._name(name))
+
+    def add_authenticated(self, name: str) -> None:
+        self.authenticated.add(self._name(name))
 
     def add_silent(self, name: str) -> None:
         """Queries for this name (and below it) are read and never answered."""
@@ -164,6 +170,9 @@ class DNSServer:
             return response.to_wire()
         response.flags |= dns.flags.AA
         self._resolve(zone, q.name, q.rdtype, response)
+        wants_dnssec = query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO
+        if wants_dnssec and q.name in zone.authenticated and response.answer:
+            response.flags |= dns.flags.AD
         limit = 65535
         if transport == "udp":
             limit = min(max(query.payload, 512), UDP_PAYLOAD_CAP) if query.edns >= 0 else 512

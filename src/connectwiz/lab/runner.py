@@ -24,6 +24,7 @@ from typing import Any
 
 from connectwiz.lab.ca import LabCA, spki_sha256
 from connectwiz.lab.dns import DNSServer, Zone
+from connectwiz.lab.https import PolicyServer
 from connectwiz.lab.smtp import (
     PROFILES,
     LabMessage,
@@ -37,8 +38,10 @@ from connectwiz.lab.zones import (
     CNAME_ALIAS,
     CNAME_TARGET,
     DOMAINS,
+    MTA_STS_PAGES,
     REFUSED_PROFILE,
     ROUTES,
+    STS_ADDRESS,
     V6_DOMAIN,
     LabDomain,
     LabHost,
@@ -58,9 +61,10 @@ class Lab:
     ``extra_slow_domains``: that many extra strict domains (``dNNNN.bench.example``), each
     with its own slow server on its own address, for concurrency benchmarks.
     ``ipv6``: also serve ``v6.example``, whose MX has only an AAAA record (::1).
+    ``https_port``: where the MTA-STS policy server listens (on 127.0.0.40); 0 picks a free one.
     """
 
-    def __init__(self, smtp_port: int = 0, *, dns_port: int = 0,
+    def __init__(self, smtp_port: int = 0, *, dns_port: int = 0, https_port: int = 0,
                  directory: Path | str | None = None, greeting_delay: float = 1.5,
                  extra_slow_domains: int = 0, ipv6: bool = False) -> None:
         self._requested_port = smtp_port
@@ -81,12 +85,21 @@ class Lab:
         self._hosts: dict[str, LabHost] = {}
         self._sinks = 0
         self._build_servers(all_domains)
+        sts_cert, sts_key = self.ca.issue([f"mta-sts.{d}" for d in MTA_STS_PAGES])
+        self.policy_server = PolicyServer(STS_ADDRESS, https_port,
+                                          server_context(sts_cert, sts_key),
+                                          {f"mta-sts.{d}": p for d, p in MTA_STS_PAGES.items()})
 
     # -- public view -----------------------------------------------------------------------
 
     @property
     def nameserver(self) -> tuple[str, int]:
         return self.dns.address
+
+    @property
+    def https_port(self) -> int:
+        """The port of the MTA-STS policy server (validate's --https-port)."""
+        return self.policy_server.port
 
     @property
     def routes(self) -> list[tuple[str, int]]:
@@ -106,6 +119,7 @@ class Lab:
         return {
             "nameserver": f"{host}:{port}",
             "smtp_port": self.smtp_port,
+            "https_port": self.https_port,
             "ca_file": str(self.ca_file),
             "domains": {d.name: d.expected for d in self.domains.values()
                         if not d.name.endswith(BENCH_SUFFIX)},
@@ -134,13 +148,14 @@ class Lab:
         await self.dns.start()
         try:
             await self._start_smtp()
+            await self.policy_server.start()
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers.values()),
-                             return_exceptions=True)
+                             self.policy_server.stop(), return_exceptions=True)
         await self.dns.stop()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -177,10 +192,18 @@ class Lab:
         for hosts in by_address.values():
             ctx = bench_ctx if hosts[0].name.endswith(BENCH_SUFFIX) else None
             self._server_for(hosts, ctx)
-        trusted_cert = self.servers[self.address_of("mx.trusted.example")].cert_path
-        assert trusted_cert is not None
-        self.zone.add("_25._tcp.mx.trusted.example.", "TLSA",
-                      f"3 1 1 {spki_sha256(trusted_cert)}")
+        self._add_tlsa()
+
+    def _add_tlsa(self) -> None:
+        """TLSA 3 1 1 records, answered with AD: trusted and dane-ok match, dane-bad does not."""
+        shared = self.servers[self.address_of("mx.trusted.example")].cert_path
+        own = self.servers[self.address_of("mx.dane-ok.example")].cert_path
+        assert shared is not None and own is not None
+        # dane-bad's MX presents the "own" key; its record pins the key every other host shares.
+        for host, cert in (("mx.trusted.example", shared), ("mx.dane-ok.example", own),
+                           ("mx.dane-bad.example", shared)):
+            self.zone.add(f"_25._tcp.{host}.", "TLSA", f"3 1 1 {spki_sha256(cert)}")
+            self.zone.add_authenticated(f"_25._tcp.{host}.")
 
     def _server_for(self, hosts: list[LabHost],
                     ctx: ssl.SSLContext | None = None) -> SMTPServer:
@@ -198,6 +221,8 @@ class Lab:
                                                not_after=now - dt.timedelta(days=30))
             elif profile.cert == "wrongname":
                 cert_path, key = self.ca.issue([WRONG_NAME])
+            elif profile.cert == "ownkey":
+                cert_path, key = self.ca.issue(names, key_label="dane")
             else:
                 cert_path, key = self.ca.issue(names)
             ctx = server_context(cert_path, key, tls10_only=profile.tls10_only)
@@ -246,6 +271,7 @@ class LabHandle:
         self._loop, self._thread, self._stop_event = loop, thread, stop_event
         self.nameserver = lab.nameserver
         self.smtp_port = lab.smtp_port
+        self.https_port = lab.https_port
         self.ca_file = lab.ca_file
         self.ca = lab.ca
         self.domains = lab.domains

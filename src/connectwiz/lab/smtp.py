@@ -32,7 +32,7 @@ class SmtpProfile:
     """How one lab server behaves. ``cert`` is applied by the lab when it issues certificates."""
 
     name: str
-    cert: str = "trusted"  # trusted | selfsigned | expired | wrongname
+    cert: str = "trusted"  # trusted | selfsigned | expired | wrongname | ownkey
     starttls: str = "offer"  # offer | none | refuse454
     tls10_only: bool = False
     greeting: str = "normal"  # normal | multiline | 421 | tarpit
@@ -53,6 +53,7 @@ PROFILES: dict[str, SmtpProfile] = {p.name: p for p in (
     SmtpProfile("tarpit", greeting="tarpit"),
     SmtpProfile("rejectrcpt", reject_rcpt=True),
     SmtpProfile("multiline", greeting="multiline"),
+    SmtpProfile("ownkey", cert="ownkey"),  # trusted, with a key no other lab host shares
 )}
 
 

@@ -14,6 +14,7 @@ import dns.name
 import idna
 
 from connectwiz.lab.dns import Zone
+from connectwiz.lab.https import Page
 
 STRICT, RELAXED, UNSUPPORTED, ERROR = "strict", "relaxed", "unsupported", "error"
 REFUSED_PROFILE = "refused"  # a host whose address has nothing listening
@@ -60,7 +61,8 @@ _BIG_HOSTS = tuple(
 
 DOMAINS: tuple[LabDomain, ...] = (
     LabDomain("trusted.example", STRICT, "ok",
-              "lab-CA certificate matching the MX name, TLS 1.2+",
+              "lab-CA certificate matching the MX name, TLS 1.2+; publishes MTA-STS enforce, "
+              "TLS-RPT and a matching TLSA 3 1 1",
               _mx("trusted.example", 10, "trusted")),
     LabDomain("selfsigned.example", RELAXED, "self_signed",
               "TLS works but the certificate is self-signed",
@@ -115,6 +117,21 @@ DOMAINS: tuple[LabDomain, ...] = (
     LabDomain("big.example", STRICT, "tcp_fallback",
               f"{BIG_MX_COUNT} MX records: the UDP answer is truncated, resolvers retry over TCP",
               _BIG_HOSTS),
+    LabDomain("sts-testing.example", STRICT, "mta_sts_testing",
+              "MTA-STS in testing mode (mx: *.sts-testing.example); TLS-RPT with two addresses",
+              _mx("sts-testing.example", 33, "trusted")),
+    LabDomain("sts-mismatch.example", STRICT, "mta_sts_mx_mismatch",
+              "MTA-STS enforce whose mx patterns do not cover the MX: flagged",
+              _mx("sts-mismatch.example", 34, "trusted")),
+    LabDomain("sts-relaxed.example", RELAXED, "mta_sts_enforce_relaxed",
+              "MTA-STS enforce, but the MX certificate is self-signed: flagged",
+              _mx("sts-relaxed.example", 35, "selfsigned")),
+    LabDomain("dane-ok.example", STRICT, "dane_match",
+              "TLSA 3 1 1 matching the MX's own key, DNSSEC-authenticated (AD)",
+              _mx("dane-ok.example", 36, "ownkey")),
+    LabDomain("dane-bad.example", STRICT, "dane_mismatch",
+              "TLSA 3 1 1 naming another key than the MX presents, DNSSEC-authenticated",
+              _mx("dane-bad.example", 37, "ownkey")),
     LabDomain("nullmx.example", ERROR, "null_mx",
               "null MX (0 .): the domain accepts no mail (RFC 7505)"),
     LabDomain("noaddress.example", ERROR, "no_address",
@@ -143,6 +160,38 @@ ROUTES: tuple[LabDomain, ...] = (
 )
 
 CNAME_ALIAS, CNAME_TARGET = "mail.cname-mx.example", "mx.cname-target.example"
+
+# MTA-STS: every mta-sts.<domain> host is served by one HTTPS server on this address.
+STS_ADDRESS = _addr(40)
+STS_ID = "20261101T000000"
+
+
+def _policy(mode: str, *mx: str) -> Page:
+    lines = ["version: STSv1", f"mode: {mode}", *(f"mx: {m}" for m in mx), "max_age: 86400"]
+    return Page(("\r\n".join(lines) + "\r\n").encode())
+
+
+MTA_STS_PAGES: dict[str, Page] = {
+    "trusted.example": _policy("enforce", "mx.trusted.example"),
+    "sts-testing.example": _policy("testing", "*.sts-testing.example"),
+    # *.mismatch.example covers one label before mismatch.example, not mx.sts-mismatch.example
+    "sts-mismatch.example": _policy("enforce", "mx.other.example", "*.mismatch.example"),
+    "sts-relaxed.example": _policy("enforce", "mx.sts-relaxed.example"),
+    # Broken publications (not lab domains with mail hosts): what a fetch must refuse.
+    "sts-redirect.example": Page(b"", 301, headers=(
+        ("Location", "https://mta-sts.trusted.example/.well-known/mta-sts.txt"),)),
+    "sts-html.example": Page(b"<html>version: STSv1</html>", content_type="text/html"),
+    "sts-big.example": Page(b"version: STSv1\r\nmode: testing\r\nmx: a.example\r\n"
+                            + b"x: y\r\n" * 14_000),
+    "sts-404.example": Page(b"gone", 404),
+}
+STS_TWO_RECORDS = "sts-double.example"  # two v=STSv1 TXT records: the record is unusable
+
+TLS_RPT_RECORDS = {
+    "trusted.example": "v=TLSRPTv1; rua=mailto:tls-reports@trusted.example",
+    "sts-testing.example": "v=TLSRPTv1; rua=mailto:tlsrpt@sts-testing.example,"
+                           "https://reports.sts-testing.example/tlsrpt",
+}
 
 
 def bench_domains(count: int) -> tuple[LabDomain, ...]:
@@ -185,7 +234,11 @@ def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) ->
             zone.add(f"{h.name}.", "A", h.address)
     zone.add("corp.example.", "MX", "10 mail.corp.example.")
     zone.add("trusted.example.", "TXT", '"v=spf1 -all"')
-    zone.add("_mta-sts.trusted.example.", "TXT", '"v=STSv1; id=20261101T000000"')
-    zone.add("_smtp._tls.trusted.example.", "TXT",
-             '"v=TLSRPTv1; rua=mailto:tls-reports@trusted.example"')
+    for name in MTA_STS_PAGES:
+        zone.add(f"_mta-sts.{name}.", "TXT", f'"v=STSv1; id={STS_ID}"')
+        zone.add(f"mta-sts.{name}.", "A", STS_ADDRESS)
+    zone.add(f"_mta-sts.{STS_TWO_RECORDS}.", "TXT", '"v=STSv1; id=one"')
+    zone.add(f"_mta-sts.{STS_TWO_RECORDS}.", "TXT", '"v=STSv1; id=two"')
+    for name, record in TLS_RPT_RECORDS.items():
+        zone.add(f"_smtp._tls.{name}.", "TXT", f'"{record}"')
     return zone

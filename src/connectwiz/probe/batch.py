@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from connectwiz.probe.certs import TrustStore, trust_store
+from connectwiz.probe.dane import DaneHost, DaneResult, dnssec_resolver, lookup_tlsa, match_chain
 from connectwiz.probe.dns import DnsError, MxHost, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.host import ProbeSettings, probe_host
+from connectwiz.probe.mtasts import MtaStsResult, assess, lookup_mta_sts
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.results import HostResult, Status, Target, TargetResult, summarise
+from connectwiz.probe.tlsrpt import lookup_tls_rpt
 
 _HostKey = tuple[str, tuple[str, ...], int]
+_T = TypeVar("_T")
 
 
 async def validate_targets(
@@ -53,6 +58,8 @@ class _Batch:
         self.resolver = make_resolver(options)
         self.slots = asyncio.Semaphore(max(1, options.concurrency))
         self.probes: dict[_HostKey, asyncio.Task[HostResult]] = {}
+        self.dnssec = dnssec_resolver(options)
+        self.tlsa: dict[str, asyncio.Task[DaneHost]] = {}
 
     async def validate(self, target: Target) -> TargetResult:
         started = time.monotonic()
@@ -63,9 +70,33 @@ class _Batch:
         except DnsError as exc:
             return TargetResult(label, target.kind, Status.ERROR, exc.reason, _ms(started))
         port = target.port or self.options.smtp_port
-        hosts = await asyncio.gather(*(self._probe(m, port, target.kind) for m in mx))
+        probes = asyncio.gather(*(self._probe(m, port, target.kind) for m in mx))
+        if target.kind != "domain":
+            hosts = await probes
+            status, reason = summarise(list(hosts))
+            return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts))
+        # What the domain publishes is looked up while its hosts are probed.
+        hosts, sts, rpt, tlsa = await asyncio.gather(
+            probes,
+            self._slotted(lookup_mta_sts(target.name, self.options, self.resolver)),
+            self._slotted(lookup_tls_rpt(target.name, self.resolver)),
+            asyncio.gather(*(self._tlsa(m.name) for m in mx)),
+        )
         status, reason = summarise(list(hosts))
-        return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts))
+        sts, dane = _combine(hosts, sts, tlsa)
+        return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts),
+                            mta_sts=sts, tls_rpt=rpt, dane=dane)
+
+    async def _slotted(self, work: Awaitable[_T]) -> _T:
+        async with self.slots:
+            return await work
+
+    async def _tlsa(self, host: str) -> DaneHost:
+        task = self.tlsa.get(host)
+        if task is None:
+            task = self.tlsa[host] = asyncio.ensure_future(
+                self._slotted(lookup_tlsa(host, self.dnssec)))
+        return await asyncio.shield(task)
 
     async def _hosts_of(self, target: Target) -> list[MxHost]:
         if target.kind == "domain":
@@ -92,10 +123,20 @@ class _Batch:
             return await probe_host(mx.name, mx.addresses, port, None, self.settings)
 
     async def cancel_rest(self, tasks: list[asyncio.Future[TargetResult]]) -> None:
-        pending = [t for t in (*tasks, *self.probes.values()) if not t.done()]
+        pending = [t for t in (*tasks, *self.probes.values(), *self.tlsa.values())
+                   if not t.done()]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _combine(
+    hosts: list[HostResult], sts: MtaStsResult, tlsa: list[DaneHost]
+) -> tuple[MtaStsResult, DaneResult]:
+    """MX hosts against the MTA-STS policy; TLSA records against the chains the hosts sent."""
+    sts = assess(sts, [(h.host, h.status == Status.STRICT) for h in hosts])
+    dane = DaneResult(tuple(match_chain(t, h.chain) for t, h in zip(tlsa, hosts, strict=True)))
+    return sts, dane
 
 
 def _loaded_trust_store(options: NetworkOptions) -> TrustStore:

@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
+
 from connectwiz.probe.certs import CertificateInfo, TrustStore, analyse_certificate
 from connectwiz.probe.results import HostResult, RcptReply, Status
 from connectwiz.probe.smtp import SmtpClient, SmtpProtocolError, StepTimeout
@@ -52,6 +54,7 @@ class _Session:
     cipher: str | None = None
     certificate: CertificateInfo | None = None
     rcpt: RcptReply | None = None
+    chain: tuple[bytes, ...] = ()
 
 
 async def probe_host(
@@ -89,7 +92,7 @@ async def probe_host(
         status=status, reason=reason, starttls=session.starttls,
         tls_version=session.tls_version, cipher=session.cipher,
         certificate=session.certificate, rcpt=session.rcpt,
-        elapsed_ms=round((time.monotonic() - started) * 1000),
+        elapsed_ms=round((time.monotonic() - started) * 1000), chain=session.chain,
     )
 
 
@@ -171,6 +174,7 @@ def _record_tls(
     cipher = ssl_object.cipher()
     session.cipher = cipher[0] if cipher else None
     chain = peer_chain(ssl_object)
+    session.chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
     if chain:
         session.certificate = analyse_certificate(chain[0], host, settings.trust, chain[1:])
 

@@ -17,6 +17,7 @@ class NetworkOptions:
     ca_file: Path | None = None
     timeout: float = 10.0
     concurrency: int = 50
+    https_port: int = 443  # where MTA-STS policies are fetched (mta-sts.<domain>)
 
 
 def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -46,6 +47,7 @@ def options_from(
     ca_file: str | None = None,
     timeout: float | None = None,
     concurrency: int | None = None,
+    https_port: int | None = None,
 ) -> NetworkOptions:
     """Build options from explicit values, falling back to CONNECTWIZ_* variables, then defaults."""
     env = os.environ
@@ -60,9 +62,12 @@ def options_from(
         ca_file=ca_path,
         timeout=timeout if timeout is not None else _env_num("TIMEOUT", float, 10.0),
         concurrency=concurrency if concurrency is not None else _env_num("CONCURRENCY", int, 50),
+        https_port=https_port if https_port is not None else _env_num("HTTPS_PORT", int, 443),
     )
     if not 0 < result.smtp_port < 65536:
         raise UserError(f"--smtp-port {result.smtp_port}: expected 1 to 65535")
+    if not 0 < result.https_port < 65536:
+        raise UserError(f"--https-port {result.https_port}: expected 1 to 65535")
     if result.timeout <= 0 or result.concurrency <= 0:
         raise UserError("--timeout and --concurrency must be positive")
     return result

@@ -12,6 +12,9 @@ from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain, normalize_host
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe.certs import CertificateInfo
+from connectwiz.probe.dane import DaneResult
+from connectwiz.probe.mtasts import MtaStsResult
+from connectwiz.probe.tlsrpt import TlsRptResult
 
 Status = ValidationStatus
 
@@ -83,6 +86,8 @@ class HostResult:
     certificate: CertificateInfo | None = None
     rcpt: RcptReply | None = None
     elapsed_ms: int = 0
+    # DER certificates as presented, leaf first (for DANE matching; not part of the JSON).
+    chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +114,10 @@ class TargetResult:
     reason: str
     elapsed_ms: int = 0
     hosts: tuple[HostResult, ...] = field(default_factory=tuple)
+    # What a domain publishes (None for routes, and for domains without a mail host).
+    mta_sts: MtaStsResult | None = None
+    tls_rpt: TlsRptResult | None = None
+    dane: DaneResult | None = None
 
     @property
     def supports_tls(self) -> bool:
@@ -122,6 +131,9 @@ class TargetResult:
             "reason": self.reason,
             "elapsed_ms": self.elapsed_ms,
             "hosts": [h.to_json() for h in self.hosts],
+            "mta_sts": self.mta_sts.to_json() if self.mta_sts else None,
+            "tls_rpt": self.tls_rpt.to_json() if self.tls_rpt else None,
+            "dane": self.dane.to_json() if self.dane else None,
         }
 
 
