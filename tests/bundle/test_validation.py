@@ -119,7 +119,7 @@ def test_domain_missing_from_managed_list_is_reported_on_the_domain(tmp_path: Pa
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("[organisation]\n", "schema_version is missing"),
-    ("schema_version = 2\n", "written by a newer connectwiz"),
+    ("schema_version = 3\n", "written by a newer connectwiz"),
     ("schema_version = 0\n", "unknown version 0"),
     ('schema_version = "1"\n', "must be an integer"),
 ])

@@ -1,5 +1,6 @@
-"""Schema v1 of the bundle: plain TOML data (from tomllib or tomlkit) to a validated PolicyModel,
-and a PolicyModel back to plain data.
+"""Schema v1 and v2 of the bundle: plain TOML data (from tomllib or tomlkit) to a validated
+PolicyModel, and a PolicyModel back to plain data. v2 adds the Secure Messaging sections;
+a bundle without them is written as v1, so older connectwiz versions keep reading it.
 
 Every problem is reported as a BundleError naming the file, line, key path and what is wrong;
 the first problem found stops validation. Stored values are normalised (domains in A-label
@@ -22,8 +23,11 @@ from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import (
+    DEFAULT_RETENTION_DAYS,
     Applies,
     BasedOn,
+    BypassOption,
+    ConditionField,
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
@@ -37,17 +41,30 @@ from connectwiz.policy.model import (
     ReceiptOption,
     ReceiptPolicy,
     Scope,
+    SecureBypass,
+    SecureCondition,
+    SecureDefinition,
+    SecurePolicy,
+    SecureSettings,
+    SecureTrigger,
+    TriggerMatch,
     ValidationStatus,
     Validity,
 )
+from connectwiz.policy.secure import BUILTIN_DEFINITIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
+SECURE_SCHEMA_VERSION = 2  # the Secure Messaging sections need this
+LATEST_SCHEMA_VERSION = SECURE_SCHEMA_VERSION
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 TOP_KEYS = (
     "schema_version", "organisation", "inbound_routes", "external_domains",
     "delivery_definitions", "delivery_policies", "receipt_policies",
+    "secure_messaging", "secure_definitions", "secure_policies", "secure_triggers",
+    "secure_bypass",
 )
+SECURE_KEYS = TOP_KEYS[-5:]
 ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups")
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
 DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
@@ -58,6 +75,14 @@ DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "manag
 RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
+SECURE_SETTINGS_KEYS = ("max_retention_days",)
+SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
+                          "expiry_days", "max_extension_days", "read_receipt", "banner")
+SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to", *VALIDITY_KEYS)
+SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
+                       *VALIDITY_KEYS)
+SECURE_BYPASS_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS)
+CONDITION_KEYS = ("subject_contains", "body_contains", "header", "equals")
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -405,6 +430,153 @@ class _Validator:
             managed=self.flag(t, "managed", p),
         )
 
+    # Secure Messaging (schema v2) ---------------------------------------------------------
+
+    def count(self, t: dict[str, Any], key: str, path: KeyPath, default: int | None,
+              minimum: int) -> int | None:
+        value = t.get(key, default)
+        if key in t and (isinstance(value, bool) or not isinstance(value, int)
+                         or value < minimum):
+            self.fail((*path, key), f"must be a whole number of days, at least {minimum}")
+        return value
+
+    def secure_settings(self, data: dict[str, Any]) -> SecureSettings:
+        p: KeyPath = ("secure_messaging",)
+        t = self.table(data.get("secure_messaging", {}), p, SECURE_SETTINGS_KEYS)
+        days = self.count(t, "max_retention_days", p, DEFAULT_RETENTION_DAYS, 1)
+        assert days is not None
+        return SecureSettings(max_retention_days=days)
+
+    def secure_definition(self, t: dict[str, Any], p: KeyPath) -> SecureDefinition:
+        self.table(t, p, SECURE_DEFINITION_KEYS, ("name",))
+        name = self.text(t, "name", p)
+        if any(b.name == name for b in BUILTIN_DEFINITIONS):
+            self.fail((*p, "name"), f"{name!r} is a built-in definition; policies and triggers "
+                                    f"can use it as it is, or choose another name")
+        expiry: int | None = 30
+        if t.get("expiry_days") == "never":
+            expiry = None
+        elif isinstance(t.get("expiry_days"), str):
+            self.fail((*p, "expiry_days"), "must be a number of days or \"never\"")
+        else:
+            expiry = self.count(t, "expiry_days", p, 30, 1)
+        banner = t.get("banner")
+        if banner is not None and not isinstance(banner, str):
+            self.fail((*p, "banner"), f"must be a string (\"\" removes the banner), "
+                                      f"not {_kind(banner)}")
+        return SecureDefinition(
+            name=name,
+            description=self.text(t, "description", p),
+            allow_print=self.flag(t, "allow_print", p, True),
+            allow_reply=self.flag(t, "allow_reply", p, True),
+            allow_reply_all=self.flag(t, "allow_reply_all", p, False),
+            expiry_days=expiry,
+            max_extension_days=self.count(t, "max_extension_days", p, 0, 0) or 0,
+            read_receipt=self.flag(t, "read_receipt", p, False),
+            banner=banner,
+        )
+
+    def one_way(self, t: dict[str, Any], p: KeyPath) -> Validity:
+        validity = self.validity(t, p)
+        if validity.bidirectional:
+            self.fail((*p, "bidirectional"),
+                      "Secure Messaging is for mail from internal senders only; a secure "
+                      "policy or trigger cannot be Bi-Directional (remove the key)")
+        return validity
+
+    def secure_reference(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]) -> str:
+        name = self.text(t, "definition", p)
+        if name not in names:
+            self.fail((*p, "definition"), f"no secure definition is named {name!r}"
+                      + _suggest(name, list(names)))
+        return name
+
+    def secure_policy(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]) -> SecurePolicy:
+        self.table(t, p, SECURE_POLICY_KEYS, ("narrative",))
+        no_action = self.flag(t, "take_no_action", p)
+        if no_action == ("definition" in t):
+            self.fail(p, "give either definition = \"<secure definition>\" or "
+                         "take_no_action = true")
+        return SecurePolicy(
+            narrative=self.text(t, "narrative", p),
+            definition=None if no_action else self.secure_reference(t, p, names),
+            from_=self.scope(t, "from", p),
+            to=self.scope(t, "to", p),
+            validity=self.one_way(t, p),
+        )
+
+    def condition(self, c: object, p: KeyPath) -> SecureCondition:
+        t = self.table(c, p, CONDITION_KEYS)
+        kinds = [k for k in ("subject_contains", "body_contains", "header") if k in t]
+        if len(kinds) != 1:
+            self.fail(p, "a condition is one of: { subject_contains = \"...\" }, "
+                         "{ body_contains = \"...\" }, { header = \"Name\", equals = \"...\" }")
+        kind = kinds[0]
+        if (kind == "header") != ("equals" in t):
+            self.fail(p, "'header' and 'equals' go together")
+        value = self.typed(t, "equals" if kind == "header" else kind, p, str, "")
+        if not value.strip():
+            self.fail((*p, kind), "must not be empty")
+        if kind == "header":
+            header = self.typed(t, "header", p, str, "").strip()
+            if not header or any(ch.isspace() or ch == ":" for ch in header):
+                self.fail((*p, "header"), f"{header!r} is not a header name")
+            return SecureCondition(ConditionField.HEADER, value, header)
+        field = ConditionField.SUBJECT if kind == "subject_contains" else ConditionField.BODY
+        return SecureCondition(field, value)
+
+    def secure_trigger(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]
+                       ) -> SecureTrigger:
+        self.table(t, p, SECURE_TRIGGER_KEYS, ("narrative", "definition", "conditions"))
+        raw = t["conditions"]
+        cp = (*p, "conditions")
+        if not isinstance(raw, list) or not raw:
+            self.fail(cp, "must be a non-empty array of conditions")
+        return SecureTrigger(
+            narrative=self.text(t, "narrative", p),
+            definition=self.secure_reference(t, p, names),
+            conditions=tuple(self.condition(c, (*cp, i)) for i, c in enumerate(raw)),
+            match=self.choice(t, "match", p, TriggerMatch, TriggerMatch.ANY),
+            from_=self.scope(t, "from", p),
+            to=self.scope(t, "to", p),
+            validity=self.one_way(t, p),
+        )
+
+    def secure_bypass(self, t: dict[str, Any], p: KeyPath) -> SecureBypass:
+        self.table(t, p, SECURE_BYPASS_KEYS, ("narrative",))
+        return SecureBypass(
+            narrative=self.text(t, "narrative", p),
+            option=self.choice(t, "option", p, BypassOption, BypassOption.DISABLE),
+            from_=self.scope(t, "from", p),
+            to=self.scope(t, "to", p),
+            validity=self.validity(t, p),
+        )
+
+    def secure(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The PolicyModel fields of the Secure Messaging sections."""
+        definitions: list[SecureDefinition] = []
+        names = [b.name for b in BUILTIN_DEFINITIONS]
+        for i, t in enumerate(self.tables(data, "secure_definitions")):
+            d = self.secure_definition(t, ("secure_definitions", i))
+            if d.name in names:
+                self.fail(("secure_definitions", i, "name"),
+                          f"secure definition name {d.name!r} is used twice")
+            names.append(d.name)
+            definitions.append(d)
+        return {
+            "secure_settings": self.secure_settings(data),
+            "secure_definitions": tuple(definitions),
+            "secure_policies": tuple(
+                self.secure_policy(t, ("secure_policies", i), names)
+                for i, t in enumerate(self.tables(data, "secure_policies"))),
+            "secure_triggers": tuple(
+                self.secure_trigger(t, ("secure_triggers", i), names)
+                for i, t in enumerate(self.tables(data, "secure_triggers"))),
+            "secure_bypass": tuple(
+                self.secure_bypass(t, ("secure_bypass", i))
+                for i, t in enumerate(self.tables(data, "secure_bypass"))),
+        }
+
     # The whole document -----------------------------------------------------------------
 
     def model(self, data: dict[str, Any]) -> PolicyModel:
@@ -458,7 +630,7 @@ class _Validator:
         )
         self.managed(domains, definitions, delivery, receipt)
         return PolicyModel(org, tuple(routes), tuple(domains), tuple(definitions.values()),
-                           delivery, receipt)
+                           delivery, receipt, **self.secure(data))
 
     def schema_version(self, data: dict[str, Any]) -> None:
         if "schema_version" not in data:
@@ -467,12 +639,18 @@ class _Validator:
         version = data["schema_version"]
         if isinstance(version, bool) or not isinstance(version, int):
             self.fail(("schema_version",), f"must be an integer, not {_kind(version)}")
-        if version > SCHEMA_VERSION:
+        if version > LATEST_SCHEMA_VERSION:
             self.fail(("schema_version",),
                       f"version {version} was written by a newer connectwiz; this one reads "
-                      f"version {SCHEMA_VERSION} (upgrade connectwiz)")
-        if version != SCHEMA_VERSION:
-            self.fail(("schema_version",), f"unknown version {version}; expected {SCHEMA_VERSION}")
+                      f"versions {SCHEMA_VERSION} to {LATEST_SCHEMA_VERSION} (upgrade connectwiz)")
+        if version < SCHEMA_VERSION:
+            self.fail(("schema_version",), f"unknown version {version}; expected "
+                                           f"{SCHEMA_VERSION} or {LATEST_SCHEMA_VERSION}")
+        if version < SECURE_SCHEMA_VERSION:
+            for key in SECURE_KEYS:
+                if key in data:
+                    self.fail((key,), f"Secure Messaging sections need schema_version = "
+                                      f"{SECURE_SCHEMA_VERSION} (this bundle says {version})")
 
     def managed(
         self, domains: list[ExternalDomain], definitions: dict[str, DeliveryDefinition],
@@ -620,12 +798,63 @@ def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, 
     return out
 
 
-def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
-    """The model in schema v1 shape. ``json_safe`` turns date-times into ISO 8601 ``Z``
-    strings; otherwise they stay datetimes (for TOML)."""
-    org = model.organisation
+def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": d.name}
+    if d.description:
+        out["description"] = d.description
+    out.update(allow_print=d.allow_print, allow_reply=d.allow_reply,
+               allow_reply_all=d.allow_reply_all,
+               expiry_days="never" if d.expiry_days is None else d.expiry_days,
+               max_extension_days=d.max_extension_days, read_receipt=d.read_receipt)
+    if d.banner is not None:
+        out["banner"] = d.banner
+    return out
+
+
+def _condition_data(c: SecureCondition) -> dict[str, str]:
+    if c.field is ConditionField.HEADER:
+        return {"header": c.header, "equals": c.value}
+    return {f"{c.field.value}_contains": c.value}
+
+
+def _scoped(out: dict[str, Any], p: SecurePolicy | SecureTrigger | SecureBypass,
+            json_safe: bool) -> dict[str, Any]:
+    out.update(_validity(p.validity, json_safe))
+    out["from"] = _scope(p.from_, "from")
+    out["to"] = _scope(p.to, "to")
+    return out
+
+
+def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
+    """The Secure Messaging sections (schema v2)."""
+    policies = []
+    for p in model.secure_policies:
+        head: dict[str, Any] = {"narrative": p.narrative}
+        if p.definition is None:
+            head["take_no_action"] = True
+        else:
+            head["definition"] = p.definition
+        policies.append(_scoped(head, p, json_safe))
     return {
-        "schema_version": SCHEMA_VERSION,
+        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days},
+        "secure_definitions": [secure_definition_data(d) for d in model.secure_definitions],
+        "secure_policies": policies,
+        "secure_triggers": [
+            _scoped({"narrative": t.narrative, "definition": t.definition, "match": t.match.value,
+                     "conditions": [_condition_data(c) for c in t.conditions]}, t, json_safe)
+            for t in model.secure_triggers],
+        "secure_bypass": [_scoped({"narrative": b.narrative, "option": b.option.value}, b,
+                                  json_safe) for b in model.secure_bypass],
+    }
+
+
+def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
+    """The model in schema v1 shape, or v2 when it uses Secure Messaging. ``json_safe``
+    turns date-times into ISO 8601 ``Z`` strings; otherwise they stay datetimes (for TOML)."""
+    org = model.organisation
+    secure = model.uses_secure_messaging
+    return {
+        "schema_version": SECURE_SCHEMA_VERSION if secure else SCHEMA_VERSION,
         "organisation": {
             "internal_domains": list(org.internal_domains),
             "authorized_outbound": [str(n) for n in org.authorized_outbound],
@@ -637,4 +866,5 @@ def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
         "delivery_policies": [delivery_policy_data(p, json_safe)
                               for p in model.delivery_policies],
         "receipt_policies": [receipt_policy_data(p, json_safe) for p in model.receipt_policies],
+        **(secure_data(model, json_safe) if secure else {}),
     }

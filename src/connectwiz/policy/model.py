@@ -138,6 +138,95 @@ class Organisation:
     address_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+class SecureRouting(StrEnum):
+    """Who reads a secure message in the portal instead of their mailbox."""
+
+    EXTERNAL = "external"  # external recipients only; internal ones get it with a banner
+    ALL = "all"  # internal recipients too (unless the sender's client asked, see secure.py)
+
+
+@dataclass(frozen=True, slots=True)
+class SecureDefinition:
+    """How a secure message is held and what its external recipients may do with it."""
+
+    name: str
+    description: str = ""
+    allow_print: bool = True
+    allow_reply: bool = True
+    allow_reply_all: bool = False
+    expiry_days: int | None = 30  # None: never (capped by SecureSettings.max_retention_days)
+    max_extension_days: int = 0  # how far the sender may extend the expiry
+    read_receipt: bool = False
+    banner: str | None = None  # for internal recipients; None: the default, "": no banner
+    routing: SecureRouting = SecureRouting.EXTERNAL  # only the built-in All Recipients: ALL
+    builtin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SecurePolicy:
+    """A Secure Messaging policy; ``definition`` None means Take No Action."""
+
+    narrative: str
+    definition: str | None
+    from_: Scope = Scope()
+    to: Scope = Scope()
+    validity: Validity = Validity()
+
+
+class ConditionField(StrEnum):
+    SUBJECT = "subject"  # contains, case-insensitive
+    BODY = "body"  # contains, case-insensitive
+    HEADER = "header"  # the named header equals the value, case-insensitive
+
+
+@dataclass(frozen=True, slots=True)
+class SecureCondition:
+    field: ConditionField
+    value: str
+    header: str = ""  # the header's name, for ConditionField.HEADER
+
+
+class TriggerMatch(StrEnum):
+    ANY = "any"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class SecureTrigger:
+    """A content examination definition with its policy: when its conditions match, Secure
+    Messaging applies with ``definition``. Triggers are cumulative."""
+
+    narrative: str
+    definition: str
+    conditions: tuple[SecureCondition, ...]
+    match: TriggerMatch = TriggerMatch.ANY
+    from_: Scope = Scope()
+    to: Scope = Scope()
+    validity: Validity = Validity()
+
+
+class BypassOption(StrEnum):
+    TAKE_NO_ACTION = "take_no_action"
+    DISABLE = "disable"
+
+
+@dataclass(frozen=True, slots=True)
+class SecureBypass:
+    narrative: str
+    option: BypassOption = BypassOption.DISABLE
+    from_: Scope = Scope()
+    to: Scope = Scope()
+    validity: Validity = Validity()
+
+
+DEFAULT_RETENTION_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class SecureSettings:
+    max_retention_days: int = DEFAULT_RETENTION_DAYS  # caps "never expire" and extensions
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyModel:
     """Everything a bundle holds, validated."""
@@ -148,3 +237,13 @@ class PolicyModel:
     delivery_definitions: tuple[DeliveryDefinition, ...] = ()
     delivery_policies: tuple[DeliveryPolicy, ...] = ()
     receipt_policies: tuple[ReceiptPolicy, ...] = ()
+    secure_settings: SecureSettings = SecureSettings()
+    secure_definitions: tuple[SecureDefinition, ...] = ()  # the built-ins are not listed
+    secure_policies: tuple[SecurePolicy, ...] = ()
+    secure_triggers: tuple[SecureTrigger, ...] = ()
+    secure_bypass: tuple[SecureBypass, ...] = ()
+
+    @property
+    def uses_secure_messaging(self) -> bool:
+        return bool(self.secure_definitions or self.secure_policies or self.secure_triggers
+                    or self.secure_bypass or self.secure_settings != SecureSettings())

@@ -46,6 +46,9 @@ from connectwiz.policy.model import (
     ReceiptOption,
     ReceiptPolicy,
     Scope,
+    SecureBypass,
+    SecurePolicy,
+    SecureTrigger,
     Validity,
 )
 
@@ -107,7 +110,8 @@ class Outcome(StrEnum):
     SOURCE_IP = "source IP not in range"
 
 
-P = TypeVar("P", DeliveryPolicy, ReceiptPolicy)
+# Secure Messaging (policy/secure.py) selects its policies with the same machinery.
+P = TypeVar("P", DeliveryPolicy, ReceiptPolicy, SecurePolicy, SecureTrigger, SecureBypass)
 
 
 @dataclass(frozen=True, slots=True)
