@@ -27,6 +27,7 @@ class FinishScreen(WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("e", "edit", "Edit", id="edit"),
         Binding("x", "export", "Export", id="export"),
+        Binding("q", "app.quit", "Quit", id="quit"),
     ]
 
     def compose(self) -> ComposeResult:
