@@ -42,7 +42,7 @@ def test_json_to_a_file(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("argv", "words"), [
-    (["--format", "postfix"], "not yet supported"),
+    (["--format", "postfix"], "give -o DIR"),
     (["--format", "json", "-o", "/nonexistent-dir/x.json"], "does not exist"),
 ])
 def test_failures(bundle: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
