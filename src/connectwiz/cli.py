@@ -17,7 +17,7 @@ from connectwiz.errors import UserError
 
 COMMANDS = (
     "wizard", "demo", "lab", "validate", "domains", "routes", "org", "explain", "export",
-    "relay", "log",
+    "relay", "log", "secure",
 )
 
 
@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-from", metavar="ADDR")
     p.add_argument("--ip", metavar="IP", help="the client's source IP")
     p.add_argument("--at", metavar="ISO8601", help="the time to evaluate at (default now)")
+    p.add_argument("--subject", default="", metavar="TEXT",
+                   help="the message's subject, for Secure Messaging content triggers")
+    p.add_argument("--body", default="", metavar="TEXT", help="the message's text, likewise")
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a message header (e.g. 'X-Connectwiz-Secure: External Recipients'); "
+                        "repeatable")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("export", help="write the bundle as TOML, JSON or Postfix tables")
@@ -138,12 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bounce after retrying this long (432000 = 5 days)")
     g.add_argument("--shutdown-grace", type=float, metavar="S",
                    help="SIGTERM waits this long for sessions and deliveries (30)")
+    g.add_argument("--portal-url", metavar="URL",
+                   help="Secure Messaging portal links start with this "
+                        "(default https://<hostname>/secure)")
     _network_options(p)
 
     p = sub.add_parser("log", help="receipt/delivery view of relayed messages")
     p.add_argument("--spool", metavar="DIR")
     p.add_argument("--json", action="store_true")
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
+
+    p = sub.add_parser("secure", help="messages held for the Secure Messaging portal")
+    p.add_argument("action", choices=("list", "show", "extend", "revoke"))
+    p.add_argument("message_id", nargs="?", metavar="ID")
+    p.add_argument("--days", type=int, metavar="N", help="extend: days to add to the expiry")
+    p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from connectwiz.errors import UserError
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.explain import explain
+from connectwiz.policy.secure import MessageContent
 from connectwiz.policy.select import IPAddress, MessageContext
 
 
@@ -54,14 +55,27 @@ def context_from_args(args: argparse.Namespace) -> MessageContext:
     )
 
 
+def content_from_args(args: argparse.Namespace) -> MessageContent:
+    headers = []
+    for text in getattr(args, "header", None) or []:
+        name, colon, value = text.partition(":")
+        if not colon or not name.strip() or any(c.isspace() for c in name.strip()):
+            raise UserError(f"--header: {text!r} is not 'Name: value'")
+        headers.append((name.strip(), value.strip()))
+    subject = getattr(args, "subject", "") or ""
+    return MessageContent(subject=subject, body=getattr(args, "body", "") or "",
+                          headers=(("Subject", subject), *headers) if subject else tuple(headers))
+
+
 def run(args: argparse.Namespace) -> int:
     from connectwiz.bundle import Bundle
     from connectwiz.bundle.paths import resolve_bundle_path
 
     ctx = context_from_args(args)  # bad input is reported before the bundle is read
+    content = content_from_args(args)
     model = Bundle.load(resolve_bundle_path(args.bundle)).model
     try:
-        result = explain(model, ctx)
+        result = explain(model, ctx, content)
     except ValueError as exc:  # e.g. a policy naming a definition the bundle lacks
         raise UserError(f"{args.bundle or 'bundle'}: {exc}") from None
     if args.json:

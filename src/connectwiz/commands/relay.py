@@ -54,6 +54,12 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
         if value <= 0:
             raise UserError(f"--{option.replace('_', '-')} must be positive")
         values[name] = value
+    portal = getattr(args, "portal_url", None)
+    if portal is not None:
+        if not portal.startswith(("https://", "http://")) or any(c.isspace() for c in portal):
+            raise UserError(f"--portal-url {portal!r}: give an http(s) URL, "
+                            f"e.g. https://mail.example.com/secure")
+        values["portal_url"] = portal
     settings = RelaySettings(**values)  # type: ignore[arg-type]
     if settings.backoff_max < settings.backoff_min:
         raise UserError("--backoff-max must not be smaller than --backoff-min")

@@ -1,4 +1,5 @@
-"""`connectwiz explain` without the I/O: which policies apply to one message, and why."""
+"""`connectwiz explain` without the I/O: which policies apply to one message, and why
+(Secure Delivery, Secure Receipt and Secure Messaging)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from connectwiz.policy.model import (
     ReceiptPolicy,
     Scope,
 )
+from connectwiz.policy.secure import MessageContent, SecureDecision, SecureIndex
 from connectwiz.policy.select import (
     Candidate,
     DeliveryDecision,
@@ -27,6 +29,7 @@ class Explanation:
     context: MessageContext
     delivery: DeliveryDecision
     receipt: ReceiptDecision
+    secure: SecureDecision
 
     def to_json(self) -> dict[str, Any]:
         ctx = self.context
@@ -58,6 +61,21 @@ class Explanation:
                 "reason": self.receipt.reason,
                 "candidates": [_candidate_json(c) for c in self.receipt.candidates],
             },
+            "secure": self._secure_json(),
+        }
+
+    def _secure_json(self) -> dict[str, Any]:
+        secure = self.secure
+        [outcome] = secure.recipients
+        return {
+            "applies": secure.applies,
+            "definition": secure.definition.name if secure.definition else None,
+            "reason": secure.reason,
+            "route": outcome.route.value,
+            "why": outcome.why,
+            "requested": secure.requested,
+            "reasons": [{"source": r.source.value, "definition": r.definition, "why": r.why}
+                        for r in secure.reasons],
         }
 
     def render_text(self) -> str:
@@ -80,12 +98,32 @@ class Explanation:
         lines.append(f"Receipt: {self.receipt.option.value}")
         lines.append(f"  {self.receipt.reason}")
         lines.extend(_candidate_lines(self.receipt.candidates))
+        lines.append("")
+        secure = self.secure
+        [outcome] = secure.recipients
+        if secure.applies and secure.definition is not None:
+            lines.append(f"Secure Messaging: applies, {secure.definition.name!r} "
+                         f"({outcome.route.value})")
+        else:
+            lines.append("Secure Messaging: does not apply")
+        lines.append(f"  {secure.reason}")
+        if secure.applies:
+            lines.append(f"  This recipient: {outcome.why}")
+            others = [r for r in secure.reasons if r.definition != secure.definition.name]
+            if others:
+                lines.append("  Also triggered:")
+                lines.extend(f"    {r.why}" for r in others)
         return "\n".join(lines)
 
 
-def explain(model: PolicyModel, ctx: MessageContext) -> Explanation:
+def explain(model: PolicyModel, ctx: MessageContext,
+            content: MessageContent | None = None) -> Explanation:
+    """``content`` (subject, text, headers) is what content triggers and the client header
+    look at; without it only Secure Messaging policies can apply."""
     index = PolicyIndex(model)
-    return Explanation(ctx, index.delivery(ctx), index.receipt(ctx))
+    secure = SecureIndex(model).decide(ctx.envelope_from, ctx.header_from, [ctx.recipient],
+                                       ctx.client_ip, ctx.at, content or MessageContent())
+    return Explanation(ctx, index.delivery(ctx), index.receipt(ctx), secure)
 
 
 def _scope_json(scope: Scope) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -315,6 +316,7 @@ class Group:
     definition: DeliveryDefinition
     policy: str
     recipients: list[Recipient] = field(default_factory=list)
+    variant: str = ""  # which copy of the message they get ('' as received; see relay.secure)
 
 
 def _domain(address: str) -> str:
@@ -329,22 +331,27 @@ def route_definition(mode: EncryptionMode | None, host: str) -> DeliveryDefiniti
                               DeliveryOption.ENFORCED, mode, "1.2")
 
 
-def group_recipients(entry: QueueEntry, model: PolicyModel, index: PolicyIndex) -> list[Group]:
-    groups: dict[tuple[str, str, str], Group] = {}
+def group_recipients(entry: QueueEntry, model: PolicyModel, index: PolicyIndex,
+                     variant_of: Callable[[str], str] | None = None) -> list[Group]:
+    """``variant_of`` names the copy of the message each recipient gets (Secure Messaging
+    banners); recipients of different copies never share a transaction."""
+    groups: dict[tuple[str, str, str, str], Group] = {}
     now = datetime.now(UTC)
     for rcpt in entry.pending():
+        variant = variant_of(rcpt.address) if variant_of else ""
         if index.is_internal(rcpt.address):
-            key = ("route", "", "")
+            key = ("route", "", "", variant)
             groups.setdefault(key, Group("route", "", DeliveryDefinition("inbound routes"),
-                                         "inbound routes")).recipients.append(rcpt)
+                                         "inbound routes", variant=variant)
+                              ).recipients.append(rcpt)
             continue
         decision = index.delivery(MessageContext(
             envelope_from=entry.mail_from, header_from=entry.header_from,
             recipient=rcpt.address, client_ip=parse_ip(entry.client_ip), at=now))
         domain = _domain(rcpt.address)
-        key = ("mx", domain, decision.definition.name)
+        key = ("mx", domain, decision.definition.name, variant)
         policy = decision.policy.narrative if decision.policy else "default (opportunistic)"
-        groups.setdefault(key, Group("mx", domain, decision.definition, policy)
+        groups.setdefault(key, Group("mx", domain, decision.definition, policy, variant=variant)
                           ).recipients.append(rcpt)
     return list(groups.values())
 

@@ -6,6 +6,8 @@ One JSON-lines file per message (``<spool>/log/<id>.jsonl``), appended with fsyn
 - ``attempt``: one delivery attempt to one host: host, IP, port, TLS version/cipher,
   certificate verified, definition applied, SMTP reply, outcome
 - ``delivered`` / ``deferred`` / ``bounced`` / ``expired``: what became of recipients
+- ``secure``: Secure Messaging applied (or, when the client asked, why not): definition, why
+- ``held``: recipients held for the Secure Messaging portal, with their notifications' ids
 
 A crash can leave a torn last line; readers skip lines that do not parse.
 """
@@ -69,7 +71,7 @@ class MessageRecord:
         fates: dict[str, str] = {}
         for e in self.events:
             kind = e.get("event")
-            if kind in ("delivered", "bounced", "deferred", "expired"):
+            if kind in ("delivered", "bounced", "deferred", "expired", "held"):
                 for rcpt in e.get("recipients", []):
                     fates[rcpt] = "bounced" if kind == "expired" else kind
         received = self.received or {}
@@ -82,6 +84,8 @@ class MessageRecord:
             return "deferred"
         if "bounced" in fates.values():
             return "bounced" if "delivered" not in fates.values() else "partly bounced"
+        if "held" in fates.values():
+            return "held"  # some or all recipients read it in the Secure Messaging portal
         return "delivered"
 
     def to_json(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
+from connectwiz.policy.secure import SecureIndex
 from connectwiz.policy.select import PolicyIndex
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.relay.deliver import Deliverer, group_recipients
@@ -26,6 +27,7 @@ from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
+from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
 from connectwiz.relay.tlscert import ensure_self_signed
@@ -52,8 +54,11 @@ class Relay:
         self.log = log or EventLog()
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.deliverer = Deliverer(self.options, self.settings.hostname)
+        self.secure = SecureMessaging(self.spool, self.msglog, self.settings.secure_portal_url,
+                                      self.settings.hostname)
         self._model = PolicyModel()
         self._index = PolicyIndex(self._model)
+        self._secure_index = SecureIndex(self._model)
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._workers: list[asyncio.Task[None]] = []
@@ -73,7 +78,8 @@ class Relay:
 
     def _set_model(self, model: PolicyModel) -> None:
         index = PolicyIndex(model)  # built first: a model it rejects must not half-apply
-        self._model, self._index = model, index
+        secure_index = SecureIndex(model)
+        self._model, self._index, self._secure_index = model, index, secure_index
 
     async def reload(self) -> bool:
         try:
@@ -90,6 +96,7 @@ class Relay:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.create)
+        await asyncio.to_thread(self.secure.store.create)
         self.spool.lock()
         try:
             await self._start()
@@ -261,9 +268,16 @@ class Relay:
         entry, body = claimed
         model, index = self._model, self._index
         entry.attempts += 1
-        groups = group_recipients(entry, model, index)
+        plan = await asyncio.to_thread(self.secure.plan, entry, body, self._secure_index)
+        bodies = {"": body}
+        if plan is not None:  # Secure Messaging has something to do with this message
+            bodies = await asyncio.to_thread(self.secure.bodies, body, plan)
+            if plan.applied and plan.portal(entry):
+                await self._hold(entry, bodies[""], plan)
+        groups = group_recipients(entry, model, index, plan.variant if plan else None)
         for n, group in enumerate(groups, 1):
-            attempts = await self.deliverer.deliver_group(entry, body, group, model)
+            attempts = await self.deliverer.deliver_group(entry, bodies[group.variant], group,
+                                                          model)
             # Progress must be on disk before the next group, so a crash does not repeat
             # it; after the last group the final state change records it anyway.
             await asyncio.to_thread(self._record_group, entry, group.policy, attempts,
@@ -292,6 +306,15 @@ class Relay:
         else:
             await asyncio.to_thread(self.spool.finish, entry.id)
             self.log("done", id=entry.id, attempts=entry.attempts)
+
+    async def _hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> None:
+        """Secure Messaging: hold the message for its portal recipients and queue their
+        notifications before anything else is delivered."""
+        notes = await asyncio.to_thread(self.secure.hold, entry, plain, plan)
+        self.log("secure-held", id=entry.id, definition=plan.state["definition"]["name"],
+                 rcpts=len(notes), notifications=",".join(notes))
+        for note_id in notes:
+            self._enqueue(note_id)
 
     def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
                       recipients: list[Recipient], save: bool) -> None:

@@ -21,6 +21,11 @@ class RelaySettings:
     max_lifetime: float = 5 * 86400.0  # then the message bounces
     delivery_workers: int = 50  # messages delivered at once (--concurrency)
     shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
+    portal_url: str = ""  # Secure Messaging links start with this; "" = https://<hostname>/secure
+
+    @property
+    def secure_portal_url(self) -> str:
+        return self.portal_url or f"https://{self.hostname}/secure"
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next try after ``attempts`` failed ones: doubling, clamped."""

@@ -1,0 +1,482 @@
+"""Secure Messaging in the relay: hold messages for the portal, notify, add the banner.
+
+The decision is ``policy.secure``'s; this module applies it to a queue entry. Layout under
+the spool (docs/secure-messaging.md is the reference the portal, part 2, reads)::
+
+    secure/<id>/message.eml   the message as held (client header removed), never changed
+    secure/<id>/record.json   definition snapshot, expiry, recipients with token hashes
+    secure/<id>/lock          flock'd by whoever rewrites record.json
+
+Durability follows the queue: every file goes through ``Spool.write_atomic`` (temp file,
+fsync, rename, fsync the folder). For each recipient held, in order: the record (with the
+hash of a fresh token) is written, the notification (which carries the token) is queued,
+then the recipient is marked ``held`` in the queue entry. A crash between two steps makes
+the next attempt issue another token and notification; every issued token stays valid, so
+the recipient may get two working links but never none. Tokens and message content are
+never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import html
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from connectwiz.errors import UserError
+from connectwiz.policy.model import SecureDefinition, SecureRouting, SecureSettings
+from connectwiz.policy.secure import (
+    REQUEST_HEADER,
+    MessageContent,
+    Route,
+    SecureDecision,
+    SecureIndex,
+    banner_text,
+    expiry_window,
+    extend_expiry,
+)
+from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.receipt import parse_ip
+from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+
+RECORD_VERSION = 1
+BANNER_VARIANT = "banner"
+_REQUEST = REQUEST_HEADER.lower().encode()
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def token_hash(token: str) -> str:
+    """What the record keeps of a token; the portal hashes what it is given and compares
+    with ``hmac.compare_digest``."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- message content ---------------------------------------------------------------------------
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    return " ".join("".join(parser.parts).split())
+
+
+def _head(body: bytes) -> bytes:
+    end = body.find(b"\r\n\r\n")
+    return body if end < 0 else body[: end + 2]
+
+
+def _parse(body: bytes) -> EmailMessage:
+    msg = message_from_bytes(body, policy=email_policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def _text_parts(msg: EmailMessage) -> Iterator[EmailMessage]:
+    for part in msg.walk():
+        if part.is_multipart() or part.get_content_disposition() == "attachment":
+            continue
+        if part.get_content_type() in ("text/plain", "text/html"):
+            yield part  # type: ignore[misc]
+
+
+def parse_content(body: bytes) -> MessageContent:
+    """Subject, text of the text parts (HTML without tags) and headers, for the triggers.
+    A message the parser chokes on still yields what could be read."""
+    try:
+        msg = _parse(body)
+        headers = tuple((k, str(v)) for k, v in msg.items())
+        subject = str(msg.get("Subject", ""))
+    except Exception:  # hostile headers: fall back to nothing rather than fail the message
+        return MessageContent()
+    texts = []
+    with contextlib.suppress(Exception):
+        for part in _text_parts(msg):
+            with contextlib.suppress(LookupError, ValueError, AttributeError):
+                content = part.get_content()
+                if part.get_content_type() == "text/html":
+                    content = html_to_text(content)
+                texts.append(content)
+    return MessageContent(subject=subject, body="\n".join(texts), headers=headers)
+
+
+def strip_header(body: bytes, name: str) -> bytes:
+    """``body`` without every ``name:`` header line (and its continuation lines)."""
+    end = body.find(b"\r\n\r\n")
+    head, rest = (body, b"") if end < 0 else (body[: end + 2], body[end + 2:])
+    wanted = name.lower().encode() + b":"
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and skipping:
+            continue
+        skipping = line.lower().startswith(wanted)
+        if not skipping:
+            kept.append(line)
+    return b"\r\n".join(kept) + rest
+
+
+def add_banner(body: bytes, banner: str) -> bytes:
+    """Put ``banner`` at the top of every text body part (not attachments). A banner with
+    HTML tags goes into HTML parts as it is and into plain parts as text."""
+    is_html = bool(re.search(r"<[a-zA-Z/][^>]*>", banner))
+    plain = html_to_text(banner) if is_html else banner
+    markup = banner if is_html else (
+        '<div class="connectwiz-secure-banner" style="border:1px solid #888;padding:6px;'
+        f'margin-bottom:12px">{html.escape(banner)}</div>')
+    try:
+        msg = _parse(body)
+        changed = False
+        for part in list(_text_parts(msg)):
+            try:
+                content = part.get_content()
+            except (LookupError, ValueError, AttributeError):
+                continue  # an unknown charset: leave the part alone
+            subtype = part.get_content_subtype()
+            if subtype == "html":
+                m = re.search(r"<body[^>]*>", content, re.IGNORECASE)
+                at = m.end() if m else 0
+                content = content[:at] + markup + content[at:]
+            else:
+                content = f"{plain}\r\n\r\n{content}"
+            part.set_content(content, subtype=subtype)
+            changed = True
+        return msg.as_bytes(policy=email_policy.SMTP) if changed else body
+    except Exception:  # a message the parser cannot rebuild goes out unchanged
+        return body
+
+
+# -- the held store ----------------------------------------------------------------------------
+
+
+class HeldStore:
+    """``<spool>/secure``: held messages and their records. Blocking I/O: use a thread."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.root = spool.root / "secure"
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, held_id: str) -> Path:
+        if not re.fullmatch(r"[0-9A-Za-z]+", held_id):
+            raise UserError(f"{held_id!r} is not a held message id")
+        return self.root / held_id.upper()
+
+    @contextlib.contextmanager
+    def locked(self, held_id: str) -> Iterator[Path]:
+        folder = self._dir(held_id)
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield folder
+        finally:
+            os.close(fd)
+
+    def exists(self, held_id: str) -> bool:
+        return (self._dir(held_id) / "record.json").is_file()
+
+    def read(self, held_id: str) -> dict[str, Any]:
+        path = self._dir(held_id) / "record.json"
+        try:
+            return json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise UserError(f"no held message {held_id!r} in {self.root}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        data = json.dumps(record, indent=2, sort_keys=True).encode()
+        self.spool.write_atomic(self._dir(record["id"]) / "record.json", data)
+
+    def write_body(self, held_id: str, body: bytes) -> None:
+        self.spool.write_atomic(self._dir(held_id) / "message.eml", body)
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob("*/record.json"))
+
+    def update(self, held_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read, change and rewrite a record under its lock; returns the new record."""
+        if not self.exists(held_id):
+            raise UserError(f"no held message {held_id!r} in {self.root}")
+        with self.locked(held_id):
+            record = self.read(held_id)
+            change(record)
+            self.write(record)
+        return record
+
+
+def held_status(record: dict[str, Any], now: datetime) -> str:
+    if record.get("revoked_at"):
+        return "revoked"
+    if now >= _parse_iso(record["expires_at"]):
+        return "expired"
+    return "held"
+
+
+def extend_held(store: HeldStore, held_id: str, days: int, now: datetime) -> dict[str, Any]:
+    """Push the expiry ``days`` later, within the limit the definition allowed."""
+
+    def change(record: dict[str, Any]) -> None:
+        status = held_status(record, now)
+        if status == "revoked":
+            raise UserError(f"{held_id}: revoked; it cannot be extended")
+        try:
+            new = extend_expiry(_parse_iso(record["expires_at"]),
+                                _parse_iso(record["limit_at"]), days)
+        except ValueError as exc:
+            raise UserError(f"{held_id}: {exc}") from None
+        record["expires_at"] = _iso(new)
+        record["extended_days"] = record.get("extended_days", 0) + days
+
+    return store.update(held_id, change)
+
+
+def revoke_held(store: HeldStore, held_id: str, now: datetime) -> dict[str, Any]:
+    """Recipients can no longer read it; the held copy of the content is deleted."""
+
+    def change(record: dict[str, Any]) -> None:
+        if not record.get("revoked_at"):
+            record["revoked_at"] = _iso(now)
+
+    record = store.update(held_id, change)
+    body = store.root / record["id"] / "message.eml"
+    body.unlink(missing_ok=True)
+    return record
+
+
+# -- the relay's side --------------------------------------------------------------------------
+
+
+def _definition_data(d: SecureDefinition) -> dict[str, Any]:
+    return {"name": d.name, "description": d.description, "allow_print": d.allow_print,
+            "allow_reply": d.allow_reply, "allow_reply_all": d.allow_reply_all,
+            "expiry_days": d.expiry_days, "max_extension_days": d.max_extension_days,
+            "read_receipt": d.read_receipt, "routing": d.routing.value, "builtin": d.builtin}
+
+
+@dataclass(slots=True)
+class SecurePlan:
+    """What Secure Messaging does to one queue entry; kept in ``entry.extra['secure']`` once
+    it applies, so retries (and a restart) follow the same decision."""
+
+    applied: bool
+    routes: dict[str, str] = field(default_factory=dict)  # address -> Route value
+    banner: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def variant(self, address: str) -> str:
+        if self.banner is not None and self.routes.get(address) == Route.BANNER:
+            return BANNER_VARIANT
+        return ""
+
+    def portal(self, entry: QueueEntry) -> list[Recipient]:
+        return [r for r in entry.pending() if self.routes.get(r.address) == Route.PORTAL]
+
+
+class SecureMessaging:
+    """Applies Secure Messaging to queue entries. Methods do blocking I/O: use a thread."""
+
+    def __init__(self, spool: Spool, msglog: MessageLog, portal_url: str, hostname: str,
+                 ) -> None:
+        self.spool = spool
+        self.store = HeldStore(spool)
+        self.msglog = msglog
+        self.portal_url = portal_url.rstrip("/")
+        self.hostname = hostname
+
+    def plan(self, entry: QueueEntry, body: bytes, index: SecureIndex) -> SecurePlan | None:
+        """The plan for ``entry``; None when Secure Messaging has nothing to do with it."""
+        state = entry.extra.get("secure")
+        if state:
+            return SecurePlan(True, dict(state["routes"]), state.get("banner"), state)
+        if entry.is_bounce or not index.is_internal(entry.mail_from):
+            return None
+        asked = _REQUEST in _head(body).lower()
+        if index.content_free and not asked:
+            return None  # the common case: no policy, no trigger, no header to look for
+        content = parse_content(body)
+        decision = index.decide(entry.mail_from, entry.header_from,
+                                [r.address for r in entry.pending()], parse_ip(entry.client_ip),
+                                datetime.now(UTC), content)
+        if not decision.applies:
+            if not asked:
+                return None
+            if entry.attempts <= 1:  # the client asked: say once why it was not applied
+                self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason)
+            return SecurePlan(False)
+        state = self._state(entry, decision, index.settings)
+        entry.extra["secure"] = state
+        self.spool.update_active(entry)
+        self.msglog.append(entry.id, "secure", applied=True, definition=state["definition"]["name"],
+                           reason=decision.reason, reasons=[r.why for r in decision.reasons],
+                           routes=state["routes"], whys=state["whys"])
+        return SecurePlan(True, dict(state["routes"]), state["banner"], state)
+
+    def _state(self, entry: QueueEntry, decision: SecureDecision,
+               settings: SecureSettings) -> dict[str, Any]:
+        definition = decision.definition
+        assert definition is not None
+        banner = banner_text(definition)
+        if banner is not None:
+            banner = banner.replace("{sender}", entry.mail_from)
+        now = datetime.now(UTC)
+        expires, limit = expiry_window(now, definition, settings)
+        return {
+            "definition": _definition_data(definition),
+            "reason": decision.reason,
+            "routes": {o.recipient: o.route.value for o in decision.recipients},
+            "whys": {o.recipient: o.why for o in decision.recipients},
+            "banner": banner,
+            "requested": decision.requested,
+            "held_at": _iso(now), "expires_at": _iso(expires), "limit_at": _iso(limit),
+            "max_retention_days": settings.max_retention_days,
+        }
+
+    def bodies(self, body: bytes, plan: SecurePlan | None) -> dict[str, bytes]:
+        """Message bytes by variant: '' (as received, client header removed) and banner."""
+        if plan is None:
+            return {"": body}
+        plain = strip_header(body, REQUEST_HEADER)
+        out = {"": plain}
+        if plan.banner is not None and Route.BANNER in plan.routes.values():
+            out[BANNER_VARIANT] = add_banner(plain, plan.banner)
+        return out
+
+    def hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> list[str]:
+        """Hold ``entry`` for its portal recipients still pending and queue a notification
+        for each; returns the notification queue ids. See the module doc for the order."""
+        held_id = entry.id
+        recipients = plan.portal(entry)
+        if not recipients:
+            return []
+        state = plan.state
+        notes: list[str] = []
+        with self.store.locked(held_id):
+            if not self.store.exists(held_id):
+                self.store.write_body(held_id, plain)
+                record = self._new_record(entry, state)
+            else:
+                record = self.store.read(held_id)
+            by_address = {r["address"]: r for r in record["recipients"]}
+            issued: list[tuple[Recipient, str, str]] = []
+            for rcpt in recipients:
+                token = secrets.token_urlsafe(32)
+                note_id = new_message_id()
+                slot = by_address.setdefault(rcpt.address, self._recipient(rcpt.address, state))
+                slot["token_sha256"].append(token_hash(token))
+                slot["notifications"].append(note_id)
+                issued.append((rcpt, token, note_id))
+            record["recipients"] = list(by_address.values())
+            self.store.write(record)
+        for rcpt, token, note_id in issued:
+            self._queue_notification(entry, rcpt.address, token, note_id, state)
+            notes.append(note_id)
+            rcpt.status = "held"
+            rcpt.detail = f"held for the Secure Messaging portal; notification {note_id}"
+        self.msglog.append(entry.id, "held", recipients=[r.address for r, _, _ in issued],
+                           held=held_id, notifications=notes,
+                           definition=state["definition"]["name"])
+        self.spool.update_active(entry)
+        return notes
+
+    def _recipient(self, address: str, state: dict[str, Any]) -> dict[str, Any]:
+        return {"address": address, "route_reason": state["whys"].get(address, ""),
+                "token_sha256": [], "notifications": [], "first_viewed_at": None,
+                "read_receipt_sent": False}
+
+    def _new_record(self, entry: QueueEntry, state: dict[str, Any]) -> dict[str, Any]:
+        routes = state["routes"]
+        return {
+            "version": RECORD_VERSION,
+            "id": entry.id,
+            "sender": entry.mail_from,
+            "header_from": entry.header_from,
+            "held_at": state["held_at"],
+            "expires_at": state["expires_at"],
+            "initial_expires_at": state["expires_at"],
+            "limit_at": state["limit_at"],
+            "extended_days": 0,
+            "max_retention_days": state["max_retention_days"],
+            "revoked_at": None,
+            "definition": state["definition"],
+            "reason": state["reason"],
+            "requested_by_client": state["requested"],
+            "recipients": [],
+            "delivered_with_banner": [a for a, r in routes.items() if r == Route.BANNER],
+            "delivered_normally": [a for a, r in routes.items() if r == Route.NORMAL],
+        }
+
+    def _queue_notification(self, entry: QueueEntry, address: str, token: str, note_id: str,
+                            state: dict[str, Any]) -> None:
+        data = notification(entry.mail_from, address, f"{self.portal_url}/m/{entry.id}/{token}",
+                            state, self.hostname)
+        note = QueueEntry(id=note_id, mail_from="", recipients=[Recipient(address)],
+                          received_at=time.time(), client_ip="local",
+                          extra={"secure_notification": entry.id})
+        self.spool.accept(note, data)
+        self.msglog.append(note_id, "received", client_ip="local", helo=None, mail_from="",
+                           recipients=[address], tls_version=None, tls_cipher=None,
+                           size=len(data), result="accepted", receipt_option=None,
+                           policy=f"Secure Messaging notification for {entry.id}")
+
+
+def notification(sender: str, recipient: str, link: str, state: dict[str, Any],
+                 hostname: str) -> bytes:
+    """The e-mail telling a recipient a secure message waits in the portal. It names the
+    sender and the expiry, never the subject or content."""
+    definition = state["definition"]
+    msg = EmailMessage()
+    msg["From"] = f"Secure Messaging <{sender}>"
+    msg["To"] = recipient
+    msg["Subject"] = f"Secure message from {sender}"
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = make_msgid(domain=hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    lines = [
+        f"{sender} sent you a secure message. Read it in the Secure Messaging portal:",
+        "",
+        f"    {link}",
+        "",
+        "This link is personal: do not forward this e-mail.",
+        f"The message can be read until {state['expires_at']}.",
+    ]
+    if definition["allow_reply"]:
+        lines.append("You can reply securely from the portal.")
+    if definition["routing"] == SecureRouting.ALL:
+        lines.append("The sender's organisation delivers this message through the portal only.")
+    msg.set_content("\r\n".join(lines) + "\r\n")
+    return msg.as_bytes(policy=email_policy.SMTP)
