@@ -234,3 +234,14 @@ def test_no_color(snap_compare: Any, bundle_path: Path, monkeypatch: pytest.Monk
     app = wizard(Setup().write(bundle_path))
     assert app.no_color
     assert snap_compare(app, run_before=steps(press("enter"), feed(ROUTE_RESULTS)))
+
+
+def test_domain_dialog_relaxed_offers_relaxed(snap_compare: Any, bundle_path: Path) -> None:
+    async def validated(pilot: Pilot[Any]) -> None:
+        await pilot.press("down", "v")
+        await pilot.pause()
+        relaxed = DOMAIN_RESULTS["selfsigned.example"]
+        pilot.app.screen.post_message(TargetValidated("selfsigned.example", relaxed))
+
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, validated))

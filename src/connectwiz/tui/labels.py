@@ -38,6 +38,8 @@ def _verdict(labels: dict[ValidationStatus, str], status: ValidationStatus | Non
     text = Text(labels[status], style=GOOD if good else BAD)
     if reason and not good:
         text.append(f": {reason}", style="red")
+    elif reason and status is ValidationStatus.RELAXED:  # say which strict check failed
+        text.append(f" ({reason})")
     return text
 
 

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Collapsible, Input, Label, Static
 
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
-from connectwiz.policy.model import ValidationStatus
+from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.components.dialogs import Dialog
@@ -108,7 +108,13 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
 
     def _show(self, result: TargetResult) -> None:
         status = ValidationStatus(result.status)
-        self.query_one("#verdict", Static).update(domain_verdict(status, result.reason))
+        verdict = domain_verdict(status, result.reason)
+        domain = self.state.domain(self.domain)
+        if (status is ValidationStatus.RELAXED and domain is not None
+                and domain.encryption_mode is EncryptionMode.STRICT):
+            verdict.append("\nStrict checks would refuse it: press R on the list to enforce "
+                           "it as Relaxed.", style="yellow")
+        self.query_one("#verdict", Static).update(verdict)
         more = self.query_one("#more", Collapsible)
         self.query_one("#details", Static).update(result_details(result))
         more.display = True
