@@ -181,6 +181,7 @@ def model_text(model: PolicyModel) -> str:
     """A fresh bundle text for a model (tests, benchmarks, generated bundles)."""
     doc = new_document()
     data = model_data(model)
+    doc["schema_version"] = data["schema_version"]  # 2 when Secure Messaging is used
     org = data["organisation"]
     if any(org.values()):
         table = tomlkit.table()
@@ -199,6 +200,12 @@ def model_text(model: PolicyModel) -> str:
                 make_table(x, _policy_subtables(x, side if p.managed else None))
                 for p, x in zip(policies, data[section], strict=True)
             ]))
+    if model.uses_secure_messaging:
+        doc.append("secure_messaging", make_table(data["secure_messaging"]))
+        for section in ("secure_definitions", "secure_policies", "secure_triggers",
+                        "secure_bypass"):
+            if data[section]:
+                doc.append(section, AoT([make_table(x) for x in data[section]]))
     return doc.as_string()
 
 
