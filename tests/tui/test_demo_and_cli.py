@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +53,34 @@ def test_wizard_command_rejects_a_broken_bundle_in_one_line(tmp_path: Path) -> N
     assert len(lines) == 1 and lines[0].startswith("connectwiz: ")
     assert str(broken) in lines[0]
     assert broken.read_text() == "schema_version = 1\n[organisation\n"
+
+
+@pytest.mark.network
+def test_demo_command_runs_in_a_terminal_and_quits_cleanly() -> None:
+    """`connectwiz demo` in a real pseudo-terminal: lab up, wizard drawn, Ctrl+Q, exit 0."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: become the command
+        os.environ.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
+        os.execv(sys.executable, [sys.executable, "-m", "connectwiz", "demo"])
+    screen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"Demo:" not in screen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                screen += os.read(fd, 65536)
+        assert b"Demo:" in screen, "the Start screen with the demo hint was not drawn"
+        os.write(fd, b"\x11")  # Ctrl+Q: nothing changed, so it quits without asking
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if select.select([fd], [], [], 0.5)[0]:
+                with contextlib.suppress(OSError):  # the pty closes as the child exits
+                    os.read(fd, 65536)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("connectwiz demo did not exit after Ctrl+Q")
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
