@@ -1,0 +1,191 @@
+"""A private Postfix instance on loopback for interop tests.
+
+Wiring, and why: Postfix resolves with the libc resolver (the port 53 of /etc/resolv.conf),
+which is not on loopback here and must never be queried. So DNS is switched off
+(``smtp_dns_support_level = disabled``) and a test-only ``transport_maps`` sends each lab
+domain to its MX's IP literal and the lab's SMTP port. Postfix keys TLS policy lookups on the
+next hop, which then is ``[ip]:port`` instead of the domain, so the test copy of the exported
+``tls_policy`` has its keys rewritten the same way; the policy itself (level, ``match=`` names,
+``protocols=``) is left exactly as exported. The exported main.cf snippet is used as is except
+for two settings the test replaces (commented out, then set after it): the lab CA instead of
+the system store, and the rewritten policy table.
+
+The instance has its own config, queue and data directories in a temporary folder, listens on
+127.0.0.1 only, runs no daemon chrooted, and logs to a file (``maillog_file``) the test reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+POSTFIX = shutil.which("postfix") or (
+    "/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
+START_TIMEOUT = 30.0
+_REPLACED = ("smtp_tls_CAfile ", "smtp_tls_policy_maps ")
+
+MASTER_CF = """\
+{listen} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+local     unix  - n n - - local
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (Postfix binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostfixInstance:
+    def __init__(self, root: Path, exported: Path, routes: dict[str, tuple[str, int]],
+                 ca_file: Path) -> None:
+        """``exported``: the folder ``connectwiz export --format postfix`` wrote;
+        ``routes``: lab domain -> (MX address, port)."""
+        self.root = root
+        self.conf = root / "conf"
+        self.port = free_port()
+        self.maillog = root / "maillog"
+        tables = self.conf / "connectwiz"
+        tables.mkdir(parents=True)
+        for item in exported.iterdir():
+            shutil.copy(item, tables / item.name)
+        hops = {domain: f"[{address}]:{port}" for domain, (address, port) in routes.items()}
+        (self.conf / "transport").write_text(
+            "".join(f"{d}\tsmtp:{hop}\n" for d, hop in hops.items()))
+        (tables / "tls_policy.lab").write_text(_rekey(
+            (tables / "tls_policy").read_text(), hops))
+        (self.conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        snippet = "\n".join(
+            f"# replaced by the test: {line}" if line.startswith(_REPLACED) else line
+            for line in (tables / "main.cf").read_text().splitlines())
+        (self.conf / "main.cf").write_text("\n".join([
+            "compatibility_level = 3.6",
+            f"queue_directory = {root / 'queue'}",
+            f"data_directory = {root / 'data'}",
+            "mail_owner = postfix",
+            "myhostname = postfix.interop.test",
+            "mydestination =",
+            "inet_interfaces = 127.0.0.1",
+            "inet_protocols = ipv4",
+            "mynetworks = 127.0.0.0/8",
+            "alias_maps =",
+            "alias_database =",
+            "local_recipient_maps =",
+            "biff = no",
+            f"maillog_file = {self.maillog}",
+            f"maillog_file_prefixes = {root}",
+            "smtp_dns_support_level = disabled",
+            "smtp_host_lookup = native",
+            f"transport_maps = texthash:{self.conf / 'transport'}",
+            "smtp_connect_timeout = 5s",
+            "queue_run_delay = 300s",
+            "",
+            "# --- exported by connectwiz ---",
+            snippet,
+            "# --- test wiring (see tests/interop/postfix.py) ---",
+            f"smtp_tls_CAfile = {ca_file}",
+            "smtp_tls_policy_maps = texthash:${config_directory}/connectwiz/tls_policy.lab",
+            "",
+        ]))
+        root.chmod(0o755)  # the postfix user must reach its data directory
+        (root / "queue").mkdir()
+        (root / "data").mkdir()
+        shutil.chown(root / "data", "postfix")
+
+    def postfix(self, *args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
+        assert POSTFIX is not None
+        return subprocess.run([POSTFIX, "-c", str(self.conf), *args], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    def start(self) -> None:
+        done = self.postfix("start")
+        if done.returncode != 0:
+            raise RuntimeError(f"postfix start failed: {done.stderr or done.stdout}\n"
+                               f"{self.log()}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:  # master binds the listener shortly after start
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=1) as s:
+                if s.recv(4).startswith(b"220"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"postfix did not listen on 127.0.0.1:{self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        self.postfix("stop")
+        pid_file = self.root / "queue" / "pid" / "master.pid"
+        with contextlib.suppress(OSError, ValueError):  # still there: end our master only
+            pid = int(pid_file.read_text().split()[0])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+
+    def log(self) -> str:
+        try:
+            return self.maillog.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Poll the mail log until ``pattern`` (a regex) shows up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(pattern, self.log())
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not in the Postfix log: {pattern}\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+    def flush(self) -> None:
+        self.postfix("flush")
+
+
+def _rekey(table: str, hops: dict[str, str]) -> str:
+    out = []
+    for line in table.splitlines():
+        key, sep, rest = line.partition("\t")
+        out.append(f"{hops[key]}\t{rest}" if sep and key in hops else line)
+    return "\n".join(out) + "\n"
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+@contextlib.contextmanager
+def running(instance: PostfixInstance) -> Iterator[PostfixInstance]:
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
