@@ -318,16 +318,23 @@ class SecureMessaging:
         self.portal_url = portal_url.rstrip("/")
         self.hostname = hostname
 
+    @staticmethod
+    def may_apply(entry: QueueEntry, body: bytes, index: SecureIndex) -> bool:
+        """A cheap test (no I/O) that rules most messages out before ``plan`` runs."""
+        if entry.extra.get("secure"):
+            return True
+        if entry.is_bounce or not index.is_internal(entry.mail_from):
+            return False
+        return not index.content_free or _REQUEST in _head(body).lower()
+
     def plan(self, entry: QueueEntry, body: bytes, index: SecureIndex) -> SecurePlan | None:
         """The plan for ``entry``; None when Secure Messaging has nothing to do with it."""
         state = entry.extra.get("secure")
         if state:
             return SecurePlan(True, dict(state["routes"]), state.get("banner"), state)
-        if entry.is_bounce or not index.is_internal(entry.mail_from):
-            return None
-        asked = _REQUEST in _head(body).lower()
-        if index.content_free and not asked:
+        if not self.may_apply(entry, body, index):
             return None  # the common case: no policy, no trigger, no header to look for
+        asked = _REQUEST in _head(body).lower()
         content = parse_content(body)
         decision = index.decide(entry.mail_from, entry.header_from,
                                 [r.address for r in entry.pending()], parse_ip(entry.client_ip),

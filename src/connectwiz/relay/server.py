@@ -268,7 +268,9 @@ class Relay:
         entry, body = claimed
         model, index = self._model, self._index
         entry.attempts += 1
-        plan = await asyncio.to_thread(self.secure.plan, entry, body, self._secure_index)
+        plan = None
+        if self.secure.may_apply(entry, body, self._secure_index):
+            plan = await asyncio.to_thread(self.secure.plan, entry, body, self._secure_index)
         bodies = {"": body}
         if plan is not None:  # Secure Messaging has something to do with this message
             bodies = await asyncio.to_thread(self.secure.bodies, body, plan)
