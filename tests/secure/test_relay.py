@@ -107,6 +107,12 @@ async def test_policy_holds_external_recipient_notifies_and_banners_internal(lab
     # Neither the relay's log nor the message log holds the token or the content.
     logged = capsys.readouterr().err + (r.spool / "log" / f"{msg_id}.jsonl").read_text()
     assert link_token not in logged and f"payload {tag}" not in logged
+    # The receipt/delivery view says that Secure Messaging applied, with what and why.
+    assert cli_main(["log", "--spool", str(r.spool), msg_id]) == 0
+    view = capsys.readouterr().out
+    assert "Secure Messaging  applies, 'External Recipients'" in view
+    assert "secure policy #1 'external mail is secure'" in view
+    assert "Held" in view and teller in view
 
 
 async def test_subject_trigger_holds_the_message(lab, relays) -> None:

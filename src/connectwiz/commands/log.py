@@ -61,6 +61,10 @@ def describe(record: MessageRecord) -> list[str]:
             f"  To        {', '.join(f'<{x}>' for x in r.get('recipients', []))}",
             f"  Result    {r.get('result')}",
         ]
+    for e in record.events:
+        if e.get("event") == "secure":
+            applied = f"applies, {e.get('definition')!r}" if e.get("applied") else "not applied"
+            out += [f"Secure Messaging  {applied}", f"  Why         {e.get('reason')}"]
     for n, a in enumerate(record.attempts, 1):
         if a.get("tls_version"):
             verified = "certificate verified" if a.get("certificate_verified") else \
@@ -76,10 +80,12 @@ def describe(record: MessageRecord) -> list[str]:
             f"  Outcome     {a.get('outcome')}: {a.get('error') or a.get('reply')}",
         ]
     for e in record.events:
-        if e.get("event") in ("delivered", "deferred", "bounced", "expired"):
+        if e.get("event") in ("delivered", "deferred", "bounced", "expired", "held"):
             extra = e.get("reason") or ""
             if e.get("dsn"):
                 extra += f" (bounce {e['dsn']})"
+            if e.get("notifications"):
+                extra += f"for the portal; notifications {', '.join(e['notifications'])}"
             out.append(f"{e['event'].title():9} {e.get('at')}  "
                        f"{', '.join(e.get('recipients', []))}  {extra}".rstrip())
     return out
