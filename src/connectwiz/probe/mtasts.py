@@ -236,8 +236,10 @@ async def _get(host: str, address: str, options: NetworkOptions) -> str:
     try:
         reader, writer = await asyncio.open_connection(
             address, options.https_port, ssl=ctx, server_hostname=host)
-    except OSError as exc:  # ssl.SSLCertVerificationError is an OSError too
-        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+    except ssl.SSLCertVerificationError as exc:
+        raise PolicyError(f"certificate of {host} not verified: {exc.verify_message}") from None
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
         raise PolicyError(f"HTTPS to {host} ({address}:{options.https_port}) failed: "
                           f"{reason}") from None
     try:
