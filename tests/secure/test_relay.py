@@ -219,6 +219,30 @@ async def test_held_message_survives_a_crash_and_restart(lab, relays, tmp_path: 
     assert (spool / "secure" / msg_id / "message.eml").is_file()
     assert not [m for m in lab_messages(lab, f"payload {tag}") if teller in m.rcpt_tos]
 
+    # A clean restart after that holds nothing again and sends no second notification.
+    notes = after["recipients"][0]["notifications"]
+    await second.wait_status(notes[-1], "delivered")
+    await second.relay.stop()
+    third = await relays(model, slow, spool=spool)
+    await third.relay.idle()
+    assert record(spool, msg_id) == after
+    assert len([m for m in list(lab.messages) if teller in m.rcpt_tos]) == 1
+
+
+async def test_header_from_an_external_sender_is_removed_and_changes_nothing(lab,
+                                                                             relays) -> None:
+    r = await relays(make_model(lab), SETTINGS)
+    tag = token()
+    bob = f"bob-{tag}@corp.example"
+    msg_id = await send(r.port, f"someone-{tag}@bank.example", [bob],
+                        message(tag, headers="X-Connectwiz-Secure: All Recipients\r\n"))
+    rec = await r.wait_status(msg_id, "delivered")
+    [secure] = events(rec, "secure")
+    assert secure["applied"] is False and "not internal" in secure["reason"]
+    [delivered] = lab_messages(lab, tag)
+    assert b"x-connectwiz-secure" not in delivered.data.lower()
+    assert text_of(delivered.data).startswith(f"payload {tag}")  # no banner
+
 
 async def test_secure_cli_lists_shows_extends_and_revokes(lab, relays, capsys) -> None:
     definition = SecureDefinition("Week", expiry_days=7, max_extension_days=3)

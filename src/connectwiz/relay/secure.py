@@ -323,9 +323,11 @@ class SecureMessaging:
         """A cheap test (no I/O) that rules most messages out before ``plan`` runs."""
         if entry.extra.get("secure"):
             return True
-        if entry.is_bounce or not index.is_internal(entry.mail_from):
+        if entry.is_bounce:
             return False
-        return not index.content_free or _REQUEST in _head(body).lower()
+        if _REQUEST in _head(body).lower():
+            return True  # the header goes, whoever sent it; plan() looks closer
+        return not index.content_free and index.is_internal(entry.mail_from)
 
     def plan(self, entry: QueueEntry, body: bytes, index: SecureIndex) -> SecurePlan | None:
         """The plan for ``entry``; None when Secure Messaging has nothing to do with it."""
@@ -334,8 +336,8 @@ class SecureMessaging:
             return SecurePlan(True, dict(state["routes"]), state.get("banner"), state)
         if not self.may_apply(entry, body, index):
             return None  # the common case: no policy, no trigger, no header to look for
-        asked = _REQUEST in _head(body).lower()
         content = parse_content(body)
+        asked = bool(content.header(REQUEST_HEADER))
         decision = index.decide(entry.mail_from, entry.header_from,
                                 [r.address for r in entry.pending()], parse_ip(entry.client_ip),
                                 datetime.now(UTC), content)
