@@ -7,6 +7,9 @@ from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from connectwiz.relay.secure import (
     add_banner,
     notification,
@@ -107,3 +110,23 @@ def test_notification_carries_link_and_expiry_but_no_content() -> None:
 def test_token_hash_is_sha256_hex() -> None:
     assert token_hash("abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+_NAMES = st.sampled_from(["From", "Subject", "X-Connectwiz-Secure", "x-connectwiz-SECURE",
+                          "X-Connectwiz-Securely", "To"])
+_VALUE = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20)
+
+
+@given(headers=st.lists(st.tuples(_NAMES, _VALUE, st.booleans()), max_size=8),
+       body=st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"\r\n")))
+def test_strip_header_keeps_everything_else(headers, body) -> None:
+    lines = []
+    kept = []
+    for name, value, folded in headers:
+        block = [f"{name}: {value}".encode()] + ([b"\tmore"] if folded else [])
+        lines += block
+        if name.lower() != "x-connectwiz-secure":
+            kept += block
+    raw = b"\r\n".join([*lines, b""]) + b"\r\n" + body
+    expected = b"\r\n".join([*kept, b""]) + b"\r\n" + body
+    assert strip_header(raw, "X-Connectwiz-Secure") == expected
