@@ -18,10 +18,12 @@ class FakeProbes:
         self.active = 0
         self.max_active = 0
         self.started: list[tuple[str, int]] = []
+        self.emails: list[tuple[int, str | None]] = []
         self.release = asyncio.Event()
 
     async def __call__(self, host, addresses, port, preference, settings) -> HostResult:
         self.started.append((host, port))
+        self.emails.append((port, settings.email))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -84,3 +86,21 @@ async def test_cancelling_the_batch_cancels_every_probe(fake):
         await task
     assert fake.active == 0
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_one_address_for_the_whole_batch(fake):
+    fake.release.set()
+    targets = [Target.route("127.0.0.1", 2525), Target.route("127.0.0.1", 2526)]
+    await validate_targets(targets, OPTIONS, email="postmaster@corp.example")
+    assert sorted(fake.emails) == [(2525, "postmaster@corp.example"),
+                                   (2526, "postmaster@corp.example")]
+
+
+async def test_a_mapping_gives_each_target_its_address_and_absent_ones_none(fake):
+    fake.release.set()
+    first, second, third = (Target.route("127.0.0.1", 2525 + i) for i in range(3))
+    emails = {first: "a@one.example", second: "b@two.example"}
+    await validate_targets([first, second, third], OPTIONS, email=emails)
+    assert sorted(fake.emails) == [(2525, "a@one.example"), (2526, "b@two.example"),
+                                   (2527, None)]
+

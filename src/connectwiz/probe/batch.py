@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.results import HostResult, Status, Target, TargetResult, summarise
 from connectwiz.probe.tlsrpt import lookup_tls_rpt
 
-_HostKey = tuple[str, tuple[str, ...], int]
+_HostKey = tuple[str, tuple[str, ...], int, str | None]  # name, addresses, port, RCPT address
 _T = TypeVar("_T")
 
 
@@ -26,20 +26,26 @@ async def validate_targets(
     targets: Sequence[Target],
     options: NetworkOptions,
     *,
-    email: str | None = None,
+    email: str | Mapping[Target, str] | None = None,
     progress: Callable[[TargetResult], None] | None = None,
 ) -> list[TargetResult]:
     """Validate every target; results in the order of ``targets``.
+
+    ``email`` is the address checked with RCPT TO: one for every target, or a mapping giving
+    each target its own (a target absent from the mapping gets no RCPT check).
 
     At most ``options.concurrency`` DNS lookups and probes run at once. A server named by several
     targets (a shared MX) is probed once. ``progress`` is called as each target completes.
     Cancelling the caller cancels every probe and closes every connection.
     """
     trust = await asyncio.to_thread(_loaded_trust_store, options)
-    batch = _Batch(options, ProbeSettings(options.timeout, trust, email))
+    batch = _Batch(options, ProbeSettings(options.timeout, trust))
+
+    def email_of(target: Target) -> str | None:
+        return email.get(target) if isinstance(email, Mapping) else email
 
     async def one(target: Target) -> TargetResult:
-        result = await batch.validate(target)
+        result = await batch.validate(target, email_of(target))
         if progress is not None:
             progress(result)
         return result
@@ -61,7 +67,7 @@ class _Batch:
         self.dnssec = dnssec_resolver(options)
         self.tlsa: dict[str, asyncio.Task[DaneHost]] = {}
 
-    async def validate(self, target: Target) -> TargetResult:
+    async def validate(self, target: Target, email: str | None) -> TargetResult:
         started = time.monotonic()
         label = target.label(self.options.smtp_port)
         try:
@@ -70,7 +76,7 @@ class _Batch:
         except DnsError as exc:
             return TargetResult(label, target.kind, Status.ERROR, exc.reason, _ms(started))
         port = target.port or self.options.smtp_port
-        probes = asyncio.gather(*(self._probe(m, port, target.kind) for m in mx))
+        probes = asyncio.gather(*(self._probe(m, port, target.kind, email) for m in mx))
         if target.kind != "domain":
             hosts = await probes
             status, reason = summarise(list(hosts))
@@ -108,19 +114,21 @@ class _Batch:
             raise DnsError(f"no address found for {target.name}")
         return [MxHost(target.name, 0, addresses)]
 
-    async def _probe(self, mx: MxHost, port: int, kind: str) -> HostResult:
-        key = (mx.name, mx.addresses, port)
+    async def _probe(self, mx: MxHost, port: int, kind: str, email: str | None) -> HostResult:
+        # A shared server is probed once per address checked: the RCPT reply differs.
+        key = (mx.name, mx.addresses, port, email)
         task = self.probes.get(key)
         if task is None:
-            task = self.probes[key] = asyncio.ensure_future(self._probe_now(mx, port))
+            task = self.probes[key] = asyncio.ensure_future(self._probe_now(mx, port, email))
         # Shielded: another target may share this server; cancel_rest() ends it if need be.
         result = await asyncio.shield(task)
         preference = mx.preference if kind == "domain" else None
         return result if result.preference == preference else replace(result, preference=preference)
 
-    async def _probe_now(self, mx: MxHost, port: int) -> HostResult:
+    async def _probe_now(self, mx: MxHost, port: int, email: str | None) -> HostResult:
+        settings = replace(self.settings, email=email)
         async with self.slots:
-            return await probe_host(mx.name, mx.addresses, port, None, self.settings)
+            return await probe_host(mx.name, mx.addresses, port, None, settings)
 
     async def cancel_rest(self, tasks: list[asyncio.Future[TargetResult]]) -> None:
         pending = [t for t in (*tasks, *self.probes.values(), *self.tlsa.values())
