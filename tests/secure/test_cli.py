@@ -107,3 +107,10 @@ def test_secure_command_usage_errors(tmp_path: Path, capsys, argv: list[str],
 def test_secure_list_on_an_empty_spool(tmp_path: Path, capsys) -> None:
     assert main(["secure", "list", "--spool", str(tmp_path)]) == 0
     assert "no held messages" in capsys.readouterr().out
+
+
+def test_a_damaged_record_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "secure" / "ABC").mkdir(parents=True)
+    (tmp_path / "secure" / "ABC" / "record.json").write_text("{not json")
+    assert main(["secure", "list", "--spool", str(tmp_path)]) == 2
+    assert "damaged" in capsys.readouterr().err

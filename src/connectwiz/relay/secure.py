@@ -215,6 +215,8 @@ class HeldStore:
             return json.loads(path.read_bytes())
         except FileNotFoundError:
             raise UserError(f"no held message {held_id!r} in {self.root}") from None
+        except ValueError:  # written atomically, so only outside damage gets here
+            raise UserError(f"{path}: damaged (not JSON); fix or remove it") from None
 
     def write(self, record: dict[str, Any]) -> None:
         data = json.dumps(record, indent=2, sort_keys=True).encode()
@@ -310,8 +312,7 @@ class SecurePlan:
 class SecureMessaging:
     """Applies Secure Messaging to queue entries. Methods do blocking I/O: use a thread."""
 
-    def __init__(self, spool: Spool, msglog: MessageLog, portal_url: str, hostname: str,
-                 ) -> None:
+    def __init__(self, spool: Spool, msglog: MessageLog, portal_url: str, hostname: str) -> None:
         self.spool = spool
         self.store = HeldStore(spool)
         self.msglog = msglog
