@@ -27,6 +27,7 @@ from connectwiz.policy.model import (
     DeliveryOption,
     DeliveryPolicy,
     EncryptionMode,
+    InboundRoute,
     PolicyModel,
     ReceiptOption,
     ReceiptPolicy,
@@ -300,3 +301,20 @@ def test_postfix_looks_up_the_tables_as_intended(tmp_path):
         "reject_plaintext_session"
     assert query("192.0.2.77", f"cidr:{tmp_path / CLIENT_TLS}") == "reject_plaintext_session"
     assert query("198.51.100.1", f"cidr:{tmp_path / CLIENT_TLS}") == ""
+
+
+def test_inbound_routes_are_keyed_by_their_next_hop():
+    out = export_postfix(PolicyModel(inbound_routes=(
+        InboundRoute("mail.corp.example", 25, EncryptionMode.STRICT),
+        InboundRoute("legacy.corp.example", 2525, EncryptionMode.RELAXED),
+        InboundRoute("10.0.0.5", 25, EncryptionMode.STRICT),
+        InboundRoute("new.corp.example", 25, None),
+    )))
+    assert table(out.files[TLS_POLICY]) == {
+        "[mail.corp.example]:25": "secure match=mail.corp.example protocols=>=TLSv1.2",
+        "[legacy.corp.example]:2525": "encrypt protocols=>=TLSv1.2",
+        "[10.0.0.5]:25": "encrypt protocols=>=TLSv1.2",
+    }
+    assert len(out.warnings) == 1 and "10.0.0.5:25 is strict" in out.warnings[0]
+    assert "# skipped inbound route new.corp.example:25: not validated yet" in \
+        out.files[TLS_POLICY]

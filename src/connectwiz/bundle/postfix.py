@@ -2,7 +2,8 @@
 
 Files (all plain text; every table line is preceded by a comment naming its bundle policy):
 
-* ``tls_policy`` for ``smtp_tls_policy_maps``: one line per destination domain.
+* ``tls_policy`` for ``smtp_tls_policy_maps``: one line per destination domain, and one per
+  validated inbound route keyed by its next hop ``[host]:port``.
   opportunistic -> ``may``, enforced+relaxed -> ``encrypt``, enforced+strict -> ``secure``
   with ``match=``, none -> ``none``; the definition's minimum TLS -> ``protocols=>=TLSvX``.
 * ``sender_tls`` for ``check_sender_access``: receipt policies by sender domain or address,
@@ -19,6 +20,7 @@ dropped silently: it is left out with a warning, returned to the caller and writ
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -115,7 +117,40 @@ def _delivery(model: PolicyModel, warnings: list[str]) -> tuple[list[str], _Entr
             lines.append("#   the bundle does not record MX names: match= accepts certificates "
                          f"for {domain} or a name under it (Postfix's own nexthop:dot-nexthop)")
         lines.append(f"{domain}\t{winner.value}")
+    lines += _routes(model, warnings)
     return lines, (_winner(defaults) if defaults else None)
+
+
+def _routes(model: PolicyModel, warnings: list[str]) -> list[str]:
+    """Inbound routes, keyed by the next hop a transport_maps entry names: [host]:port."""
+    lines = []
+    for route in model.inbound_routes:
+        hop = f"[{route.host}]:{route.port}"
+        label = f"inbound route {route.host}:{route.port}"
+        if route.encryption_mode is None:
+            lines.append(f"# skipped {label}: not validated yet (connectwiz delivers to it "
+                         "with opportunistic TLS, as Postfix does by default)")
+            continue
+        lines.append(f"# {hop}: from {label}, encryption_mode {route.encryption_mode} "
+                     f"(applies when transport_maps sends internal mail to {hop})")
+        if route.encryption_mode == EncryptionMode.RELAXED:
+            lines.append(f"{hop}\tencrypt protocols=>=TLSv1.2")
+        elif _is_ip(route.host):
+            warnings.append(f"{label} is strict, but Postfix checks certificate names, not IP "
+                            "addresses: exported as encrypt (TLS required, certificate not "
+                            "verified)")
+            lines.append(f"{hop}\tencrypt protocols=>=TLSv1.2")
+        else:
+            lines.append(f"{hop}\tsecure match={route.host} protocols=>=TLSv1.2")
+    return lines
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _delivery_problems(policy: DeliveryPolicy, definition: DeliveryDefinition | None) -> list[str]:
