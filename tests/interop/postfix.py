@@ -65,9 +65,12 @@ def free_port() -> int:
 
 class PostfixInstance:
     def __init__(self, root: Path, exported: Path, routes: dict[str, tuple[str, int]],
-                 ca_file: Path) -> None:
+                 ca_file: Path, *, rekey: dict[str, str] | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         """``exported``: the folder ``connectwiz export --format postfix`` wrote;
-        ``routes``: lab domain -> (MX address, port)."""
+        ``routes``: lab domain -> (MX address, port); ``rekey``: more policy keys to rewrite
+        (an inbound route's ``[host]:port`` to its ``[address]:port``); ``extra``: main.cf
+        lines added last."""
         self.root = root
         self.conf = root / "conf"
         self.port = free_port()
@@ -80,7 +83,7 @@ class PostfixInstance:
         (self.conf / "transport").write_text(
             "".join(f"{d}\tsmtp:{hop}\n" for d, hop in hops.items()))
         (tables / "tls_policy.lab").write_text(_rekey(
-            (tables / "tls_policy").read_text(), hops))
+            (tables / "tls_policy").read_text(), {**hops, **(rekey or {})}))
         (self.conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
         snippet = "\n".join(
             f"# replaced by the test: {line}" if line.startswith(_REPLACED) else line
@@ -112,6 +115,7 @@ class PostfixInstance:
             "# --- test wiring (see tests/interop/postfix.py) ---",
             f"smtp_tls_CAfile = {ca_file}",
             "smtp_tls_policy_maps = texthash:${config_directory}/connectwiz/tls_policy.lab",
+            *extra,
             "",
         ]))
         root.chmod(0o755)  # the postfix user must reach its data directory
