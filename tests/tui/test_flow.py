@@ -14,6 +14,7 @@ from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.tui import WizardApp
 from connectwiz.tui.components.dialogs import ConfirmDialog
+from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.finish import FinishScreen
@@ -94,6 +95,10 @@ async def test_rerun_removes_a_domain_and_keeps_admin_comments(
         await pilot.press("d")
         await wait_for(pilot, lambda: on(app, ConfirmDialog), what="confirm dialog")
         await pilot.press("y", "f")
+        # selfsigned.example was never validated: Finish asks before enforcing TLS with it.
+        await wait_for(pilot, lambda: on(app, FinishWarningDialog), what="finish warning")
+        assert app.screen.risks.not_validated == ("selfsigned.example",)
+        await pilot.press("a")
         await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
         changes = str(app.screen.query_one("#changes").render())
         assert "Domains removed (1): trusted.example" in changes
@@ -131,6 +136,8 @@ async def test_rerun_adds_a_batch_with_invalid_and_duplicate_lines(
         await pilot.press("a")
         await wait_for(pilot, lambda: on(app, DomainsScreen), what="domains list")
         await pilot.press("f")
+        await wait_for(pilot, lambda: on(app, FinishWarningDialog), what="finish warning")
+        await pilot.press("a")
         await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
 
     assert sorted(statuses(bundle_path)) == ["nostarttls.example", "selfsigned.example",
@@ -218,7 +225,11 @@ async def test_export_writes_json(bundle_path: Path, lab: LabHandle,
           domains=["trusted.example"]).write(bundle_path)
     app = wizard(bundle_path, lab_network_options)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("enter", "n", "f", "x")
+        await pilot.press("enter", "n", "f")
+        await wait_for(pilot, lambda: on(app, FinishWarningDialog), what="finish warning")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
+        await pilot.press("x")
         await pilot.press("ctrl+u")
         await paste(pilot, "export.json")
         await pilot.press("enter")

@@ -25,8 +25,7 @@ class WizardApp(App[None]):
     TITLE = "connectwiz"
     SUB_TITLE = "Set up your TLS policies"
     BINDINGS: ClassVar[list[BindingType]] = [
-        # Hidden from the footer to leave room for the step's keys; the palette lists it.
-        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, show=False),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
     def __init__(self, state: WizardState, *, blink: bool = True) -> None:

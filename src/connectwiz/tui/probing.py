@@ -8,7 +8,7 @@ they take come from the code path a real probe uses.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from textual import work
@@ -52,7 +52,9 @@ class ProbeRunner(Screen):
         running = self.probe_worker is not None and self.probe_worker.is_running
         return running or bool(self.pending)
 
-    def start_probe(self, targets: dict[Hashable, Target], email: str | None) -> None:
+    def start_probe(self, targets: dict[Hashable, Target],
+                    email: str | Mapping[Hashable, str] | None) -> None:
+        """Validate ``targets``; ``email`` is one RCPT address for all, or one per key."""
         self.show_pending(targets)
         self.probe_worker = self._run_probe(dict(targets), email)
         self.refresh_bindings()
@@ -75,16 +77,19 @@ class ProbeRunner(Screen):
             self.probe_worker.cancel()
 
     @work(exclusive=True, exit_on_error=False, group=PROBE_GROUP)
-    async def _run_probe(self, targets: dict[Hashable, Target], email: str | None) -> None:
+    async def _run_probe(self, targets: dict[Hashable, Target],
+                         email: str | Mapping[Hashable, str] | None) -> None:
         options = self.app.state.options  # type: ignore[attr-defined]
         label_to_key = {t.label(options.smtp_port): k for k, t in targets.items()}
+        emails = email if not isinstance(email, Mapping) else {
+            targets[k]: address for k, address in email.items() if k in targets}
 
         def progress(result: TargetResult) -> None:
             key = label_to_key.get(result.target)
             if key is not None:
                 self.post_message(TargetValidated(key, result))
 
-        await validate_targets(list(targets.values()), options, email=email, progress=progress)
+        await validate_targets(list(targets.values()), options, email=emails, progress=progress)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # Worker.StateChanged does not bubble; ProbeFinished does, up to the App.

@@ -63,6 +63,22 @@ class Changes:
                     or self.routes_removed or self.modes_changed)
 
 
+@dataclass(frozen=True, slots=True)
+class Risks:
+    """Domains a bundle would enforce TLS with although mail to them would be deferred, then
+    bounced: they do not support TLS (or were never shown to), or only pass Relaxed checks
+    while Strict is enforced."""
+
+    unsupported: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()  # the last validation could not reach a verdict
+    not_validated: tuple[str, ...] = ()
+    too_strict: tuple[str, ...] = ()  # validated Relaxed, enforced Strict
+
+    @property
+    def empty(self) -> bool:
+        return not (self.unsupported or self.failed or self.not_validated or self.too_strict)
+
+
 @dataclass
 class WizardState:
     bundle: Bundle
@@ -181,6 +197,23 @@ class WizardState:
             routes_added=tuple(k for k in new_routes if k not in old_routes),
             routes_removed=tuple(k for k in old_routes if k not in new_routes),
             modes_changed=tuple(modes),
+        )
+
+    def risks(self) -> Risks:
+        groups: dict[ValidationStatus | None, list[str]] = {}
+        too_strict: list[str] = []
+        for domain in self.model.external_domains:
+            status = self.domain_status(domain)
+            if status is ValidationStatus.RELAXED:
+                if domain.encryption_mode is EncryptionMode.STRICT:
+                    too_strict.append(domain.domain)
+            elif status is not ValidationStatus.STRICT:
+                groups.setdefault(status, []).append(domain.domain)
+        return Risks(
+            unsupported=tuple(groups.get(ValidationStatus.UNSUPPORTED, ())),
+            failed=tuple(groups.get(ValidationStatus.ERROR, ())),
+            not_validated=tuple(groups.get(None, ())),
+            too_strict=tuple(too_strict),
         )
 
     def unsaved(self) -> bool:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
+from textual.dom import DOMNode
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, TextArea
 
@@ -19,6 +21,17 @@ def no_blink(screen: Screen[Any]) -> None:
             widget.cursor_blink = False
         for area in screen.query(TextArea):
             area.cursor_blink = False
+
+
+def key_of(node: DOMNode, binding_id: str) -> str:
+    """The key of binding ``binding_id`` as the footer shows it (its first key), looked up on
+    ``node``'s class, then on the screens below it: hints built with it name the real key."""
+    owners: list[DOMNode] = [node, *reversed(node.app.screen_stack), node.app]
+    for owner in owners:
+        for binding in Binding.make_bindings(type(owner).BINDINGS):
+            if binding.id == binding_id:
+                return node.app.get_key_display(binding)
+    raise KeyError(f"no binding {binding_id!r} for {type(node).__name__}")
 
 
 def sync_rows(table: DataTable[str | Text], columns: Sequence[str],

@@ -18,6 +18,7 @@ from connectwiz.tui.components.dialogs import Dialog
 from connectwiz.tui.labels import TESTING, domain_verdict, result_details
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.state import WizardState, email_problem
+from connectwiz.tui.widgets import key_of
 
 
 class DomainValidateDialog(ProbeRunner, Dialog[None]):
@@ -112,8 +113,8 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
         domain = self.state.domain(self.domain)
         if (status is ValidationStatus.RELAXED and domain is not None
                 and domain.encryption_mode is EncryptionMode.STRICT):
-            verdict.append("\nStrict checks would refuse it: press R on the list to enforce "
-                           "it as Relaxed.", style="yellow")
+            verdict.append(f"\nStrict checks would refuse it: press {key_of(self, 'relaxed')} "
+                           "on the list to enforce Relaxed.", style="yellow")
         self.query_one("#verdict", Static).update(verdict)
         more = self.query_one("#more", Collapsible)
         self.query_one("#details", Static).update(result_details(result))

@@ -21,6 +21,7 @@ from connectwiz.policy.domains import (
 )
 from connectwiz.tui.labels import BAD, GOOD
 from connectwiz.tui.screens.base import WizardScreen
+from connectwiz.tui.widgets import key_of
 
 
 class AddDomainsScreen(WizardScreen):
@@ -42,8 +43,8 @@ class AddDomainsScreen(WizardScreen):
         yield Header()
         yield Static("Add External Domains", classes="step-title")
         with Vertical(id="edit-pane"):
-            yield Static(f"One domain per line, up to {MAX_BATCH} at a time. Ctrl+S continues.",
-                         classes="explain")
+            yield Static(f"One domain per line, up to {MAX_BATCH} at a time. "
+                         f"{key_of(self, 'continue')} continues.", classes="explain")
             yield TextArea(self.initial, id="batch", show_line_numbers=True)
             with Horizontal(classes="buttons"):
                 yield Button("Continue", id="continue", variant="primary")
@@ -102,10 +103,12 @@ class AddDomainsScreen(WizardScreen):
         rejected = len(self.lines) - accepted
         summary = Text(f"{accepted} domain(s) to add")
         if rejected:
-            summary.append(f", {rejected} line(s) with errors: remove them (D) or edit the text "
-                           "(E) before adding.", style="yellow")
+            summary.append(f", {rejected} line(s) with errors: remove them "
+                           f"({key_of(self, 'remove')}) or edit the text "
+                           f"({key_of(self, 'edit')}) before adding.", style="yellow")
         elif not accepted:
-            summary.append(": nothing to add. Edit the text (E).", style="yellow")
+            summary.append(f": nothing to add. Edit the text ({key_of(self, 'edit')}).",
+                           style="yellow")
         self.query_one("#summary", Static).update(summary)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

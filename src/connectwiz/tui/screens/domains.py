@@ -16,12 +16,13 @@ from connectwiz.policy.model import EncryptionMode, ExternalDomain, ValidationSt
 from connectwiz.probe import Target
 from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
+from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, shown_domain, when
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.finish import FinishScreen
-from connectwiz.tui.widgets import Cells, sync_rows, update_row
+from connectwiz.tui.widgets import Cells, key_of, sync_rows, update_row
 
 COLUMNS = ("domain", "mode", "status", "at")
 
@@ -73,8 +74,17 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         super().redraw()
 
     def _row(self, domain: ExternalDomain) -> Cells:
-        return (shown_domain(domain.domain), mode_label(domain.encryption_mode),
+        return (shown_domain(domain.domain), self._mode(domain),
                 self._verdict(domain), Text(when(domain.last_validation), style=MUTED))
+
+    def _mode(self, domain: ExternalDomain) -> str | Text:
+        if self._too_strict(domain):  # strict checks would refuse this partner's servers
+            return Text(f"{mode_label(domain.encryption_mode)} ⚠", style="bold yellow")
+        return mode_label(domain.encryption_mode)
+
+    def _too_strict(self, domain: ExternalDomain) -> bool:
+        return (domain.encryption_mode is EncryptionMode.STRICT
+                and self.state.domain_status(domain) is ValidationStatus.RELAXED)
 
     def _verdict(self, domain: ExternalDomain) -> Text:
         if domain.domain in self.pending:
@@ -91,9 +101,11 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         domains = self.state.model.external_domains
         domain = self.selected()
         if self.probing:
-            text = Text(f"Validating… {len(self.pending)} to go. Escape cancels.")
+            text = Text(f"Validating… {len(self.pending)} to go. "
+                        f"{key_of(self, 'cancel_probe')} cancels.")
         elif domain is None:
-            text = Text("No external domains yet: Add domains (A).", style="yellow")
+            text = Text(f"No external domains yet: add domains ({key_of(self, 'add')}).",
+                        style="yellow")
         else:
             text = Text(f"{len(domains)} domain(s). {display_domain(domain.domain)}: ")
             result = self.state.domain_results.get(domain.domain)
@@ -101,12 +113,12 @@ class DomainsScreen(ProbeRunner, WizardScreen):
             reason = result.reason if result else (last.reason if last else "")
             status = self.state.domain_status(domain)
             if status is None:
-                text.append("not validated yet (V).", style=MUTED)
+                text.append(f"not validated yet ({key_of(self, 'validate')}).", style=MUTED)
             else:
                 text.append_text(domain_verdict(status, reason))
-                if status is ValidationStatus.RELAXED and (
-                        domain.encryption_mode is EncryptionMode.STRICT):
-                    text.append(" Press R to enforce it as Relaxed.", style="yellow")
+                if self._too_strict(domain):
+                    text.append(f"\nStrict checks would refuse its servers: press "
+                                f"{key_of(self, 'relaxed')} to enforce Relaxed.", style="yellow")
         self.query_one("#detail", Static).update(text)
         # Redrawing the footer on every cursor move is what scrolling would pay for; only the
         # Relaxed/Strict keys depend on the highlighted row.
@@ -125,8 +137,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                 return False
             wanted = EncryptionMode(str(parameters[0]))
             if wanted is EncryptionMode.RELAXED:
-                return (domain.encryption_mode is EncryptionMode.STRICT
-                        and self.state.domain_status(domain) is ValidationStatus.RELAXED)
+                return self._too_strict(domain)
             return domain.encryption_mode is EncryptionMode.RELAXED
         if self.probing:  # only Cancel while a validation runs
             return False if action in ("add", "remove", "back") else None
@@ -145,7 +156,9 @@ class DomainsScreen(ProbeRunner, WizardScreen):
     def action_validate_all(self) -> None:
         state = self.state
         domains = state.model.external_domains
-        self.start_probe({d.domain: Target.domain(d.domain) for d in domains}, None)
+        # Each domain is checked with its own address: the one last used, else postmaster@.
+        self.start_probe({d.domain: Target.domain(d.domain) for d in domains},
+                         {d.domain: state.email_for(d.domain) for d in domains})
         self.redraw()
 
     def action_remove(self) -> None:
@@ -186,6 +199,18 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         self.redraw()
 
     def action_finish(self) -> None:
+        risks = self.state.risks()
+        if risks.empty:
+            self._save_and_finish()
+            return
+
+        def done(anyway: bool | None) -> None:
+            if anyway:
+                self._save_and_finish()
+
+        self.app.push_screen(FinishWarningDialog(risks), done)
+
+    def _save_and_finish(self) -> None:
         try:
             self.state.save()
         except (UserError, OSError) as exc:  # BundleError is a UserError

@@ -35,6 +35,7 @@ class FinishScreen(WizardScreen):
         yield Static("Step 3 of 3 · Summary", classes="step-title")
         with VerticalScroll(id="summary"):
             yield Static(id="policies")
+            yield Static(id="warnings")
             yield Static(id="routes")
             yield Static(id="changes")
             yield Static(id="saved")
@@ -49,6 +50,7 @@ class FinishScreen(WizardScreen):
             " with Enforced TLS for delivery and receipt",
         ))
 
+        self._warnings()
         routes = Text("Inbound routes\n", style="bold")
         for route in model.inbound_routes:
             routes.append(f"  {route.host}:{route.port}  ")
@@ -76,6 +78,22 @@ class FinishScreen(WizardScreen):
         self.query_one("#saved", Static).update(
             Text.assemble(("Saved to ", "bold"), pretty_path(state.path)))
         super().redraw()
+
+    def _warnings(self) -> None:
+        """What was saved although mail to it would be deferred, then bounced."""
+        risks = self.state.risks()
+        text = Text("Warnings: mail to these may be deferred, then bounced\n", style="bold yellow")
+        for label, items in (
+            ("Not supporting TLS", risks.unsupported),
+            ("Could not be validated", risks.failed),
+            ("Never validated", risks.not_validated),
+            ("Strict, but only Relaxed passes", risks.too_strict),
+        ):
+            if items:
+                text.append(f"  {label} ({len(items)}): {_names(items)}\n")
+        warnings = self.query_one("#warnings", Static)
+        warnings.update(text)
+        warnings.display = not risks.empty
 
     def action_edit(self) -> None:
         self.app.pop_screen()

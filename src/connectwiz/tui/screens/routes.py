@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
@@ -17,6 +18,7 @@ from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.state import RouteKey
+from connectwiz.tui.widgets import key_of
 
 
 def _row_key(key: RouteKey) -> str:
@@ -79,24 +81,35 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             route.last_validation.reason if route.last_validation else "")
         return route_verdict(self.state.route_status(route), reason)
 
+    @on(DataTable.RowHighlighted)
     def _update_status(self) -> None:
+        """The highlighted route's whole verdict (the table may cut it), then what to do next."""
         state = self.state
         routes = state.model.inbound_routes
         blocking = state.routes_blocking()
+        key = self.selected()
+        text = Text()
+        if key is not None and not self.probing:
+            text.append(f"{_row_key(key)}: ")
+            text.append_text(self._verdict(key))
+            text.append("\n")
         if self.probing:
-            text = Text(f"Testing {len(self.pending)} route(s)… Escape cancels.")
+            text.append(f"Testing {len(self.pending)} route(s)… "
+                        f"{key_of(self, 'cancel_probe')} cancels.")
         elif not routes:
-            text = Text("Add your internal mail servers (A), then Validate (V).", style="yellow")
+            text.append(f"Add your internal mail servers ({key_of(self, 'add')}), then "
+                        f"validate them ({key_of(self, 'validate')}).", style="yellow")
         elif any(state.route_status(r) is None for r in blocking):
-            text = Text("Validate (V) tests every route. Next needs all of them to support TLS.",
-                        style="yellow")
+            text.append(f"Validate ({key_of(self, 'validate')}) tests every route. Next needs "
+                        "all of them to support TLS.", style="yellow")
         elif blocking:
             first = blocking[0]
-            text = Text(f"{len(routes) - len(blocking)} of {len(routes)} routes support TLS. "
-                        f"Fix (E) or remove (D) {first.host}:{first.port} to go on.",
-                        style="yellow")
+            text.append(f"{len(routes) - len(blocking)} of {len(routes)} routes support TLS. "
+                        f"Fix ({key_of(self, 'edit')}) or remove ({key_of(self, 'remove')}) "
+                        f"{first.host}:{first.port} to go on.", style="yellow")
         else:
-            text = Text("Every route supports TLS. Next: external domains (N).", style="green")
+            text.append(f"Every route supports TLS. Next: external domains "
+                        f"({key_of(self, 'next')}).", style="green")
         self.query_one("#status", Static).update(text)
 
     def selected(self) -> RouteKey | None:

@@ -1,0 +1,88 @@
+"""Asked before Finish saves a bundle that enforces TLS with domains whose mail would bounce."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Button, Label, Static
+
+from connectwiz.policy.domains import display_domain
+from connectwiz.tui.components.dialogs import Dialog
+from connectwiz.tui.state import Risks
+from connectwiz.tui.widgets import key_of
+
+SHOWN = 8  # names listed per group; the rest are counted
+
+
+def names(domains: tuple[str, ...]) -> str:
+    shown = ", ".join(display_domain(d) for d in domains[:SHOWN])
+    more = len(domains) - SHOWN
+    return shown + (f" … and {more} more" if more > 0 else "")
+
+
+class FinishWarningDialog(Dialog[bool]):
+    """Lists the risky domains by group with what happens and how to fix it. True: save anyway."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Go back", id="go_back"),
+        Binding("a", "anyway", "Finish anyway", id="anyway"),
+    ]
+
+    def __init__(self, risks: Risks) -> None:
+        super().__init__()
+        self.risks = risks
+
+    def body(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog wide"):
+            yield Label("Some domains will not get your mail", classes="title")
+            yield Static(self.explain(), id="risks")
+            with Horizontal(classes="buttons"):
+                yield Button("Go back", id="back", variant="primary")
+                yield Button("Finish anyway", id="anyway", variant="error")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#back", Button).focus()  # Enter goes back: saving is the risky choice
+
+    def explain(self) -> Text:
+        remove, validate = key_of(self, "remove"), key_of(self, "validate")
+        relaxed, validate_all = key_of(self, "relaxed"), key_of(self, "validate_all")
+        risks = self.risks
+        text = Text("Every domain in the bundle gets Enforced TLS: mail to it is only sent "
+                    "over TLS that passes its checks, else it waits in the queue and then "
+                    "bounces.\n")
+        for domains, what, consequence, fix in (
+            (risks.unsupported, "Do not support TLS",
+             "mail to them will be deferred, then bounced",
+             f"remove it ({remove}) until the partner offers STARTTLS"),
+            (risks.failed, "Could not be validated",
+             "if they lack TLS, mail to them will be deferred, then bounced",
+             f"validate it again ({validate}) or remove it ({remove})"),
+            (risks.not_validated, "Never validated",
+             "if they lack TLS, mail to them will be deferred, then bounced",
+             f"validate it ({validate}; {validate_all} validates all) or remove it ({remove})"),
+            (risks.too_strict, "Only pass Relaxed checks but are enforced Strict",
+             "their certificates fail Strict checks: mail will be deferred, then bounced",
+             f"press {relaxed} on its row to enforce Relaxed"),
+        ):
+            if domains:
+                text.append(f"\n{what} ({len(domains)}): ", style="bold")
+                text.append(names(domains))
+                text.append(f"\n  {consequence[0].upper()}{consequence[1:]}.")
+                text.append(f"\n  Fix: {fix}.\n", style="yellow")
+        return text
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+    def action_anyway(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "anyway")
