@@ -25,7 +25,7 @@ override and specificity work exactly as for Secure Delivery.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -45,7 +45,6 @@ from connectwiz.policy.model import (
 from connectwiz.policy.select import (
     IPAddress,
     MessageContext,
-    Outcome,
     _InternalDomains,
     _Selector,
 )
@@ -141,13 +140,25 @@ class MessageContent:
         return values[0] if values else None
 
 
-def condition_matches(condition: SecureCondition, content: MessageContent) -> bool:
+class _Folded:
+    """A message's content folded once (case, white space), however many triggers look."""
+
+    def __init__(self, content: MessageContent) -> None:
+        self.subject = _fold(content.subject)
+        self.body = _fold(content.body)
+        self.headers: dict[str, set[str]] = {}
+        for name, value in content.headers:
+            self.headers.setdefault(name.strip().lower(), set()).add(_fold(value))
+
+
+def condition_matches(condition: SecureCondition, content: MessageContent | _Folded) -> bool:
+    folded = content if isinstance(content, _Folded) else _Folded(content)
     wanted = _fold(condition.value)
     if condition.field is ConditionField.SUBJECT:
-        return wanted in _fold(content.subject)
+        return wanted in folded.subject
     if condition.field is ConditionField.BODY:
-        return wanted in _fold(content.body)
-    return any(_fold(v) == wanted for v in content.header(condition.header))
+        return wanted in folded.body
+    return wanted in folded.headers.get(condition.header.strip().lower(), ())
 
 
 def describe_condition(condition: SecureCondition) -> str:
@@ -156,9 +167,10 @@ def describe_condition(condition: SecureCondition) -> str:
     return f"{condition.field.value} contains {condition.value!r}"
 
 
-def trigger_matches(trigger: SecureTrigger, content: MessageContent) -> list[str]:
+def trigger_matches(trigger: SecureTrigger, content: MessageContent | _Folded) -> list[str]:
     """Descriptions of the matching conditions; empty when the trigger does not match."""
-    hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, content)]
+    folded = content if isinstance(content, _Folded) else _Folded(content)
+    hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, folded)]
     if trigger.match is TriggerMatch.ALL and len(hits) < len(trigger.conditions):
         return []
     return hits
@@ -244,7 +256,7 @@ class SecureIndex:
         domain = canonical_address(address).domain
         return domain is not None and domain in self._internal
 
-    def _reasons(self, ctx: MessageContext, content: MessageContent,
+    def _reasons(self, ctx: MessageContext, hits: Callable[[int, SecureTrigger], list[str]],
                  requested: Reason | None) -> list[Reason]:
         found = [requested] if requested else []
         winner, _, _ = self._policies.select(ctx, "secure")
@@ -252,14 +264,10 @@ class SecureIndex:
             found.append(Reason(Source.POLICY, winner.policy.definition,
                                 f"secure policy {_label(winner.position, winner.policy.narrative)}"
                                 f" selects {winner.policy.definition!r}"))
-        _, _, candidates = self._triggers.select(ctx, "trigger")
-        in_effect = [c for c in candidates if c.outcome in (Outcome.APPLIES, Outcome.LOST)]
-        for c in sorted(in_effect, key=lambda c: c.position):
-            hits = trigger_matches(c.policy, content)
-            if hits:
-                found.append(Reason(Source.TRIGGER, c.policy.definition,
-                                    f"content trigger {_label(c.position, c.policy.narrative)} "
-                                    f"matched ({'; '.join(hits)}) for {c.policy.definition!r}"))
+        for position, trig in self._triggers.every_match(ctx, lambda i, t: bool(hits(i, t))):
+            found.append(Reason(Source.TRIGGER, trig.definition,
+                                f"content trigger {_label(position, trig.narrative)} matched "
+                                f"({'; '.join(hits(position, trig))}) for {trig.definition!r}"))
         return found
 
     def _bypassed(self, ctx: MessageContext) -> str | None:
@@ -292,10 +300,20 @@ class SecureIndex:
                                    f"is not a secure definition; {FALLBACK_DEFINITION.name!r} "
                                    f"is used")
 
+        folded: list[_Folded] = []
+        matched: dict[int, list[str]] = {}  # trigger position -> hits, once per message
+
+        def hits(position: int, trigger: SecureTrigger) -> list[str]:
+            if position not in matched:
+                if not folded:
+                    folded.append(_Folded(content))
+                matched[position] = trigger_matches(trigger, folded[0])
+            return matched[position]
+
         per_rcpt: list[tuple[str, list[Reason], str | None]] = []
         for rcpt in recipients:
             ctx = MessageContext(envelope_from, header_from, rcpt, client_ip, at)
-            per_rcpt.append((rcpt, self._reasons(ctx, content, requested), self._bypassed(ctx)))
+            per_rcpt.append((rcpt, self._reasons(ctx, hits, requested), self._bypassed(ctx)))
 
         ordered: list[Reason] = []
         for _, reasons, bypass in per_rcpt:

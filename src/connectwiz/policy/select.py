@@ -28,7 +28,7 @@ scopes, so a message looks up a few keys and checks only the policies found ther
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -318,6 +318,17 @@ class _Selector(Generic[P]):
                 if prepared.to.matches(sender):
                     return True, sender.text
         return None
+
+    def every_match(
+        self, ctx: MessageContext, keep: Callable[[int, P], bool]
+    ) -> list[tuple[int, P]]:
+        """(position, policy) of every policy in effect whose scopes match, in bundle order,
+        with no winner: for cumulative policy types. ``keep`` filters first (it is cheaper
+        than matching scopes for Secure Messaging's content triggers)."""
+        addrs = _addresses(ctx)
+        return [(p.position, p.policy) for p in self._prepared
+                if keep(p.position, p.policy) and self._match(p, addrs) is not None
+                and _not_in_effect(p.validity, ctx) is None]
 
     def select(
         self, ctx: MessageContext, kind: str
