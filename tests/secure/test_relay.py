@@ -28,6 +28,7 @@ from connectwiz.policy.model import (
     SecurePolicy,
     SecureTrigger,
 )
+from connectwiz.relay.secure import find_recipient
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab
 
 pytestmark = pytest.mark.network
@@ -100,6 +101,9 @@ async def test_policy_holds_external_recipient_notifies_and_banners_internal(lab
     [slot] = stored["recipients"]
     assert slot["address"] == teller
     assert slot["token_sha256"] == [hashlib.sha256(link_token.encode()).hexdigest()]
+    assert find_recipient(stored, link_token) is slot
+    other = link_token[:-1] + ("B" if link_token.endswith("A") else "A")
+    assert find_recipient(stored, other) is None
     assert link_token not in json.dumps(stored)
     assert stored["definition"]["name"] == "External Recipients"
     assert stored["delivered_with_banner"] == [bob]

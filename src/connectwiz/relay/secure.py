@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import html
 import json
 import os
@@ -71,6 +72,18 @@ def token_hash(token: str) -> str:
     """What the record keeps of a token; the portal hashes what it is given and compares
     with ``hmac.compare_digest``."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def find_recipient(record: dict[str, Any], token: str) -> dict[str, Any] | None:
+    """The recipient a link's token belongs to, or None; the check the portal makes. Every
+    stored hash is compared, in constant time, so timing tells nothing about the others."""
+    digest = token_hash(token)
+    found = None
+    for recipient in record.get("recipients", []):
+        for stored in recipient.get("token_sha256", []):
+            if hmac.compare_digest(stored, digest):
+                found = recipient
+    return found
 
 
 # -- message content ---------------------------------------------------------------------------
