@@ -283,3 +283,14 @@ def test_banner_default_custom_and_removed() -> None:
     assert banner_text(replace(STRICT_DEF, banner="<b>Secure</b>")) == "<b>Secure</b>"
     assert banner_text(replace(STRICT_DEF, banner="")) is None
     assert banner_text(replace(STRICT_DEF, banner="  ")) is None
+
+
+def test_reasons_are_ordered_client_policies_triggers_across_recipients() -> None:
+    m = model(secure_policies=(SecurePolicy("partner", "Loose 90d",
+                                            to=Scope(Applies.DOMAIN, ("partner.example",))),),
+              secure_triggers=(trigger("bank only", SUBJECT_CONFIDENTIAL, definition="Loose 90d",
+                                       to=TO_BANK),))
+    d = decide(m, BANK, PARTNER, subject="confidential",
+               headers=(("X-Connectwiz-Secure", "Loose 90d"),))
+    assert [r.source for r in d.reasons] == [Source.CLIENT, Source.POLICY, Source.TRIGGER]
+    assert d.definition == LOOSE_DEF and "client asked" in d.reason

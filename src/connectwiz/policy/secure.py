@@ -182,6 +182,9 @@ class Source(StrEnum):
     TRIGGER = "trigger"
 
 
+_SOURCE_ORDER = {Source.CLIENT: 0, Source.POLICY: 1, Source.TRIGGER: 2}
+
+
 class Route(StrEnum):
     NORMAL = "normal"  # delivered as usual; Secure Messaging does not apply to this recipient
     BANNER = "banner"  # internal: delivered as usual, with the definition's banner
@@ -195,6 +198,7 @@ class Reason:
     source: Source
     definition: str
     why: str
+    position: int = 0  # the policy's or trigger's place in the bundle (1-based)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,11 +267,12 @@ class SecureIndex:
         if winner is not None and winner.policy.definition is not None:
             found.append(Reason(Source.POLICY, winner.policy.definition,
                                 f"secure policy {_label(winner.position, winner.policy.narrative)}"
-                                f" selects {winner.policy.definition!r}"))
+                                f" selects {winner.policy.definition!r}", winner.position))
         for position, trig in self._triggers.every_match(ctx, lambda i, t: bool(hits(i, t))):
             found.append(Reason(Source.TRIGGER, trig.definition,
                                 f"content trigger {_label(position, trig.narrative)} matched "
-                                f"({'; '.join(hits(position, trig))}) for {trig.definition!r}"))
+                                f"({'; '.join(hits(position, trig))}) for {trig.definition!r}",
+                                position))
         return found
 
     def _bypassed(self, ctx: MessageContext) -> str | None:
@@ -319,6 +324,7 @@ class SecureIndex:
         for _, reasons, bypass in per_rcpt:
             if bypass is None:
                 ordered.extend(r for r in reasons if r not in ordered)
+        ordered.sort(key=lambda r: (_SOURCE_ORDER[r.source], r.position))
         if not ordered:
             bypassed = [b for _, reasons, b in per_rcpt if reasons and b]
             why = (f"triggered, but {bypassed[0]}" if bypassed else
