@@ -32,6 +32,7 @@ class WizardApp(App[None]):
         super().__init__()
         self.state = state
         self.blink = blink  # snapshot tests turn the cursor blink off for stable pictures
+        self.asking_quit = False
 
     def on_mount(self) -> None:
         self.push_screen(StartScreen())
@@ -42,10 +43,12 @@ class WizardApp(App[None]):
             return
 
         def done(yes: bool | None) -> None:
+            self.asking_quit = False
             if yes:
                 self.exit()
 
-        if not isinstance(self.screen, ConfirmDialog):
+        if not self.asking_quit:  # Ctrl+Q works over any dialog, but asks only once
+            self.asking_quit = True
             self.push_screen(ConfirmDialog(
                 "You have changes that are not saved (Finish saves them). Quit anyway?",
                 "Quit", "Stay"), done)
@@ -65,7 +68,8 @@ class WizardApp(App[None]):
             binding = active.binding
             if active.node is self or not binding.description or not active.enabled:
                 continue
-            yield SystemCommand(binding.description, f"Key: {binding.key_display or key}",
+            yield SystemCommand(binding.tooltip or binding.description,
+                                f"Key: {binding.key_display or key}",
                                 partial(self.run_action, binding.action, active.node))
         yield from super().get_system_commands(screen)
 

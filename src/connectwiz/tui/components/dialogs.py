@@ -26,7 +26,11 @@ R = TypeVar("R")
 class Dialog(ModalScreen[R]):
     """A centred box; Escape cancels (dismisses with None)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="cancel"),
+        # A modal screen hides the App's bindings: Quit is bound again for every dialog.
+        Binding("ctrl+q", "app.quit", "Quit", id="quit", priority=True),
+    ]
 
     def compose(self) -> ComposeResult:
         yield from self.body()

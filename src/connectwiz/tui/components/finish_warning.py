@@ -8,7 +8,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Label, Static
 
 from connectwiz.policy.domains import display_domain
@@ -38,9 +38,10 @@ class FinishWarningDialog(Dialog[bool]):
         self.risks = risks
 
     def body(self) -> ComposeResult:
-        with VerticalScroll(classes="dialog wide"):
+        with Vertical(classes="dialog wide"):
             yield Label("Some domains will not get your mail", classes="title")
-            yield Static(self.explain(), id="risks")
+            with VerticalScroll(id="risk-list"):  # the title and buttons stay in view
+                yield Static(self.explain(), id="risks")
             with Horizontal(classes="buttons"):
                 yield Button("Go back", id="back", variant="primary")
                 yield Button("Finish anyway", id="anyway", variant="error")

@@ -27,7 +27,8 @@ class FinishScreen(WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("e", "edit", "Edit", id="edit"),
         Binding("x", "export", "Export", id="export"),
-        Binding("q", "app.quit", "Quit", id="quit"),
+        # Not in the footer: the App's Ctrl+Q Quit is shown on every screen.
+        Binding("q", "app.quit", "Quit", id="quit", show=False),
     ]
 
     def compose(self) -> ComposeResult:
