@@ -300,3 +300,20 @@ async def test_secure_cli_lists_shows_extends_and_revokes(lab, relays, capsys) -
     assert code == 2 and "revoked" in err
     code, _, err = cli("show", "NOSUCHID")
     assert code == 2 and "no held message" in err
+
+
+async def test_all_recipients_holds_internal_recipients_too(lab, relays) -> None:
+    model = replace(make_model(lab), secure_policies=(
+        SecurePolicy("everything secure", "All Recipients"),))
+    r = await relays(model, SETTINGS)
+    tag = token()
+    teller, bob = f"teller-{tag}@trusted.example", f"bob-{tag}@corp.example"
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [teller, bob], message(tag))
+    rec = await r.wait_status(msg_id, "held")
+    assert sorted(events(rec, "held")[0]["recipients"]) == sorted([teller, bob])
+    internal_note = await notification_for(lab, bob)
+    assert LINK.search(text_of(internal_note))
+    assert f"payload {tag}".encode() not in internal_note
+    assert not lab_messages(lab, f"payload {tag}")
+    assert sorted(s["address"] for s in record(r.spool, msg_id)["recipients"]) == sorted(
+        [teller, bob])
