@@ -8,6 +8,7 @@ from rich.text import Text
 
 from connectwiz.policy.domains import display_domain
 from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
+from connectwiz.probe.published import publication_lines
 from connectwiz.probe.results import TargetResult
 
 GOOD = "bold green"
@@ -94,6 +95,9 @@ def result_details(result: TargetResult) -> str:
             lines.append(f"    checks: {', '.join(c for c in checks if c)}")
         if host.rcpt is not None:
             lines.append(f"  RCPT TO reply: {host.rcpt.code} {host.rcpt.message}")
+    if result.mta_sts is not None and result.mta_sts.warning:
+        lines.append(f"WARNING: {result.mta_sts.warning}")
+    lines += publication_lines(result)  # MTA-STS, TLS-RPT, DANE
     return "\n".join(lines)
 
 

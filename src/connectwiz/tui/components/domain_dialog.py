@@ -115,6 +115,8 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
                 and domain.encryption_mode is EncryptionMode.STRICT):
             verdict.append(f"\nStrict checks would refuse it: press {key_of(self, 'relaxed')} "
                            "on the list to enforce Relaxed.", style="yellow")
+        if result.mta_sts is not None and result.mta_sts.warning:  # loud, not only in More
+            verdict.append(f"\n⚠ {result.mta_sts.warning}", style="bold yellow")
         self.query_one("#verdict", Static).update(verdict)
         more = self.query_one("#more", Collapsible)
         self.query_one("#details", Static).update(result_details(result))
