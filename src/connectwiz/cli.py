@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--portal-url", metavar="URL",
                    help="Secure Messaging portal links start with this "
                         "(default https://<hostname>/secure)")
+    g.add_argument("--secure-key", metavar="FILE",
+                   help="key encrypting held Secure Messaging content, kept outside the spool "
+                        "(default $XDG_CONFIG_HOME/connectwiz/secure.key, made 0600 on first use)")
     _network_options(p)
 
     p = sub.add_parser("log", help="receipt/delivery view of relayed messages")

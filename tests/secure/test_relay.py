@@ -28,7 +28,8 @@ from connectwiz.policy.model import (
     SecurePolicy,
     SecureTrigger,
 )
-from connectwiz.relay.secure import find_recipient
+from connectwiz.relay.secure import HeldStore, find_recipient
+from connectwiz.relay.spool import Spool
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab
 
 pytestmark = pytest.mark.network
@@ -107,7 +108,10 @@ async def test_policy_holds_external_recipient_notifies_and_banners_internal(lab
     assert link_token not in json.dumps(stored)
     assert stored["definition"]["name"] == "External Recipients"
     assert stored["delivered_with_banner"] == [bob]
-    assert f"payload {tag}".encode() in (r.spool / "secure" / msg_id / "message.eml").read_bytes()
+    # Held content is encrypted at rest with the key outside the spool.
+    sealed = (r.spool / "secure" / msg_id / "message.enc").read_bytes()
+    assert f"payload {tag}".encode() not in sealed
+    assert f"payload {tag}".encode() in HeldStore(Spool(r.spool)).read_body(msg_id)
     # Neither the relay's log nor the message log holds the token or the content.
     logged = capsys.readouterr().err + (r.spool / "log" / f"{msg_id}.jsonl").read_text()
     assert link_token not in logged and f"payload {tag}" not in logged
@@ -220,7 +224,7 @@ async def test_held_message_survives_a_crash_and_restart(lab, relays, tmp_path: 
     hashes = after["recipients"][0]["token_sha256"]
     assert hashes[0] == before["recipients"][0]["token_sha256"][0]
     assert hashlib.sha256(link_token.encode()).hexdigest() in hashes
-    assert (spool / "secure" / msg_id / "message.eml").is_file()
+    assert (spool / "secure" / msg_id / "message.enc").is_file()
     assert not [m for m in lab_messages(lab, f"payload {tag}") if teller in m.rcpt_tos]
 
     # A clean restart after that holds nothing again and sends no second notification.
@@ -295,7 +299,7 @@ async def test_secure_cli_lists_shows_extends_and_revokes(lab, relays, capsys) -
 
     code, out, _ = cli("revoke", msg_id, "--json")
     assert code == 0 and json.loads(out)["status"] == "revoked"
-    assert not (r.spool / "secure" / msg_id / "message.eml").exists()
+    assert not (r.spool / "secure" / msg_id / "message.enc").exists()
     code, _, err = cli("extend", msg_id, "--days", "1")
     assert code == 2 and "revoked" in err
     code, _, err = cli("show", "NOSUCHID")

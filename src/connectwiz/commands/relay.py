@@ -14,6 +14,7 @@ from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
 from connectwiz.probe.options import NetworkOptions, options_from, parse_host_port
 from connectwiz.relay.events import EventLog
+from connectwiz.relay.secure import load_secure_key
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
@@ -60,6 +61,10 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
             raise UserError(f"--portal-url {portal!r}: give an http(s) URL, "
                             f"e.g. https://mail.example.com/secure")
         values["portal_url"] = portal
+    secure_key = getattr(args, "secure_key", None)
+    if secure_key:
+        load_secure_key(Path(secure_key))  # a missing or unsafe key fails now, not at hold time
+        values["secure_key"] = secure_key
     settings = RelaySettings(**values)  # type: ignore[arg-type]
     if settings.backoff_max < settings.backoff_min:
         raise UserError("--backoff-max must not be smaller than --backoff-min")

@@ -3,7 +3,8 @@
 The decision is ``policy.secure``'s; this module applies it to a queue entry. Layout under
 the spool (docs/secure-messaging.md is the reference the portal, part 2, reads)::
 
-    secure/<id>/message.eml   the message as held (client header removed), never changed
+    secure/<id>/message.enc   the message as held (client header removed), encrypted with
+                              the secure key (AES-256-GCM, kept outside the spool)
     secure/<id>/record.json   definition snapshot, expiry, recipients with token hashes
     secure/<id>/lock          flock'd by whoever rewrites record.json
 
@@ -39,6 +40,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from connectwiz.errors import UserError
 from connectwiz.policy.model import SecureDefinition, SecureRouting, SecureSettings
 from connectwiz.policy.secure import (
@@ -56,6 +60,8 @@ from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
 
 RECORD_VERSION = 1
+BODY_FILE = "message.enc"
+_SEALED = b"CWZ-AESGCM-1\n"  # format marker of message.enc: marker, 12-byte nonce, ciphertext
 BANNER_VARIANT = "banner"
 _REQUEST = REQUEST_HEADER.lower().encode()
 
@@ -190,15 +196,82 @@ def add_banner(body: bytes, banner: str) -> bytes:
         return body
 
 
+# -- the secure key: held content is encrypted with it, and it never lives in the spool ------
+
+
+def default_key_path() -> Path:
+    """``$XDG_CONFIG_HOME/connectwiz/secure.key`` (``~/.config`` when unset or empty)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "connectwiz" / "secure.key"
+
+
+def load_secure_key(path: Path | None = None) -> bytes:
+    """The 32-byte key in ``path`` (64 hex digits), created 0600 on first use. A key file
+    others can read is refused, as ssh refuses such a private key."""
+    path = path or default_key_path()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        else:
+            try:
+                os.write(fd, secrets.token_hex(32).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise UserError(f"secure key {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise UserError(f"secure key {path}: readable by others; chmod 600 it")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise UserError(f"secure key {path}: expected 64 hex digits")
+    return key
+
+
+def seal(key: bytes, held_id: str, data: bytes) -> bytes:
+    """Encrypt ``data``; the held id is authenticated too, so files cannot be swapped."""
+    nonce = secrets.token_bytes(12)
+    return _SEALED + nonce + AESGCM(key).encrypt(nonce, data, held_id.encode())
+
+
+def unseal(key: bytes, held_id: str, blob: bytes) -> bytes:
+    if not blob.startswith(_SEALED):
+        raise UserError(f"held message {held_id}: not in the encrypted format")
+    rest = blob[len(_SEALED):]
+    try:
+        return AESGCM(key).decrypt(rest[:12], rest[12:], held_id.encode())
+    except InvalidTag:
+        raise UserError(f"held message {held_id}: cannot be decrypted with this secure key "
+                        f"(another key, or damaged)") from None
+
+
 # -- the held store ----------------------------------------------------------------------------
 
 
 class HeldStore:
-    """``<spool>/secure``: held messages and their records. Blocking I/O: use a thread."""
+    """``<spool>/secure``: held messages and their records. Blocking I/O: use a thread.
+    The secure key is read (or created) only when content is written or read, so listing,
+    extending and revoking need no key."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, key_file: Path | None = None) -> None:
         self.spool = spool
         self.root = spool.root / "secure"
+        self.key_file = key_file
+        self._key: bytes | None = None
+
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = load_secure_key(self.key_file)
+        return self._key
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -236,7 +309,30 @@ class HeldStore:
         self.spool.write_atomic(self._dir(record["id"]) / "record.json", data)
 
     def write_body(self, held_id: str, body: bytes) -> None:
-        self.spool.write_atomic(self._dir(held_id) / "message.eml", body)
+        sealed = seal(self.key(), held_id.upper(), body)
+        self.spool.write_atomic(self._dir(held_id) / BODY_FILE, sealed)
+
+    def read_body(self, held_id: str) -> bytes | None:
+        """The held message, decrypted; None once its content is deleted."""
+        try:
+            blob = (self._dir(held_id) / BODY_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+        return unseal(self.key(), held_id.upper(), blob)
+
+    def delete_body(self, held_id: str) -> bool:
+        """Delete the held content (revoked or expired); True when there was some."""
+        path = self._dir(held_id) / BODY_FILE
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the deletion itself survives a crash
+        finally:
+            os.close(fd)
+        return True
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -288,8 +384,7 @@ def revoke_held(store: HeldStore, held_id: str, now: datetime) -> dict[str, Any]
             record["revoked_at"] = _iso(now)
 
     record = store.update(held_id, change)
-    body = store.root / record["id"] / "message.eml"
-    body.unlink(missing_ok=True)
+    store.delete_body(held_id)
     return record
 
 
@@ -325,9 +420,10 @@ class SecurePlan:
 class SecureMessaging:
     """Applies Secure Messaging to queue entries. Methods do blocking I/O: use a thread."""
 
-    def __init__(self, spool: Spool, msglog: MessageLog, portal_url: str, hostname: str) -> None:
+    def __init__(self, spool: Spool, msglog: MessageLog, portal_url: str, hostname: str,
+                 key_file: Path | None = None) -> None:
         self.spool = spool
-        self.store = HeldStore(spool)
+        self.store = HeldStore(spool, key_file)
         self.msglog = msglog
         self.portal_url = portal_url.rstrip("/")
         self.hostname = hostname

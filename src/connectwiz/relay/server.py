@@ -55,7 +55,9 @@ class Relay:
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.deliverer = Deliverer(self.options, self.settings.hostname)
         self.secure = SecureMessaging(self.spool, self.msglog, self.settings.secure_portal_url,
-                                      self.settings.hostname)
+                                      self.settings.hostname,
+                                      Path(self.settings.secure_key) if self.settings.secure_key
+                                      else None)
         self._model = PolicyModel()
         self._index = PolicyIndex(self._model)
         self._secure_index = SecureIndex(self._model)

@@ -22,6 +22,7 @@ class RelaySettings:
     delivery_workers: int = 50  # messages delivered at once (--concurrency)
     shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
     portal_url: str = ""  # Secure Messaging links start with this; "" = https://<hostname>/secure
+    secure_key: str = ""  # key file for held content; "" = $XDG_CONFIG_HOME/connectwiz/secure.key
 
     @property
     def secure_portal_url(self) -> str:
