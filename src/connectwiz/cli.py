@@ -17,7 +17,7 @@ from connectwiz.errors import UserError
 
 COMMANDS = (
     "wizard", "demo", "lab", "validate", "domains", "routes", "org", "explain", "export",
-    "relay", "log", "secure",
+    "relay", "log", "secure", "portal",
 )
 
 
@@ -163,6 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, metavar="N", help="extend: days to add to the expiry")
     p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("portal", help="the Secure Messaging portal (web) for external recipients")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="where to serve HTTP(S) (127.0.0.1:8080; port 0: any free port)")
+    p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
+    p.add_argument("--public-url", metavar="URL",
+                   help="the address recipients open: the same as the relay's --portal-url "
+                        "(default https://<hostname>/secure)")
+    p.add_argument("--relay", default="127.0.0.1:2525", metavar="HOST:PORT",
+                   help="the relay that sends codes, read receipts and replies (127.0.0.1:2525)")
+    p.add_argument("--secure-key", metavar="FILE",
+                   help="the relay's key for held content (default "
+                        "$XDG_CONFIG_HOME/connectwiz/secure.key)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--hostname", help="name in Message-IDs and the HELO to the relay")
+    p.add_argument("--behind-proxy", action="store_true",
+                   help="take the client IP (rate limits) from X-Forwarded-For's last hop")
+    p.add_argument("--insecure-cookies", action="store_true",
+                   help="cookies without Secure, for tests on http://127.0.0.1 only")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     return parser
 
 

@@ -1,0 +1,55 @@
+"""``connectwiz portal``: serve the Secure Messaging portal until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from connectwiz.errors import UserError
+from connectwiz.portal.app import Portal, PortalConfig, tls_context
+from connectwiz.probe.options import parse_host_port
+from connectwiz.relay.events import EventLog
+from connectwiz.relay.spool import default_spool
+
+
+def config_from(args: argparse.Namespace) -> PortalConfig:
+    hostname = args.hostname or socket.gethostname()
+    public_url = args.public_url or f"https://{hostname}/secure"
+    url = urlsplit(public_url)
+    if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment \
+            or any(c.isspace() for c in public_url):
+        raise UserError(f"--public-url {public_url!r}: give an http(s) URL, "
+                        "e.g. https://mail.example.com/secure")
+    if args.insecure_cookies and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise UserError("--insecure-cookies is only for http://127.0.0.1 tests; "
+                        f"--public-url {public_url} needs Secure cookies")
+    return PortalConfig(
+        spool=Path(args.spool) if args.spool else default_spool(),
+        public_url=public_url,
+        relay=parse_host_port(args.relay, 2525),
+        key_file=Path(args.secure_key) if args.secure_key else None,
+        insecure_cookies=args.insecure_cookies,
+        behind_proxy=args.behind_proxy,
+        hostname=hostname,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UserError("--tls-cert and --tls-key go together")
+    if args.listen.endswith(":0"):  # any free port; the "listening" log line names it
+        host, port = parse_host_port(args.listen[:-2], 8080)[0], 0
+    else:
+        host, port = parse_host_port(args.listen, 8080)
+    config = config_from(args)
+    if not (config.spool / "secure").is_dir():
+        raise UserError(f"{config.spool}: no Secure Messaging store (secure/); "
+                        "give the relay's --spool")
+    ssl_context = tls_context(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert \
+        else None
+    portal = Portal(config, EventLog(json_lines=args.log_json))
+    asyncio.run(portal.serve_until_signalled(host, port, ssl_context))
+    return 0

@@ -1,0 +1,1 @@
+"""The Secure Messaging portal: where external recipients read and answer held messages."""

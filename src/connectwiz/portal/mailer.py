@@ -1,0 +1,83 @@
+"""Mail the portal sends, all of it through the relay by SMTP (the relay delivers it like any
+other mail, under the Secure Delivery policy of the recipient's domain):
+
+- the one-time code, to the recipient, from the null sender (a bounce never returns it);
+- the read receipt, to the sender, from the null sender;
+- replies, with the original sender as envelope sender (an internal address, so the relay
+  applies Secure Messaging) and the definition requested with the client header, so every
+  external addressee gets the reply held in the portal (docs/portal.md says why).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+import aiosmtplib
+
+from connectwiz.policy.secure import REQUEST_HEADER
+
+
+class RelayUnavailable(Exception):
+    """The relay refused or could not be reached; the page asks to try again."""
+
+
+async def submit(relay: tuple[str, int], sender: str, recipients: list[str], msg: EmailMessage,
+                 hostname: str, timeout: float = 30.0) -> None:
+    data = msg.as_bytes(policy=email_policy.SMTP)
+    try:
+        # Plain SMTP: the relay runs on the same host or a trusted network (docs/portal.md).
+        await aiosmtplib.send(data, sender=sender, recipients=recipients, hostname=relay[0],
+                              port=relay[1], start_tls=False, use_tls=False, timeout=timeout,
+                              local_hostname=hostname)
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise RelayUnavailable(type(exc).__name__) from None
+
+
+def _base(from_: str, to: str, subject: str, hostname: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = from_
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = make_msgid(domain=hostname)
+    return msg
+
+
+def code_mail(sender: str, recipient: str, code: str, minutes: int, hostname: str
+              ) -> EmailMessage:
+    msg = _base(f"Secure Messaging <{sender}>", recipient,
+                f"Your code for the secure message from {sender}", hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(
+        f"Your one-time code is: {code}\r\n\r\n"
+        f"Enter it in the Secure Messaging portal within {minutes} minutes.\r\n"
+        "If you did not ask for a code, ignore this e-mail: nobody can read the message\r\n"
+        "without it.\r\n")
+    return msg
+
+
+def receipt_mail(sender: str, reader: str, subject: str, held_id: str, when: str,
+                 hostname: str) -> EmailMessage:
+    msg = _base(f"Secure Messaging <{sender}>", sender, f"Read: {subject}", hostname)
+    msg["Auto-Submitted"] = "auto-replied"
+    msg.set_content(
+        f"{reader} opened your secure message in the portal at {when}.\r\n"
+        f"Subject: {subject}\r\nHeld message: {held_id}\r\n")
+    return msg
+
+
+def reply_mail(author: str, to: list[str], cc: list[str], subject: str, text: str,
+               in_reply_to: str, definition: str, hostname: str) -> EmailMessage:
+    msg = _base(author, ", ".join(to), subject, hostname)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    msg["Reply-To"] = author
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg[REQUEST_HEADER] = definition
+    msg.set_content(text.replace("\r\n", "\n").replace("\n", "\r\n") + "\r\n")
+    return msg
