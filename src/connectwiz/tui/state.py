@@ -63,6 +63,11 @@ class Changes:
                     or self.routes_removed or self.modes_changed)
 
 
+def too_strict(domain: ExternalDomain, status: ValidationStatus | None) -> bool:
+    """Enforced Strict, but its servers only pass Relaxed checks: its mail would bounce."""
+    return domain.encryption_mode is EncryptionMode.STRICT and status is ValidationStatus.RELAXED
+
+
 @dataclass(frozen=True, slots=True)
 class Risks:
     """Domains a bundle would enforce TLS with although mail to them would be deferred, then
@@ -201,19 +206,18 @@ class WizardState:
 
     def risks(self) -> Risks:
         groups: dict[ValidationStatus | None, list[str]] = {}
-        too_strict: list[str] = []
+        strict_only: list[str] = []
         for domain in self.model.external_domains:
             status = self.domain_status(domain)
-            if status is ValidationStatus.RELAXED:
-                if domain.encryption_mode is EncryptionMode.STRICT:
-                    too_strict.append(domain.domain)
-            elif status is not ValidationStatus.STRICT:
+            if too_strict(domain, status):
+                strict_only.append(domain.domain)
+            elif status not in SUPPORTED:
                 groups.setdefault(status, []).append(domain.domain)
         return Risks(
             unsupported=tuple(groups.get(ValidationStatus.UNSUPPORTED, ())),
             failed=tuple(groups.get(ValidationStatus.ERROR, ())),
             not_validated=tuple(groups.get(None, ())),
-            too_strict=tuple(too_strict),
+            too_strict=tuple(strict_only),
         )
 
     def unsaved(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import ClassVar
 
 from rich.text import Text
@@ -12,7 +13,12 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import display_domain
-from connectwiz.policy.model import EncryptionMode, ExternalDomain, ValidationStatus
+from connectwiz.policy.model import (
+    EncryptionMode,
+    ExternalDomain,
+    LastValidation,
+    ValidationStatus,
+)
 from connectwiz.probe import Target
 from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
@@ -22,9 +28,31 @@ from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.finish import FinishScreen
-from connectwiz.tui.widgets import Cells, key_of, sync_rows, update_row
+from connectwiz.tui.state import too_strict
+from connectwiz.tui.widgets import Cells, ListTable, key_of, sync_rows, update_row
 
 COLUMNS = ("domain", "mode", "status", "at")
+
+
+# Cells shared by many rows; a DataTable never changes its cells, and neither may we.
+_TESTING = TESTING.copy()
+
+
+@lru_cache(maxsize=16)
+def _mode_cell(mode: EncryptionMode | None, strict_only: bool) -> Text:
+    if strict_only:  # strict checks would refuse this partner's servers
+        return Text(f"{mode_label(mode)} ⚠", style="bold yellow")
+    return Text(mode_label(mode))
+
+
+@lru_cache(maxsize=16)
+def _verdict_cell(status: ValidationStatus | None) -> Text:
+    return domain_verdict(status)
+
+
+@lru_cache(maxsize=1024)
+def _when_cell(last: LastValidation | None) -> Text:
+    return Text(when(last), style=MUTED)
 
 
 class DomainsScreen(ProbeRunner, WizardScreen):
@@ -54,7 +82,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         yield Static("Step 2 of 3 · External domains", classes="step-title")
         yield Static("Mail to these domains is delivered with Enforced TLS (Strict) and mail "
                      "from them is received with Enforced TLS.", classes="explain")
-        yield DataTable(id="domains", cursor_type="row", zebra_stripes=True)
+        yield ListTable(id="domains", cursor_type="row", zebra_stripes=True)
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="detail")
         yield Footer(compact=True)
@@ -70,29 +98,24 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         cursor = table.cursor_row
         domains = self.state.model.external_domains
         # Keyed by name: rows are found again when results arrive.
-        sync_rows(table, COLUMNS, [(d.domain, self._row(d)) for d in domains], self.shown)
+        status = self.state.domain_status
+        sync_rows(table, COLUMNS, [(d.domain, self._row(d, status(d))) for d in domains],
+                  self.shown)
         if domains and table.cursor_row != min(cursor, len(domains) - 1):
             table.move_cursor(row=min(cursor, len(domains) - 1))
         self._update_detail()
         super().redraw()
 
-    def _row(self, domain: ExternalDomain) -> Cells:
-        return (shown_domain(domain.domain), self._mode(domain),
-                self._verdict(domain), Text(when(domain.last_validation), style=MUTED))
-
-    def _mode(self, domain: ExternalDomain) -> str | Text:
-        if self._too_strict(domain):  # strict checks would refuse this partner's servers
-            return Text(f"{mode_label(domain.encryption_mode)} ⚠", style="bold yellow")
-        return mode_label(domain.encryption_mode)
+    def _row(self, domain: ExternalDomain, status: ValidationStatus | None) -> Cells:
+        """One row, from the domain and its verdict looked up once. With 10,000 domains every
+        microsecond counts: the name is a plain string and the other cells are shared."""
+        verdict = _TESTING if domain.domain in self.pending else _verdict_cell(status)
+        return (shown_domain(domain.domain), _mode_cell(domain.encryption_mode,
+                                                        too_strict(domain, status)),
+                verdict, _when_cell(domain.last_validation))
 
     def _too_strict(self, domain: ExternalDomain) -> bool:
-        return (domain.encryption_mode is EncryptionMode.STRICT
-                and self.state.domain_status(domain) is ValidationStatus.RELAXED)
-
-    def _verdict(self, domain: ExternalDomain) -> Text:
-        if domain.domain in self.pending:
-            return TESTING.copy()
-        return domain_verdict(self.state.domain_status(domain))
+        return too_strict(domain, self.state.domain_status(domain))
 
     def selected(self) -> ExternalDomain | None:
         domains = self.state.model.external_domains
@@ -195,7 +218,8 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         self.state.record_domain(name, message.result)
         domain = self.state.domain(name)
         if domain is not None and name in self.shown:
-            update_row(self.query_one(DataTable), COLUMNS, name, self._row(domain), self.shown)
+            update_row(self.query_one(DataTable), COLUMNS, name,
+                       self._row(domain, self.state.domain_status(domain)), self.shown)
         self._update_detail()
 
     def on_probe_finished(self, message: ProbeFinished) -> None:
