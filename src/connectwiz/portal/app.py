@@ -50,6 +50,7 @@ from connectwiz.relay.spool import Spool
 
 SESSION_COOKIE = "cwz_session"
 CSRF_COOKIE = "cwz_csrf"
+CSRF_NONCE = web.RequestKey("csrf_nonce", str)
 _HELD = re.compile(r"[0-9A-Z]{1,64}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,128}")
 _CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -146,8 +147,8 @@ class Portal:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
                     ) -> None:
-        access = type("AccessLog", (_AccessLog,), {"events": self.log})
-        self._runner = web.AppRunner(self.app, access_log_class=access, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log_class=self.access_log_class(),
+                                     handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
@@ -156,6 +157,9 @@ class Portal:
         self._sweeper = asyncio.create_task(self._sweep_forever())
         self.log("listening", host=self.address[0], port=self.address[1],
                  public_url=self.config.public_url)
+
+    def access_log_class(self) -> type[AbstractAccessLogger]:
+        return type("AccessLog", (_AccessLog,), {"events": self.log})
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -208,7 +212,7 @@ class Portal:
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         stored = self.signer.loads(request.cookies.get(CSRF_COOKIE))
         fresh = not (stored and stored.get("k") == "c" and isinstance(stored.get("n"), str))
-        request["csrf_nonce"] = secrets.token_urlsafe(16) if fresh else stored["n"]  # type: ignore[index]
+        request[CSRF_NONCE] = secrets.token_urlsafe(16) if fresh else stored["n"]  # type: ignore[index]
         try:
             if request.method == "POST" and not await self._csrf_valid(request, fresh):
                 self.log("csrf-refused", route=_route_name(request))
@@ -222,9 +226,9 @@ class Portal:
                                  text="Open the link from your e-mail again.")
         if fresh:
             response.set_cookie(CSRF_COOKIE, self.signer.dumps(
-                {"k": "c", "n": request["csrf_nonce"]}, 86400), **self._cookie_flags())
+                {"k": "c", "n": request[CSRF_NONCE]}, 86400), **self._cookie_flags())
         h = response.headers
-        h["Content-Security-Policy"] = _CSP
+        h.setdefault("Content-Security-Policy", _CSP)  # attachments bring a stricter one
         h["X-Frame-Options"] = "DENY"
         h["Referrer-Policy"] = "no-referrer"  # the token in the URL never leaves in a Referer
         h["X-Content-Type-Options"] = "nosniff"
@@ -242,7 +246,7 @@ class Portal:
             return False
         form = await request.post()
         given = form.get("_csrf")
-        return csrf_ok(self.csrf_key, request["csrf_nonce"], given if isinstance(given, str)
+        return csrf_ok(self.csrf_key, request[CSRF_NONCE], given if isinstance(given, str)
                        else None)
 
     def _cookie_flags(self) -> dict[str, Any]:
@@ -254,8 +258,9 @@ class Portal:
     def page(self, request: web.Request, template: str, status: int = 200, **ctx: Any
              ) -> web.Response:
         ctx.setdefault("title", "Secure Messaging")
+        ctx.setdefault("home", None)
         text = self.templates.get_template(template).render(
-            static=self.base + "/static", csrf=csrf_token(self.csrf_key, request["csrf_nonce"]),
+            static=self.base + "/static", csrf=csrf_token(self.csrf_key, request[CSRF_NONCE]),
             **ctx)
         return web.Response(text=text, status=status, content_type="text/html")
 

@@ -29,11 +29,14 @@ async def submit(relay: tuple[str, int], sender: str, recipients: list[str], msg
     data = msg.as_bytes(policy=email_policy.SMTP)
     try:
         # Plain SMTP: the relay runs on the same host or a trusted network (docs/portal.md).
-        await aiosmtplib.send(data, sender=sender, recipients=recipients, hostname=relay[0],
-                              port=relay[1], start_tls=False, use_tls=False, timeout=timeout,
-                              local_hostname=hostname)
+        client = aiosmtplib.SMTP(hostname=relay[0], port=relay[1], start_tls=False,
+                                 use_tls=False, timeout=timeout, local_hostname=hostname)
+        async with client:  # not aiosmtplib.send: it refuses the null sender
+            errors, _ = await client.sendmail(sender, recipients, data)
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise RelayUnavailable(type(exc).__name__) from None
+    if errors:  # some recipients refused: the page says it did not work
+        raise RelayUnavailable(f"{len(errors)} recipient(s) refused")
 
 
 def _base(from_: str, to: str, subject: str, hostname: str) -> EmailMessage:
