@@ -4,12 +4,12 @@ and each refusal."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from email.message import EmailMessage
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectwiz.relay.secure import HeldStore, revoke_held
+from connectwiz.errors import UserError
+from connectwiz.relay.secure import HeldStore, load_secure_key, revoke_held
 from connectwiz.relay.spool import Spool
 from tests.portal.conftest import READER, SENDER, hold, mime
 
@@ -31,7 +31,7 @@ async def test_link_asks_for_a_code_then_shows_the_message(portal_client, sink) 
     assert "t*****@bank.example" in page and SENDER in page
 
     await pc.sign_in(sink, held, tokens[READER])
-    [(mail_from, rcpts, data)] = sink.messages
+    [(mail_from, rcpts, _)] = sink.messages
     assert mail_from == "<>" and rcpts == [READER]  # the code, from the null sender
     resp = await pc.client.get(link)
     page = await resp.text()
@@ -75,7 +75,6 @@ async def test_revoked_message_is_refused(portal_client, sink) -> None:
     pc = await portal_client()
     held, tokens = hold(pc.spool, mime("t5"))
     await pc.sign_in(sink, held, tokens[READER])
-    from datetime import UTC, datetime
     revoke_held(HeldStore(Spool(pc.spool)), held, datetime.now(UTC))
     resp = await pc.client.get(pc.link(held, tokens[READER]))
     assert resp.status == 410 and "withdrawn" in await resp.text()
@@ -130,8 +129,7 @@ async def test_a_code_works_once_and_only_for_its_own_message(portal_client, sin
     await pc.sign_in(sink, held, tokens[READER])
     code = await sink.wait_code(READER)
     link = pc.link(held, tokens[READER])
-    csrf = await pc.csrf(link)
-    pc.client.session.cookie_jar.clear()
+    pc.client.session.cookie_jar.clear()  # a new browser, without the session
     csrf = await pc.csrf(link)
     resp = await pc.client.post(link + "/verify", data={"_csrf": csrf, "code": code})
     assert resp.status == 400  # used already
@@ -197,7 +195,7 @@ async def test_reply_goes_to_the_sender_through_the_relay_as_secure(portal_clien
     resp = await pc.client.post(link + "/reply", data={
         "_csrf": csrf, "subject": "Re: Statement t12", "text": "Thanks, answer t12"})
     assert resp.status == 200 and "Your reply was sent" in await resp.text()
-    mail_from, rcpts, data = sink.messages[-1]
+    mail_from, rcpts, _ = sink.messages[-1]
     assert mail_from == SENDER and rcpts == [SENDER]
     [reply] = sink.to(SENDER)
     assert reply["From"] == READER and reply["X-Connectwiz-Secure"] == "Confidential 7d"
@@ -356,12 +354,9 @@ async def test_logs_hold_no_token_code_or_content(portal_client, sink) -> None:
 
 
 async def test_wrong_key_is_a_clear_error(portal_client, tmp_path) -> None:
-    from connectwiz.errors import UserError
-    from connectwiz.relay.secure import load_secure_key
     key = tmp_path / "other.key"
     load_secure_key(key)
     pc = await portal_client()
     held, _ = hold(pc.spool, mime("t23"), key_file=key)
     with pytest.raises(UserError, match="cannot be decrypted"):
         pc.portal.store.read_body(held)
-    assert isinstance(mime("x"), bytes) and EmailMessage

@@ -64,7 +64,7 @@ class Signer:
         if not text or text.count(".") != 1:
             return None
         body, mac = text.split(".")
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if not _same(mac, self._mac(body)):
             return None
         try:
             data = json.loads(_unb64(body))
@@ -77,6 +77,12 @@ class Signer:
         return data["v"]
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality that also copes with non-ASCII input (compare_digest on str
+    raises for it)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def csrf_token(key: bytes, nonce: str) -> str:
     return hmac.new(key, f"csrf|{nonce}".encode(), hashlib.sha256).hexdigest()
 
@@ -84,7 +90,7 @@ def csrf_token(key: bytes, nonce: str) -> str:
 def csrf_ok(key: bytes, nonce: str | None, given: str | None) -> bool:
     if not nonce or not given:
         return False
-    return hmac.compare_digest(csrf_token(key, nonce), given)
+    return _same(given, csrf_token(key, nonce))
 
 
 class RateLimiter:

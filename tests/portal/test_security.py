@@ -1,0 +1,207 @@
+"""Unit tests of the portal's security helpers: pure logic with injected clocks, no network."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from connectwiz.errors import UserError
+from connectwiz.portal.security import (
+    CodeBook,
+    CodeResult,
+    RateLimiter,
+    Signer,
+    csrf_ok,
+    csrf_token,
+    derive_key,
+    mask_address,
+    safe_filename,
+    sanitize_html,
+)
+from connectwiz.relay.secure import load_secure_key, seal, unseal
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+KEY = bytes(range(32))
+
+
+def test_signed_value_round_trips_and_expires() -> None:
+    clock = Clock()
+    signer = Signer(KEY, clock)
+    text = signer.dumps({"h": "ABC", "r": "x@y"}, ttl=60)
+    assert signer.loads(text) == {"h": "ABC", "r": "x@y"}
+    clock.now += 60
+    assert signer.loads(text) is None
+
+
+def test_tampered_or_foreign_signatures_are_refused() -> None:
+    signer = Signer(KEY)
+    text = signer.dumps({"h": "ABC"}, ttl=60)
+    body, mac = text.split(".")
+    forged = Signer(bytes(32)).dumps({"h": "ABC"}, ttl=60)
+    for bad in (body + "." + mac[:-1] + ("A" if mac[-1] != "A" else "B"),
+                body[:-2] + "xx." + mac, forged, "", None, "a.b.c", "nodot", "!!.??"):
+        assert signer.loads(bad) is None, bad
+
+
+@given(st.text(max_size=200))
+def test_signer_never_raises_on_hostile_input(text: str) -> None:
+    assert Signer(KEY).loads(text) is None
+
+
+def test_keys_differ_per_purpose() -> None:
+    assert derive_key(KEY, "cookies") != derive_key(KEY, "csrf")
+    assert derive_key(KEY, "csrf") == derive_key(KEY, "csrf")
+    assert derive_key(KEY, "csrf") != derive_key(bytes(32), "csrf")
+
+
+def test_csrf_token_belongs_to_its_nonce() -> None:
+    token = csrf_token(KEY, "nonce-1")
+    assert csrf_ok(KEY, "nonce-1", token)
+    assert not csrf_ok(KEY, "nonce-2", token)
+    assert not csrf_ok(KEY, "nonce-1", token[:-1] + "0" if token[-1] != "0" else token[:-1] + "1")
+    assert not csrf_ok(KEY, "nonce-1", None) and not csrf_ok(KEY, None, token)
+    assert not csrf_ok(bytes(32), "nonce-1", token)
+
+
+def test_rate_limiter_is_a_sliding_window_per_key() -> None:
+    clock = Clock()
+    limit = RateLimiter(2, 60, clock)
+    assert limit.allow("a") and limit.allow("a")
+    assert not limit.allow("a")
+    assert limit.allow("b")  # other keys are separate
+    assert limit.retry_after("a") == pytest.approx(60)
+    clock.now += 30
+    assert not limit.allow("a")  # refused events are not counted...
+    clock.now += 30.5
+    assert limit.allow("a")  # ...so the window frees up 60 s after the first
+    assert limit.retry_after("b") == 0
+
+
+def test_code_is_single_use() -> None:
+    book = CodeBook(KEY, clock=Clock())
+    code = book.issue("H|x@y")
+    assert len(code) == 6 and code.isdigit()
+    assert book.check("H|x@y", code) == CodeResult.OK
+    assert book.check("H|x@y", code) == CodeResult.NONE
+
+
+def test_three_wrong_codes_burn_it() -> None:
+    book = CodeBook(KEY, clock=Clock())
+    code = book.issue("s")
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    assert book.check("s", wrong) == CodeResult.WRONG
+    assert book.attempts_left("s") == 2
+    assert book.check("s", wrong) == CodeResult.WRONG
+    assert book.check("s", wrong) == CodeResult.BURNT
+    assert book.check("s", code) == CodeResult.NONE
+
+
+def test_code_expires_and_a_new_one_replaces_the_old() -> None:
+    clock = Clock()
+    book = CodeBook(KEY, ttl=600, clock=clock)
+    first = book.issue("s")
+    second = book.issue("s")
+    if first != second:
+        assert book.check("s", first) == CodeResult.WRONG
+    clock.now += 600
+    assert book.check("s", second) == CodeResult.NONE
+
+
+def test_code_is_bound_to_its_subject_and_spaces_are_ignored() -> None:
+    book = CodeBook(KEY, clock=Clock())
+    code = book.issue("a")
+    book.issue("b")
+    spaced = code[:3] + " " + code[3:]
+    assert book.check("a", spaced) == CodeResult.OK
+
+
+def test_codes_are_kept_only_as_hmacs() -> None:
+    book = CodeBook(KEY, clock=Clock())
+    code = book.issue("s")
+    stored = repr(book._codes)
+    assert code not in stored
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("report.pdf", "report.pdf"),
+    ("../../etc/passwd", "passwd"),
+    ("C:\\Users\\x\\evil.exe", "evil.exe"),
+    ('a"b;c\r\nd.txt', "a_b_c_d.txt"),
+    (".hidden", "hidden"),
+    ("", "attachment"),
+    (None, "attachment"),
+    ("Überweisung März.pdf", "Überweisung_März.pdf"),
+])
+def test_safe_filename(name: str | None, expected: str) -> None:
+    assert safe_filename(name) == expected
+
+
+def test_safe_filename_keeps_the_extension_of_long_names() -> None:
+    name = safe_filename("x" * 300 + ".pdf")
+    assert len(name) == 120 and name.endswith(".pdf")
+
+
+def test_sanitiser_removes_script_and_handlers_keeps_text() -> None:
+    out = sanitize_html('<p style="x" onmouseover="e()">Hi <i>there</i></p><script>bad()</script>'
+                        '<form action="http://x"><input></form><a href="javascript:x()">l</a>')
+    assert "Hi <i>there</i>" in out
+    for bad in ("script", "onmouseover", "<form", "<input", "javascript:", "bad()"):
+        assert bad not in out
+
+
+def test_mask_address() -> None:
+    assert mask_address("teller@bank.example") == "t*****@bank.example"
+    assert mask_address("a@b.example") == "a***@b.example"
+
+
+def test_key_file_is_made_0600_once_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "secure.key"
+    key = load_secure_key(path)
+    assert len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_secure_key(path) == key
+
+
+def test_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secure.key"
+    load_secure_key(path)
+    os.chmod(path, 0o644)
+    with pytest.raises(UserError, match="readable by others"):
+        load_secure_key(path)
+    path.write_text("not hex\n")
+    os.chmod(path, 0o600)
+    with pytest.raises(UserError, match="64 hex digits"):
+        load_secure_key(path)
+
+
+def test_sealed_content_needs_the_key_and_the_id() -> None:
+    blob = seal(KEY, "ABC", b"secret body")
+    assert b"secret body" not in blob
+    assert unseal(KEY, "ABC", blob) == b"secret body"
+    with pytest.raises(UserError, match="cannot be decrypted"):
+        unseal(KEY, "ABD", blob)  # moved to another message's folder
+    with pytest.raises(UserError, match="cannot be decrypted"):
+        unseal(bytes(32), "ABC", blob)
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(UserError, match="cannot be decrypted"):
+        unseal(KEY, "ABC", tampered)
+    with pytest.raises(UserError, match="not in the encrypted format"):
+        unseal(KEY, "ABC", b"From: x\r\n\r\nplain")
+
+
+@given(st.text(max_size=100))
+def test_csrf_check_never_raises_on_hostile_input(text: str) -> None:
+    assert not csrf_ok(KEY, "n", text)
