@@ -212,7 +212,7 @@ def test_finish(snap_compare: Any, bundle_path: Path, size: str) -> None:
         await paste(pilot, "partner.example\nbank.example")
         await pilot.press("ctrl+s", "a")
         await pilot.pause()
-        await pilot.press("f")
+        await pilot.press("f", "a")  # the others were never validated: Finish anyway
 
     app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
     assert snap_compare(app, terminal_size=SIZES[size],
@@ -221,7 +221,7 @@ def test_finish(snap_compare: Any, bundle_path: Path, size: str) -> None:
 
 def test_export_dialog(snap_compare: Any, bundle_path: Path) -> None:
     app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
-    assert snap_compare(app, run_before=steps(to_domains, press("f", "x")))
+    assert snap_compare(app, run_before=steps(to_domains, press("f", "a", "x")))
 
 
 def test_quit_with_unsaved_changes_asks(snap_compare: Any, bundle_path: Path) -> None:
@@ -245,3 +245,8 @@ def test_domain_dialog_relaxed_offers_relaxed(snap_compare: Any, bundle_path: Pa
 
     app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
     assert snap_compare(app, run_before=steps(to_domains, validated))
+
+
+def test_finish_warning(snap_compare: Any, bundle_path: Path) -> None:
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, feed(DOMAIN_RESULTS), press("f")))

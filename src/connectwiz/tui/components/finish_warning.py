@@ -56,7 +56,7 @@ class FinishWarningDialog(Dialog[bool]):
         risks = self.risks
         text = Text("Every domain in the bundle gets Enforced TLS: mail to it is only sent "
                     "over TLS that passes its checks, else it waits in the queue and then "
-                    "bounces.\n")
+                    "bounces.")
         for domains, what, consequence, fix in (
             (risks.unsupported, "Do not support TLS",
              "mail to them will be deferred, then bounced",
@@ -68,14 +68,14 @@ class FinishWarningDialog(Dialog[bool]):
              "if they lack TLS, mail to them will be deferred, then bounced",
              f"validate it ({validate}; {validate_all} validates all) or remove it ({remove})"),
             (risks.too_strict, "Only pass Relaxed checks but are enforced Strict",
-             "their certificates fail Strict checks: mail will be deferred, then bounced",
+             "Strict checks fail: mail to them will be deferred, then bounced",
              f"press {relaxed} on its row to enforce Relaxed"),
         ):
             if domains:
-                text.append(f"\n{what} ({len(domains)}): ", style="bold")
+                text.append(f"\n\n{what} ({len(domains)}): ", style="bold")
                 text.append(names(domains))
                 text.append(f"\n  {consequence[0].upper()}{consequence[1:]}.")
-                text.append(f"\n  Fix: {fix}.\n", style="yellow")
+                text.append(f"\n  Fix: {fix}.", style="yellow")
         return text
 
     def action_cancel(self) -> None:
