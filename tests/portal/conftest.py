@@ -26,6 +26,7 @@ from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.secure import HeldStore, token_hash
 from connectwiz.relay.spool import Spool
+from tests.relay.conftest import relays  # noqa: F401 - a fixture, used by name
 
 SENDER = "alice@corp.example"
 READER = "teller@bank.example"

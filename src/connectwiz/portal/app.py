@@ -13,6 +13,7 @@ import contextlib
 import re
 import secrets
 import signal
+import socket
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -145,12 +146,16 @@ class Portal:
                               name="static")
         return app
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None
-                    ) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    sock: socket.socket | None = None) -> None:
+        """Serve on ``host:port``, or on ``sock`` when given (a socket already listening,
+        e.g. so the relay can be told the portal's URL before the portal starts)."""
         self._runner = web.AppRunner(self.app, access_log_class=self.access_log_class(),
                                      handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
+        site: web.BaseSite = (
+            web.SockSite(self._runner, sock, ssl_context=ssl_context) if sock is not None
+            else web.TCPSite(self._runner, host, port, ssl_context=ssl_context))
         await site.start()
         self.address = self._runner.addresses[0][:2]
         await asyncio.to_thread(self.sweep)
