@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from dataclasses import dataclass, field
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
@@ -31,7 +32,7 @@ class PolicyServer:
     def __init__(self, address: str, port: int, context: ssl.SSLContext,
                  pages: dict[str, Page]) -> None:
         self.address, self.port, self.context, self.pages = address, port, context, pages
-        self.requests: list[str] = []  # host names asked for, for tests
+        self.requests: deque[str] = deque(maxlen=10_000)  # host names asked for, for tests
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
