@@ -163,8 +163,9 @@ def test_sanitiser_removes_script_and_handlers_keeps_text() -> None:
 
 
 def test_mask_address() -> None:
-    assert mask_address("teller@bank.example") == "t*****@bank.example"
-    assert mask_address("a@b.example") == "a***@b.example"
+    assert mask_address("teller@bank.example") == "t****@bank.example"
+    assert mask_address("a@b.example") == "a****@b.example"
+    assert mask_address("nobody") == "n****"
 
 
 def test_key_file_is_made_0600_once_and_reused(tmp_path: Path) -> None:

@@ -123,6 +123,7 @@ class Portal:
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("connectwiz.portal", "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined)
+        self.templates.filters["when"] = _when
         self.app = self._build()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -309,8 +310,9 @@ class Portal:
             if await asyncio.to_thread(self.store.delete_body, held):
                 self.log("content-deleted", held=held, status="expired")
             return self._notice(request, 410, "This message has expired",
-                                f"It could be read until {record['expires_at']}. Its content "
-                                f"has been deleted. Ask the sender to send it again.")
+                                f"It could be read until {_when(record['expires_at'])}. "
+                                "Its content has been deleted. Ask the sender to send it "
+                                "again.")
         return Link(held, token, record, recipient["address"])
 
     def _read(self, held: str) -> dict[str, Any] | None:
@@ -357,7 +359,8 @@ class Portal:
         return self.page(request, "message.html", title=shown.subject or "(no subject)",
                          m=shown, link=self._url(link), allow_print=d["allow_print"],
                          allow_reply=d["allow_reply"], allow_reply_all=d["allow_reply_all"],
-                         expires=link.record["expires_at"], reader=link.address)
+                         expires=link.record["expires_at"], reader=link.address,
+                         held_at=link.record["held_at"])
 
     async def _first_view(self, link: Link, subject: str) -> None:
         """Record the first view; send the read receipt once, when the definition asks."""
@@ -480,7 +483,7 @@ class Portal:
             return body
         shown = content.view(body)
         return self.page(request, "print.html", title=shown.subject or "(no subject)", m=shown,
-                         link=self._url(link))
+                         link=self._url(link), held_at=link.record["held_at"])
 
     async def attachment(self, request: web.Request) -> web.StreamResponse:
         link = await self._session_link(request)
@@ -586,6 +589,15 @@ class Portal:
                                 "new code.", link=link)
         response.del_cookie(SESSION_COOKIE, path=self._cookie_flags()["path"])
         return response
+
+
+def _when(iso: str) -> str:
+    """``2026-11-30T06:33:26Z`` as people read it: ``30 Nov 2026, 06:33 UTC``."""
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(UTC).strftime(
+            "%d %b %Y, %H:%M UTC")
+    except ValueError:
+        return iso
 
 
 def _route_name(request: web.Request) -> str:

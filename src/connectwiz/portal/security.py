@@ -205,8 +205,7 @@ def sanitize_html(markup: str) -> str:
 
 
 def mask_address(address: str) -> str:
-    """``t*****@bank.example``: enough for the recipient to recognise, little for others."""
+    """``t****@bank.example``: enough for the recipient to recognise, little for others
+    (a fixed number of stars, so not even the length shows)."""
     local, at, domain = address.rpartition("@")
-    if not at:
-        return address[:1] + "***"
-    return f"{local[:1]}{'*' * max(len(local) - 1, 3)}@{domain}"
+    return f"{local[:1]}****@{domain}" if at else f"{address[:1]}****"
