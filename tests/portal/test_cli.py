@@ -1,0 +1,68 @@
+"""``connectwiz portal`` as a process: HTTPS with --tls-cert/--tls-key, and usage errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from connectwiz.cli import main as cli_main
+from connectwiz.lab.ca import LabCA
+from tests.portal.conftest import READER, hold, mime
+
+pytestmark = pytest.mark.network
+
+
+async def test_serves_https_with_secure_cookies_and_stops_on_sigterm(tmp_path: Path) -> None:
+    ca = LabCA(tmp_path / "ca")
+    cert, key = ca.issue(["localhost"])
+    spool = tmp_path / "spool"
+    key_file = tmp_path / "keys" / "secure.key"
+    held, tokens = hold(spool, mime("cli"), key_file=key_file)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connectwiz", "portal", "--listen", "127.0.0.1:0",
+        "--spool", str(spool), "--public-url", "https://localhost/secure",
+        "--secure-key", str(key_file), "--tls-cert", str(cert), "--tls-key", str(key),
+        "--relay", "127.0.0.1:9", "--hostname", "portal.test",
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+        port = re.search(r"\blistening\b.* port=(\d+)", line)
+        assert port, line
+        ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+        connector = aiohttp.TCPConnector(ssl=ctx)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"https://localhost:{port.group(1)}/secure/m/{held}/{tokens[READER]}"
+            async with session.get(url) as resp:
+                page = await resp.text()
+                assert resp.status == 200 and "Send me a code" in page
+                assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
+                cookie = resp.headers["Set-Cookie"]
+                assert "Secure" in cookie and "HttpOnly" in cookie
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    rest = (await proc.stderr.read()).decode()
+    assert tokens[READER] not in line + rest
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--insecure-cookies", "--public-url", "https://mail.example.com/secure"],
+     "only for http://127.0.0.1"),
+    (["--tls-cert", "x.pem"], "go together"),
+    (["--public-url", "ftp://x/secure"], "give an http(s) URL"),
+    (["--spool", "/nonexistent/spool"], "no Secure Messaging store"),
+])
+def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+                      ) -> None:
+    assert cli_main(["portal", "--spool", "/nonexistent/spool", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("connectwiz: ") and message in err and "Traceback" not in err
