@@ -360,3 +360,24 @@ async def test_wrong_key_is_a_clear_error(portal_client, tmp_path) -> None:
     held, _ = hold(pc.spool, mime("t23"), key_file=key)
     with pytest.raises(UserError, match="cannot be decrypted"):
         pc.portal.store.read_body(held)
+
+
+async def test_damaged_content_is_a_clear_page_not_a_traceback(portal_client, sink) -> None:
+    pc = await portal_client()
+    held, tokens = hold(pc.spool, mime("t24"))
+    await pc.sign_in(sink, held, tokens[READER])
+    body = pc.spool / "secure" / held / "message.enc"
+    body.write_bytes(body.read_bytes()[:-4] + b"XXXX")
+    resp = await pc.client.get(pc.link(held, tokens[READER]))
+    assert resp.status == 500 and "cannot be shown" in await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert "cannot be decrypted" in pc.logs.getvalue()
+
+
+async def test_static_css_is_served_and_cacheable(portal_client) -> None:
+    pc = await portal_client()
+    resp = await pc.client.get("/secure/static/portal.css")
+    assert resp.status == 200 and "focus-visible" in await resp.text()
+    assert resp.headers["Cache-Control"].startswith("public")
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert (await pc.client.get("/secure/static/../app.py")).status == 404

@@ -230,6 +230,11 @@ class Portal:
         except web.HTTPException as exc:  # unknown paths, wrong methods, too-large bodies
             response = self.page(request, "notice.html", exc.status, title=exc.reason,
                                  text="Open the link from your e-mail again.")
+        except UserError as exc:  # e.g. content the key cannot decrypt: the admin's problem
+            self.log("error", route=_route_name(request), error=str(exc))
+            response = self.page(request, "notice.html", 500,
+                                 title="This message cannot be shown right now",
+                                 text="Please try again later or ask the sender.")
         if fresh:
             response.set_cookie(CSRF_COOKIE, self.signer.dumps(
                 {"k": "c", "n": request[CSRF_NONCE]}, 86400), **self._cookie_flags())
