@@ -381,3 +381,19 @@ async def test_static_css_is_served_and_cacheable(portal_client) -> None:
     assert resp.headers["Cache-Control"].startswith("public")
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert (await pc.client.get("/secure/static/../app.py")).status == 404
+
+
+async def test_a_stray_request_does_not_replace_the_forms_csrf_cookie(portal_client,
+                                                                       sink) -> None:
+    pc = await portal_client()
+    held, tokens = hold(pc.spool, mime("t25"))
+    link = pc.link(held, tokens[READER])
+    csrf = await pc.csrf(link)
+    resp = await pc.client.get("/secure/favicon.ico")  # the CSRF cookie goes along: /secure/
+    assert resp.status == 404 and "Set-Cookie" not in resp.headers
+    pc.client.session.cookie_jar.clear()
+    csrf = await pc.csrf(link)
+    resp = await pc.client.get("/favicon.ico")  # outside the cookie's path
+    assert "Set-Cookie" not in resp.headers
+    resp = await pc.client.post(link + "/code", data={"_csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303

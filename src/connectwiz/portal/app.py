@@ -52,6 +52,8 @@ from connectwiz.relay.spool import Spool
 SESSION_COOKIE = "cwz_session"
 CSRF_COOKIE = "cwz_csrf"
 CSRF_NONCE = web.RequestKey("csrf_nonce", str)
+CSRF_SHOWN = web.RequestKey("csrf_shown", bool)
+_FORMS = frozenset({"landing.html", "code.html", "message.html", "reply.html"})
 _HELD = re.compile(r"[0-9A-Z]{1,64}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,128}")
 _CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -235,7 +237,9 @@ class Portal:
             response = self.page(request, "notice.html", 500,
                                  title="This message cannot be shown right now",
                                  text="Please try again later or ask the sender.")
-        if fresh:
+        # Only pages with a form set the cookie: a stray request (e.g. /favicon.ico) must not
+        # replace the nonce the open form's token was made from.
+        if fresh and request.get(CSRF_SHOWN):
             response.set_cookie(CSRF_COOKIE, self.signer.dumps(
                 {"k": "c", "n": request[CSRF_NONCE]}, 86400), **self._cookie_flags())
         h = response.headers
@@ -268,6 +272,8 @@ class Portal:
 
     def page(self, request: web.Request, template: str, status: int = 200, **ctx: Any
              ) -> web.Response:
+        if template in _FORMS:
+            request[CSRF_SHOWN] = True
         ctx.setdefault("title", "Secure Messaging")
         ctx.setdefault("home", None)
         text = self.templates.get_template(template).render(

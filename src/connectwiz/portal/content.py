@@ -48,7 +48,7 @@ def _header(msg: EmailMessage, name: str) -> str:
 def _date(msg: EmailMessage) -> str:
     raw = _header(msg, "Date")
     try:
-        return parsedate_to_datetime(raw).strftime("%Y-%m-%d %H:%M %z")
+        return parsedate_to_datetime(raw).strftime("%d %b %Y, %H:%M %z")
     except (TypeError, ValueError):
         return raw
 
