@@ -364,7 +364,7 @@ class Portal:
         body = await self._body(request, link)
         if isinstance(body, web.Response):
             return body
-        shown = content.view(body)
+        shown = await asyncio.to_thread(content.view, body)  # CPU: off the loop
         await self._first_view(link, shown.subject)
         d = link.definition
         return self.page(request, "message.html", title=shown.subject or "(no subject)",
@@ -492,7 +492,7 @@ class Portal:
         body = await self._body(request, link)
         if isinstance(body, web.Response):
             return body
-        shown = content.view(body)
+        shown = await asyncio.to_thread(content.view, body)  # CPU: off the loop
         return self.page(request, "print.html", title=shown.subject or "(no subject)", m=shown,
                          link=self._url(link), held_at=link.record["held_at"])
 
@@ -503,7 +503,7 @@ class Portal:
         body = await self._body(request, link)
         if isinstance(body, web.Response):
             return body
-        found = content.attachment(body, int(request.match_info["n"]))
+        found = await asyncio.to_thread(content.attachment, body, int(request.match_info["n"]))
         if found is None:
             return self._notice(request, 404, "No such attachment", "", link=link)
         part, data = found
@@ -540,7 +540,7 @@ class Portal:
         body = await self._body(request, link)
         if isinstance(body, web.Response):
             return body
-        shown = content.view(body)
+        shown = await asyncio.to_thread(content.view, body)  # CPU: off the loop
         to, cc = self._reply_targets(link, everyone)
         subject = shown.subject if shown.subject.lower().startswith("re:") else (
             f"Re: {shown.subject}")
@@ -575,7 +575,7 @@ class Portal:
         body = await self._body(request, link)
         if isinstance(body, web.Response):
             return body
-        shown = content.view(body)
+        shown = await asyncio.to_thread(content.view, body)  # CPU: off the loop
         msg = reply_mail(link.address, to, cc, subject, text, shown.message_id,
                          link.definition["name"], self.config.hostname)
         try:
