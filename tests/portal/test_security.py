@@ -206,3 +206,19 @@ def test_sealed_content_needs_the_key_and_the_id() -> None:
 @given(st.text(max_size=100))
 def test_csrf_check_never_raises_on_hostile_input(text: str) -> None:
     assert not csrf_ok(KEY, "n", text)
+
+
+def test_idle_keys_and_stale_codes_are_forgotten() -> None:
+    clock = Clock()
+    limit = RateLimiter(1, 60, clock)
+    for n in range(10_001):
+        limit.allow(f"ip{n}")
+    clock.now += 61
+    limit.allow("new")
+    assert len(limit._events) == 1
+    book = CodeBook(KEY, ttl=60, clock=clock)
+    for n in range(10_001):
+        book.issue(f"s{n}")
+    clock.now += 61
+    book.issue("fresh")
+    assert list(book._codes) == ["fresh"]

@@ -114,7 +114,8 @@ class RateLimiter:
             return False
         events.append(self.clock())
         if len(self._events) > 10_000:  # forget idle keys so memory stays bounded
-            for stale in [k for k, v in self._events.items() if not v]:
+            horizon = self.clock() - self.window
+            for stale in [k for k, v in self._events.items() if not v or v[-1] <= horizon]:
                 del self._events[stale]
         return True
 
@@ -154,6 +155,10 @@ class CodeBook:
 
     def issue(self, subject: str) -> str:
         code = f"{secrets.randbelow(10 ** self.digits):0{self.digits}d}"
+        if len(self._codes) > 10_000:  # codes nobody came back for: keep memory bounded
+            now = self.clock()
+            for stale in [s for s, c in self._codes.items() if now >= c.expires]:
+                del self._codes[stale]
         self._codes[subject] = _Code(self._digest(subject, code), self.clock() + self.ttl)
         return code
 
