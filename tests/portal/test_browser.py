@@ -60,11 +60,10 @@ async def wait_mail(lab: Any, address: str, needle: str, count: int = 1) -> byte
 
 
 @pytest.fixture
-async def stack(lab, relays, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                ) -> AsyncIterator[Any]:
+async def stack(lab, relays) -> AsyncIterator[Any]:
     """A relay and a portal sharing a spool and a secure key; the relay's notifications
-    link to the portal's URL (its socket is made first, so its port is known)."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    link to the portal's URL (its socket is made first, so its port is known). The key
+    is the default one, under the test's $XDG_CONFIG_HOME (conftest)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
