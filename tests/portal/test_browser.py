@@ -7,6 +7,7 @@ Screenshots (desktop and phone width) go to $CONNECTWIZ_SCREENSHOTS when it is s
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -73,7 +74,8 @@ async def stack(lab, relays) -> AsyncIterator[Any]:
     relay = await relays(model, replace(FAST, portal_url=url))
     portal = Portal(PortalConfig(spool=relay.spool, public_url=url,
                                  relay=("127.0.0.1", relay.port), insecure_cookies=True,
-                                 hostname="portal.test"), EventLog(json_lines=True))
+                                 hostname="portal.test"),
+                    EventLog(json_lines=True, stream=io.StringIO()))
     await portal.start("127.0.0.1", 0, sock=sock)
     yield relay, portal, url
     await portal.stop()
@@ -132,7 +134,7 @@ async def sign_in(page: Any, lab: Any, address: str, link: str) -> None:
 
 
 async def test_notification_link_code_read_reply_all(lab, stack, browser) -> None:
-    relay, _, url = stack
+    relay, portal, url = stack
     tag = token()
     teller, other = f"teller-{tag}@trusted.example", f"other-{tag}@trusted.example"
     bob, alice = f"bob-{tag}@corp.example", f"alice-{tag}@corp.example"
@@ -182,6 +184,12 @@ async def test_notification_link_code_read_reply_all(lab, stack, browser) -> Non
     assert not [m for m in lab_messages(lab, f"Account balance payload {tag}")
                 if teller in m.rcpt_tos or other in m.rcpt_tos]
     assert len(mails_to(lab, alice, f"Read: Statement {tag}")) == 1
+    # The portal's log has what happened, never the token, the code or the content.
+    logs = portal.log.stream.getvalue()
+    assert "reply-sent" in logs and "code-checked" in logs
+    for secret in (link.rsplit("/", 1)[-1], f"Account balance payload {tag}",
+                   f"Statement {tag}", f"Reply text {tag}"):
+        assert secret not in logs, secret
 
 
 async def test_expired_tampered_and_wrong_codes(lab, stack, browser) -> None:
