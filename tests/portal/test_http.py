@@ -397,3 +397,40 @@ async def test_a_stray_request_does_not_replace_the_forms_csrf_cookie(portal_cli
     assert "Set-Cookie" not in resp.headers
     resp = await pc.client.post(link + "/code", data={"_csrf": csrf}, allow_redirects=False)
     assert resp.status == 303
+
+
+async def test_signed_in_code_request_goes_to_the_message_without_a_mail(portal_client,
+                                                                          sink) -> None:
+    pc = await portal_client()
+    held, tokens = hold(pc.spool, mime("t26"))
+    await pc.sign_in(sink, held, tokens[READER])
+    link = pc.link(held, tokens[READER])
+    sent = len(sink.messages)
+    csrf = await pc.csrf(link)
+    resp = await pc.client.post(link + "/code", data={"_csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == link
+    assert len(sink.messages) == sent
+
+
+async def test_sign_out_ends_the_session(portal_client, sink) -> None:
+    pc = await portal_client()
+    held, tokens = hold(pc.spool, mime("t27"))
+    await pc.sign_in(sink, held, tokens[READER])
+    link = pc.link(held, tokens[READER])
+    csrf = await pc.csrf(link)
+    resp = await pc.client.post(link + "/signout", data={"_csrf": csrf})
+    assert resp.status == 200 and "signed out" in await resp.text()
+    page = await (await pc.client.get(link)).text()
+    assert "Send me a code" in page and "Confidential payload" not in page
+
+
+async def test_empty_reply_is_refused_with_the_form_again(portal_client, sink) -> None:
+    pc = await portal_client()
+    held, tokens = hold(pc.spool, mime("t28"))
+    await pc.sign_in(sink, held, tokens[READER])
+    link = pc.link(held, tokens[READER])
+    sent = len(sink.messages)
+    csrf = await pc.csrf(link + "/reply")
+    resp = await pc.client.post(link + "/reply", data={"_csrf": csrf, "text": "  \n "})
+    assert resp.status == 400 and "Write a message first" in await resp.text()
+    assert len(sink.messages) == sent
