@@ -13,8 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from connectwiz.cli import build_parser
 from connectwiz.cli import main as cli_main
+from connectwiz.commands.relay import settings_from
+from connectwiz.errors import UserError
 from connectwiz.lab.ca import LabCA
+from connectwiz.probe.options import NetworkOptions
 from tests.portal.conftest import READER, hold, mime
 
 pytestmark = pytest.mark.network
@@ -66,3 +70,13 @@ def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
     assert cli_main(["portal", "--spool", "/nonexistent/spool", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("connectwiz: ") and message in err and "Traceback" not in err
+
+
+def test_relay_refuses_a_secure_key_others_can_read(tmp_path: Path) -> None:
+    key = tmp_path / "secure.key"
+    args = build_parser().parse_args(["relay", "--secure-key", str(key)])
+    assert settings_from(args, NetworkOptions()).secure_key == str(key)  # made on first use
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    key.chmod(0o640)
+    with pytest.raises(UserError, match="readable by others"):
+        settings_from(args, NetworkOptions())
