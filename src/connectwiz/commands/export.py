@@ -1,6 +1,6 @@
 """`connectwiz export`: the bundle as TOML (the validated file as is) or JSON (schema v1 shape,
 date-times as ISO 8601 strings), on stdout or atomically into a file; or as Postfix tables and
-a main.cf snippet, atomically into a folder (docs/postfix.md)."""
+a main.cf snippet, atomically into a folder (README: "When one relay is not enough")."""
 
 from __future__ import annotations
 
