@@ -15,7 +15,8 @@ Postfix chooses delivery TLS by destination only and checks receipt on the envel
 bundle features have no Postfix equivalent (a sender-dependent delivery policy, header-based
 scopes, address groups, date ranges, source-IP conditions on delivery). Such a policy is never
 dropped silently: it is left out with a warning, returned to the caller and written as a
-``# NOT EXPORTED`` comment in the file it would have gone to. README.md ("When one relay is not enough") lists the rules.
+``# NOT EXPORTED`` comment in the file it would have gone to. The README section "When one
+relay is not enough" lists the rules.
 """
 
 from __future__ import annotations
