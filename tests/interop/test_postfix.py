@@ -35,6 +35,7 @@ from .postfix import POSTFIX, PostfixInstance, running
 
 pytestmark = [
     pytest.mark.network,
+    pytest.mark.peer,
     pytest.mark.timeout(180),
     pytest.mark.skipif(POSTFIX is None, reason="Postfix is not installed "
                        "(apt-get install postfix; scripts/run-tests installs it on CI)"),

@@ -33,6 +33,7 @@ from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wa
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.network,
+    pytest.mark.peer,
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason=f"{CHROMIUM} is absent (apt-get install chromium; CI installs it)"),
 ]
