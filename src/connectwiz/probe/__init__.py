@@ -1,11 +1,30 @@
-"""Validation engine: DNS (MX), SMTP STARTTLS probe, certificate analysis, batches."""
+"""Validation engine: DNS (MX), SMTP STARTTLS probe, certificate analysis, batches.
 
-from connectwiz.probe.batch import validate_targets
-from connectwiz.probe.certs import CertificateInfo, analyse_certificate, match_hostname
-from connectwiz.probe.dns import DnsError, MxHost, resolve_mx
-from connectwiz.probe.options import NetworkOptions, options_from
-from connectwiz.probe.results import HostResult, RcptReply, Status, Target, TargetResult
-from connectwiz.probe.tls import client_context
+The names below are imported on first use (PEP 562), so importing ``connectwiz.probe.options``
+or ``Target`` does not load dnspython and cryptography: the wizard draws its first frame
+without them and loads them when the first validation starts.
+"""
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "validate_targets": "batch",
+    "CertificateInfo": "certs", "analyse_certificate": "certs", "match_hostname": "certs",
+    "DnsError": "dns", "MxHost": "dns", "resolve_mx": "dns",
+    "NetworkOptions": "options", "options_from": "options",
+    "HostResult": "results", "RcptReply": "results", "Status": "results", "Target": "results",
+    "TargetResult": "results",
+    "client_context": "tls",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'connectwiz.probe' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"connectwiz.probe.{home}"), name)
+
 
 __all__ = [
     "CertificateInfo",

@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain, normalize_host
 from connectwiz.policy.model import ValidationStatus
-from connectwiz.probe.certs import CertificateInfo
-from connectwiz.probe.dane import DaneResult
-from connectwiz.probe.mtasts import MtaStsResult
-from connectwiz.probe.tlsrpt import TlsRptResult
+
+if TYPE_CHECKING:  # annotations only: keeps dnspython and cryptography out of the wizard's start
+    from connectwiz.probe.certs import CertificateInfo
+    from connectwiz.probe.dane import DaneResult
+    from connectwiz.probe.mtasts import MtaStsResult
+    from connectwiz.probe.tlsrpt import TlsRptResult
 
 Status = ValidationStatus
 

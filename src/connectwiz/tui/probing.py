@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import ProgressBar
 from textual.worker import Worker, WorkerState
 
-from connectwiz.probe import Target, validate_targets
+from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 
 PROBE_GROUP = "probe"
@@ -88,6 +88,8 @@ class ProbeRunner(Screen):
             key = label_to_key.get(result.target)
             if key is not None:
                 self.post_message(TargetValidated(key, result))
+
+        from connectwiz.probe.batch import validate_targets  # heavy: loaded on first use
 
         await validate_targets(list(targets.values()), options, email=emails, progress=progress)
 
