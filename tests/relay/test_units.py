@@ -189,6 +189,14 @@ def test_dsn_is_an_rfc3464_report_naming_the_failure() -> None:
     assert "Subject: report" in status and "secret body" not in status
 
 
+def test_dsn_does_not_hand_back_the_secure_messaging_request() -> None:
+    original = (b"From: a@corp.example\r\nX-Connectwiz-Secure: External Recipients\r\n"
+                b"Subject: s\r\n\r\nbody\r\n")
+    failed = [Recipient("b@x.example", "failed", "550 5.1.1 unknown")]
+    raw = build_dsn(_entry(), failed, original, "relay.example", expired=False)
+    assert b"Subject: s" in raw and b"X-Connectwiz-Secure" not in raw
+
+
 def test_dsn_after_lifetime_says_expired() -> None:
     failed = [Recipient("b@x.example", "failed", "gave up after 3 attempts; last error: "
                         "TLS required but the server does not offer STARTTLS")]

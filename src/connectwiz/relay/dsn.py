@@ -9,6 +9,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
+from connectwiz.policy.secure import REQUEST_HEADER
+from connectwiz.relay.secure import strip_header
 from connectwiz.relay.spool import QueueEntry, Recipient
 
 
@@ -62,6 +64,8 @@ def build_dsn(entry: QueueEntry, failed: list[Recipient], original: bytes, hostn
     status.set_payload(blocks)  # RFC 3464: header-style blocks, which email renders as such
     status.add_header("Content-Description", "Delivery report")
 
+    # The sender's request for Secure Messaging is consumed by the relay; it is not handed back.
+    original = strip_header(original, REQUEST_HEADER)
     end = original.find(b"\r\n\r\n")
     headers = MIMEBase("text", "rfc822-headers")
     headers.set_payload((original if end < 0 else original[: end + 2]).decode("utf-8", "replace"))
