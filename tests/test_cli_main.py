@@ -1,5 +1,9 @@
 """The command-line dispatcher: exit codes and one-line errors (DESIGN.md "Command line")."""
 
+import argparse
+import sys
+import types
+
 import pytest
 
 from connectwiz import __version__
@@ -27,10 +31,17 @@ def test_unknown_subcommand_is_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
     assert info.value.code == 2
 
 
-def test_wizard_is_the_default_subcommand() -> None:
-    parser = build_parser()
-    args = parser.parse_args(["wizard", "--bundle", "x.toml"])
-    assert args.command == "wizard" and args.bundle == "x.toml"
+@pytest.mark.parametrize(("argv", "bundle"), [([], None), (["--bundle", "x.toml"], "x.toml")])
+def test_wizard_is_the_default_subcommand(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], bundle: str | None
+) -> None:
+    seen: list[argparse.Namespace] = []
+    wizard = types.ModuleType("connectwiz.commands.wizard")
+    wizard.run = lambda args: seen.append(args) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "connectwiz.commands.wizard", wizard)
+    assert main(argv) == 0
+    [args] = seen
+    assert args.command == "wizard" and args.bundle == bundle
 
 
 @pytest.mark.parametrize(
