@@ -45,6 +45,7 @@ from connectwiz.policy.model import (
 from connectwiz.policy.select import (
     IPAddress,
     MessageContext,
+    _address_groups,
     _InternalDomains,
     _Selector,
 )
@@ -234,10 +235,7 @@ class SecureIndex:
     def __init__(self, model: PolicyModel) -> None:
         self.settings = model.secure_settings
         self._internal = _InternalDomains(model.organisation.internal_domains)
-        groups = {
-            name: frozenset(canonical_address(m).text for m in members) - {""}
-            for name, members in model.organisation.address_groups.items()
-        }
+        groups = _address_groups(model)
         self.definitions: dict[str, SecureDefinition] = {d.name: d for d in BUILTIN_DEFINITIONS}
         for d in model.secure_definitions:
             if d.name in self.definitions:

@@ -166,6 +166,14 @@ class _InternalDomains:
             domain = domain[dot + 1 :]
 
 
+def _address_groups(model: PolicyModel) -> dict[str, frozenset[str]]:
+    """Each address group's members as the canonical addresses scopes compare."""
+    return {
+        name: frozenset(canonical_address(m).text for m in members) - {""}
+        for name, members in model.organisation.address_groups.items()
+    }
+
+
 class _ScopeMatcher:
     """One compiled Emails From / Emails To scope."""
 
@@ -410,10 +418,7 @@ class PolicyIndex:
     def __init__(self, model: PolicyModel) -> None:
         self.model = model
         self._internal = _InternalDomains(model.organisation.internal_domains)
-        groups = {
-            name: frozenset(canonical_address(m).text for m in members) - {""}
-            for name, members in model.organisation.address_groups.items()
-        }
+        groups = _address_groups(model)
         self._definitions = {d.name: d for d in model.delivery_definitions}
         for i, policy in enumerate(model.delivery_policies, start=1):
             if policy.definition not in self._definitions:
