@@ -7,15 +7,14 @@ Edits go to the Bundle's in-memory document; nothing reaches the disk until Fini
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from connectwiz.bundle import Bundle
+from connectwiz.bundle.store import write_atomic
+from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.model import (
     EncryptionMode,
     ExternalDomain,
@@ -30,20 +29,18 @@ from connectwiz.probe.results import TargetResult
 Clock = Callable[[], datetime]
 RouteKey = tuple[str, int]
 SUPPORTED = (ValidationStatus.STRICT, ValidationStatus.RELAXED)
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 def email_problem(text: str) -> str | None:
     """Why ``text`` is not a usable test address, or None when it is."""
-    text = text.strip()
-    if not text:
+    if not text.strip():
         return "enter an e-mail address"
-    if not _EMAIL.match(text):
-        return f"{text!r} is not an e-mail address (expected name@domain)"
+    try:
+        normalize_address(text)
+    except InvalidAddress as exc:
+        return f"{text.strip()!r} is not a usable e-mail address: {exc.reason}"
     return None
 
 
@@ -233,18 +230,4 @@ class WizardState:
             text = json.dumps(self.bundle.to_json(), indent=2, ensure_ascii=False) + "\n"
         else:
             text = self.bundle.to_toml()
-        write_atomic(path, text)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path = path.expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path.expanduser(), text.encode("utf-8"))
