@@ -9,6 +9,7 @@ import sys
 from typing import TextIO
 
 from connectwiz.errors import UserError
+from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.domains import display_domain
 from connectwiz.probe.batch import validate_targets
 from connectwiz.probe.options import options_from, parse_host_port
@@ -33,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
     targets += [Target.domain(d) for d in args.targets]
     if not targets:
         raise UserError("nothing to validate: give a DOMAIN or --route HOST[:PORT]")
+    email = None
     if args.email is not None:
-        local, at, domain = args.email.rpartition("@")
-        if not at or not local or not domain or any(c in args.email for c in " <>\r\n"):
-            raise UserError(f"--email {args.email!r}: expected an address like user@example.com")
+        try:
+            email = normalize_address(args.email)
+        except InvalidAddress as exc:
+            raise UserError(f"--email {args.email!r}: {exc.reason}") from None
     progress = _Progress(len(targets), sys.stderr) if sys.stderr.isatty() else None
     results = asyncio.run(
-        validate_targets(targets, options, email=args.email, progress=progress)
+        validate_targets(targets, options, email=email, progress=progress)
     )
     if progress is not None:
         progress.clear()

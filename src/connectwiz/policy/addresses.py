@@ -13,6 +13,8 @@ from typing import NamedTuple
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 
 _MAX_LOCAL = 64
+_SPECIALS = frozenset('()<>[]:;@\\,"')
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # Already canonical: lower-case LDH labels, no "--" anywhere (so no punycode or reserved
 # labels), a top-level label starting with a letter. normalize_domain would return such a
 # name unchanged; recognising it directly keeps per-message matching cheap.
@@ -57,6 +59,13 @@ def normalize_address(text: str) -> str:
         raise InvalidAddress(text, "nothing before the @")
     if any(c.isspace() for c in local):
         raise InvalidAddress(text, "contains a space")
+    # RFC 5321 allows specials only inside a quoted local part; unquoted, they would break
+    # the `RCPT TO:<...>` line the address ends up in.
+    bad = sorted({c for c in local if ord(c) < 32 or ord(c) == 127
+                  or (c in _SPECIALS and not _QUOTED.fullmatch(local))})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        raise InvalidAddress(text, f"invalid characters before the @: {shown}")
     if len(local.encode("utf-8")) > _MAX_LOCAL:
         raise InvalidAddress(text, "local part is longer than 64 octets")
     try:
