@@ -241,3 +241,28 @@ def test_cli_verbose_and_json_show_the_policy(net, capsys, monkeypatch):
 def test_bad_https_port_is_a_usage_error(capsys):
     assert main(["validate", "--https-port", "0", "trusted.example"]) == 2
     assert "--https-port 0" in capsys.readouterr().err
+
+
+@pytest.mark.network
+async def test_verifying_context_is_built_off_the_event_loop(lab_network_options, monkeypatch):
+    """Loading the CA files for the policy fetch takes ~0.1 s: not on the loop (the wizard's)."""
+    import threading
+
+    from connectwiz.probe import mtasts
+
+    built_in: list[threading.Thread] = []
+    real = mtasts.client_context
+
+    def recording(**kwargs):
+        built_in.append(threading.current_thread())
+        return real(**kwargs)
+
+    monkeypatch.setattr(mtasts, "client_context", recording)
+    mtasts.https_context.cache_clear()
+    try:
+        (result,) = await validate_targets([Target.domain("trusted.example")],
+                                           lab_network_options)
+    finally:
+        mtasts.https_context.cache_clear()
+    assert result.mta_sts is not None and result.mta_sts.policy is not None  # it was fetched
+    assert built_in and threading.main_thread() not in built_in

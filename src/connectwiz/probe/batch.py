@@ -13,7 +13,7 @@ from connectwiz.probe.certs import TrustStore, trust_store
 from connectwiz.probe.dane import DaneHost, DaneResult, dnssec_resolver, lookup_tlsa, match_chain
 from connectwiz.probe.dns import DnsError, MxHost, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.host import ProbeSettings, probe_host
-from connectwiz.probe.mtasts import MtaStsResult, assess, lookup_mta_sts
+from connectwiz.probe.mtasts import MtaStsResult, assess, https_context, lookup_mta_sts
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.results import HostResult, Status, Target, TargetResult, summarise
 from connectwiz.probe.tlsrpt import lookup_tls_rpt
@@ -38,7 +38,8 @@ async def validate_targets(
     targets (a shared MX) is probed once. ``progress`` is called as each target completes.
     Cancelling the caller cancels every probe and closes every connection.
     """
-    trust = await asyncio.to_thread(_loaded_trust_store, options)
+    with_domains = any(t.kind == "domain" for t in targets)
+    trust = await asyncio.to_thread(_loaded_trust_store, options, with_domains)
     batch = _Batch(options, ProbeSettings(options.timeout, trust))
 
     def email_of(target: Target) -> str | None:
@@ -147,10 +148,13 @@ def _combine(
     return sts, dane
 
 
-def _loaded_trust_store(options: NetworkOptions) -> TrustStore:
-    """Read and index the CA files now (in a thread), not in the event loop on first use."""
+def _loaded_trust_store(options: NetworkOptions, with_domains: bool) -> TrustStore:
+    """Read and index the CA files now (in a thread), not in the event loop on first use;
+    for domains also the MTA-STS fetch's verifying context, which reads them again."""
     trust = trust_store(options.ca_file)
     _ = trust.store, trust.by_subject
+    if with_domains:
+        https_context(options.ca_file)
     return trust
 
 
