@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import dns.asyncresolver
+
 from connectwiz.policy.model import (
     DeliveryDefinition,
     DeliveryOption,
@@ -363,6 +365,7 @@ class Deliverer:
         self.options = options
         self.helo = helo
         self._contexts: dict[tuple[str, str, str], ssl.SSLContext | None] = {}
+        self._resolver: dns.asyncresolver.Resolver | None = None
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
@@ -372,10 +375,16 @@ class Deliverer:
             self._contexts[key] = await asyncio.to_thread(client_context, definition, ca)
         return self._contexts[key]
 
+    async def _get_resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            # The system resolver reads /etc/resolv.conf: once, and off the event loop.
+            self._resolver = await asyncio.to_thread(make_resolver, self.options)
+        return self._resolver
+
     async def targets(self, group: Group, model: PolicyModel
                       ) -> list[tuple[Target, DeliveryDefinition]]:
         """Hosts to try, in order, each with the definition that applies to it."""
-        resolver = make_resolver(self.options)
+        resolver = await self._get_resolver()
         if group.kind == "route":
             if not model.inbound_routes:
                 raise TempFailure("no inbound routes configured for internal mail")
