@@ -395,14 +395,14 @@ class Bundle:
     def _route_at(self, doc: Document, key: tuple[str, int]) -> int:
         index = self._route_index(doc).get(key)
         if index is None:
-            raise UserError(f"{_show(key)} is not an inbound route of this bundle")
+            raise UserError(f"{route_label(*key)} is not an inbound route of this bundle")
         return index
 
     def add_route(self, host: str, port: int = 25) -> tuple[str, int]:
         """Add an inbound route; returns its normalised (host, port)."""
         key = route_key(host, port)
         if key in self._route_index(self._document()):
-            raise UserError(f"{_show(key)} is already an inbound route")
+            raise UserError(f"{route_label(*key)} is already an inbound route")
         doc = self._edited()
         d.append_entry(doc, "inbound_routes", d.make_table({"host": key[0], "port": key[1]}))
         return key
@@ -419,7 +419,7 @@ class Bundle:
         old, new = route_key(old_host, old_port), route_key(new_host, new_port)
         index = self._route_at(doc, old)
         if new != old and new in self._route_index(doc):
-            raise UserError(f"{_show(new)} is already an inbound route")
+            raise UserError(f"{route_label(*new)} is already an inbound route")
         entry = self._edited()["inbound_routes"][index]
         entry["host"], entry["port"] = new
         for key in ("encryption_mode", "last_validation"):
@@ -481,6 +481,6 @@ def route_key(host: str, port: int) -> tuple[str, int]:
         raise UserError(str(exc)) from None
 
 
-def _show(key: tuple[str, int]) -> str:
-    host, port = key
+def route_label(host: str, port: int) -> str:
+    """HOST:PORT as an admin types it back ([V6]:PORT for an IPv6 address)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -10,20 +10,16 @@ import argparse
 import json
 import sys
 
-from connectwiz.bundle import Bundle, resolve_bundle_path, route_key
+from connectwiz.bundle import Bundle, resolve_bundle_path, route_key, route_label
 from connectwiz.errors import UserError
 from connectwiz.policy.model import InboundRoute
 from connectwiz.probe.options import parse_host_port
 
 
-def _show(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _row(r: InboundRoute) -> str:
     lv = r.last_validation
     checked = f"{lv.status} ({lv.at:%Y-%m-%d %H:%M}Z)" if lv else "not validated"
-    return f"{_show(r.host, r.port)}\t{r.encryption_mode or '-'}\t{checked}"
+    return f"{route_label(r.host, r.port)}\t{r.encryption_mode or '-'}\t{checked}"
 
 
 def _keys(items: list[str], action: str) -> list[tuple[str, int]]:
@@ -49,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         present = {(r.host, r.port) for r in bundle.model.inbound_routes}
         for key in keys:
             if key in present or key in done:
-                print(f"connectwiz: {_show(*key)} is already configured", file=sys.stderr)
+                print(f"connectwiz: {route_label(*key)} is already configured", file=sys.stderr)
                 continue
             done.append(bundle.add_route(*key))
     else:
@@ -64,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({verb: [{"host": h, "port": p} for h, p in done]}, indent=2))
     else:
         for key in done:
-            print(f"{verb} {_show(*key)}")
+            print(f"{verb} {route_label(*key)}")
     return 0
