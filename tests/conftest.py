@@ -43,7 +43,7 @@ def lab_network_options(lab: LabHandle) -> NetworkOptions:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """On CI, a test marked ``peer`` (it needs a real Postfix or Chromium) must not skip:
-    scripts/run-tests installs those peers, so a skip there means the install step broke and
+    .ci/run installs those peers, so a skip there means the install step broke and
     the interop coverage silently vanished."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]

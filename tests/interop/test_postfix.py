@@ -38,7 +38,7 @@ pytestmark = [
     pytest.mark.peer,
     pytest.mark.timeout(180),
     pytest.mark.skipif(POSTFIX is None, reason="Postfix is not installed "
-                       "(apt-get install postfix; scripts/run-tests installs it on CI)"),
+                       "(apt-get install postfix; .ci/run installs it on CI)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="starting a Postfix instance needs root"),
 ]
 
