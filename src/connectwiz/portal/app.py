@@ -122,10 +122,14 @@ class Portal:
         url = urlsplit(config.public_url)
         self.base = url.path.rstrip("/")
         self.secure_site = url.scheme == "https"
+        # Templates ship with the package: compiled here, never re-read or stat'ed per page
+        # (auto_reload would stat the files on the event loop at every render).
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("connectwiz.portal", "templates"),
-            autoescape=True, undefined=jinja2.StrictUndefined)
+            autoescape=True, undefined=jinja2.StrictUndefined, auto_reload=False)
         self.templates.filters["when"] = _when
+        for name in self.templates.list_templates():
+            self.templates.get_template(name)
         self.app = self._build()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
