@@ -782,20 +782,14 @@ def delivery_policy_data(p: DeliveryPolicy, json_safe: bool = False) -> dict[str
     out: dict[str, Any] = {"narrative": p.narrative, "definition": p.definition}
     if p.managed:
         out["managed"] = True
-    out.update(_validity(p.validity, json_safe))
-    out["from"] = _scope(p.from_, "from")
-    out["to"] = _scope(p.to, "to")
-    return out
+    return _scoped(out, p, json_safe)
 
 
 def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"narrative": p.narrative, "option": p.option.value}
     if p.managed:
         out["managed"] = True
-    out.update(_validity(p.validity, json_safe))
-    out["from"] = _scope(p.from_, "from")
-    out["to"] = _scope(p.to, "to")
-    return out
+    return _scoped(out, p, json_safe)
 
 
 def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
@@ -817,8 +811,10 @@ def _condition_data(c: SecureCondition) -> dict[str, str]:
     return {f"{c.field.value}_contains": c.value}
 
 
-def _scoped(out: dict[str, Any], p: SecurePolicy | SecureTrigger | SecureBypass,
+def _scoped(out: dict[str, Any],
+            p: DeliveryPolicy | ReceiptPolicy | SecurePolicy | SecureTrigger | SecureBypass,
             json_safe: bool) -> dict[str, Any]:
+    """``out`` followed by the policy's validity keys and its From and To scopes."""
     out.update(_validity(p.validity, json_safe))
     out["from"] = _scope(p.from_, "from")
     out["to"] = _scope(p.to, "to")
