@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 from connectwiz.portal.security import safe_filename, sanitize_html
 
@@ -98,7 +98,3 @@ def attachment(body: bytes, index: int) -> tuple[Attachment, bytes] | None:
     data = payload if isinstance(payload, bytes) else b""
     return Attachment(index, safe_filename(part.get_filename(), f"part-{index + 1}"),
                       part.get_content_type(), len(data)), data
-
-
-def addresses(*values: str) -> list[str]:
-    return [addr for _, addr in getaddresses(list(values)) if "@" in addr]
