@@ -123,7 +123,10 @@ def test_code_expires_and_a_new_one_replaces_the_old() -> None:
 def test_code_is_bound_to_its_subject_and_spaces_are_ignored() -> None:
     book = CodeBook(KEY, clock=Clock())
     code = book.issue("a")
-    book.issue("b")
+    other = book.issue("b")
+    assert book.check("c", code) == CodeResult.NONE  # no code was issued for c
+    if other != code:
+        assert book.check("b", code) == CodeResult.WRONG  # a's code does not open b
     spaced = code[:3] + " " + code[3:]
     assert book.check("a", spaced) == CodeResult.OK
 
