@@ -8,6 +8,7 @@ from connectwiz.policy.domains import (
     InvalidDomain,
     Rejection,
     display_domain,
+    is_normal_domain,
     normalize_domain,
     normalize_host,
     parse_domain_batch,
@@ -96,6 +97,22 @@ def test_normalize_is_idempotent_and_round_trips_idna(text: str) -> None:
     assert normalize_domain(result) == result
     assert result == result.lower() and result.isascii()
     assert idna.encode(idna.decode(result)).decode("ascii") == result
+
+
+@given(st.one_of(_names, _names.map(str.lower)))
+def test_fast_path_claims_only_what_normalize_domain_leaves_unchanged(text: str) -> None:
+    if is_normal_domain(text):
+        assert normalize_domain(text) == text
+
+
+@pytest.mark.parametrize(("text", "fast"), [
+    ("partner000001.example", True), ("mail-1.a-b.co.uk", True), ("1.example", True),
+    ("Partner.example", False), ("xn--bcher-kva.example", False), ("ab--c.example", False),
+    ("example", False), ("10.0.0.1", False), ("partner.example.", False),
+    ("a" * 64 + ".example", False), ("a.1b", False),
+])
+def test_fast_path_recognises_what_connectwiz_writes(text: str, fast: bool) -> None:
+    assert is_normal_domain(text) is fast
 
 
 def test_batch_gives_every_nonblank_line_a_verdict() -> None:

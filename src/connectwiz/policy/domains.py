@@ -18,6 +18,10 @@ MAX_BATCH = 50
 _MAX_LABEL = 63
 _MAX_NAME = 253
 _LDH = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+# Already normal: lower-case LDH labels, no "--" anywhere (so no punycode or reserved labels),
+# a top-level label starting with a letter. normalize_domain returns such a name unchanged.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NORMAL = re.compile(rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
 
 
 class InvalidDomain(ValueError):
@@ -32,6 +36,12 @@ class InvalidDomain(ValueError):
 def normalize_domain(text: str) -> str:
     """Return the canonical form of a domain typed by an admin, or raise InvalidDomain."""
     return _normalize_name(text, allow_single_label=False)
+
+
+def is_normal_domain(text: str) -> bool:
+    """True when ``text`` is known to be its own normal form without the IDNA work: the fast
+    path for names connectwiz wrote itself. False only means "ask normalize_domain"."""
+    return len(text) <= _MAX_NAME and "--" not in text and _NORMAL.fullmatch(text) is not None
 
 
 def normalize_host(text: str) -> str:
