@@ -434,3 +434,20 @@ async def test_empty_reply_is_refused_with_the_form_again(portal_client, sink) -
     resp = await pc.client.post(link + "/reply", data={"_csrf": csrf, "text": "  \n "})
     assert resp.status == 400 and "Write a message first" in await resp.text()
     assert len(sink.messages) == sent
+
+
+async def test_print_view_when_the_definition_allows_it(portal_client, sink) -> None:
+    pc = await portal_client()
+    html = "<html><body><p>Printable <b>t29</b></p><script>x()</script></body></html>"
+    held, tokens = hold(pc.spool, mime("t29", html=html,
+                                       attachment=("a.pdf", "application/pdf", b"%PDF")))
+    await pc.sign_in(sink, held, tokens[READER])
+    link = pc.link(held, tokens[READER])
+    page = await (await pc.client.get(link)).text()
+    assert f'href="{link}/print"' in page and '<body class="no-print">' not in page
+    resp = await pc.client.get(link + "/print")
+    printed = await resp.text()
+    assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert '<body class="print-view">' in printed and "Statement t29" in printed
+    assert "Printable <b>t29</b>" in printed and "<script" not in printed
+    assert SENDER in printed and "Attachments: a.pdf" in printed
