@@ -24,7 +24,7 @@ from connectwiz.bundle.schema import (
 )
 from connectwiz.bundle.split import Document, DomainRun, Entry, SplitDocument
 from connectwiz.errors import UserError
-from connectwiz.policy.domains import normalize_domain
+from connectwiz.policy.domains import is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     Applies,
     DeliveryDefinition,
@@ -154,8 +154,10 @@ def entries(doc: Document, section: str) -> AoT | DomainRun | list[Table]:
 
 
 def domain_of(entry: Table | Entry) -> str:
-    """The entry's domain, normalised (a hand-written entry may say 'Bank.Example.')."""
-    return normalize_domain(str(entry["domain"]))
+    """The entry's domain, normalised (a hand-written entry may say 'Bank.Example.').
+    Edits look up every entry this way, so names already normal skip the IDNA work."""
+    domain = str(entry["domain"])
+    return domain if is_normal_domain(domain) else normalize_domain(domain)
 
 
 def validation_table(lv: LastValidation) -> InlineTable:
