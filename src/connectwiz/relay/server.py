@@ -78,15 +78,21 @@ class Relay:
     def model(self) -> PolicyModel:
         return self._model
 
-    def _set_model(self, model: PolicyModel) -> None:
-        index = PolicyIndex(model)  # built first: a model it rejects must not half-apply
-        secure_index = SecureIndex(model)
+    async def _load_model(self) -> PolicyModel:
+        """Load the bundle and build its indexes in a worker thread (a large bundle takes a
+        while), then swap all three at once: a model an index rejects is never half-applied."""
+
+        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex]:
+            model = self.load_policy()
+            return model, PolicyIndex(model), SecureIndex(model)
+
+        model, index, secure_index = await asyncio.to_thread(load)
         self._model, self._index, self._secure_index = model, index, secure_index
+        return model
 
     async def reload(self) -> bool:
         try:
-            model = await asyncio.to_thread(self.load_policy)
-            self._set_model(model)
+            model = await self._load_model()
         except Exception as exc:  # anything: the old policy must stay in force
             self.log("reload-refused", reason=str(exc) or type(exc).__name__,
                      note="the previous policy stays in force")
@@ -107,8 +113,7 @@ class Relay:
             raise
 
     async def _start(self) -> None:
-        model = await asyncio.to_thread(self.load_policy)
-        self._set_model(model)
+        model = await self._load_model()
         self.log("policy", **_policy_summary(model))
         cert, key = self.tls_cert, self.tls_key
         if cert is None or key is None:
