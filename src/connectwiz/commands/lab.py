@@ -8,9 +8,9 @@ import json
 import signal
 from pathlib import Path
 
+from connectwiz.bundle.store import write_atomic
 from connectwiz.errors import UserError
 from connectwiz.lab import Lab, ipv6_loopback_available
-from connectwiz.lab.ca import write_atomic
 
 
 def run(args: argparse.Namespace) -> int:
