@@ -15,11 +15,6 @@ from collections.abc import Sequence
 from connectwiz import __version__
 from connectwiz.errors import UserError
 
-COMMANDS = (
-    "wizard", "demo", "lab", "validate", "domains", "routes", "org", "explain", "export",
-    "relay", "log", "secure", "portal",
-)
-
 
 class _Parser(argparse.ArgumentParser):
     _intermixing = False
@@ -190,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # The wizard is the default subcommand: `connectwiz --bundle B` means `connectwiz wizard ...`.
-    if not args_list or (args_list[0] not in COMMANDS and args_list[0].startswith("-")
+    if not args_list or (args_list[0].startswith("-")
                          and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "wizard")
     args = build_parser().parse_args(args_list)
