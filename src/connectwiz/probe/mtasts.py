@@ -114,7 +114,7 @@ def parse_record(texts: list[str]) -> tuple[str, str]:
         raise PolicyError("no v=STSv1 record")
     if len(records) > 1:
         raise PolicyError(f"{len(records)} v=STSv1 records; exactly one is allowed")
-    fields = _fields(records[0], ";", "=")
+    fields = tag_fields(records[0])
     if fields.get("v") != "STSv1":
         raise PolicyError(f"record does not start with v=STSv1: {records[0]!r}")
     sts_id = fields.get("id")
@@ -320,10 +320,11 @@ def https_context(ca_file: Path | None) -> ssl.SSLContext:
     return client_context(verify=True, ca_file=ca_file)
 
 
-def _fields(text: str, sep: str, kv: str) -> dict[str, str]:
+def tag_fields(record: str) -> dict[str, str]:
+    """``key=value`` pairs of a ``;``-separated TXT record (MTA-STS, TLS-RPT); first one wins."""
     out: dict[str, str] = {}
-    for part in text.split(sep):
-        key, eq, value = part.strip().partition(kv)
+    for part in record.split(";"):
+        key, eq, value = part.strip().partition("=")
         if eq:
             out.setdefault(key.strip(), value.strip())
     return out

@@ -8,7 +8,7 @@ from typing import Any
 import dns.asyncresolver
 
 from connectwiz.probe.dns import DnsError
-from connectwiz.probe.mtasts import txt_records
+from connectwiz.probe.mtasts import tag_fields, txt_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +32,7 @@ def parse_tlsrpt(texts: list[str]) -> TlsRptResult:
         return TlsRptResult(True, records[0],
                             error=f"{len(records)} v=TLSRPTv1 records; exactly one is allowed")
     record = records[0]
-    fields = {}
-    for part in record.split(";"):
-        key, eq, value = part.strip().partition("=")
-        if eq:
-            fields.setdefault(key.strip(), value.strip())
+    fields = tag_fields(record)
     if fields.get("v") != "TLSRPTv1":
         return TlsRptResult(True, record, error="record does not start with v=TLSRPTv1")
     uris = tuple(u.strip() for u in fields.get("rua", "").split(",") if u.strip())
