@@ -74,10 +74,6 @@ class Relay:
 
     # -- policy --------------------------------------------------------------------------------
 
-    @property
-    def model(self) -> PolicyModel:
-        return self._model
-
     async def _load_model(self) -> PolicyModel:
         """Load the bundle and build its indexes in a worker thread (a large bundle takes a
         while), then swap all three at once: a model an index rejects is never half-applied."""
