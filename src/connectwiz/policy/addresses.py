@@ -10,16 +10,11 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from connectwiz.policy.domains import InvalidDomain, normalize_domain
+from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 
 _MAX_LOCAL = 64
 _SPECIALS = frozenset('()<>[]:;@\\,"')
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-# Already canonical: lower-case LDH labels, no "--" anywhere (so no punycode or reserved
-# labels), a top-level label starting with a letter. normalize_domain would return such a
-# name unchanged; recognising it directly keeps per-message matching cheap.
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_CANONICAL = re.compile(rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?")
 
 
 class InvalidAddress(ValueError):
@@ -95,8 +90,7 @@ def canonical_domain(text: str) -> str:
 
 def _lenient_domain(text: str) -> str | None:
     lowered = text.lower()
-    if (text.isascii() and len(lowered) <= 253 and "--" not in lowered
-            and _CANONICAL.fullmatch(lowered)):
+    if text.isascii() and is_normal_domain(lowered):  # cheap per-message matching
         return lowered
     try:
         return normalize_domain(text)
