@@ -163,7 +163,7 @@ async def test_kill_9_during_delivery_then_restart_delivers_once(lab, tmp_path) 
 
         hop.forward = True
         relay = await start_relay(lab, bundle, spool)
-        assert relay.events[-1]["recovered"] == 1
+        assert (await relay.wait_event("listening"))["recovered"] == 1
         await relay.wait_event("done")
         assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
         assert not list((spool / "active").glob("*")) and not list((spool / "messages").glob("*"))
