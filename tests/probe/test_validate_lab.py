@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from connectwiz.lab import Lab, ipv6_loopback_available
 from connectwiz.lab.zones import DOMAINS, REFUSED_PROFILE, ROUTES
 from connectwiz.probe import NetworkOptions, Status, Target, TargetResult, validate_targets
 
@@ -196,3 +197,27 @@ async def test_cancellation_stops_probes_and_leaves_no_tasks(lab):
     assert asyncio.all_tasks() == {asyncio.current_task()}
     session = lab.sessions_to(host)[before]
     assert await asyncio.to_thread(lab.wait_for, lambda: session.closed)
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="::1 cannot be bound on this host")
+async def test_ipv6_only_mx_and_ipv6_route():
+    """An MX with only an AAAA record, and a route given as an IPv6 literal, over ::1."""
+    async with Lab(smtp_port=0, ipv6=True) as lab6:
+        options = NetworkOptions(nameserver=lab6.nameserver, smtp_port=lab6.smtp_port,
+                                 ca_file=lab6.ca_file, timeout=3.0, https_port=lab6.https_port)
+        domain, route = await validate_targets(
+            [Target.domain("v6.example"), Target.route("[::1]")], options,
+            email="postmaster@v6.example")
+        sessions = lab6.sessions  # the route names the server by address: a probe of its own
+        assert await asyncio.to_thread(
+            lab6.recorder.wait_for, lambda: len(sessions) == 2 and all(s.closed for s in sessions))
+    assert domain.status == Status.STRICT, domain.reason
+    (host,) = domain.hosts
+    assert (host.host, host.address, host.port) == ("mx.v6.example", "::1", lab6.smtp_port)
+    assert host.rcpt is not None and host.rcpt.code == 250
+    # The certificate names mx.v6.example, not the address: TLS works, the name does not match.
+    assert route.target == f"[::1]:{lab6.smtp_port}" and route.status == Status.RELAXED
+    assert "name mismatch" in route.reason
+    for session in sessions:
+        assert session.commands[0] == "EHLO [IPv6:::1]"  # our address literal, RFC 5321 form
+        assert session.tls and not session.data_received
