@@ -11,13 +11,13 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Collapsible, Input, Label, Static
 
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
-from connectwiz.policy.model import EncryptionMode, ValidationStatus
+from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.components.dialogs import Dialog
 from connectwiz.tui.labels import TESTING, domain_verdict, result_details
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
-from connectwiz.tui.state import WizardState, email_problem
+from connectwiz.tui.state import WizardState, email_problem, too_strict
 from connectwiz.tui.widgets import key_of
 
 
@@ -111,8 +111,7 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
         status = ValidationStatus(result.status)
         verdict = domain_verdict(status, result.reason)
         domain = self.state.domain(self.domain)
-        if (status is ValidationStatus.RELAXED and domain is not None
-                and domain.encryption_mode is EncryptionMode.STRICT):
+        if domain is not None and too_strict(domain, status):
             verdict.append(f"\nStrict checks would refuse it: press {key_of(self, 'relaxed')} "
                            "on the list to enforce Relaxed.", style="yellow")
         if result.mta_sts is not None and result.mta_sts.warning:  # loud, not only in More
