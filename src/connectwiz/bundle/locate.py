@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 KeyPath = tuple[str | int, ...]
 
@@ -33,6 +33,21 @@ def format_path(path: Sequence[str | int]) -> str:
     return out
 
 
+def code_lines(lines: Sequence[str]) -> Iterator[tuple[int, str]]:
+    """(index, line) of each line that starts outside a multi-line string, so that a string's
+    own lines are never taken for table headers or keys."""
+    closing: str | None = None  # the quote that closes an open multi-line string
+    for i, line in enumerate(lines):
+        if closing is not None:
+            if line.count(closing) % 2:
+                closing = None
+            continue
+        yield i, line
+        for quote in ('"""', "'''"):
+            if line.count(quote) % 2:
+                closing = quote
+
+
 def _split(dotted: str) -> list[str]:
     return [p[1:-1] if p[0] in "\"'" else p for p in _PART_RE.findall(dotted)]
 
@@ -46,7 +61,6 @@ class Locator:
         index: dict[KeyPath, int] = {}
         aot_counts: dict[KeyPath, int] = {}
         table: KeyPath = ()
-        multiline: str | None = None  # the quote that closes an open multi-line string
 
         def resolve(parts: list[str]) -> KeyPath:
             out: list[str | int] = []
@@ -56,11 +70,8 @@ class Locator:
                     out.append(aot_counts[tuple(out)])
             return tuple(out)
 
-        for no, line in enumerate(self._lines, start=1):
-            if multiline is not None:
-                if line.count(multiline) % 2:
-                    multiline = None
-                continue
+        for i, line in code_lines(self._lines):
+            no = i + 1
             if m := _AOT.match(line):
                 parts = _split(m[1])
                 key = (*resolve(parts[:-1]), parts[-1])
@@ -75,9 +86,6 @@ class Locator:
                 continue
             if m := _KEYVAL.match(line):
                 index.setdefault((*table, *_split(m[1])), no)
-            for quote in ('"""', "'''"):
-                if line.count(quote) % 2:
-                    multiline = quote
         return index
 
     def line_of(self, path: Sequence[str | int], value: object = None) -> int | None:

@@ -18,6 +18,8 @@ import tomlkit
 from tomlkit.items import AoT, Item, Table
 from tomlkit.toml_document import TOMLDocument
 
+from connectwiz.bundle.locate import code_lines
+
 EXT = "external_domains"
 _HEADER = re.compile(r"[ \t]*\[")
 _EXT_ENTRY = re.compile(r"[ \t]*\[\[[ \t]*external_domains[ \t]*\]\]")
@@ -141,19 +143,7 @@ class SplitDocument:
 def _header_lines(lines: list[str]) -> list[int]:
     """Indexes of table header lines, skipping the inside of multi-line strings. (A valid
     bundle's arrays hold only strings, so no array line starts with '['.)"""
-    found: list[int] = []
-    closing: str | None = None
-    for i, line in enumerate(lines):
-        if closing is not None:
-            if line.count(closing) % 2:
-                closing = None
-            continue
-        if _HEADER.match(line):
-            found.append(i)
-        for quote in ('"""', "'''"):
-            if line.count(quote) % 2:
-                closing = quote
-    return found
+    return [i for i, line in code_lines(lines) if _HEADER.match(line)]
 
 
 def split_document(text: str, data: dict[str, Any]) -> SplitDocument | None:
