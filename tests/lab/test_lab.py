@@ -19,7 +19,6 @@ from connectwiz.lab import (
     run_in_thread,
 )
 from connectwiz.policy.domains import normalize_domain
-from connectwiz.probe.options import NetworkOptions
 
 pytestmark = pytest.mark.network
 
@@ -83,11 +82,6 @@ def test_shared_lab_fixture(lab: LabHandle) -> None:
     assert info["ca_file"] == str(lab.ca_file) and lab.ca_file.is_file()
     assert lab.routes == [(r.name, lab.smtp_port) for r in ROUTES]
     assert set(lab.domains) == {d.name for d in DOMAINS}
-
-
-def test_lab_network_options(lab: LabHandle, lab_network_options: NetworkOptions) -> None:
-    o = lab_network_options
-    assert (o.nameserver, o.smtp_port, o.ca_file) == (lab.nameserver, lab.smtp_port, lab.ca_file)
 
 
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="::1 cannot be bound on this host")

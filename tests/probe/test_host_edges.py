@@ -125,7 +125,7 @@ async def test_next_address_is_tried_when_the_first_refuses(lab):
     assert result.status == Status.STRICT and result.address == good
 
 
-async def test_host_without_address(lab):
+async def test_host_without_address():
     result = await probe_host("ghost.example", (), 25, 10, SETTINGS)
     assert result.status == Status.ERROR and result.address is None
     assert result.reason == "no address found for ghost.example"
