@@ -451,3 +451,23 @@ async def test_print_view_when_the_definition_allows_it(portal_client, sink) -> 
     assert '<body class="print-view">' in printed and "Statement t29" in printed
     assert "Printable <b>t29</b>" in printed and "<script" not in printed
     assert SENDER in printed and "Attachments: a.pdf" in printed
+
+
+@pytest.mark.parametrize("behind_proxy", [False, True])
+async def test_rate_limits_use_x_forwarded_for_only_behind_a_proxy(portal_client,
+                                                                   behind_proxy: bool) -> None:
+    pc = await portal_client(attempts_per_ip=1, behind_proxy=behind_proxy)
+    held, tokens = hold(pc.spool, mime("t30"))
+    link = pc.link(held, tokens[READER])
+    csrf = await pc.csrf(link)
+
+    async def attempt(forwarded: str) -> int:
+        resp = await pc.client.post(link + "/verify", data={"_csrf": csrf, "code": "1"},
+                                    headers={"X-Forwarded-For": forwarded})
+        return resp.status
+
+    # The proxy appends the client it saw: only the last hop counts, not what the client
+    # wrote itself. Without --behind-proxy the header is ignored (anyone can send one).
+    assert await attempt("203.0.113.7") == 400
+    assert await attempt("198.51.100.9, 203.0.113.7") == 429
+    assert await attempt("203.0.113.8") == (400 if behind_proxy else 429)
