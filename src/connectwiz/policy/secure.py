@@ -152,8 +152,7 @@ class _Folded:
             self.headers.setdefault(name.strip().lower(), set()).add(_fold(value))
 
 
-def condition_matches(condition: SecureCondition, content: MessageContent | _Folded) -> bool:
-    folded = content if isinstance(content, _Folded) else _Folded(content)
+def condition_matches(condition: SecureCondition, folded: _Folded) -> bool:
     wanted = _fold(condition.value)
     if condition.field is ConditionField.SUBJECT:
         return wanted in folded.subject
@@ -168,9 +167,8 @@ def describe_condition(condition: SecureCondition) -> str:
     return f"{condition.field.value} contains {condition.value!r}"
 
 
-def trigger_matches(trigger: SecureTrigger, content: MessageContent | _Folded) -> list[str]:
+def trigger_matches(trigger: SecureTrigger, folded: _Folded) -> list[str]:
     """Descriptions of the matching conditions; empty when the trigger does not match."""
-    folded = content if isinstance(content, _Folded) else _Folded(content)
     hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, folded)]
     if trigger.match is TriggerMatch.ALL and len(hits) < len(trigger.conditions):
         return []
