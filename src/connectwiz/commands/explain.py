@@ -57,13 +57,13 @@ def context_from_args(args: argparse.Namespace) -> MessageContext:
 
 def content_from_args(args: argparse.Namespace) -> MessageContent:
     headers = []
-    for text in getattr(args, "header", None) or []:
+    for text in args.header:
         name, colon, value = text.partition(":")
         if not colon or not name.strip() or any(c.isspace() for c in name.strip()):
             raise UserError(f"--header: {text!r} is not 'Name: value'")
         headers.append((name.strip(), value.strip()))
-    subject = getattr(args, "subject", "") or ""
-    return MessageContent(subject=subject, body=getattr(args, "body", "") or "",
+    subject = args.subject
+    return MessageContent(subject=subject, body=args.body,
                           headers=(("Subject", subject), *headers) if subject else tuple(headers))
 
 
