@@ -256,3 +256,19 @@ def test_client_ips_from_a_dual_stack_listener_compare_as_ipv4() -> None:
     assert parse_ip("::ffff:10.1.2.3") == ip_address("10.1.2.3")
     assert parse_ip("::1") == ip_address("::1")
     assert parse_ip("not an ip") is None
+
+
+def test_event_log_human_lines_quote_values_and_never_split() -> None:
+    import io
+
+    from connectwiz.relay.events import EventLog
+
+    stream = io.StringIO()
+    log = EventLog(stream=stream)
+    log("refused", client="127.0.0.2", reason="530 5.7.0 Must\r\nfake=line", policy=None,
+        helo="", n=3)
+    [line] = stream.getvalue().splitlines()
+    stamp, event, fields = line.split(" ", 2)
+    assert event == "refused" and stamp.endswith("Z")
+    # None is left out; empty, spaced or '='-holding values are quoted, CR/LF escaped.
+    assert fields == 'client=127.0.0.2 reason="530 5.7.0 Must\\r\\nfake=line" helo="" n=3'
