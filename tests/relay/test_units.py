@@ -272,3 +272,19 @@ def test_event_log_human_lines_quote_values_and_never_split() -> None:
     assert event == "refused" and stamp.endswith("Z")
     # None is left out; empty, spaced or '='-holding values are quoted, CR/LF escaped.
     assert fields == 'client=127.0.0.2 reason="530 5.7.0 Must\\r\\nfake=line" helo="" n=3'
+
+
+def test_message_status_from_the_recipients_fates(spool: Spool) -> None:
+    log = MessageLog(spool.root)
+    a, b = "a@x.example", "b@y.example"
+    log.append("P1", "received", result="accepted", recipients=[a, b])
+    log.append("P1", "delivered", recipients=[a])
+    assert read_record(spool.root, "P1").status == "queued"  # b has no fate yet
+    log.append("P1", "bounced", recipients=[b], reason="550")
+    assert read_record(spool.root, "P1").status == "partly bounced"
+    log.append("P2", "received", result="accepted", recipients=[a, b])
+    log.append("P2", "expired", recipients=[a, b])
+    assert read_record(spool.root, "P2").status == "bounced"
+    log.append("P3", "received", result="530 5.7.0 Must issue a STARTTLS command first",
+               recipients=[a])
+    assert read_record(spool.root, "P3").status == "refused"
