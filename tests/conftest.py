@@ -10,7 +10,8 @@ can all use it. It is a :class:`connectwiz.lab.LabHandle`: ``nameserver``, ``smt
 a server you added with ``add_sink``) rather than counting all of them.
 
 ``lab_network_options``: NetworkOptions pointing at the lab, timeout 3 s (the slow lab
-servers greet after 1.5 s; tarpit and DNS-timeout cases fail after 3 s).
+servers greet after 1.5 s; tarpit and DNS-timeout cases fail after 3 s); ``lab_cli_args``:
+the same as command-line options, with the CONNECTWIZ_* variables unset.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ def lab_network_options(lab: LabHandle) -> NetworkOptions:
     return NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
                           ca_file=lab.ca_file, timeout=LAB_TIMEOUT, concurrency=50,
                           https_port=lab.https_port)
+
+
+@pytest.fixture
+def lab_cli_args(lab: LabHandle, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The same settings as command-line options (a fresh list), CONNECTWIZ_* variables unset."""
+    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "CONCURRENCY", "HTTPS_PORT"):
+        monkeypatch.delenv(f"CONNECTWIZ_{var}", raising=False)
+    host, port = lab.nameserver
+    return ["--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
+            "--ca-file", str(lab.ca_file), "--https-port", str(lab.https_port),
+            "--timeout", str(LAB_TIMEOUT)]
 
 
 @pytest.hookimpl(hookwrapper=True)

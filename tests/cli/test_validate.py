@@ -14,37 +14,28 @@ from connectwiz.cli import main
 pytestmark = pytest.mark.network
 
 
-@pytest.fixture
-def net(lab, monkeypatch) -> list[str]:
-    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "CONCURRENCY"):
-        monkeypatch.delenv(f"CONNECTWIZ_{var}", raising=False)
-    host, port = lab.nameserver
-    return ["--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
-            "--ca-file", str(lab.ca_file), "--timeout", "3"]
-
-
-def test_all_supporting_tls_exits_0(net, capsys):
-    assert main(["validate", *net, "trusted.example", "selfsigned.example"]) == 0
+def test_all_supporting_tls_exits_0(lab_cli_args, capsys):
+    assert main(["validate", *lab_cli_args, "trusted.example", "selfsigned.example"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("✔ trusted.example: Supports TLS — Strict — TLSv1.")
     assert lines[1].startswith("✔ selfsigned.example: Supports TLS — Relaxed — ")
     assert "self-signed" in lines[1] and len(lines) == 2
 
 
-def test_one_unsupported_exits_1(net, capsys):
-    assert main(["validate", *net, "trusted.example", "nostarttls.example"]) == 1
+def test_one_unsupported_exits_1(lab_cli_args, capsys):
+    assert main(["validate", *lab_cli_args, "trusted.example", "nostarttls.example"]) == 1
     out = capsys.readouterr().out
     assert "✖ nostarttls.example: TLS Not Supported — STARTTLS not offered" in out
 
 
-def test_error_is_marked_and_exits_1(net, capsys):
-    assert main(["validate", *net, "nxdomain.example"]) == 1
+def test_error_is_marked_and_exits_1(lab_cli_args, capsys):
+    assert main(["validate", *lab_cli_args, "nxdomain.example"]) == 1
     assert capsys.readouterr().out.startswith("! nxdomain.example: Error — domain does not exist")
 
 
-def test_json_output_is_the_contract(net, lab, capsys):
-    code = main(["validate", "--json", *net, "--route", f"mail.corp.example:{lab.smtp_port}",
-                 "BÜCHER.example", "mixed.example"])
+def test_json_output_is_the_contract(lab_cli_args, lab, capsys):
+    code = main(["validate", "--json", *lab_cli_args, "--route",
+                 f"mail.corp.example:{lab.smtp_port}", "BÜCHER.example", "mixed.example"])
     assert code == 1
     data = json.loads(capsys.readouterr().out)
     assert [d["target"] for d in data] == [f"mail.corp.example:{lab.smtp_port}",
@@ -55,16 +46,16 @@ def test_json_output_is_the_contract(net, lab, capsys):
     assert data[1]["hosts"][0]["rcpt"] is None
 
 
-def test_verbose_shows_hosts_and_certificate(net, capsys):
-    assert main(["validate", "-v", *net, "wrongname.example"]) == 0
+def test_verbose_shows_hosts_and_certificate(lab_cli_args, capsys):
+    assert main(["validate", "-v", *lab_cli_args, "wrongname.example"]) == 0
     out = capsys.readouterr().out
     assert "mx.wrongname.example" in out and "(preference 10)" in out
     assert "names:     not-this-host.example" in out
     assert "issuer:    CN=connectwiz lab CA" in out and "key:       EC secp256r1 256 bits" in out
 
 
-def test_email_shows_rcpt_reply_in_verbose(net, capsys):
-    assert main(["validate", "-v", "--email", "x@partner.example", *net,
+def test_email_shows_rcpt_reply_in_verbose(lab_cli_args, capsys):
+    assert main(["validate", "-v", "--email", "x@partner.example", *lab_cli_args,
                  "rejectrcpt.example"]) == 0
     assert "RCPT TO:   550" in capsys.readouterr().out
 
@@ -79,26 +70,28 @@ def test_email_shows_rcpt_reply_in_verbose(net, capsys):
         (["--email", "nobody", "trusted.example"], "--email 'nobody'"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(net, capsys, argv, message):
-    assert main(["validate", *net, *argv]) == 2
+def test_bad_input_exits_2_with_one_line(lab_cli_args, capsys, argv, message):
+    assert main(["validate", *lab_cli_args, *argv]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("connectwiz: ") and message in captured.err
     assert captured.err.count("\n") == 1
 
 
-def test_ca_file_without_certificates_exits_2(net, tmp_path, capsys):
+def test_ca_file_without_certificates_exits_2(lab_cli_args, tmp_path, capsys):
     bogus = tmp_path / "not-a-ca.pem"
     bogus.write_text("hello\n")
-    argv = [a if a != net[net.index("--ca-file") + 1] else str(bogus) for a in net]
+    argv = list(lab_cli_args)
+    argv[argv.index("--ca-file") + 1] = str(bogus)
     assert main(["validate", *argv, "trusted.example"]) == 2
     assert "no PEM certificate" in capsys.readouterr().err
 
 
-def test_real_process_keeps_stderr_clean_when_not_a_terminal(net):
+def test_real_process_keeps_stderr_clean_when_not_a_terminal(lab_cli_args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTWIZ_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "connectwiz", "validate", "--json", *net, "trusted.example"],
+        [sys.executable, "-m", "connectwiz", "validate", "--json", *lab_cli_args,
+         "trusted.example"],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -106,7 +99,7 @@ def test_real_process_keeps_stderr_clean_when_not_a_terminal(net):
     assert json.loads(proc.stdout)[0]["status"] == "strict"
 
 
-def test_progress_line_goes_to_a_terminal_only(net, monkeypatch, capsys):
+def test_progress_line_goes_to_a_terminal_only(lab_cli_args, monkeypatch, capsys):
     class Tty:
         def __init__(self) -> None:
             self.text = ""
@@ -123,7 +116,7 @@ def test_progress_line_goes_to_a_terminal_only(net, monkeypatch, capsys):
 
     tty = Tty()
     monkeypatch.setattr(sys, "stderr", tty)
-    assert main(["validate", *net, "trusted.example", "selfsigned.example"]) == 0
+    assert main(["validate", *lab_cli_args, "trusted.example", "selfsigned.example"]) == 0
     assert "validated 1/2: " in tty.text and "validated 2/2: " in tty.text
     assert tty.text.endswith("\r\033[K")  # the line is cleared before the results print
     assert "validated" not in capsys.readouterr().out

@@ -107,13 +107,8 @@ async def test_validation_matches_tlsa_against_the_presented_certificate(lab_net
 
 
 @pytest.mark.network
-def test_verbose_text_shows_dane(lab, capsys, monkeypatch):
-    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "CONCURRENCY", "HTTPS_PORT"):
-        monkeypatch.delenv(f"CONNECTWIZ_{var}", raising=False)
-    host, port = lab.nameserver
-    assert main(["validate", "--nameserver", f"{host}:{port}", "--smtp-port",
-                 str(lab.smtp_port), "--ca-file", str(lab.ca_file), "--https-port",
-                 str(lab.https_port), "-v", "dane-bad.example", "dane-ok.example"]) == 0
+def test_verbose_text_shows_dane(lab_cli_args, capsys):
+    assert main(["validate", *lab_cli_args, "-v", "dane-bad.example", "dane-ok.example"]) == 0
     out = capsys.readouterr().out
     assert ("DANE:      _25._tcp.mx.dane-bad.example TLSA 3 1 1: does NOT match; "
             "DNSSEC-authenticated") in out

@@ -204,18 +204,9 @@ async def test_enforce_with_failing_mx_is_flagged(lab_network_options):
     assert not by_name["sts-testing.example"].enforce_failing
 
 
-@pytest.fixture
-def net(lab, monkeypatch) -> list[str]:
-    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "CONCURRENCY", "HTTPS_PORT"):
-        monkeypatch.delenv(f"CONNECTWIZ_{var}", raising=False)
-    host, port = lab.nameserver
-    return ["--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
-            "--ca-file", str(lab.ca_file), "--https-port", str(lab.https_port), "--timeout", "3"]
-
-
 @pytest.mark.network
-def test_cli_warns_loudly_without_verbose(net, capsys):
-    assert main(["validate", *net, "sts-mismatch.example", "trusted.example"]) == 0
+def test_cli_warns_loudly_without_verbose(lab_cli_args, capsys):
+    assert main(["validate", *lab_cli_args, "sts-mismatch.example", "trusted.example"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("✔ sts-mismatch.example: Supports TLS — Strict")
     assert lines[1].startswith("    ! WARNING: MTA-STS policy is enforce but MX fails")
@@ -223,13 +214,15 @@ def test_cli_warns_loudly_without_verbose(net, capsys):
 
 
 @pytest.mark.network
-def test_cli_verbose_and_json_show_the_policy(net, capsys, monkeypatch):
-    assert main(["validate", *net, "-v", "sts-testing.example"]) == 0
+def test_cli_verbose_and_json_show_the_policy(lab_cli_args, capsys, monkeypatch):
+    assert main(["validate", *lab_cli_args, "-v", "sts-testing.example"]) == 0
     out = capsys.readouterr().out
     assert "MTA-STS:   mode testing, max_age 86400 s, mx *.sts-testing.example" in out
     assert "mx.sts-testing.example: matches *.sts-testing.example" in out
-    monkeypatch.setenv("CONNECTWIZ_HTTPS_PORT", net[net.index("--https-port") + 1])
-    argv = [a for a in net if a != net[net.index("--https-port") + 1] and a != "--https-port"]
+    argv = list(lab_cli_args)  # --https-port as the environment variable this time
+    at = argv.index("--https-port")
+    monkeypatch.setenv("CONNECTWIZ_HTTPS_PORT", argv[at + 1])
+    del argv[at:at + 2]
     assert main(["validate", *argv, "--json", "trusted.example"]) == 0
     sts = json.loads(capsys.readouterr().out)[0]["mta_sts"]
     assert sts["mode"] == "enforce" and sts["mx_patterns"] == ["mx.trusted.example"]
