@@ -52,10 +52,15 @@ def _permissive() -> ssl.SSLContext:
     return ctx
 
 
-def _session(lab: LabHandle, client_port: int, *, closed: bool = True) -> LabSession:
+def _session(lab: LabHandle, host: str, client_port: int) -> LabSession:
+    """The finished session of the connection from ``client_port`` to ``host``'s server.
+
+    Matched on the server too, newest first: the shared lab has seen many connections, and an
+    ephemeral port used earlier towards another server may come round again.
+    """
     def find() -> LabSession | None:
-        for s in list(lab.sessions):
-            if s.client[1] == client_port and (s.closed or not closed):
+        for s in reversed(lab.sessions_to(host)):
+            if s.client[1] == client_port and s.closed:
                 return s
         return None
 
@@ -82,7 +87,7 @@ def test_trusted_verifies_against_lab_ca_with_hostname_check(lab: LabHandle) -> 
         assert isinstance(s.sock, ssl.SSLSocket)
         assert s.sock.version() in ("TLSv1.2", "TLSv1.3")
         port = s.client_port()
-    session = _session(lab, port)
+    session = _session(lab, "mx.trusted.example", port)
     assert session.server == "mx.trusted.example"
     assert session.tls and session.tls_version in ("TLSv1.2", "TLSv1.3") and session.tls_cipher
     assert session.commands == ["ehlo client.test", "STARTTLS", "QUIT"]
@@ -180,7 +185,7 @@ def test_tls10_only_server(lab: LabHandle) -> None:
         port = s.client_port()
         with pytest.raises((ssl.SSLError, ConnectionError)):
             s.starttls(context=_permissive())  # TLS 1.2 minimum by default
-    session = _session(lab, port)
+    session = _session(lab, "mx.tls10.example", port)
     assert not session.tls and session.tls_error
 
 
@@ -228,7 +233,7 @@ def test_tarpit_sends_nothing(lab: LabHandle) -> None:
         sock.sendall(b"EHLO client.test\r\n")
         with pytest.raises(TimeoutError):
             sock.recv(512)
-    session = _session(lab, port)
+    session = _session(lab, "mx.tarpit.example", port)
     assert session.profile == "tarpit" and not session.tls
 
 
@@ -255,7 +260,7 @@ def test_validation_style_session_records_no_data(lab: LabHandle) -> None:
         assert s.rcpt("postmaster@trusted.example")[0] == 250
         s.rset()
         port = s.client_port()
-    session = _session(lab, port)
+    session = _session(lab, "mx.trusted.example", port)
     assert [c.split()[0].upper() for c in session.commands] == [
         "EHLO", "STARTTLS", "EHLO", "MAIL", "RCPT", "RSET", "QUIT"]
     assert not session.data_received
@@ -268,7 +273,7 @@ def test_delivered_message_is_stored_with_envelope_and_tls(lab: LabHandle) -> No
         s.starttls(context=_strict(lab))
         s.sendmail("alice@partner.example", ["bob@corp.example", "carol@corp.example"], body)
         port = s.client_port()
-    session = _session(lab, port)
+    session = _session(lab, "mail.corp.example", port)
     (msg,) = [m for m in list(lab.messages) if m.session_id == session.id]
     assert session.data_received
     assert msg.server == "mail.corp.example"
@@ -282,7 +287,7 @@ def test_plaintext_delivery_is_recorded_as_such(lab: LabHandle) -> None:
     with LabSMTP(lab, "old.corp.example") as s:
         s.sendmail("alice@partner.example", ["bob@corp.example"], b"Subject: x\r\n\r\nx\r\n")
         port = s.client_port()
-    session = _session(lab, port)
+    session = _session(lab, "old.corp.example", port)
     (msg,) = [m for m in list(lab.messages) if m.session_id == session.id]
     assert not session.tls and msg.tls_version is None and msg.tls_cipher is None
 
