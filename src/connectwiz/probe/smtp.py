@@ -27,7 +27,6 @@ class StepTimeout(Exception):
 
     def __init__(self, step: str, seconds: float) -> None:
         super().__init__(f"timed out after {seconds:g} s {step}")
-        self.step = step
 
 
 @dataclass(frozen=True, slots=True)
