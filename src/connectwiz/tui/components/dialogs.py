@@ -45,6 +45,10 @@ class Dialog(ModalScreen[R]):
     def action_cancel(self) -> None:
         self.dismiss(None)
 
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()  # the Cancel button does what Escape does
+
     def error(self, message: str) -> None:
         self.query_one(".error", Static).update(message)
 
@@ -103,10 +107,6 @@ class EmailDialog(Dialog[str | None]):
         else:
             self.dismiss(text)
 
-    @on(Button.Pressed, "#cancel")
-    def _cancel(self) -> None:
-        self.dismiss(None)
-
 
 class RouteDialog(Dialog[tuple[str, int] | None]):
     """Add or edit an inbound route: HOST or HOST:PORT."""
@@ -136,10 +136,6 @@ class RouteDialog(Dialog[tuple[str, int] | None]):
             self.error(str(exc))
             return
         self.dismiss((target.name, port))
-
-    @on(Button.Pressed, "#cancel")
-    def _cancel(self) -> None:
-        self.dismiss(None)
 
 
 class OrgDialog(Dialog[tuple[list[str], list[str]] | None]):
@@ -181,10 +177,6 @@ class OrgDialog(Dialog[tuple[list[str], list[str]] | None]):
             return
         self.dismiss((domains, networks))
 
-    @on(Button.Pressed, "#cancel")
-    def _cancel(self) -> None:
-        self.dismiss(None)
-
 
 class ExportDialog(Dialog[tuple[Path, str] | None]):
     """Where to write the bundle; a .json name writes the JSON form, anything else TOML."""
@@ -219,7 +211,3 @@ class ExportDialog(Dialog[tuple[Path, str] | None]):
             self.error(f"folder {path.parent} does not exist")
             return
         self.dismiss((path, "json" if path.suffix.lower() == ".json" else "toml"))
-
-    @on(Button.Pressed, "#cancel")
-    def _cancel(self) -> None:
-        self.dismiss(None)

@@ -85,7 +85,6 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
         except InvalidDomain:
             return False
 
-    @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
         """Cancel stops a running test first; pressed again it closes the dialog."""
         if self.probing:
