@@ -63,6 +63,13 @@ def shown_domain(domain: str) -> str:
     return display_domain(domain) if "xn--" in domain else domain
 
 
+def shown_names(names: tuple[str, ...], limit: int = 8) -> str:
+    """The first ``limit`` names as shown on screen (U-labels), then how many more."""
+    shown = ", ".join(shown_domain(n) for n in names[:limit])
+    more = len(names) - limit
+    return shown + (f" … and {more} more" if more > 0 else "")
+
+
 def when(last: LastValidation | None) -> str:
     return last.at.strftime("%Y-%m-%d %H:%M") if last else ""
 

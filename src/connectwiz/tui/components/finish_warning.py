@@ -11,18 +11,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Label, Static
 
-from connectwiz.policy.domains import display_domain
 from connectwiz.tui.components.dialogs import Dialog
+from connectwiz.tui.labels import shown_names
 from connectwiz.tui.state import Risks
 from connectwiz.tui.widgets import key_of
-
-SHOWN = 8  # names listed per group; the rest are counted
-
-
-def names(domains: tuple[str, ...]) -> str:
-    shown = ", ".join(display_domain(d) for d in domains[:SHOWN])
-    more = len(domains) - SHOWN
-    return shown + (f" … and {more} more" if more > 0 else "")
 
 
 class FinishWarningDialog(Dialog[bool]):
@@ -73,7 +65,7 @@ class FinishWarningDialog(Dialog[bool]):
         ):
             if domains:
                 text.append(f"\n\n{what} ({len(domains)}): ", style="bold")
-                text.append(names(domains))
+                text.append(shown_names(domains))
                 text.append(f"\n  {consequence[0].upper()}{consequence[1:]}.")
                 text.append(f"\n  Fix: {fix}.", style="yellow")
         return text

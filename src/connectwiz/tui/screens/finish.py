@@ -12,15 +12,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Header, Static
 
 from connectwiz.tui.components.dialogs import ExportDialog
-from connectwiz.tui.labels import BAD, GOOD, MUTED, mode_label, pretty_path
+from connectwiz.tui.labels import BAD, GOOD, MUTED, mode_label, pretty_path, shown_names
 from connectwiz.tui.screens.base import WizardScreen
-
-_SHOWN = 8
-
-
-def _names(items: tuple[str, ...]) -> str:
-    shown = ", ".join(items[:_SHOWN])
-    return shown + (f" … and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 class FinishScreen(WizardScreen):
@@ -74,7 +67,7 @@ class FinishScreen(WizardScreen):
             ("Encryption mode changed", changes.modes_changed),
         ):
             if items:
-                text.append(f"  {label} ({len(items)}): {_names(items)}\n")
+                text.append(f"  {label} ({len(items)}): {shown_names(items)}\n")
         self.query_one("#changes", Static).update(text)
         self.query_one("#saved", Static).update(
             Text.assemble(("Saved to ", "bold"), pretty_path(state.path)))
@@ -91,7 +84,7 @@ class FinishScreen(WizardScreen):
             ("Strict, but only Relaxed passes", risks.too_strict),
         ):
             if items:
-                text.append(f"  {label} ({len(items)}): {_names(items)}\n")
+                text.append(f"  {label} ({len(items)}): {shown_names(items)}\n")
         warnings = self.query_one("#warnings", Static)
         warnings.update(text)
         warnings.display = not risks.empty
