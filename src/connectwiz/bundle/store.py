@@ -9,6 +9,7 @@ relay, ``explain``, ``domains list``) never edit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -181,6 +182,7 @@ class Bundle:
         self._text = text  # None for a new bundle: the document is built from scratch
         self._data = data  # tomli's reading of _text, until the document is built
         self._doc: Document | None = None
+        self._domains: dict[str, int] | None = None  # domain -> entry index in _doc
         self._model = model
         self._fingerprint = fingerprint  # of the file as read or last written
         self._source = source
@@ -252,9 +254,10 @@ class Bundle:
         return self._doc
 
     def _edited(self) -> Document:
-        """The document, about to change: the cached model is dropped."""
+        """The document, about to change: the cached model and domain index are dropped."""
         doc = self._document()
         self._model = None
+        self._domains = None
         return doc
 
     # Output -----------------------------------------------------------------------------
@@ -315,7 +318,10 @@ class Bundle:
     # External domains -------------------------------------------------------------------
 
     def _domain_index(self, doc: Document) -> dict[str, int]:
-        return {d.domain_of(t): i for i, t in enumerate(d.entries(doc, "external_domains"))}
+        if self._domains is None:
+            self._domains = {d.domain_of(t): i
+                             for i, t in enumerate(d.entries(doc, "external_domains"))}
+        return self._domains
 
     @staticmethod
     def _normal(domain: str) -> str:
@@ -382,9 +388,18 @@ class Bundle:
         d.sync_managed(doc)
 
     def record_domain_validation(self, domain: str, result: LastValidation) -> None:
+        # Only this entry's last_validation changes, so the domain index stays valid and the
+        # cached model is patched rather than rebuilt: a rebuild per result made "Validate
+        # all" cost O(domains) per result in the wizard (0.27 s each at 10,000 domains).
         entry = self._domain_entry(self._document(), domain)
-        self._edited()
         entry["last_validation"] = d.validation_table(result)
+        if self._model is not None:
+            name = d.domain_of(entry)
+            stored = LastValidation(result.status, d.stamp(result.at), result.reason)
+            domains = tuple(
+                dataclasses.replace(x, last_validation=stored) if x.domain == name else x
+                for x in self._model.external_domains)
+            self._model = dataclasses.replace(self._model, external_domains=domains)
 
     # Inbound routes ---------------------------------------------------------------------
 
