@@ -98,3 +98,6 @@ def test_export_writes_toml_and_json(bundle_path: Path, tmp_path: Path) -> None:
                     json.loads((tmp_path / "out.json").read_text())["external_domains"]]
     assert toml_domains == json_domains == ["trusted.example", "partner.example"]
     assert not list(tmp_path.glob(".out.*")), "no temporary file is left behind"
+    # the same file `connectwiz export -o` writes: readable by the mail team, not only by us
+    assert (tmp_path / "out.json").read_text() == state.bundle.export_text("json")
+    assert (tmp_path / "out.toml").stat().st_mode & 0o777 == 0o644

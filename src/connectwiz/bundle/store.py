@@ -13,9 +13,9 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ import tomli
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from connectwiz.atomic import write_atomic
 from connectwiz.bundle import document as d
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.schema import (
@@ -87,29 +88,6 @@ def _decode(raw: bytes, source: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise BundleError(f"not UTF-8 text (byte {exc.start})", file=source, line=line) from None
-
-
-def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new
-    one, never a mix: temp file in the same folder, fsync, rename, fsync the folder."""
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _default_mode() -> int:
@@ -268,6 +246,12 @@ class Bundle:
         text = self._doc.as_string()
         # appended entries end in a blank line; the file itself should not
         return text.rstrip("\n") + "\n" if text.endswith("\n\n") else text
+
+    def export_text(self, fmt: str) -> str:
+        """``toml``: the file as it is; ``json``: the model in schema v1 shape."""
+        if fmt == "json":
+            return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        return self.to_toml()
 
     def to_json(self) -> dict[str, Any]:
         """The model in schema v1 shape, JSON-safe (date-times as ISO 8601 ``Z`` strings)."""

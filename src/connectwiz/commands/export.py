@@ -5,13 +5,12 @@ a main.cf snippet, atomically into a folder (README: "When one relay is not enou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from connectwiz.atomic import write_atomic
 from connectwiz.bundle import Bundle, resolve_bundle_path
 from connectwiz.bundle.postfix import export_postfix
-from connectwiz.bundle.store import write_atomic
 from connectwiz.errors import UserError
 
 
@@ -21,10 +20,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = Bundle.load(resolve_bundle_path(args.bundle))
     if args.format == "postfix":
         return _postfix(bundle, Path(args.output).expanduser())
-    if args.format == "json":
-        text = json.dumps(bundle.to_json(), indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = bundle.to_toml()
+    text = bundle.export_text(args.format)
     if not args.output or args.output == "-":
         sys.stdout.write(text)
         return 0

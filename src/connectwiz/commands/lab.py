@@ -8,7 +8,7 @@ import json
 import signal
 from pathlib import Path
 
-from connectwiz.bundle.store import write_atomic
+from connectwiz.atomic import write_atomic
 from connectwiz.errors import UserError
 from connectwiz.lab import Lab, ipv6_loopback_available
 

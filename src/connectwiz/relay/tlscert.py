@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from connectwiz.atomic import write_atomic
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool]:
@@ -40,13 +41,6 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path, bool
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     # Key first, so a crash never leaves a certificate without its key.
-    for path, data, mode in ((key_path, key_pem, 0o600),
-                             (cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)):
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    write_atomic(key_path, key_pem, 0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path, True

@@ -6,14 +6,13 @@ Edits go to the Bundle's in-memory document; nothing reaches the disk until Fini
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from connectwiz.atomic import write_atomic
 from connectwiz.bundle import Bundle
-from connectwiz.bundle.store import write_atomic
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.model import (
     EncryptionMode,
@@ -225,9 +224,5 @@ class WizardState:
         self.saved_text = self.bundle.to_toml()
 
     def export(self, path: Path, fmt: str) -> None:
-        """Write the bundle as TOML or JSON to ``path``, atomically."""
-        if fmt == "json":
-            text = json.dumps(self.bundle.to_json(), indent=2, ensure_ascii=False) + "\n"
-        else:
-            text = self.bundle.to_toml()
-        write_atomic(path.expanduser(), text.encode("utf-8"))
+        """Write the bundle as TOML or JSON to ``path``, atomically (as `connectwiz export`)."""
+        write_atomic(path.expanduser(), self.bundle.export_text(fmt).encode("utf-8"), 0o644)
