@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
@@ -74,6 +75,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.init_probe()
+        self.saving = False  # the bundle is being written: nothing may change it meanwhile
         self.shown: dict[str, Cells] = {}
         self.offered: tuple[bool | None, ...] = ()
 
@@ -155,6 +157,8 @@ class DomainsScreen(ProbeRunner, WizardScreen):
             self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.saving:
+            return False
         domain = self.selected()
         if action == "cancel_probe":
             return self.probing
@@ -237,13 +241,20 @@ class DomainsScreen(ProbeRunner, WizardScreen):
 
         self.app.push_screen(FinishWarningDialog(risks), done)
 
-    def _save_and_finish(self) -> None:
+    @work(exclusive=True, group="save", exit_on_error=False)
+    async def _save_and_finish(self) -> None:
+        # Serialising, checking and fsyncing a big bundle takes about a second: off the loop.
+        self.saving = True
+        self.refresh_bindings()
         try:
-            self.state.save()
+            await asyncio.to_thread(self.state.save)
         except (UserError, OSError) as exc:  # BundleError is a UserError
             self.notify(f"Could not write {self.state.path}: {exc}", severity="error",
                         timeout=10)
             return
+        finally:
+            self.saving = False
+            self.refresh_bindings()
         self.app.push_screen(FinishScreen())
 
     def action_back(self) -> None:

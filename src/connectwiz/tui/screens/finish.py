@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
@@ -92,17 +94,19 @@ class FinishScreen(WizardScreen):
     def action_edit(self) -> None:
         self.app.pop_screen()
 
+    @work(exclusive=True, group="export", exit_on_error=False)
+    async def _export(self, path: Path, fmt: str) -> None:
+        try:  # a big bundle takes a moment to serialise and fsync: off the loop
+            await asyncio.to_thread(self.state.export, path, fmt)
+        except OSError as exc:
+            self.notify(f"Could not write {path}: {exc.strerror or exc}", severity="error")
+            return
+        self.notify(f"Exported the bundle as {fmt.upper()} to {path}")
+
     def action_export(self) -> None:
         def done(choice: tuple[Path, str] | None) -> None:
-            if choice is None:
-                return
-            path, fmt = choice
-            try:
-                self.state.export(path, fmt)
-            except OSError as exc:
-                self.notify(f"Could not write {path}: {exc.strerror or exc}", severity="error")
-                return
-            self.notify(f"Exported the bundle as {fmt.upper()} to {path}")
+            if choice is not None:
+                self._export(*choice)
 
         default = Path(pretty_path(self.state.path.with_suffix(".json")))
         self.app.push_screen(ExportDialog(default), done)
