@@ -61,6 +61,15 @@ async def wait_for(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: fl
         await pilot.pause(0.02)
 
 
+def summary_drawn(app: Any, text: str) -> bool:
+    """The summary screen is up *and* drawn (its policies line shows ``text``): leaving the
+    test while it is still mounting races its Header."""
+    from connectwiz.tui.screens.finish import FinishScreen
+
+    return isinstance(app.screen, FinishScreen) and any(
+        text in str(w.render()) for w in app.screen.query("#policies"))
+
+
 # Hand-built bundles and results for the snapshots ------------------------------------
 
 ROUTES = [("mail.corp.example", 25), ("legacy.corp.example", 25), ("old.corp.example", 25)]

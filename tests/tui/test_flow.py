@@ -17,9 +17,8 @@ from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.domains import DomainsScreen
-from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
-from tests.tui.helpers import Setup, paste, validate_routes, wait_for, wizard
+from tests.tui.helpers import Setup, paste, summary_drawn, validate_routes, wait_for, wizard
 
 pytestmark = pytest.mark.network
 SIZE = (100, 30)
@@ -67,9 +66,7 @@ async def test_first_run_writes_the_bundle_at_finish(
         assert bundle_path.read_text() == before, "nothing is written before Finish"
 
         await pilot.press("f")
-        await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
-        summary = str(app.screen.query_one("#policies").render())
-        assert "2 domains" in summary
+        await wait_for(pilot, lambda: summary_drawn(app, "2 domains"), what="summary drawn")
 
     assert statuses(bundle_path) == {
         "trusted.example": (ValidationStatus.STRICT, EncryptionMode.STRICT),
@@ -99,7 +96,7 @@ async def test_rerun_removes_a_domain_and_keeps_admin_comments(
         await wait_for(pilot, lambda: on(app, FinishWarningDialog), what="finish warning")
         assert app.screen.risks.not_validated == ("selfsigned.example",)
         await pilot.press("a")
-        await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "domain"), what="summary drawn")
         changes = str(app.screen.query_one("#changes").render())
         assert "Domains removed (1): trusted.example" in changes
 
@@ -138,7 +135,7 @@ async def test_rerun_adds_a_batch_with_invalid_and_duplicate_lines(
         await pilot.press("f")
         await wait_for(pilot, lambda: on(app, FinishWarningDialog), what="finish warning")
         await pilot.press("a")
-        await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "3 domains"), what="summary drawn")
 
     assert sorted(statuses(bundle_path)) == ["nostarttls.example", "selfsigned.example",
                                              "trusted.example"]
@@ -228,7 +225,7 @@ async def test_export_writes_json(bundle_path: Path, lab: LabHandle,
         await pilot.press("enter", "n", "f")
         await wait_for(pilot, lambda: on(app, FinishWarningDialog), what="finish warning")
         await pilot.press("a")
-        await wait_for(pilot, lambda: on(app, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "domain"), what="summary drawn")
         await pilot.press("x")
         await pilot.press("ctrl+u")
         await paste(pilot, "export.json")

@@ -10,7 +10,7 @@ from connectwiz.bundle import Bundle
 from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.finish import FinishScreen
-from tests.tui.helpers import NOW, ROUTES, Setup, wait_for, wizard
+from tests.tui.helpers import NOW, ROUTES, Setup, summary_drawn, wait_for, wizard
 
 
 async def test_finish_saves_without_blocking_the_screen(bundle_path: Path) -> None:
@@ -43,7 +43,7 @@ async def test_finish_saves_without_blocking_the_screen(bundle_path: Path) -> No
         assert screen.check_action("remove", ()) is False
         assert not isinstance(app.screen, FinishScreen)
         release.set()
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "1 domain"), what="summary drawn")
         assert not screen.saving
     domains = [d.domain for d in Bundle.load(bundle_path).model.external_domains]
     assert domains == ["trusted.example"]
