@@ -328,7 +328,7 @@ async def test_ten_megabytes_of_empty_lines_cost_bounded_memory_and_others_are_s
         assert (await client.sendmail("x@partner.example", ["bob@corp.example"],
                                       body(token())))[1].startswith("2.0.0 Ok: queued")
         client.close()
-        for reader, writer in floods:
+        for _, writer in floods:
             writer.write(half + b".\r\n")
             await writer.drain()
         for reader, _ in floods:

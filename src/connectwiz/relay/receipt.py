@@ -234,6 +234,29 @@ class ReceiptHandler:
         the reply. Nothing but the header (bounded) is kept in memory."""
         ctx = self.ctx
         msg_id = new_message_id()
+        writer: QueueWriter = await ctx.io(ctx.spool.open_message, msg_id)
+        try:
+            reply, entry = await self._read_and_decide(server, session, envelope, writer)
+        except BaseException:
+            # A dropped connection (cancelled) or a failed write: submitted, not waited for.
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                ctx.io(writer.abort)
+            raise
+        if entry is None:
+            await ctx.io(writer.abort)
+            return reply
+        try:
+            await ctx.store(writer, entry, entry.extra["received"])
+        except OSError as exc:
+            ctx.log("error", client=entry.client_ip, reason=f"spool write failed: {exc}")
+            return "451 4.3.0 Could not queue the message, try again later"
+        return f"250 2.0.0 Ok: queued as {msg_id}"
+
+    async def _read_and_decide(self, server: RelaySMTP, session: Session, envelope: Envelope,
+                               writer: QueueWriter) -> tuple[str, QueueEntry | None]:
+        """(refusal, None), or ("", the entry to commit)."""
+        ctx = self.ctx
+        msg_id = writer.msg_id
         tls = session_tls(session)
         client_ip = _client_ip(session)
         record: dict[str, Any] = {
@@ -241,62 +264,47 @@ class ReceiptHandler:
             "mail_from": sender(envelope), "recipients": list(envelope.rcpt_tos),
             "tls_version": tls.version if tls else None, "tls_cipher": tls.cipher if tls else None,
         }
-        writer: QueueWriter = await ctx.io(ctx.spool.open_message, msg_id)
-        committed = False
-        try:
-            await ctx.io(writer.write, _received_header(ctx.settings.hostname, session, tls,
-                                                        msg_id, envelope.rcpt_tos))
+        await ctx.io(writer.write, _received_header(ctx.settings.hostname, session, tls,
+                                                    msg_id, envelope.rcpt_tos))
 
-            async def sink(data: bytes) -> None:
-                await ctx.io(writer.write, data)
+        async def sink(data: bytes) -> None:
+            await ctx.io(writer.write, data)
 
-            data = await server.read_data(ctx.settings.max_message_size, sink)
-            record["size"] = data.size
-            if data.too_big:
-                return "552 5.3.4 Error: message size exceeds fixed maximum message size"
-            if data.bare_newline:
-                # SMTP smuggling: a bare LF or CR could hide a second message end from us but
-                # not from the next hop (or the other way round). Refuse the whole message.
-                reply = "550 5.5.2 Message refused: bare LF or bare CR in DATA (RFC 5321 2.3.8)"
-                await ctx.record_refusal(msg_id, {**record, "result": reply})
-                return reply
-            # The address parser is slow on hostile headers: off the event loop.
-            head = await asyncio.to_thread(read_head, data.head)
-            if head.received + 1 >= ctx.settings.max_hops:  # + 1: our own Received:
-                await ctx.record_refusal(msg_id, {**record, "result": REPLY_TOO_MANY_HOPS,
-                                                  "hops": head.received + 1})
-                return REPLY_TOO_MANY_HOPS
-            index = ctx.index()
-            decisions = [index.receipt(self._context(envelope, r, session, head.header_from))
-                         for r in envelope.rcpt_tos]
-            option = strictest([d.option for d in decisions])
-            winner = next((d for d in decisions if d.option is option), None)
-            record.update(header_from=head.header_from, receipt_option=str(option),
-                          policy=_policy_name(winner))
-            refusal = tls_refusal(option, tls)
-            if refusal:
-                await ctx.record_refusal(msg_id, {**record, "result": refusal})
-                return refusal
-            record["result"] = "accepted"
-            entry = QueueEntry(
-                id=msg_id, mail_from=sender(envelope),
-                recipients=[Recipient(r) for r in envelope.rcpt_tos],
-                received_at=datetime.now(UTC).timestamp(), client_ip=client_ip,
-                header_from=head.header_from, is_bounce=not sender(envelope),
-                extra={"received": record},
-            )
-            try:
-                committed = True  # from here the writer is finished either way
-                await ctx.store(writer, entry, record)
-            except OSError as exc:
-                ctx.log("error", client=client_ip, reason=f"spool write failed: {exc}")
-                return "451 4.3.0 Could not queue the message, try again later"
-            return f"250 2.0.0 Ok: queued as {msg_id}"
-        finally:
-            if not committed:
-                # Also on a dropped connection (cancelled): submitted, not waited for.
-                with contextlib.suppress(RuntimeError):  # the loop is closing
-                    ctx.io(writer.abort)
+        data = await server.read_data(ctx.settings.max_message_size, sink)
+        record["size"] = data.size
+        if data.too_big:
+            return "552 5.3.4 Error: message size exceeds fixed maximum message size", None
+        if data.bare_newline:
+            # SMTP smuggling: a bare LF or CR could hide a second message end from us but
+            # not from the next hop (or the other way round). Refuse the whole message.
+            reply = "550 5.5.2 Message refused: bare LF or bare CR in DATA (RFC 5321 2.3.8)"
+            await ctx.record_refusal(msg_id, {**record, "result": reply})
+            return reply, None
+        # The address parser is slow on hostile headers: off the event loop.
+        head = await asyncio.to_thread(read_head, data.head)
+        if head.received + 1 >= ctx.settings.max_hops:  # + 1: our own Received:
+            await ctx.record_refusal(msg_id, {**record, "result": REPLY_TOO_MANY_HOPS,
+                                              "hops": head.received + 1})
+            return REPLY_TOO_MANY_HOPS, None
+        index = ctx.index()
+        decisions = [index.receipt(self._context(envelope, r, session, head.header_from))
+                     for r in envelope.rcpt_tos]
+        option = strictest([d.option for d in decisions])
+        winner = next((d for d in decisions if d.option is option), None)
+        record.update(header_from=head.header_from, receipt_option=str(option),
+                      policy=_policy_name(winner))
+        refusal = tls_refusal(option, tls)
+        if refusal:
+            await ctx.record_refusal(msg_id, {**record, "result": refusal})
+            return refusal, None
+        record["result"] = "accepted"
+        return "", QueueEntry(
+            id=msg_id, mail_from=sender(envelope),
+            recipients=[Recipient(r) for r in envelope.rcpt_tos],
+            received_at=datetime.now(UTC).timestamp(), client_ip=client_ip,
+            header_from=head.header_from, is_bounce=not sender(envelope),
+            extra={"received": record},  # lets recovery rewrite a log line lost in a crash
+        )
 
 
 def _bad_characters(address: str) -> bool:
