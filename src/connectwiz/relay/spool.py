@@ -360,7 +360,8 @@ class Spool:
         """
         for path in (self.root / "tmp").iterdir():
             path.unlink(missing_ok=True)
-        self._import_legacy()
+        result = Recovery()
+        self._import_legacy(result)
         queued = {p.stem for p in (self.root / "queue").glob("*.msg")}
         found: dict[str, str] = {}
         for state in STATES:
@@ -375,7 +376,6 @@ class Spool:
                     found[msg_id] = state
                 else:
                     path.unlink(missing_ok=True)
-        result = Recovery()
         for msg_id in sorted(queued):
             state = found.get(msg_id, "incoming")
             try:
@@ -402,7 +402,7 @@ class Spool:
             return
         self.move(msg_id, "active", "incoming")
 
-    def _import_legacy(self) -> None:
+    def _import_legacy(self, result: Recovery) -> None:
         """Spools written before queue files (``messages/ID.eml`` + ``STATE/ID.json``): turn
         each message into a queue file so nothing acknowledged is stranded by an upgrade.
         An entry whose body is missing is set aside, never retried."""
@@ -418,7 +418,10 @@ class Spool:
                 try:
                     entry = QueueEntry.from_json(path.read_bytes())
                     data = body.read_bytes()
-                except (ValueError, TypeError, KeyError, FileNotFoundError):
+                except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+                    why = ("message body missing" if isinstance(exc, FileNotFoundError)
+                           else f"{state} entry damaged ({exc})")
+                    result.quarantined.append((msg_id, why))
                     self.quarantine(msg_id)
                     continue
                 self.accept(entry, data)
