@@ -320,13 +320,11 @@ class Spool:
         self.write_atomic(self._entry_path("active", msg_id), entry.to_json(), durable=False)
         return entry, body
 
-    def move(self, msg_id: str, src: str, dst: str, durable: bool = True) -> None:
-        """Rename a state file. ``durable=False`` skips the folder fsyncs where losing the
-        rename in a crash is harmless (recovery treats both states alike)."""
+    def move(self, msg_id: str, src: str, dst: str) -> None:
+        """Rename a state file, durably."""
         os.replace(self._entry_path(src, msg_id), self._entry_path(dst, msg_id))
-        if durable:
-            _fsync_dir(self.root / dst)
-            _fsync_dir(self.root / src)
+        _fsync_dir(self.root / dst)
+        _fsync_dir(self.root / src)
 
     def update_active(self, entry: QueueEntry) -> None:
         """Record progress (e.g. recipients delivered) so a crash does not repeat it."""
