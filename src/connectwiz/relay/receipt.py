@@ -183,6 +183,12 @@ class ReceiptHandler:
                               recipient=recipient, client_ip=parse_ip(_client_ip(session)),
                               at=datetime.now(UTC))
 
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a session: logged on one line, and a temporary reply
+        (the sender retries; nothing is lost), never aiosmtpd's 500 with our internals."""
+        self.ctx.log("error", reason=f"SMTP session: {type(error).__name__}: {error}"[:300])
+        return "451 4.3.0 Error: internal error, try again later"
+
     # -- commands ---------------------------------------------------------------------------
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
