@@ -338,7 +338,7 @@ class Spool:
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
         self.queue_path(msg_id).unlink()
-        _fsync_dir(self.root / "queue")  # else a crash could deliver the message again
+        self.queue_sync.sync()  # else a crash could deliver the message again
         # Not fsync'd: a state file that reappears after a crash has no queue file; recover
         # removes it.
         self._entry_path("active", msg_id).unlink(missing_ok=True)
