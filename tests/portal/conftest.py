@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP
 
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, token_hash
+from connectwiz.relay.secure import HeldStore, header_addresses, load_secure_key, token_hash
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import relays  # noqa: F401 - a fixture, used by name
 
@@ -122,8 +122,10 @@ def hold(spool: Path, body: bytes, *, recipients: tuple[str, ...] = (READER,),
     now = datetime.now(UTC)
     tokens = {r: secrets.token_urlsafe(32) for r in recipients}
     iso = lambda d: d.isoformat(timespec="seconds").replace("+00:00", "Z")  # noqa: E731
+    header_to, header_cc = header_addresses(body)
     record = {
         "version": 1, "id": held, "sender": SENDER, "header_from": SENDER,
+        "header_to": header_to, "header_cc": header_cc,
         "held_at": iso(now), "expires_at": iso(now + expires_in),
         "initial_expires_at": iso(now + expires_in), "limit_at": iso(now + expires_in),
         "extended_days": 0, "max_retention_days": 365, "revoked_at": None,
@@ -183,6 +185,7 @@ async def portal_client(tmp_path: Path, sink: Sink) -> AsyncIterator[Callable[..
                               relay=("127.0.0.1", sink.port), insecure_cookies=True,
                               hostname="portal.test")
         logs = io.StringIO()
+        load_secure_key(overrides.get("key_file"))  # made by the relay's set-up, as in use
         portal = Portal(replace(config, **overrides), EventLog(json_lines=True, stream=logs))
         server = TestServer(portal.app)
         await server.start_server(access_log_class=portal.access_log_class())

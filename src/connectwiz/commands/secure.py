@@ -27,7 +27,9 @@ def _public(record: dict[str, Any], spool: Path, now: datetime) -> dict[str, Any
             notes.append({"id": note_id, "status": status})
         recipients.append({"address": r["address"], "notifications": notes,
                            "first_viewed_at": r.get("first_viewed_at"),
-                           "read_receipt_sent": r.get("read_receipt_sent", False)})
+                           "read_receipt_sent": r.get("read_receipt_sent", False),
+                           "wrong_codes": r.get("wrong_codes", 0),
+                           "locked_at": r.get("locked_at")})
     out = {k: v for k, v in record.items() if k != "recipients"}
     out["status"] = held_status(record, now)
     out["recipients"] = recipients
@@ -57,6 +59,9 @@ def _show(rec: dict[str, Any]) -> list[str]:
         notes = ", ".join(f"{n['id']} {n['status']}" for n in r["notifications"]) or "none"
         viewed = r["first_viewed_at"] or "not yet"
         lines.append(f"  Recipient   {r['address']}: notification {notes}; viewed {viewed}")
+        if r["locked_at"]:
+            lines.append(f"              locked {r['locked_at']} after {r['wrong_codes']} wrong "
+                         "codes; secure extend unlocks it")
     for addr in rec.get("delivered_with_banner", []):
         lines.append(f"  Internal    {addr}: delivered to the mailbox with the banner")
     return lines
