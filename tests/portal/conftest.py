@@ -162,7 +162,8 @@ class PortalClient:
     async def sign_in(self, sink: Sink, held: str, token: str, address: str = READER) -> None:
         link = self.link(held, token)
         csrf = await self.csrf(link)
-        before = len([1 for _, rcpts, _ in sink.messages if address in rcpts])
+        before = len([1 for _, rcpts, data in sink.messages
+                      if address in rcpts and CODE.search(data)])
         resp = await self.client.post(link + "/code", data={"_csrf": csrf},
                                       allow_redirects=False)
         assert resp.status == 303, await resp.text()
