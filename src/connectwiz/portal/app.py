@@ -213,7 +213,7 @@ class Portal(ReaderPages, ReplyPages):
         self._sweeper = asyncio.create_task(self._sweep_forever())
         self.log("listening", host=self.address[0], port=self.address[1],
                  public_url=self.config.public_url)
-        if self.config.behind_proxy and not _loopback(self.address[0]):
+        if self.config.behind_proxy and not is_loopback(self.address[0]):
             self.log("warning", note="--behind-proxy trusts X-Forwarded-For from anyone who "
                      "can reach this address; listen on loopback behind the proxy",
                      host=self.address[0])
@@ -455,7 +455,8 @@ def _logo(path: Path) -> tuple[bytes, str]:
     return data, kind
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (the --behind-proxy warning)."""
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
