@@ -105,6 +105,15 @@ def mime(tag: str, *, html: str | None = None, attachment: tuple[str, str, bytes
     return msg.as_bytes(policy=email_policy.SMTP)
 
 
+def nested(depth: int) -> bytes:
+    """A message whose text part sits ``depth`` multiparts deep."""
+    head = (f"From: {SENDER}\r\nTo: {READER}\r\nSubject: Deep\r\nMIME-Version: 1.0\r\n")
+    opening = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'
+                      for i in range(depth))
+    closing = "".join(f"\r\n--b{i}--" for i in reversed(range(depth)))
+    return (head + opening + "Content-Type: text/plain\r\n\r\ninside" + closing + "\r\n").encode()
+
+
 DEFINITION = {"name": "Confidential 7d", "description": "", "allow_print": True,
               "allow_reply": True, "allow_reply_all": False, "expiry_days": 7,
               "max_extension_days": 0, "read_receipt": False, "routing": "external",

@@ -19,8 +19,8 @@ from connectwiz.commands.relay import settings_from
 from connectwiz.errors import UserError
 from connectwiz.lab.ca import LabCA
 from connectwiz.portal.app import is_loopback
-from connectwiz.relay.secure import load_secure_key
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.secure import load_secure_key
 from tests.portal.conftest import READER, hold, mime
 
 pytestmark = pytest.mark.network

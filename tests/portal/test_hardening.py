@@ -14,7 +14,7 @@ from connectwiz.portal.content import MAX_MULTIPARTS
 from connectwiz.portal.limits import Limits
 from connectwiz.relay.secure import HeldStore, extend_held
 from connectwiz.relay.spool import Spool
-from tests.portal.conftest import READER, SENDER, hold, mime
+from tests.portal.conftest import READER, SENDER, hold, mime, nested
 
 pytestmark = pytest.mark.network
 
@@ -200,14 +200,6 @@ async def test_a_form_token_from_outside_the_session_is_refused(portal_client, s
 
 
 # -- 6. deep MIME, and any unexpected failure --------------------------------------------------
-
-def nested(depth: int) -> bytes:
-    head = (f"From: {SENDER}\r\nTo: {READER}\r\nSubject: Deep\r\nMIME-Version: 1.0\r\n")
-    opening = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'
-                      for i in range(depth))
-    closing = "".join(f"\r\n--b{i}--" for i in reversed(range(depth)))
-    return (head + opening + "Content-Type: text/plain\r\n\r\ninside" + closing + "\r\n").encode()
-
 
 async def test_deeply_nested_mime_shows_a_notice(portal_client, sink) -> None:
     pc = await portal_client()
