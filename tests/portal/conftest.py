@@ -8,7 +8,9 @@ import asyncio
 import io
 import re
 import secrets
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -112,6 +114,17 @@ def nested(depth: int) -> bytes:
                       for i in range(depth))
     closing = "".join(f"\r\n--b{i}--" for i in reversed(range(depth)))
     return (head + opening + "Content-Type: text/plain\r\n\r\ninside" + closing + "\r\n").encode()
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A plain PNG, for the organisation's logo."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 DEFINITION = {"name": "Confidential 7d", "description": "", "allow_print": True,

@@ -12,10 +12,8 @@ import io
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import tempfile
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +27,7 @@ from connectwiz.portal.limits import Limits
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.secure import HeldStore, load_secure_key, revoke_held
 from connectwiz.relay.spool import Spool
-from tests.portal.conftest import CODE, READER, SENDER, Sink, hold, mime, nested
+from tests.portal.conftest import CODE, READER, SENDER, Sink, hold, mime, nested, png
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -43,17 +41,6 @@ async_playwright = pytest.importorskip("playwright.async_api").async_playwright
 ORG = "Corp Bank"
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 800}
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "portal-screenshots"
-
-
-def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A plain PNG, for the organisation's logo."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
-                                                              0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
 @dataclass

@@ -15,13 +15,14 @@ import pytest
 
 from connectwiz.cli import build_parser
 from connectwiz.cli import main as cli_main
+from connectwiz.commands.portal import config_from
 from connectwiz.commands.relay import settings_from
 from connectwiz.errors import UserError
 from connectwiz.lab.ca import LabCA
-from connectwiz.portal.app import is_loopback
+from connectwiz.portal.app import Portal, is_loopback
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.relay.secure import load_secure_key
-from tests.portal.conftest import READER, hold, mime
+from tests.portal.conftest import READER, hold, mime, png
 
 pytestmark = pytest.mark.network
 
@@ -118,3 +119,24 @@ def test_relay_with_a_portal_url_makes_the_key_at_start(tmp_path: Path,
     ("0.0.0.0", False), ("::", False), ("192.0.2.10", False)])
 def test_behind_proxy_warns_unless_on_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_portal_pages_carry_the_bundles_organisation_name_and_logo(tmp_path: Path) -> None:
+    (tmp_path / "logo.png").write_bytes(png(4, 4, (0, 0, 0)))
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text('schema_version = 1\n[organisation]\ninternal_domains = ["corp.example"]\n'
+                      'name = "Corp  Bank"\nlogo = "logo.png"\n')
+    load_secure_key()
+    (tmp_path / "spool" / "secure").mkdir(parents=True)
+    args = build_parser().parse_args(["portal", "--bundle", str(bundle), "--spool",
+                                      str(tmp_path / "spool"), "--public-url",
+                                      "http://127.0.0.1/secure", "--insecure-cookies"])
+    config = config_from(args)
+    assert config.organisation == "Corp Bank" and config.logo == tmp_path / "logo.png"
+    assert Portal(config).logo == (png(4, 4, (0, 0, 0)), "image/png")
+    (tmp_path / "logo.png").write_text("<svg onload=alert(1)>")
+    with pytest.raises(UserError, match="give a PNG or JPEG"):
+        Portal(config)
+    bundle.write_text(f'schema_version = 1\n[organisation]\nname = "{"x" * 101}"\n')
+    with pytest.raises(UserError, match="at most 100 characters"):
+        config_from(args)
