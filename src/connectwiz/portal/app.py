@@ -180,7 +180,6 @@ class Portal(ReaderPages, ReplyPages):
                               name="static")
         if self.logo is not None:
             app.router.add_get(self.base + "/logo", self.logo_image, name="logo")
-        app.on_response_prepare.append(_no_version)
         return app
 
     async def logo_image(self, request: web.Request) -> web.Response:
@@ -305,6 +304,7 @@ class Portal(ReaderPages, ReplyPages):
         h["Referrer-Policy"] = "no-referrer"  # the token in the URL never leaves in a Referer
         h["X-Content-Type-Options"] = "nosniff"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
+        h["Server"] = "connectwiz"  # aiohttp's default names its own and Python's version
         if _route_name(request) in ("static", "logo"):
             h["Cache-Control"] = "public, max-age=3600"
         else:
@@ -458,10 +458,6 @@ def _logo(path: Path) -> tuple[bytes, str]:
 def is_loopback(host: str) -> bool:
     """Whether only this machine can reach ``host`` (the --behind-proxy warning)."""
     return host in ("localhost", "::1") or host.startswith("127.")
-
-
-async def _no_version(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "connectwiz"  # aiohttp's default names its and Python's version
 
 
 def _route_name(request: web.Request) -> str:

@@ -489,7 +489,7 @@ class SecureMessaging:
         # (internal) sender's envelope but was written by the external recipient in From:.
         author = entry.header_from if entry.header_from and not index.is_internal(
             entry.header_from) else entry.mail_from
-        state = self._state(entry, decision, index.settings, author)
+        state = self._state(decision, index.settings, author)
         entry.extra["secure"] = state
         self.spool.update_active(entry)
         self.msglog.append(entry.id, "secure", applied=True, definition=state["definition"]["name"],
@@ -497,8 +497,8 @@ class SecureMessaging:
                            routes=state["routes"], whys=state["whys"])
         return SecurePlan(True, dict(state["routes"]), state["banner"], state)
 
-    def _state(self, entry: QueueEntry, decision: SecureDecision,
-               settings: SecureSettings, author: str) -> dict[str, Any]:
+    def _state(self, decision: SecureDecision, settings: SecureSettings, author: str
+               ) -> dict[str, Any]:
         definition = decision.definition
         assert definition is not None
         banner = banner_text(definition)
