@@ -5,14 +5,18 @@ what a restart leaves behind."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from datetime import UTC, datetime
 
 import pytest
 
+from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.portal.content import MAX_MULTIPARTS
 from connectwiz.portal.limits import Limits
-from connectwiz.relay.secure import HeldStore, extend_held
+from connectwiz.relay.events import EventLog
+from connectwiz.relay.secure import HeldStore, extend_held, load_secure_key
 from connectwiz.relay.spool import Spool
 from tests.portal.conftest import READER, SENDER, hold, mime, nested
 
@@ -282,3 +286,25 @@ async def test_error_pages_use_plain_words(portal_client) -> None:
     assert "Not Found" not in page
     resp = await pc.client.put("/secure/m/ABC/" + "x" * 43)
     assert resp.status == 405 and "Method Not Allowed" not in await resp.text()
+
+
+async def test_what_aiohttp_logs_past_the_middleware_is_one_json_line(
+        tmp_path, sink, capsys: pytest.CaptureFixture[str]) -> None:
+    load_secure_key()
+    (tmp_path / "spool" / "secure").mkdir(parents=True)
+    stream = io.StringIO()
+    portal = Portal(PortalConfig(spool=tmp_path / "spool", public_url="http://127.0.0.1/s",
+                                 relay=("127.0.0.1", sink.port), insecure_cookies=True),
+                    EventLog(json_lines=True, stream=stream))
+    await portal.start("127.0.0.1", 0)
+    try:
+        try:
+            raise ConnectionResetError("peer went away\nsecond line")
+        except ConnectionResetError:
+            logging.getLogger("aiohttp.server").exception("Error handling request")
+    finally:
+        await portal.stop()
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines()
+              if json.loads(x)["event"] == "http-error"]
+    assert line["error"] == "ConnectionResetError" and line["level"] == "error"
+    assert "Traceback" not in stream.getvalue() + capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 import signal
@@ -120,6 +121,20 @@ class _AccessLog(AbstractAccessLogger):
                     status=response.status, ms=round(time * 1000, 1))
 
 
+class AiohttpLogBridge(logging.Handler):
+    """aiohttp logs what escapes the middleware (a broken connection mid-response, a
+    protocol error) with multi-line tracebacks; the portal's log keeps one line per event."""
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log("http-error", level=record.levelname.lower(),
+                 message=" ".join(record.getMessage().split())[:300],
+                 error=type(record.exc_info[1]).__name__ if record.exc_info else None)
+
+
 class Portal(ReaderPages, ReplyPages):
     def __init__(self, config: PortalConfig, log: EventLog | None = None) -> None:
         self.config = config
@@ -160,6 +175,7 @@ class Portal(ReaderPages, ReplyPages):
         self.app = self._build()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._bridge = AiohttpLogBridge(self.log)
         self.address: tuple[str, int] = ("", 0)
 
     # -- wiring ------------------------------------------------------------------------------
@@ -203,6 +219,9 @@ class Portal(ReaderPages, ReplyPages):
         self._runner = web.AppRunner(self.app, access_log_class=self.access_log_class(),
                                      handle_signals=False)
         await self._runner.setup()
+        aiohttp_log = logging.getLogger("aiohttp")
+        aiohttp_log.addHandler(self._bridge)
+        aiohttp_log.propagate = False  # no second, multi-line copy on stderr
         site: web.BaseSite = (
             web.SockSite(self._runner, sock, ssl_context=ssl_context) if sock is not None
             else web.TCPSite(self._runner, host, port, ssl_context=ssl_context))
@@ -227,6 +246,9 @@ class Portal(ReaderPages, ReplyPages):
                 await self._sweeper
         if self._runner is not None:
             await self._runner.cleanup()
+        aiohttp_log = logging.getLogger("aiohttp")
+        aiohttp_log.removeHandler(self._bridge)
+        aiohttp_log.propagate = True
 
     async def serve_until_signalled(self, host: str, port: int,
                                     ssl_context: ssl.SSLContext | None = None) -> None:
