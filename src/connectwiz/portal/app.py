@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from connectwiz.errors import UserError
+from connectwiz.portal import limits
 from connectwiz.portal.limits import Limits
 from connectwiz.portal.reader import ReaderPages
 from connectwiz.portal.replies import MAX_REPLY, ReplyPages
@@ -107,7 +108,7 @@ class Link:
 
     @property
     def slot(self) -> dict[str, Any]:
-        return next(r for r in self.record["recipients"] if r["address"] == self.address)
+        return limits.slot(self.record, self.address)
 
 
 class _AccessLog(AbstractAccessLogger):
