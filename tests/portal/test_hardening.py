@@ -78,7 +78,8 @@ async def test_a_burnt_code_means_waiting_before_the_next(portal_client, sink) -
     await pc.client.post(link + "/code", data={"_csrf": csrf})
     code = await sink.wait_code(READER)
     for _ in range(3):
-        await wrong_code(pc, link, csrf, code)
+        page = (await wrong_code(pc, link, csrf, code))[1]
+    assert "You can ask for a new code in 10 minutes" in page
     sent = len(sink.messages)
     pc = await portal_client(limits=Limits(backoff=600))  # a restart does not lift it
     csrf = await pc.csrf(link)

@@ -169,6 +169,7 @@ class ReaderPages:
             response = self._redirect(self._url(link))
             self._start_session(response, link)
             return response
+        wait = 0.0
         if result in (CodeResult.WRONG, CodeResult.BURNT):
             now = datetime.now(UTC)
             record = await self._update(
@@ -176,12 +177,14 @@ class ReaderPages:
             if limits.locked(record, link.address):
                 self.log("link-locked", held=link.held, ip=ip)
                 return self._locked(request, link)
+            wait = limits.code_wait(record, link.address, now)
         if result == CodeResult.WRONG:
             left = self.codes.attempts_left(link.subject)
             error = f"That code is not right. {left} {'try' if left == 1 else 'tries'} left."
         elif result == CodeResult.BURNT:
-            error = ("Three wrong codes: this code no longer works. "
-                     "Request a new code below.")
+            error = "Three wrong codes: this code no longer works. " + (
+                f"You can ask for a new code in {_minutes(wait)}." if wait
+                else "Request a new code below.")
         else:
             error = "There is no valid code: it expired or was used. Request a new code below."
         return self._code_page(request, link, 400, error)

@@ -130,8 +130,7 @@ class ReplyPages:
             text = ("This message has had as many replies as the portal sends for one "
                     "message. Write to the sender by e-mail instead.")
         else:
-            minutes = max(1, math.ceil(wait / 60))
-            text = (f"You sent {self.config.limits.replies_per_hour} replies in the last "
-                    f"hour. You can reply again in {minutes} minute"
-                    f"{'s' if minutes != 1 else ''}.")
+            n, minutes = self.config.limits.replies_per_hour, max(1, math.ceil(wait / 60))
+            text = (f"You sent {n} repl{'ies' if n != 1 else 'y'} in the last hour. You can "
+                    f"reply again in {minutes} minute{'s' if minutes != 1 else ''}.")
         return self._notice(request, 429, "Too many replies", text, link=link)
