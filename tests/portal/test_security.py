@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectwiz.errors import UserError
+from connectwiz.portal.mailer import clean
 from connectwiz.portal.security import (
     CodeBook,
     CodeResult,
@@ -227,3 +228,10 @@ def test_idle_keys_and_stale_codes_are_forgotten() -> None:
     clock.now += 61
     book.issue("fresh")
     assert list(book._codes) == ["fresh"]
+
+
+@pytest.mark.parametrize("brk", ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028",
+                                 "\u2029", "\x00", "\x7f"])
+def test_header_values_the_portal_writes_have_no_line_breaks(brk: str) -> None:
+    value = clean(f"Pay{brk}Bcc: x@evil.example  now")
+    assert value == "Pay Bcc: x@evil.example now" and len(value.splitlines()) == 1

@@ -94,6 +94,6 @@ def reply_mail(author: str, to: list[str], cc: list[str], subject: str, text: st
     parent = _MSG_ID.search(clean(in_reply_to, 1000))  # a Message-ID is one <token>, no more
     if parent:
         msg["In-Reply-To"] = msg["References"] = parent.group(0)
-    msg[REQUEST_HEADER] = definition
+    msg[REQUEST_HEADER] = clean(definition)
     msg.set_content(text.replace("\r\n", "\n").replace("\n", "\r\n") + "\r\n")
     return msg
