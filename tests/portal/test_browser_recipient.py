@@ -36,8 +36,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason=f"{CHROMIUM} is absent (apt-get install chromium; CI installs it)"),
 ]
-async_playwright = pytest.importorskip("playwright.async_api").async_playwright
-
 ORG = "Corp Bank"
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 800}
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "portal-screenshots"
@@ -77,6 +75,8 @@ async def stack(tmp_path: Path, sink: Sink) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
+    # Skipped here, not at import: a skip while collecting escapes the `peer` guard on CI.
+    async_playwright = pytest.importorskip("playwright.async_api").async_playwright
     profile = tempfile.mkdtemp(prefix="connectwiz-chromium-")
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
