@@ -160,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("portal", help="the Secure Messaging portal (web) for external recipients")
-    _bundle_option(p)  # the organisation's name and logo for the pages
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="where to serve HTTP(S) (127.0.0.1:8080; port 0: any free port)")
     p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
@@ -180,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-cookies", action="store_true",
                    help="cookies without Secure, for tests on http://127.0.0.1 only")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _bundle_option(p)
     return parser
 
 

@@ -73,6 +73,5 @@ def run(args: argparse.Namespace) -> int:
     ssl_context = tls_context(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert \
         else None
     portal = Portal(config, EventLog(json_lines=args.log_json))
-    portal.check_key()
     asyncio.run(portal.serve_until_signalled(host, port, ssl_context))
     return 0

@@ -217,6 +217,7 @@ class Portal(ReaderPages, ReplyPages):
                     sock: socket.socket | None = None) -> None:
         """Serve on ``host:port``, or on ``sock`` when given (a socket already listening,
         e.g. so the relay can be told the portal's URL before the portal starts)."""
+        await asyncio.to_thread(self.check_key)
         self._runner = web.AppRunner(self.app, access_log_class=self.access_log_class(),
                                      handle_signals=False)
         await self._runner.setup()
