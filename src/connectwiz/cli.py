@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
 
     p = sub.add_parser("secure", help="messages held for the Secure Messaging portal")
-    p.add_argument("action", choices=("list", "show", "extend", "revoke"))
+    p.add_argument("action", choices=("list", "show", "extend", "revoke", "unlock"))
     p.add_argument("message_id", nargs="?", metavar="ID")
     p.add_argument("--days", type=int, metavar="N", help="extend: days to add to the expiry")
     p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-cookies", action="store_true",
                    help="cookies without Secure, for tests on http://127.0.0.1 only")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _bundle_option(p)
     return parser
 
 
