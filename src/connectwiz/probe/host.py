@@ -74,8 +74,10 @@ async def probe_host(
     port: int,
     preference: int | None,
     settings: ProbeSettings,
+    lookup_error: str | None = None,
 ) -> HostResult:
-    """Probe ``host`` on the first of ``addresses`` that accepts a connection."""
+    """Probe ``host`` on the first of ``addresses`` that accepts a connection
+    (``lookup_error``: why it has none, when its address lookup failed)."""
     started = time.monotonic()
     session = _Session()
     address: str | None = addresses[0] if addresses else None
@@ -83,7 +85,7 @@ async def probe_host(
     warnings: tuple[str, ...] = ()
     try:
         if not addresses:
-            raise _Finding(Status.ERROR, _no_address(host))
+            raise _Finding(Status.ERROR, lookup_error or _no_address(host))
         if server_name(host) is not None:
             # The relay sends SNI, Postfix by default none: learn what a client without it
             # gets, on a second connection made alongside (a slow greeting is waited once).
