@@ -146,10 +146,10 @@ async def _open_session(client: SmtpClient, session: _Session, settings: ProbeSe
     greeting = await client.greeting(settings.greeting_timeout)
     if greeting.code != 220:
         raise _Finding(Status.ERROR, f"server refused the session: {greeting}")
-    ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO")
+    ehlo = await client.ehlo(client.helo_name)
     if ehlo.code != 250:
         raise _Finding(Status.UNSUPPORTED, f"EHLO rejected ({ehlo}): no STARTTLS possible")
-    if "STARTTLS" not in ehlo.keywords:
+    if "STARTTLS" not in client.extensions:
         raise _Finding(Status.UNSUPPORTED, "STARTTLS not offered")
     session.starttls = True
     reply = await client.command("STARTTLS", "after STARTTLS")
@@ -172,7 +172,7 @@ async def _conversation(
             client.abort()  # nothing sensible can follow a failed handshake on this connection
             return None, _ssl_reason(exc)
         _record_tls(session, ssl_object, host, settings)
-        ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
+        ehlo = await client.ehlo(client.helo_name)  # what is offered over TLS counts
         if ehlo.code != 250:
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
         if settings.email:
