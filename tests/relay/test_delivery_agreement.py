@@ -75,3 +75,13 @@ async def test_mx_whose_address_lookup_fails_is_skipped_on_delivery(lab, relays)
     record = await r.wait_status(msg_id, "delivered", "deferred")
     assert record.status == "delivered", record.events
     assert record.attempts[-1]["host"] == "mx.trusted.example"
+
+
+async def test_delivery_waits_the_greeting_timeout_and_says_so(lab) -> None:
+    host = "mx.tarpit.example"  # accepts the connection, never greets
+    target = HostTarget(host, lab.address_of(host), lab.smtp_port)
+    att = await attempt_host(target, STRICT, client_context(STRICT), "alice@corp.example",
+                             ["bob@tarpit.example"], b"x\r\n", "relay.corp.example", 5.0,
+                             greeting_timeout=0.5)
+    assert att.outcome == "temporary"
+    assert att.error == "greeting not received within 0.5 s"
