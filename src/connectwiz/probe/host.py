@@ -1,9 +1,11 @@
 """Probe one SMTP server: greeting, EHLO, STARTTLS, one TLS handshake, EHLO, (MAIL/RCPT/RSET), QUIT.
 
 The first handshake accepts any certificate (CERT_NONE) and requires TLS 1.2+, so one connection
-gives both the certificate details and the verdict. Only when that handshake fails is a second
-connection made with a legacy context, to name the old TLS version the server offers.
-Nothing here ever sends DATA.
+gives both the certificate details and the verdict (``certs.judge_chain``, the judgement the
+relay enforces). Only when that handshake fails is a second connection made with a legacy
+context, to name the old TLS version the server offers. Alongside the first connection, a
+bare handshake without SNI shows whether a client that sends none (Postfix by default) gets
+another certificate. Nothing here ever sends DATA.
 """
 
 from __future__ import annotations
