@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from connectwiz.bundle import Bundle
 from connectwiz.lab import LabHandle, run_in_thread
+from connectwiz.policy.model import PolicyModel, ValidationStatus
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.tui import make_app
 
@@ -18,18 +20,45 @@ DEMO_NETWORK = "10.0.0.0/8"
 DEMO_HINT = (
     "Demo: a local lab answers for you. Add some lab domains to see each verdict: "
     "trusted.example, selfsigned.example, expired.example, nostarttls.example, "
-    "nullmx.example, mixed.example. One sample route has no TLS: edit or remove it to go on."
+    "nullmx.example, mixed.example."
 )
 
 
 def seed_demo_bundle(path: Path, lab: LabHandle) -> None:
-    """A starting bundle: the organisation and the lab's sample routes (strict, relaxed, none)."""
+    """A starting bundle: the organisation and the lab's sample routes (strict, relaxed, none).
+    A bundle kept from an earlier demo gets its lab routes pointed at this lab's port: the
+    lab listens on a new port every time."""
     bundle = Bundle.load_or_new(path)
-    bundle.set_organisation(internal_domains=[DEMO_INTERNAL_DOMAIN],
-                            authorized_outbound=[DEMO_NETWORK])
-    for host, port in lab.routes:
-        bundle.add_route(host, port)
+    if not path.exists():
+        bundle.set_organisation(internal_domains=[DEMO_INTERNAL_DOMAIN],
+                                authorized_outbound=[DEMO_NETWORK])
+        for host, port in lab.routes:
+            bundle.add_route(host, port)
+    else:
+        current = dict(lab.routes)
+        moved = [(r.host, r.port) for r in bundle.model.inbound_routes
+                 if r.host in current and r.port != current[r.host]]
+        if not moved:
+            return
+        for host, port in moved:
+            bundle.update_route(host, port, host, current[host])
     bundle.save()
+
+
+def demo_hint(lab: LabHandle) -> Callable[[PolicyModel], str]:
+    """The Start screen's hint: the lab domains to try, and the sample route without TLS
+    for as long as the bundle has it."""
+    no_tls = {name for name, route in lab.expected_routes.items()
+              if ValidationStatus(route.expected) is ValidationStatus.UNSUPPORTED}
+
+    def hint(model: PolicyModel) -> str:
+        left = [f"{r.host}:{r.port}" for r in model.inbound_routes if r.host in no_tls]
+        if not left:
+            return DEMO_HINT
+        return (f"{DEMO_HINT} The sample route {', '.join(left)} has no TLS: edit or "
+                "remove it in step 1 to go on.")
+
+    return hint
 
 
 def demo_options(lab: LabHandle) -> NetworkOptions:
@@ -42,9 +71,8 @@ def run(args: argparse.Namespace) -> int:
     with run_in_thread(smtp_port=0) as lab, tempfile.TemporaryDirectory(
             prefix="connectwiz-demo-") as scratch:
         path = Path(args.bundle).expanduser() if args.bundle else Path(scratch) / "bundle.toml"
-        if not path.exists():
-            seed_demo_bundle(path, lab)
-        make_app(path, demo_options(lab), hint=DEMO_HINT).run()
+        seed_demo_bundle(path, lab)
+        make_app(path, demo_options(lab), hint=demo_hint(lab), scratch=not args.bundle).run()
         if not args.bundle:
             print("The demo bundle was scratch and is gone; use --bundle PATH to keep it.",
                   file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.worker import WorkerState
 
 from connectwiz.bundle import Bundle
+from connectwiz.policy.model import PolicyModel
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.probing import ProbeFinished
@@ -63,10 +64,13 @@ class WizardApp(App[None]):
             self.notify("Validation cancelled", severity="warning")
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        """The palette lists what the current step can do, alongside Textual's own commands."""
+        """The palette lists what the current step can do, alongside Textual's own commands.
+        Only the wizard's bindings (they all have an id) are listed: Textual's own ones
+        (Copy selected text) and Quit are among its commands already."""
         for key, active in screen.active_bindings.items():
             binding = active.binding
-            if active.node is self or not binding.description or not active.enabled:
+            if (binding.id in (None, "quit") or not binding.description
+                    or not active.enabled):
                 continue
             yield SystemCommand(binding.tooltip or binding.description,
                                 f"Key: {binding.key_display or key}",
@@ -75,8 +79,10 @@ class WizardApp(App[None]):
 
 
 def make_app(bundle_path: Path, options: NetworkOptions, *, clock: Clock | None = None,
-             hint: str = "", blink: bool = True) -> WizardApp:
-    """The wizard on ``bundle_path`` (created at Finish if missing). Raises BundleError."""
+             hint: str | Callable[[PolicyModel], str] = "", scratch: bool = False,
+             blink: bool = True) -> WizardApp:
+    """The wizard on ``bundle_path`` (created at Finish if missing). Raises BundleError.
+    ``scratch``: the bundle is deleted when the wizard exits (the demo's)."""
     bundle = Bundle.load_or_new(Path(bundle_path))
-    state = WizardState(bundle, options, clock=clock or utc_now, hint=hint)
+    state = WizardState(bundle, options, clock=clock or utc_now, hint=hint, scratch=scratch)
     return WizardApp(state, blink=blink)

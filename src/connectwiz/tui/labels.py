@@ -117,3 +117,4 @@ def pretty_path(path: Path) -> str:
         except ValueError:
             continue
     return str(path)
+

@@ -8,10 +8,11 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual import events, widgets
 from textual.binding import Binding
 from textual.dom import DOMNode
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, TextArea
+from textual.widgets import DataTable, Static
 from textual.widgets.data_table import DuplicateKey, Row, RowKey
 
 Cells = tuple[str | Text, ...]
@@ -20,9 +21,9 @@ Cells = tuple[str | Text, ...]
 def no_blink(screen: Screen[Any]) -> None:
     """Snapshot runs turn the cursor blink off (``App.blink``) so every picture is the same."""
     if not getattr(screen.app, "blink", True):
-        for widget in screen.query(Input):
+        for widget in screen.query(widgets.Input):
             widget.cursor_blink = False
-        for area in screen.query(TextArea):
+        for area in screen.query(widgets.TextArea):
             area.cursor_blink = False
 
 
@@ -35,6 +36,75 @@ def key_of(node: DOMNode, binding_id: str) -> str:
             if binding.id == binding_id:
                 return node.app.get_key_display(binding)
     raise KeyError(f"no binding {binding_id!r} for {type(node).__name__}")
+
+
+async def _own_binding(widget: widgets.Input | widgets.TextArea, event: events.Key) -> bool:
+    """Run ``widget``'s own binding for ``event`` now, as the App would once the key had
+    bubbled up to it. Textual inserts a typed character at once but runs bound keys
+    (Backspace, Ctrl+U, arrows) only after the bubbling, so in a burst of keys (a fast
+    typist, a paste over SSH) the letters that follow land first and the edit hits the wrong
+    text (Textual issues #6605 and #6631, open for 8.2.8)."""
+    for binding in widget._bindings.key_to_bindings.get(event.key, ()):
+        if not binding.priority and await widget.app.run_action(binding.action, widget):
+            event.stop()
+            event.prevent_default()  # the base class's _on_key must not see it
+            return True
+    return False
+
+
+class Input(widgets.Input):
+    """An Input whose editing keys keep their place in a burst of keys."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        await _own_binding(self, event)  # else Textual calls the base class's _on_key next
+
+
+class TextArea(widgets.TextArea):
+    """A TextArea whose editing keys keep their place in a burst of keys."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        await _own_binding(self, event)  # else Textual calls the base class's _on_key next
+
+
+LabelRow = tuple[str | Text, str | Text]
+
+
+class Listing(Static):
+    """A bold heading, then one ``label  value`` line per row, indented by two. A long value
+    wraps under itself (in a column when ``aligned``, else four in) instead of at the left
+    edge, at any width: the text is laid out for the widget's width when drawn."""
+
+    def __init__(self, *, id: str, aligned: bool = False) -> None:
+        super().__init__(id=id)
+        self.aligned = aligned
+        self.parts: tuple[Text, list[LabelRow], Text] = (Text(), [], Text())
+
+    def show(self, heading: Text, rows: Iterable[LabelRow], tail: Text | None = None) -> None:
+        self.parts = (heading, list(rows), tail or Text())
+        self.update(self._layout())
+
+    def on_resize(self) -> None:
+        self.update(self._layout())
+
+    def _layout(self) -> Text:
+        heading, rows, tail = self.parts
+        width = max(self.content_region.width or 80, 30)
+        label_width = max((cell_len(str(label)) for label, _ in rows), default=0)
+        out = heading.copy()
+        for label, value in rows:
+            label = Text(label) if isinstance(label, str) else label
+            value = Text(value) if isinstance(value, str) else value
+            out.append("\n  ")
+            if self.aligned:
+                out.append_text(label).append(" " * (label_width + 2 - label.cell_len))
+                line, indent = value, 2 + label_width + 2
+            else:
+                line, indent = Text.assemble(label, " ", value), 4
+            wrapped = line.wrap(self.app.console, width - indent)
+            out.append_text(Text("\n" + " " * indent).join(wrapped))
+        if tail:
+            out.append("\n").append_text(tail)
+        return out
 
 
 class ListTable(DataTable[str | Text]):

@@ -33,7 +33,7 @@ class RoutesScreen(ProbeRunner, WizardScreen):
         Binding("v", "validate", "Validate", id="validate"),
         Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("n", "next", "Next", id="next"),
-        Binding("b", "back", "Back", id="back"),
+        Binding("b,escape", "back", "Back", id="back"),  # Esc: Cancel first while testing
     ]
 
     def __init__(self) -> None:
@@ -198,7 +198,8 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             "Validate inbound routes",
             "An address at one of your internal domains, used to test that each route "
             "accepts it. No e-mail is sent.",
-            self.state.route_email or self._default_email(), ok="Test"), done)
+            self.state.route_email or self._default_email(), ok="Test",
+            domains=self.state.model.organisation.internal_domains), done)
 
     def _default_email(self) -> str:
         domains = self.state.model.organisation.internal_domains

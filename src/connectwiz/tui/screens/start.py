@@ -17,6 +17,7 @@ from connectwiz.tui.components.dialogs import OrgDialog
 from connectwiz.tui.labels import GOOD, MUTED, mode_label, pretty_path
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.routes import RoutesScreen
+from connectwiz.tui.widgets import Listing
 
 _SHOWN_ROUTES = 4
 
@@ -33,7 +34,7 @@ class StartScreen(WizardScreen):
             yield Static("Start · what this bundle holds", classes="step-title")
             yield Static(id="bundle")
             yield Static(id="organisation")
-            yield Static(id="routes")
+            yield Listing(id="routes", aligned=True)
             yield Static(id="domains")
             yield Static(id="hint")
         yield Footer(compact=True)
@@ -42,7 +43,9 @@ class StartScreen(WizardScreen):
         state, model = self.state, self.state.model
         exists = state.path.exists()
         bundle = Text.assemble(("Bundle  ", "bold"), pretty_path(state.path))
-        if not exists:
+        if state.scratch:
+            bundle.append("  (scratch: deleted when the demo ends)", style=MUTED)
+        elif not exists:
             bundle.append("  (new: nothing is written until Finish)", style=MUTED)
         self.query_one("#bundle", Static).update(bundle)
 
@@ -54,17 +57,18 @@ class StartScreen(WizardScreen):
             ", ".join(str(n) for n in org.authorized_outbound) or "(none)",
         ))
 
-        routes = Text.assemble(("Inbound routes", "bold"), f" ({len(model.inbound_routes)})")
-        for route in model.inbound_routes[:_SHOWN_ROUTES]:
-            routes.append(f"\n  {route.host}:{route.port}  ")
-            routes.append(mode_label(route.encryption_mode),
-                          style=GOOD if route.encryption_mode else MUTED)
-        if len(model.inbound_routes) > _SHOWN_ROUTES:
-            routes.append(f"\n  … and {len(model.inbound_routes) - _SHOWN_ROUTES} more")
-        if not model.inbound_routes:
-            routes.append("\n  none yet: add your internal mail servers in the next step",
-                          style=MUTED)
-        self.query_one("#routes", Static).update(routes)
+        routes = model.inbound_routes
+        tail = Text()
+        if len(routes) > _SHOWN_ROUTES:
+            tail = Text(f"  … and {len(routes) - _SHOWN_ROUTES} more")
+        elif not routes:
+            tail = Text("  none yet: add your internal mail servers in the next step",
+                        style=MUTED)
+        self.query_one("#routes", Listing).show(
+            Text.assemble(("Inbound routes", "bold"), f" ({len(routes)})"),
+            [(f"{r.host}:{r.port}", Text(mode_label(r.encryption_mode),
+                                         style=GOOD if r.encryption_mode else MUTED))
+             for r in routes[:_SHOWN_ROUTES]], tail)
 
         counts = Counter(state.domain_status(d) for d in model.external_domains)
         parts = [f"{counts[s]} {label}" for s, label in (
@@ -79,8 +83,9 @@ class StartScreen(WizardScreen):
         self.query_one("#domains", Static).update(domains)
 
         hint = self.query_one("#hint", Static)
-        hint.update(Text(state.hint, style="italic"))
-        hint.display = bool(state.hint)
+        text = state.hint_text()
+        hint.update(Text(text, style="italic"))
+        hint.display = bool(text)
         super().redraw()
 
     def action_start(self) -> None:
