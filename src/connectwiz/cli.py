@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
     _intermixing = False
 
     def error(self, message: str) -> None:  # argparse's default prints usage; keep it one line
-        self.exit(2, f"connectwiz: {message} (see connectwiz {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"connectwiz: {message} (see {self.prog} --help)\n")
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, what in (("domains", "DOMAIN"), ("routes", "HOST[:PORT]")):
         p = sub.add_parser(name, help=f"list, add or remove {name}")
-        p.add_argument("action", choices=("list", "add", "remove"))
+        p.add_argument("action", nargs="?", default="list", choices=("list", "add", "remove"),
+                       help="default: list")
         p.add_argument("items", nargs="*", metavar=what)
         p.add_argument("--json", action="store_true")
         if name == "domains":
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         _bundle_option(p)
 
     p = sub.add_parser("org", help="show or set the organisation")
-    p.add_argument("action", choices=("show", "set"))
+    p.add_argument("action", nargs="?", default="show", choices=("show", "set"),
+                   help="default: show")
     p.add_argument("--internal-domain", action="append", metavar="D")
     p.add_argument("--authorized-outbound", action="append", metavar="CIDR")
     p.add_argument("--json", action="store_true")
@@ -188,7 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0].startswith("-")
                          and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "wizard")
-    args = build_parser().parse_args(args_list)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(args_list)
+    if extra:  # reported by the subcommand's parser, so the hint names its --help
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         module = importlib.import_module(f"connectwiz.commands.{args.command}")
     except ModuleNotFoundError as exc:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
-from connectwiz.bundle import Bundle
+from connectwiz.bundle import Bundle, resolve_bundle_path
+from connectwiz.commands.wizard import require_terminal
 from connectwiz.lab import LabHandle, run_in_thread
 from connectwiz.policy.model import PolicyModel, ValidationStatus
 from connectwiz.probe.options import NetworkOptions
@@ -45,11 +46,15 @@ def seed_demo_bundle(path: Path, lab: LabHandle) -> None:
     bundle.save()
 
 
-def demo_hint(lab: LabHandle) -> Callable[[PolicyModel], str]:
-    """The Start screen's hint: the lab domains to try, and the sample route without TLS
-    for as long as the bundle has it."""
-    no_tls = {name for name, route in lab.expected_routes.items()
-              if ValidationStatus(route.expected) is ValidationStatus.UNSUPPORTED}
+def routes_without_tls(lab: LabHandle) -> set[str]:
+    """The lab's sample routes that do not offer TLS (their host names)."""
+    return {name for name, route in lab.expected_routes.items()
+            if ValidationStatus(route.expected) is ValidationStatus.UNSUPPORTED}
+
+
+def demo_hint(no_tls: Collection[str]) -> Callable[[PolicyModel], str]:
+    """The Start screen's hint: the lab domains to try, and the sample routes without TLS
+    (``no_tls``) for as long as the bundle has them."""
 
     def hint(model: PolicyModel) -> str:
         left = [f"{r.host}:{r.port}" for r in model.inbound_routes if r.host in no_tls]
@@ -68,11 +73,14 @@ def demo_options(lab: LabHandle) -> NetworkOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_terminal()
+    kept = resolve_bundle_path(args.bundle) if args.bundle else None
     with run_in_thread(smtp_port=0) as lab, tempfile.TemporaryDirectory(
             prefix="connectwiz-demo-") as scratch:
-        path = Path(args.bundle).expanduser() if args.bundle else Path(scratch) / "bundle.toml"
+        path = kept or Path(scratch) / "bundle.toml"
         seed_demo_bundle(path, lab)
-        make_app(path, demo_options(lab), hint=demo_hint(lab), scratch=not args.bundle).run()
+        make_app(path, demo_options(lab), hint=demo_hint(routes_without_tls(lab)),
+                 scratch=kept is None).run()
         if not args.bundle:
             print("The demo bundle was scratch and is gone; use --bundle PATH to keep it.",
                   file=sys.stderr)

@@ -67,11 +67,13 @@ class WizardApp(App[None]):
         """The palette lists what the current step can do, alongside Textual's own commands.
         Only the wizard's bindings (they all have an id) are listed: Textual's own ones
         (Copy selected text) and Quit are among its commands already."""
+        seen: set[tuple[str, int]] = set()  # a binding with two keys (n, Esc) is one command
         for key, active in screen.active_bindings.items():
             binding = active.binding
             if (binding.id in (None, "quit") or not binding.description
-                    or not active.enabled):
+                    or not active.enabled or (binding.action, id(active.node)) in seen):
                 continue
+            seen.add((binding.action, id(active.node)))
             yield SystemCommand(binding.tooltip or binding.description,
                                 f"Key: {binding.key_display or key}",
                                 partial(self.run_action, binding.action, active.node))

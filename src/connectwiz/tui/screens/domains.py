@@ -67,9 +67,10 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         Binding("d,delete", "remove", "Remove", id="remove"),
         Binding("r", "mode('relaxed')", "Relaxed", id="relaxed"),
         Binding("r", "mode('strict')", "Strict", id="strict"),
-        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("f", "finish", "Finish", id="finish"),
-        Binding("b,escape", "back", "Back", id="back"),  # Esc: Cancel first while testing
+        Binding("b,escape", "back", "Back", id="back"),
+        # Back is off while a test runs: Esc then reaches Cancel.
+        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
     ]
 
     def __init__(self) -> None:

@@ -31,9 +31,10 @@ class RoutesScreen(ProbeRunner, WizardScreen):
         Binding("e", "edit", "Edit", id="edit"),
         Binding("d,delete", "remove", "Remove", id="remove"),
         Binding("v", "validate", "Validate", id="validate"),
-        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("n", "next", "Next", id="next"),
-        Binding("b,escape", "back", "Back", id="back"),  # Esc: Cancel first while testing
+        Binding("b,escape", "back", "Back", id="back"),
+        # Back is off while a test runs: Esc then reaches Cancel.
+        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
     ]
 
     def __init__(self) -> None:
