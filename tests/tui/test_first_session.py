@@ -14,11 +14,11 @@ from connectwiz.commands.demo import demo_hint, seed_demo_bundle
 from connectwiz.lab import LabHandle
 from connectwiz.policy.model import EncryptionMode
 from connectwiz.tui.components.dialogs import ConfirmDialog, ExportDialog
+from connectwiz.tui.editors import Input
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
 from connectwiz.tui.screens.start import StartScreen
-from connectwiz.tui.widgets import Input
 from tests.tui.helpers import (
     DOMAIN_RESULTS,
     ROUTES,

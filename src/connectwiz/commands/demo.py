@@ -7,14 +7,17 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectwiz.bundle import Bundle, resolve_bundle_path
 from connectwiz.commands.wizard import require_terminal
-from connectwiz.lab import LabHandle, run_in_thread
 from connectwiz.policy.model import PolicyModel, ValidationStatus
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.tui import make_app
+
+if TYPE_CHECKING:
+    from connectwiz.lab import LabHandle
 
 DEMO_INTERNAL_DOMAIN = "corp.example"
 DEMO_NETWORK = "10.0.0.0/8"
@@ -72,11 +75,22 @@ def demo_options(lab: LabHandle) -> NetworkOptions:
                           https_port=lab.https_port)
 
 
+def _start_lab() -> LabHandle:
+    from connectwiz.lab import run_in_thread
+
+    return run_in_thread(smtp_port=0)
+
+
 def run(args: argparse.Namespace) -> int:
     require_terminal()
     kept = resolve_bundle_path(args.bundle) if args.bundle else None
-    with run_in_thread(smtp_port=0) as lab, tempfile.TemporaryDirectory(
-            prefix="connectwiz-demo-") as scratch:
+    # The lab (certificates, servers) starts while the wizard's modules load.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="connectwiz-lab") as pool:
+        starting = pool.submit(_start_lab)
+        from connectwiz.tui import make_app
+
+        lab = starting.result()
+    with lab, tempfile.TemporaryDirectory(prefix="connectwiz-demo-") as scratch:
         path = kept or Path(scratch) / "bundle.toml"
         seed_demo_bundle(path, lab)
         make_app(path, demo_options(lab), hint=demo_hint(routes_without_tls(lab)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
@@ -15,10 +15,11 @@ from textual.worker import WorkerState
 from connectwiz.bundle import Bundle
 from connectwiz.policy.model import PolicyModel
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.tui.components.dialogs import ConfirmDialog
-from connectwiz.tui.probing import ProbeFinished
 from connectwiz.tui.screens.start import StartScreen
 from connectwiz.tui.state import Clock, WizardState, utc_now
+
+if TYPE_CHECKING:
+    from connectwiz.tui.probing import ProbeFinished
 
 
 class WizardApp(App[None]):
@@ -49,6 +50,8 @@ class WizardApp(App[None]):
                 self.exit()
 
         if not self.asking_quit:  # Ctrl+Q works over any dialog, but asks only once
+            from connectwiz.tui.components.dialogs import ConfirmDialog
+
             self.asking_quit = True
             self.push_screen(ConfirmDialog(
                 "You have changes that are not saved (Finish saves them). Quit anyway?",

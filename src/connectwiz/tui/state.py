@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectwiz.atomic import write_atomic
 from connectwiz.bundle import Bundle
@@ -24,7 +25,9 @@ from connectwiz.policy.model import (
     ValidationStatus,
 )
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.probe.results import TargetResult
+
+if TYPE_CHECKING:
+    from connectwiz.probe.results import TargetResult
 
 Clock = Callable[[], datetime]
 RouteKey = tuple[str, int]

@@ -18,8 +18,9 @@ from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.probe import Target
 from connectwiz.probe.options import parse_host_port
+from connectwiz.tui.editors import Input
 from connectwiz.tui.state import email_problem
-from connectwiz.tui.widgets import Input, no_blink
+from connectwiz.tui.widgets import no_blink
 
 R = TypeVar("R")
 

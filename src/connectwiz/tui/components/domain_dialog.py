@@ -14,10 +14,11 @@ from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.components.dialogs import Dialog
+from connectwiz.tui.editors import Input
 from connectwiz.tui.labels import TESTING, domain_verdict, result_details
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.state import WizardState, email_problem, too_strict
-from connectwiz.tui.widgets import Input, key_of
+from connectwiz.tui.widgets import key_of
 
 
 class DomainValidateDialog(ProbeRunner, Dialog[None]):

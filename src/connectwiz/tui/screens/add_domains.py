@@ -19,9 +19,10 @@ from connectwiz.policy.domains import (
     display_domain,
     parse_domain_batch,
 )
+from connectwiz.tui.editors import TextArea
 from connectwiz.tui.labels import BAD, GOOD
 from connectwiz.tui.screens.base import WizardScreen
-from connectwiz.tui.widgets import TextArea, key_of
+from connectwiz.tui.widgets import key_of
 
 
 class AddDomainsScreen(WizardScreen):

@@ -25,12 +25,13 @@ from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, shown_domain, when
+from connectwiz.tui.list_table import Cells, ListTable, sync_rows, update_row
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.state import NULL_MX, too_strict
-from connectwiz.tui.widgets import Cells, ListTable, key_of, sync_rows, update_row
+from connectwiz.tui.widgets import key_of
 
 COLUMNS = ("domain", "mode", "status", "at")
 

@@ -13,10 +13,8 @@ from textual.widgets import Footer, Header, Static
 
 from connectwiz.errors import UserError
 from connectwiz.policy.model import ValidationStatus
-from connectwiz.tui.components.dialogs import OrgDialog
 from connectwiz.tui.labels import GOOD, MUTED, mode_label, pretty_path
 from connectwiz.tui.screens.base import WizardScreen
-from connectwiz.tui.screens.routes import RoutesScreen
 from connectwiz.tui.widgets import Listing
 
 _SHOWN_ROUTES = 4
@@ -89,9 +87,14 @@ class StartScreen(WizardScreen):
         super().redraw()
 
     def action_start(self) -> None:
+        # The later steps (and their dialogs) load here, not before the first frame.
+        from connectwiz.tui.screens.routes import RoutesScreen
+
         self.app.push_screen(RoutesScreen())
 
     def action_organisation(self) -> None:
+        from connectwiz.tui.components.dialogs import OrgDialog
+
         org = self.state.model.organisation
 
         def done(result: tuple[list[str], list[str]] | None) -> None:
