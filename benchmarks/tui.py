@@ -1,10 +1,11 @@
 """Wizard responsiveness: command to first frame, and the domain list for big bundles.
 
     .venv/bin/python benchmarks/tui.py [--sizes 1000,10000] [--first-frame-only]
+        [--runs N] [--baseline-src DIR]
 
-* first frame: wall time from starting `connectwiz wizard` and `connectwiz demo` (a fresh
-  interpreter running the real command, the App headless) until the Start screen has been
-  drawn; the demo includes starting the lab;
+* first frame: wall time from starting `connectwiz wizard` and `connectwiz demo` in a
+  pseudo-terminal until the first frame is on it, and until the Start screen is (the demo
+  draws "Starting the lab…" first);
 * domain list: time to open a bundle of N domains, go to the domain step and have the table
   filled and drawn, then the mean time per keypress while scrolling (page down, end, home,
   down), next to the same keys on the one-row route table: the difference is what the
@@ -21,53 +22,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import pty
 import resource
-import subprocess
+import select
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from textual.pilot import Pilot
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_CHILD = """
-import importlib.abc, importlib.util, sys, time
-
-async def first_frame(pilot):
-    await pilot.pause()
-    print(time.time(), flush=True)
-    pilot.app.exit()
-
-class Headless(importlib.abc.MetaPathFinder):
-    # The real command runs; only the App runs headless, and the terminal check is off.
-    def find_spec(self, name, path, target=None):
-        if name not in ("connectwiz.tui.app", "connectwiz.commands.wizard"):
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        sys.meta_path.insert(0, self)
-        run_module = spec.loader.exec_module
-
-        def exec_module(module):
-            run_module(module)
-            if name == "connectwiz.commands.wizard":
-                module.require_terminal = lambda: None
-            else:
-                run = module.WizardApp.run
-                module.WizardApp.run = lambda app: run(app, headless=True, size=(80, 24),
-                                                       auto_pilot=first_frame)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, Headless())
-from connectwiz.cli import main
-main(sys.argv[1:])
-"""
 
 
 
@@ -88,19 +59,49 @@ def write_bundle(path: Path, n: int) -> None:
     bundle.save()
 
 
-def first_frame(argv: list[str], runs: int = 5) -> tuple[list[float], list[float]]:
-    """Wall time from starting `python -m connectwiz ARGV` to its first frame, and the CPU
-    time the whole run took (steadier than wall time on a loaded machine)."""
-    times, cpu = [], []
+FIRST_FRAME = b"Set up your TLS policies"  # the header: in every frame
+START_SCREEN = b"Internal domains:"  # the Start screen's organisation block
+
+
+def first_frame(argv: list[str], runs: int = 5
+                ) -> tuple[list[float], list[float], list[float]]:
+    """Run `python -m connectwiz ARGV` in a pseudo-terminal (80x24), as a user does: the
+    wall time until its first frame is on the terminal and until the Start screen is, then
+    Ctrl+Q; and the CPU time of the whole run (steadier than wall time on a loaded
+    machine)."""
+    times: list[float] = []
+    shown: list[float] = []
+    cpu: list[float] = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.time()
-        proc = subprocess.run([sys.executable, "-c", _CHILD, *argv], capture_output=True,
-                              text=True, cwd=ROOT, check=True)
-        times.append(float(proc.stdout.strip().splitlines()[-1]) - start)
+        start = time.monotonic()
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: become the command
+            os.chdir(ROOT)
+            os.environ.update(TERM="xterm-256color", COLUMNS="80", LINES="24")
+            os.execv(sys.executable, [sys.executable, "-m", "connectwiz", *argv])
+        screen, marks = b"", {}
+        try:
+            while len(marks) < 2 and time.monotonic() - start < 60:
+                if select.select([fd], [], [], 0.5)[0]:
+                    screen += os.read(fd, 65536)
+                for name, marker in (("frame", FIRST_FRAME), ("start", START_SCREEN)):
+                    if name not in marks and marker in screen:
+                        marks[name] = time.monotonic() - start
+            os.write(fd, b"\x11")  # Ctrl+Q: nothing changed, so it quits without asking
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if select.select([fd], [], [], 0.5)[0]:
+                    with contextlib.suppress(OSError):  # the pty closes as the child exits
+                        os.read(fd, 65536)
+        finally:
+            os.close(fd)
+        if len(marks) < 2:
+            raise SystemExit(f"connectwiz {' '.join(argv)} did not draw its Start screen")
+        times.append(marks["frame"])
+        shown.append(marks["start"])
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return times, cpu
+    return times, shown, cpu
 
 
 KEYS = ["pagedown"] * 20 + ["end", "home"] + ["down"] * 20
@@ -166,17 +167,31 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--first-frame-only", action="store_true",
                         help="only the command-to-first-frame figures")
+    parser.add_argument("--runs", type=int, default=5, help="first-frame runs per command")
+    parser.add_argument("--baseline-src", metavar="DIR", type=Path,
+                        help="also time the commands of this src/ tree (e.g. an older commit "
+                             "from `git archive`), alternating run by run with this one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         small = Path(tmp) / "small.toml"
         write_bundle(small, 5)
-        for label, argv in (("wizard (5 domains)", ["wizard", "--bundle", str(small)]),
-                            ("demo", ["demo"])):
-            frames, cpu = first_frame(argv)
-            print(f"command to first frame, {label}: best {min(frames) * 1000:.0f} ms, "
-                  f"median {sorted(frames)[len(frames) // 2] * 1000:.0f} ms over "
-                  f"{len(frames)} runs; CPU for the run (to exit) best "
-                  f"{min(cpu) * 1000:.0f} ms")
+        trees = {"": ROOT / "src"}
+        if args.baseline_src:
+            trees = {"baseline ": args.baseline_src.resolve(), "this tree ": ROOT / "src"}
+        commands = {"wizard (5 domains)": ["wizard", "--bundle", str(small)], "demo": ["demo"]}
+        figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for _ in range(args.runs):  # alternating, so both see the same machine load
+            for tree, src in trees.items():
+                os.environ["PYTHONPATH"] = str(src)
+                for label, argv in commands.items():
+                    run = first_frame(argv, runs=1)
+                    figures.setdefault((tree, label), []).append(tuple(x[0] for x in run))
+        for (tree, label), rows in figures.items():
+            frames, shown, cpu = zip(*rows, strict=True)
+            print(f"{tree}{label}: first frame median {median(frames) * 1000:.0f} ms "
+                  f"(best {min(frames) * 1000:.0f}); Start screen drawn median "
+                  f"{median(shown) * 1000:.0f} ms (best {min(shown) * 1000:.0f}); CPU per run "
+                  f"median {median(cpu) * 1000:.0f} ms; {len(rows)} runs")
         if args.first_frame_only:
             return
         for n in (int(s) for s in args.sizes.split(",")):

@@ -7,15 +7,17 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.worker import WorkerState
 
 from connectwiz.bundle import Bundle
+from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.tui.screens.start import StartScreen
+from connectwiz.tui.screens.start import PreparingScreen, StartScreen
 from connectwiz.tui.state import Clock, WizardState, utc_now
 
 if TYPE_CHECKING:
@@ -30,17 +32,48 @@ class WizardApp(App[None]):
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
 
-    def __init__(self, state: WizardState, *, blink: bool = True) -> None:
+    def __init__(self, state: WizardState | Callable[[], WizardState], *,
+                 blink: bool = True) -> None:
+        """``state``, or a function that prepares it (in a thread, while the first frame is
+        drawn: the demo starts its lab there). A UserError it raises ends the app and is
+        kept in ``failure`` for the command to report."""
         super().__init__()
-        self.state = state
+        self.prepare = state if callable(state) else None
+        if isinstance(state, WizardState):
+            self.state = state
+        self.failure: UserError | None = None
         self.blink = blink  # snapshot tests turn the cursor blink off for stable pictures
         self.asking_quit = False
 
     def on_mount(self) -> None:
-        self.push_screen(StartScreen())
+        if self.prepare is None:
+            self.push_screen(StartScreen())
+        else:
+            self.push_screen(PreparingScreen())
+            self._prepare_state()
+
+    @work(thread=True)  # anything but the errors below is a bug: it ends the app loudly
+    def _prepare_state(self) -> None:
+        assert self.prepare is not None
+        try:
+            state = self.prepare()
+        except (UserError, OSError) as exc:
+            failure = exc if isinstance(exc, UserError) else UserError(
+                f"could not start: {exc.strerror or exc}")
+            self.call_from_thread(self._failed, failure)
+            return
+        self.call_from_thread(self._prepared, state)
+
+    def _prepared(self, state: WizardState) -> None:
+        self.state = state
+        self.switch_screen(StartScreen())
+
+    def _failed(self, failure: UserError) -> None:
+        self.failure = failure
+        self.exit()
 
     async def action_quit(self) -> None:
-        if not self.state.unsaved():
+        if not hasattr(self, "state") or not self.state.unsaved():  # or still preparing
             self.exit()
             return
 
@@ -83,11 +116,18 @@ class WizardApp(App[None]):
         yield from super().get_system_commands(screen)
 
 
+def make_state(bundle_path: Path, options: NetworkOptions, *, clock: Clock | None = None,
+               hint: str | Callable[[PolicyModel], str] = "",
+               scratch: bool = False) -> WizardState:
+    """The wizard's state over ``bundle_path`` (created at Finish if missing). Raises
+    BundleError. ``scratch``: the bundle is deleted when the wizard exits (the demo's)."""
+    bundle = Bundle.load_or_new(Path(bundle_path))
+    return WizardState(bundle, options, clock=clock or utc_now, hint=hint, scratch=scratch)
+
+
 def make_app(bundle_path: Path, options: NetworkOptions, *, clock: Clock | None = None,
              hint: str | Callable[[PolicyModel], str] = "", scratch: bool = False,
              blink: bool = True) -> WizardApp:
-    """The wizard on ``bundle_path`` (created at Finish if missing). Raises BundleError.
-    ``scratch``: the bundle is deleted when the wizard exits (the demo's)."""
-    bundle = Bundle.load_or_new(Path(bundle_path))
-    state = WizardState(bundle, options, clock=clock or utc_now, hint=hint, scratch=scratch)
-    return WizardApp(state, blink=blink)
+    """The wizard on ``bundle_path`` (see make_state). Raises BundleError."""
+    return WizardApp(make_state(bundle_path, options, clock=clock, hint=hint, scratch=scratch),
+                     blink=blink)

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from connectwiz.errors import UserError
@@ -18,6 +19,17 @@ from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.widgets import Listing
 
 _SHOWN_ROUTES = 4
+
+
+class PreparingScreen(Screen[None]):
+    """Drawn while the App's state is prepared in a thread (the demo starts its lab)."""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="start"):
+            yield Static("Start · what this bundle holds", classes="step-title")
+            yield Static("Starting the lab…", classes="explain")
+        yield Footer(compact=True)
 
 
 class StartScreen(WizardScreen):
