@@ -5,24 +5,29 @@ line readable."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from textual.widgets import Static
 
-from connectwiz.bundle import Bundle
+from connectwiz.bundle import Bundle, BundleError
 from connectwiz.commands.demo import demo_hint, seed_demo_bundle
 from connectwiz.lab import LabHandle
 from connectwiz.policy.model import EncryptionMode
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.tui import WizardApp, make_state
 from connectwiz.tui.components.dialogs import ConfirmDialog, ExportDialog
 from connectwiz.tui.editors import Input
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
-from connectwiz.tui.screens.start import StartScreen
+from connectwiz.tui.screens.start import PreparingScreen, StartScreen
+from connectwiz.tui.state import WizardState
 from tests.tui.helpers import (
     DOMAIN_RESULTS,
     ROUTES,
     Setup,
+    fixed_clock,
     summary_drawn,
     wait_for,
     wizard,
@@ -48,9 +53,9 @@ async def test_demo_route_hint_goes_with_the_route(bundle_path: Path) -> None:
         await pilot.press("y")
         await wait_for(pilot, lambda: app.state.route(ROUTES[2]) is None, what="removed")
         await pilot.press("escape")
-        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen), what="start")
-        hint = text_of(app, "#hint")
-        assert "lab domains" in hint and "has no TLS" not in hint
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen)
+                       and "has no TLS" not in text_of(app, "#hint"), what="hint redrawn")
+        assert "lab domains" in text_of(app, "#hint")
 
 
 async def test_demo_hint_says_nothing_of_a_route_the_bundle_never_had(bundle_path: Path) -> None:
@@ -64,7 +69,8 @@ async def test_step_two_does_not_call_every_domain_strict(bundle_path: Path) -> 
     app = wizard(Setup(route_modes=ALL_STRICT, domains=["a.example"]).write(bundle_path))
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("enter", "n")
-        await wait_for(pilot, lambda: isinstance(app.screen, DomainsScreen), what="domains")
+        await wait_for(pilot, lambda: isinstance(app.screen, DomainsScreen)
+                       and bool(app.screen.query(".explain")), what="domains")
         explain = " ".join(str(w.render()) for w in app.screen.query(".explain"))
         assert "Enforced TLS (Strict)" not in explain
         assert "Strict or Relaxed" in explain
@@ -84,7 +90,8 @@ async def test_scratch_bundle_is_called_scratch_and_exports_to_the_working_folde
         assert "a scratch copy, deleted when the demo ends: export it (x)" in text_of(
             app, "#saved")
         await pilot.press("x")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="export")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog)
+                       and bool(app.screen.query("#path")), what="export")
         assert app.screen.query_one("#path", Input).value == "bundle.json"
 
 
@@ -106,7 +113,8 @@ async def test_null_mx_domain_is_said_to_accept_no_mail(bundle_path: Path) -> No
         await pilot.press("enter", "n")
         await wait_for(pilot, lambda: isinstance(app.screen, DomainsScreen), what="domains")
         await feed(pilot, {"nullmx.example": DOMAIN_RESULTS["nullmx.example"]})
-        assert "It accepts no mail: remove it (d)." in text_of(app, "#detail")
+        await wait_for(pilot, lambda: "It accepts no mail: remove it (d)." in text_of(
+            app, "#detail"), what="the verdict's advice")
         assert app.state.risks().no_mail == ("nullmx.example",)
         assert app.state.risks().failed == ()
         await pilot.press("f", "a")
@@ -149,3 +157,38 @@ async def test_notifications_leave_the_status_line_readable(bundle_path: Path) -
         status = app.screen.query_one("#status").region
         for toast in app.screen.query("Toast"):
             assert not toast.region.overlaps(status), (toast.region, status)
+
+
+# Performance: the demo draws its first frame while the lab starts ----------------------------
+
+async def test_app_draws_while_its_state_is_prepared_then_shows_start(bundle_path: Path) -> None:
+    Setup().write(bundle_path)
+    release = threading.Event()
+
+    def prepare() -> WizardState:
+        assert release.wait(30), "the test did not let the preparation finish"
+        return make_state(bundle_path, NetworkOptions(), clock=fixed_clock)
+
+    app = WizardApp(prepare, blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PreparingScreen), what="preparing")
+        assert "Starting the lab" in text_of(app, ".explain")
+        release.set()
+        # The Start screen, drawn from the prepared state (leaving mid-mount races Header).
+        await wait_for(pilot, lambda: isinstance(app.screen, StartScreen)
+                       and "mail.corp.example" in text_of(app, "#routes"), what="start")
+        await pilot.press("escape")  # nothing below the Start screen: the step stays
+        assert isinstance(app.screen, StartScreen)
+
+
+async def test_a_failed_preparation_ends_the_app_with_its_error(bundle_path: Path) -> None:
+    bundle_path.write_text("schema_version = 1\n[organisation\n")
+
+    def prepare() -> WizardState:
+        return make_state(bundle_path, NetworkOptions())
+
+    app = WizardApp(prepare, blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: app.failure is not None, what="the failure")
+    assert isinstance(app.failure, BundleError)
+    assert str(bundle_path) in str(app.failure)
