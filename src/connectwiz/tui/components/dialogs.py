@@ -71,7 +71,9 @@ class ConfirmDialog(Dialog[bool]):
     def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
         super().__init__()
         self.question, self.yes, self.no = question, yes, no
-        # The footer names the answers as the buttons do (y Remove, esc Keep).
+        # The footer names the answers as the buttons do (y Remove, esc Keep). This edits
+        # the instance's own BindingsMap (a Textual 8.2.8 internal; tests/tui/test_keys.py
+        # checks the footer).
         labels = {"yes": yes, "no": no}
         bindings = self._bindings.key_to_bindings
         for key, found in bindings.items():
