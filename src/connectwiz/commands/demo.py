@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,24 +83,31 @@ def run(args: argparse.Namespace) -> int:
     from connectwiz.tui import WizardApp, make_state
 
     labs: list[LabHandle] = []
+    started, finished = threading.Event(), threading.Event()
     with tempfile.TemporaryDirectory(prefix="connectwiz-demo-") as scratch:
         path = kept or Path(scratch) / "bundle.toml"
 
         def prepare() -> WizardState:
             # In the App's thread while its first frame is drawn: the lab takes ~0.7 s.
-            from connectwiz.lab import run_in_thread
+            started.set()
+            try:
+                from connectwiz.lab import run_in_thread
 
-            lab = run_in_thread(smtp_port=0)
-            labs.append(lab)
-            seed_demo_bundle(path, lab)
-            return make_state(path, demo_options(lab), hint=demo_hint(routes_without_tls(lab)),
-                              scratch=kept is None)
+                lab = run_in_thread(smtp_port=0)
+                labs.append(lab)
+                seed_demo_bundle(path, lab)
+                return make_state(path, demo_options(lab),
+                                  hint=demo_hint(routes_without_tls(lab)), scratch=kept is None)
+            finally:
+                finished.set()
 
         app = WizardApp(prepare)
         try:
             app.run()
         finally:
-            for lab in labs:  # the lab stops when the wizard exits
+            if started.is_set():  # quit while the lab was starting: let it finish, then stop it
+                finished.wait()
+            for lab in labs:  # the lab stops (and removes its files) when the wizard exits
                 lab.stop()
         if app.failure is not None:
             raise app.failure
