@@ -20,6 +20,7 @@ from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import KeyPath, Locator, format_path
 from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.content import InvalidPattern, compile_pattern
 from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     DEFAULT_RETENTION_DAYS,
@@ -27,6 +28,7 @@ from connectwiz.policy.model import (
     BasedOn,
     BypassOption,
     ConditionField,
+    ConditionKind,
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
@@ -82,7 +84,10 @@ SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to",
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
                        *VALIDITY_KEYS)
 SECURE_BYPASS_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS)
-CONDITION_KEYS = ("subject_contains", "body_contains", "header", "equals")
+# A condition's main key (exactly one) and its modifiers.
+_CONDITION_MAIN = ("subject_contains", "body_contains", "subject_matches", "body_matches",
+                   "header", "attachment_name", "attachment_type", "dictionary")
+CONDITION_KEYS = (*_CONDITION_MAIN, "equals", "whole_word", "case_sensitive", "in", "threshold")
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -504,15 +509,25 @@ class _Validator:
             validity=self.one_way(t, p),
         )
 
+    # Content conditions (policy/content.py evaluates them) ------------------------------
+
     def condition(self, c: object, p: KeyPath) -> SecureCondition:
         t = self.table(c, p, CONDITION_KEYS)
-        kinds = [k for k in ("subject_contains", "body_contains", "header") if k in t]
+        kinds = [k for k in _CONDITION_MAIN if k in t]
         if len(kinds) != 1:
-            self.fail(p, "a condition is one of: { subject_contains = \"...\" }, "
-                         "{ body_contains = \"...\" }, { header = \"Name\", equals = \"...\" }")
+            self.fail(p, "a condition is one of: " + ", ".join(
+                f"{{ {k} = ... }}" for k in _CONDITION_MAIN) + " (header goes with equals)")
         kind = kinds[0]
         if (kind == "header") != ("equals" in t):
             self.fail(p, "'header' and 'equals' go together")
+        for key in ("in", "threshold"):
+            if key in t and kind != "dictionary":
+                self.fail((*p, key), "only a dictionary condition takes it")
+        if "whole_word" in t and not (kind.endswith("_contains") or kind == "dictionary"):
+            self.fail((*p, "whole_word"), "only *_contains and dictionary conditions take it")
+        case = self.flag(t, "case_sensitive", p)
+        if kind == "dictionary":
+            return self.dictionary(t, p, case)
         value = self.typed(t, "equals" if kind == "header" else kind, p, str, "")
         if not value.strip():
             self.fail((*p, kind), "must not be empty")
@@ -521,8 +536,32 @@ class _Validator:
             if not header or any(ch.isspace() or ch == ":" for ch in header):
                 self.fail((*p, "header"), f"{header!r} is not a header name")
             return SecureCondition(ConditionField.HEADER, value, header)
-        field = ConditionField.SUBJECT if kind == "subject_contains" else ConditionField.BODY
-        return SecureCondition(field, value)
+        if kind.startswith("attachment_"):
+            return SecureCondition(ConditionField(kind), value, case_sensitive=case)
+        field = ConditionField(kind.partition("_")[0])
+        if kind.endswith("_matches"):
+            try:
+                compile_pattern(value, case)
+            except InvalidPattern as exc:
+                self.fail((*p, kind), str(exc), value)
+            return SecureCondition(field, value, kind=ConditionKind.MATCHES, case_sensitive=case)
+        return SecureCondition(field, value, whole_word=self.flag(t, "whole_word", p),
+                               case_sensitive=case)
+
+    def dictionary(self, t: dict[str, Any], p: KeyPath, case: bool) -> SecureCondition:
+        terms = [" ".join(term.split()) for term in self.strings(t, "dictionary", p)]
+        if not terms or not all(terms):
+            self.fail((*p, "dictionary"), "must be a non-empty list of non-empty terms")
+        self.unique(terms if case else [term.casefold() for term in terms], (*p, "dictionary"))
+        threshold = self.typed(t, "threshold", p, int, 1)
+        if threshold < 1:
+            self.fail((*p, "threshold"), "must be a whole number of at least 1", threshold)
+        where = self.typed(t, "in", p, str, "body")
+        if where not in ("subject", "body"):
+            self.fail((*p, "in"), 'must be "subject" or "body"', where)
+        return SecureCondition(ConditionField(where), "", kind=ConditionKind.DICTIONARY,
+                               whole_word=self.flag(t, "whole_word", p, True),
+                               case_sensitive=case, terms=tuple(terms), threshold=threshold)
 
     def secure_trigger(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]
                        ) -> SecureTrigger:
@@ -804,10 +843,23 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
     return out
 
 
-def _condition_data(c: SecureCondition) -> dict[str, str]:
+def _condition_data(c: SecureCondition) -> dict[str, Any]:
     if c.field is ConditionField.HEADER:
         return {"header": c.header, "equals": c.value}
-    return {f"{c.field.value}_contains": c.value}
+    out: dict[str, Any]
+    if c.field in (ConditionField.ATTACHMENT_NAME, ConditionField.ATTACHMENT_TYPE):
+        out = {c.field.value: c.value}
+    elif c.kind is ConditionKind.DICTIONARY:
+        out = {"dictionary": list(c.terms), "in": c.field.value, "threshold": c.threshold}
+        if not c.whole_word:
+            out["whole_word"] = False
+    else:
+        out = {f"{c.field.value}_{c.kind.value}": c.value}
+        if c.whole_word:
+            out["whole_word"] = True
+    if c.case_sensitive:
+        out["case_sensitive"] = True
+    return out
 
 
 def _scoped(out: dict[str, Any],

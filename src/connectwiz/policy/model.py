@@ -176,16 +176,31 @@ class SecurePolicy:
 
 
 class ConditionField(StrEnum):
-    SUBJECT = "subject"  # contains, case-insensitive
-    BODY = "body"  # contains, case-insensitive
+    SUBJECT = "subject"
+    BODY = "body"
     HEADER = "header"  # the named header equals the value, case-insensitive
+    ATTACHMENT_NAME = "attachment_name"  # a glob on an attachment's file name
+    ATTACHMENT_TYPE = "attachment_type"  # a glob on an attachment's MIME type
+
+
+class ConditionKind(StrEnum):
+    """How a subject/body condition looks at the text (policy/content.py evaluates them)."""
+
+    CONTAINS = "contains"  # the value as a phrase
+    MATCHES = "matches"  # a regular expression (RE2 syntax: linear time on any input)
+    DICTIONARY = "dictionary"  # ``terms``: at least ``threshold`` occurrences in all
 
 
 @dataclass(frozen=True, slots=True)
 class SecureCondition:
     field: ConditionField
-    value: str
+    value: str  # the phrase, pattern or glob; "" for a dictionary
     header: str = ""  # the header's name, for ConditionField.HEADER
+    kind: ConditionKind = ConditionKind.CONTAINS
+    whole_word: bool = False  # a phrase or term only between non-word characters
+    case_sensitive: bool = False
+    terms: tuple[str, ...] = ()  # for ConditionKind.DICTIONARY
+    threshold: int = 1  # for ConditionKind.DICTIONARY
 
 
 class TriggerMatch(StrEnum):

@@ -31,11 +31,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from connectwiz.policy.addresses import canonical_address
+from connectwiz.policy.content import (
+    AttachmentInfo,
+    Examined,
+    condition_matches,
+    describe_condition,
+)
 from connectwiz.policy.model import (
     BypassOption,
-    ConditionField,
     PolicyModel,
-    SecureCondition,
     SecureDefinition,
     SecureRouting,
     SecureSettings,
@@ -118,10 +122,6 @@ def restrictiveness(definition: SecureDefinition,
             definition.read_receipt)
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 @dataclass(frozen=True, slots=True)
 class MessageContent:
     """What content triggers look at. ``body`` is the text of the message's text parts."""
@@ -129,6 +129,7 @@ class MessageContent:
     subject: str = ""
     body: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[AttachmentInfo, ...] = ()
 
     def header(self, name: str) -> list[str]:
         wanted = name.strip().lower()
@@ -140,36 +141,13 @@ class MessageContent:
         values = [v.strip() for v in self.header(REQUEST_HEADER) if v.strip()]
         return values[0] if values else None
 
-
-class _Folded:
-    """A message's content folded once (case, white space), however many triggers look."""
-
-    def __init__(self, content: MessageContent) -> None:
-        self.subject = _fold(content.subject)
-        self.body = _fold(content.body)
-        self.headers: dict[str, set[str]] = {}
-        for name, value in content.headers:
-            self.headers.setdefault(name.strip().lower(), set()).add(_fold(value))
+    def examined(self) -> Examined:
+        return Examined(self.subject, self.body, self.headers, self.attachments)
 
 
-def condition_matches(condition: SecureCondition, folded: _Folded) -> bool:
-    wanted = _fold(condition.value)
-    if condition.field is ConditionField.SUBJECT:
-        return wanted in folded.subject
-    if condition.field is ConditionField.BODY:
-        return wanted in folded.body
-    return wanted in folded.headers.get(condition.header.strip().lower(), ())
-
-
-def describe_condition(condition: SecureCondition) -> str:
-    if condition.field is ConditionField.HEADER:
-        return f"header {condition.header} equals {condition.value!r}"
-    return f"{condition.field.value} contains {condition.value!r}"
-
-
-def trigger_matches(trigger: SecureTrigger, folded: _Folded) -> list[str]:
+def trigger_matches(trigger: SecureTrigger, examined: Examined) -> list[str]:
     """Descriptions of the matching conditions; empty when the trigger does not match."""
-    hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, folded)]
+    hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, examined)]
     if trigger.match is TriggerMatch.ALL and len(hits) < len(trigger.conditions):
         return []
     return hits
@@ -301,14 +279,14 @@ class SecureIndex:
                                    f"is not a secure definition; {FALLBACK_DEFINITION.name!r} "
                                    f"is used")
 
-        folded: list[_Folded] = []
+        examined: list[Examined] = []
         matched: dict[int, list[str]] = {}  # trigger position -> hits, once per message
 
         def hits(position: int, trigger: SecureTrigger) -> list[str]:
             if position not in matched:
-                if not folded:
-                    folded.append(_Folded(content))
-                matched[position] = trigger_matches(trigger, folded[0])
+                if not examined:
+                    examined.append(content.examined())
+                matched[position] = trigger_matches(trigger, examined[0])
             return matched[position]
 
         per_rcpt: list[tuple[str, list[Reason], str | None]] = []
