@@ -47,6 +47,7 @@ class Applies(StrEnum):
     EXTERNAL = "external"
     DOMAIN = "domain"
     ADDRESS_GROUP = "address_group"
+    ADDRESS_ATTRIBUTE = "address_attribute"  # specifically: "attribute=value" (directory)
     INDIVIDUAL = "individual"
 
 
@@ -138,6 +139,24 @@ class Organisation:
     address_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     name: str = ""  # shown on every Secure Messaging portal page ("" = none)
     logo: str = ""  # portal logo, PNG or JPEG, relative to the bundle's folder ("" = none)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySettings:
+    """An LDAP directory that address groups and address attributes are read from
+    (directory/ldap.py). The bind password comes from the environment, never the bundle."""
+
+    url: str  # ldap://host[:port] or ldaps://host[:port]
+    base_dn: str
+    bind_dn: str = ""  # "" = anonymous bind
+    password_env: str = ""  # the environment variable holding the bind password
+    user_filter: str = "(mail=*)"
+    mail_attribute: str = "mail"
+    group_filter: str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
+    group_name_attribute: str = "cn"
+    attributes: tuple[str, ...] = ()  # user attributes address_attribute scopes may name
+    refresh_seconds: int = 300
+    timeout_seconds: int = 10
 
 
 class SecureRouting(StrEnum):
@@ -259,6 +278,7 @@ class PolicyModel:
     secure_policies: tuple[SecurePolicy, ...] = ()
     secure_triggers: tuple[SecureTrigger, ...] = ()
     secure_bypass: tuple[SecureBypass, ...] = ()
+    directory: DirectorySettings | None = None
 
     @property
     def uses_secure_messaging(self) -> bool:

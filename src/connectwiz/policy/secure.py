@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from connectwiz.policy.addresses import canonical_address
 from connectwiz.policy.content import (
@@ -53,6 +54,9 @@ from connectwiz.policy.select import (
     _InternalDomains,
     _Selector,
 )
+
+if TYPE_CHECKING:  # ldap3 loads only where a directory is read
+    from connectwiz.directory.ldap import DirectoryCache
 
 REQUEST_HEADER = "X-Connectwiz-Secure"
 
@@ -208,7 +212,7 @@ def _label(position: int, narrative: str) -> str:
 class SecureIndex:
     """Built once per loaded model, like ``PolicyIndex``; answers per message."""
 
-    def __init__(self, model: PolicyModel) -> None:
+    def __init__(self, model: PolicyModel, directory: DirectoryCache | None = None) -> None:
         self.settings = model.secure_settings
         self._internal = _InternalDomains(model.organisation.internal_domains)
         groups = _address_groups(model)
@@ -224,9 +228,9 @@ class SecureIndex:
                 if item.definition is not None and item.definition not in self.definitions:
                     raise ValueError(f"{kind} #{i} {item.narrative!r} names unknown secure "
                                      f"definition {item.definition!r}")
-        self._policies = _Selector(model.secure_policies, self._internal, groups)
-        self._triggers = _Selector(model.secure_triggers, self._internal, groups)
-        self._bypass = _Selector(model.secure_bypass, self._internal, groups)
+        self._policies = _Selector(model.secure_policies, self._internal, groups, directory)
+        self._triggers = _Selector(model.secure_triggers, self._internal, groups, directory)
+        self._bypass = _Selector(model.secure_bypass, self._internal, groups, directory)
         # Without policies or triggers only a client header can ask for Secure Messaging.
         self.content_free = not (model.secure_policies or model.secure_triggers)
 
@@ -237,11 +241,13 @@ class SecureIndex:
     def _reasons(self, ctx: MessageContext, hits: Callable[[int, SecureTrigger], list[str]],
                  requested: Reason | None) -> list[Reason]:
         found = [requested] if requested else []
-        winner, _, _ = self._policies.select(ctx, "secure")
+        winner, _, candidates = self._policies.select(ctx, "secure")
         if winner is not None and winner.policy.definition is not None:
+            matched = f" ({candidates[0].matched})" if candidates[0].matched else ""
             found.append(Reason(Source.POLICY, winner.policy.definition,
                                 f"secure policy {_label(winner.position, winner.policy.narrative)}"
-                                f" selects {winner.policy.definition!r}", winner.position))
+                                f" selects {winner.policy.definition!r}{matched}",
+                                winner.position))
         for position, trig in self._triggers.every_match(ctx, lambda i, t: bool(hits(i, t))):
             found.append(Reason(Source.TRIGGER, trig.definition,
                                 f"content trigger {_label(position, trig.narrative)} matched "
