@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.directory.snapshot import attribute_pair
 from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.content import InvalidPattern, compile_pattern
@@ -32,6 +33,7 @@ from connectwiz.policy.model import (
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
+    DirectorySettings,
     EncryptionMode,
     ExternalDomain,
     InboundRoute,
@@ -60,12 +62,16 @@ LATEST_SCHEMA_VERSION = SECURE_SCHEMA_VERSION
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 TOP_KEYS = (
-    "schema_version", "organisation", "inbound_routes", "external_domains",
+    "schema_version", "organisation", "directory", "inbound_routes", "external_domains",
     "delivery_definitions", "delivery_policies", "receipt_policies",
     "secure_messaging", "secure_definitions", "secure_policies", "secure_triggers",
     "secure_bypass",
 )
 SECURE_KEYS = TOP_KEYS[-5:]
+DIRECTORY_KEYS = ("url", "base_dn", "bind_dn", "password_env", "user_filter", "mail_attribute",
+                  "group_filter", "group_name_attribute", "attributes", "refresh_seconds",
+                  "timeout_seconds")
+_DIRECTORY_DEFAULTS = DirectorySettings("", "")
 ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups", "name",
                      "logo")
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
@@ -159,6 +165,7 @@ class _Validator:
         self._locator: Locator | None = None
         self._domains: dict[str, str] = {}  # memo: the same domain appears in several lists
         self.groups: dict[str, tuple[str, ...]] = {}
+        self.directory: DirectorySettings | None = None
 
     def fail(self, path: KeyPath, problem: str, value: object = None) -> NoReturn:
         if self._locator is None:
@@ -325,6 +332,54 @@ class _Validator:
             logo=self.typed(t, "logo", p, str, "").strip(),
         )
 
+    # Directory (directory/ldap.py reads it) -----------------------------------------------
+
+    def directory_settings(self, data: dict[str, Any]) -> DirectorySettings | None:
+        if "directory" not in data:
+            return None
+        p: KeyPath = ("directory",)
+        t = self.table(data["directory"], p, DIRECTORY_KEYS, ("url", "base_dn"))
+        url = self.typed(t, "url", p, str, "").strip()
+        if not url.lower().startswith(("ldap://", "ldaps://")):
+            self.fail((*p, "url"), "must start with ldap:// or ldaps://", url)
+        text = {k: self.typed(t, k, p, str, "").strip()
+                for k in DIRECTORY_KEYS if k in t and k not in
+                ("url", "attributes", "refresh_seconds", "timeout_seconds")}
+        for key in ("base_dn", "mail_attribute", "group_name_attribute", "user_filter",
+                    "group_filter"):
+            if key in text and not text[key]:
+                self.fail((*p, key), "must not be empty")
+        for key in ("user_filter", "group_filter"):
+            if key in text and not (text[key].startswith("(") and text[key].endswith(")")):
+                self.fail((*p, key), "must be an LDAP filter in parentheses, e.g. (mail=*)",
+                          text[key])
+        attributes = [a.strip() for a in self.strings(t, "attributes", p)]
+        for i, name in enumerate(attributes):
+            if not name or not name.replace("-", "").isalnum():
+                self.fail((*p, "attributes", i), f"{name!r} is not an LDAP attribute name")
+        self.unique([a.lower() for a in attributes], (*p, "attributes"))
+        numbers = {}
+        for key, low in (("refresh_seconds", 10), ("timeout_seconds", 1)):
+            numbers[key] = self.typed(t, key, p, int, getattr(_DIRECTORY_DEFAULTS, key))
+            if numbers[key] < low:
+                self.fail((*p, key), f"must be at least {low}", numbers[key])
+        return DirectorySettings(url=url, attributes=tuple(attributes), **text, **numbers)
+
+    def attribute(self, text: str, p: KeyPath) -> str:
+        """An address_attribute entry: ``name=value``, ``name`` one the directory reads."""
+        if self.directory is None:
+            self.fail(p, "address_attribute needs a [directory] section to read attributes "
+                         "from", text)
+        try:
+            name, value = attribute_pair(text)
+        except ValueError as exc:
+            self.fail(p, str(exc), text)
+        known = {a.lower(): a for a in self.directory.attributes}
+        if name.lower() not in known:
+            self.fail(p, f"attribute {name!r} is not in directory.attributes"
+                         + _suggest(name, list(known.values()) or ["(none listed)"]), text)
+        return f"{known[name.lower()]}={value}"
+
     def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
         self.table(t, p, ROUTE_KEYS, ("host",))
         host_text = self.typed(t, "host", p, str, "")
@@ -374,7 +429,8 @@ class _Validator:
         based_on = self.choice(s, "based_on", sp, BasedOn, BasedOn.ENVELOPE)
         entries = self.strings(s, "specifically", sp)
         lp = (*sp, "specifically")
-        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP)
+        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP,
+                            Applies.ADDRESS_ATTRIBUTE)
         if keyed and not entries:
             self.fail(lp if "specifically" in s else (*sp, "applies"),
                       f"applies = '{applies}' needs at least one entry in 'specifically'")
@@ -384,10 +440,14 @@ class _Validator:
             items = [self.domain(e, (*lp, i)) for i, e in enumerate(entries)]
         elif applies is Applies.INDIVIDUAL:
             items = [self.address(e, (*lp, i)) for i, e in enumerate(entries)]
+        elif applies is Applies.ADDRESS_ATTRIBUTE:
+            items = [self.attribute(e, (*lp, i)) for i, e in enumerate(entries)]
         else:
             items = list(entries)
             for i, name in enumerate(items):
-                if name not in self.groups:
+                # Without a directory every group must be the bundle's; with one, a name the
+                # bundle does not define is a directory group (checked when it is read).
+                if name not in self.groups and self.directory is None:
                     self.fail((*lp, i), f"unknown address group {name!r}"
                               + _suggest(name, list(self.groups) or ["(none defined)"]), name)
         self.unique(items, lp)
@@ -620,6 +680,7 @@ class _Validator:
     def model(self, data: dict[str, Any]) -> PolicyModel:
         self.schema_version(data)
         self.table(data, (), TOP_KEYS)
+        self.directory = self.directory_settings(data)
         org = self.organisation(data)
 
         routes: list[InboundRoute] = []
@@ -668,7 +729,7 @@ class _Validator:
         )
         self.managed(domains, definitions, delivery, receipt)
         return PolicyModel(org, tuple(routes), tuple(domains), tuple(definitions.values()),
-                           delivery, receipt, **self.secure(data))
+                           delivery, receipt, **self.secure(data), directory=self.directory)
 
     def schema_version(self, data: dict[str, Any]) -> None:
         if "schema_version" not in data:
@@ -895,6 +956,16 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     }
 
 
+def directory_data(d: DirectorySettings) -> dict[str, Any]:
+    """The [directory] section: url and base_dn, then whatever differs from the defaults."""
+    out: dict[str, Any] = {"url": d.url, "base_dn": d.base_dn}
+    for key in DIRECTORY_KEYS[2:]:
+        value = getattr(d, key)
+        if value != getattr(_DIRECTORY_DEFAULTS, key):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     """The model in schema v1 shape, or v2 when it uses Secure Messaging. ``json_safe``
     turns date-times into ISO 8601 ``Z`` strings; otherwise they stay datetimes (for TOML)."""
@@ -910,6 +981,7 @@ def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             **({"name": org.name} if org.name else {}),
             **({"logo": org.logo} if org.logo else {}),
         },
+        **({"directory": directory_data(model.directory)} if model.directory else {}),
         "inbound_routes": [route_data(r, json_safe) for r in model.inbound_routes],
         "external_domains": [domain_data(d, json_safe) for d in model.external_domains],
         "delivery_definitions": [definition_data(d) for d in model.delivery_definitions],
