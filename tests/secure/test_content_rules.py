@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connectwiz.bundle import Bundle
 from connectwiz.bundle.errors import BundleError
-from connectwiz.policy.content import AttachmentInfo, Examined, condition_matches
+from connectwiz.policy.content import AttachmentInfo, Examined, condition_matches, count_phrase
 from connectwiz.policy.model import ConditionField, ConditionKind, SecureCondition
 
 C = SecureCondition
@@ -63,6 +65,17 @@ SALARY = C(F.BODY, "", kind=K.DICTIONARY, whole_word=True, threshold=3,
 ])
 def test_dictionary_threshold(body: str, expected: bool) -> None:
     assert condition_matches(SALARY, examined(body=body)) is expected
+
+
+@given(st.text(alphabet="aäb_1 .-\n", max_size=40), st.text(alphabet="aäb_1", min_size=1,
+                                                               max_size=3))
+def test_word_count_shortcut_agrees_with_the_phrase_search(text: str, word: str) -> None:
+    """One-word whole-word terms are counted from the text's words (one pass for a whole
+    dictionary); that must give what the general phrase search gives."""
+    content = examined(body=text)
+    folded = content.text(F.BODY, False)
+    assert (content.occurrences(F.BODY, word.casefold(), False, True)
+            == count_phrase(folded, word.casefold(), True))
 
 
 def test_attachment_names_and_types() -> None:

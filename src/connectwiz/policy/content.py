@@ -12,6 +12,8 @@ Phrases and dictionary terms use ``str.find``, also linear per term.
 from __future__ import annotations
 
 import functools
+import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -64,6 +66,11 @@ def _is_word(ch: str) -> bool:
     return ch.isalnum() or ch == "_"
 
 
+# The same word characters as _is_word (Python documents \w as isalnum() plus "_"). A
+# single-class pattern: linear time, no backtracking.
+_WORD = re.compile(r"\w+")
+
+
 def count_phrase(text: str, phrase: str, whole_word: bool) -> int:
     """Occurrences of ``phrase`` in ``text`` (non-overlapping); with ``whole_word`` only
     those not preceded or followed by a letter, digit or underscore."""
@@ -96,6 +103,7 @@ class Examined:
         self._text = {ConditionField.SUBJECT: _fold_space(subject),
                       ConditionField.BODY: _fold_space(body)}
         self._folded: dict[ConditionField, str] = {}
+        self._words: dict[tuple[ConditionField, bool], Counter[str]] = {}
         self.headers: dict[str, set[str]] = {}
         for name, value in headers:
             self.headers.setdefault(name.strip().lower(), set()).add(
@@ -108,6 +116,18 @@ class Examined:
         if field not in self._folded:
             self._folded[field] = self._text[field].casefold()
         return self._folded[field]
+
+    def occurrences(self, field: ConditionField, phrase: str, case_sensitive: bool,
+                    whole_word: bool) -> int:
+        """How often ``phrase`` (already folded like the text) occurs. A whole-word phrase
+        that is one word is a lookup in the text's word counts (made once), so a dictionary
+        of many terms costs one pass over the text, not one per term."""
+        if whole_word and _WORD.fullmatch(phrase):
+            key = (field, case_sensitive)
+            if key not in self._words:
+                self._words[key] = Counter(_WORD.findall(self.text(field, case_sensitive)))
+            return self._words[key][phrase]
+        return count_phrase(self.text(field, case_sensitive), phrase, whole_word)
 
 
 def _phrase_key(text: str, case_sensitive: bool) -> str:
@@ -128,17 +148,15 @@ def condition_matches(condition: SecureCondition, examined: Examined) -> bool:
         # RE2 case folding, not casefold(): the pattern sees the text as sent.
         text = examined.text(field, True)
         return compile_pattern(condition.value, condition.case_sensitive).search(text) is not None
-    text = examined.text(field, condition.case_sensitive)
+    case, whole = condition.case_sensitive, condition.whole_word
     if condition.kind is ConditionKind.DICTIONARY:
         total = 0
         for term in condition.terms:
-            total += count_phrase(text, _phrase_key(term, condition.case_sensitive),
-                                  condition.whole_word)
+            total += examined.occurrences(field, _phrase_key(term, case), case, whole)
             if total >= condition.threshold:
                 return True
         return False
-    phrase = _phrase_key(condition.value, condition.case_sensitive)
-    return count_phrase(text, phrase, condition.whole_word) > 0
+    return examined.occurrences(field, _phrase_key(condition.value, case), case, whole) > 0
 
 
 def describe_condition(condition: SecureCondition) -> str:
