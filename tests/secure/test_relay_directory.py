@@ -5,6 +5,8 @@ membership change without a reload."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -84,3 +86,24 @@ async def test_directory_group_policy_holds_and_background_refresh_applies(
         await asyncio.sleep(0.05)
     held = await send(r.port, "bob@corp.example", [teller], message(tag + "c"))
     await r.wait_status(held, "held")
+
+
+async def test_unreadable_directory_is_logged_and_its_groups_match_nobody(
+        lab, relays, capsys) -> None:
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        url = f"ldap://127.0.0.1:{s.getsockname()[1]}"
+    model = replace(make_model(lab), directory=DirectorySettings(url, SUFFIX),
+                    secure_policies=(SecurePolicy(
+                        "finance is secure", "External Recipients",
+                        from_=Scope(Applies.ADDRESS_GROUP, ("Finance Team",))),))
+    r = await relays(model, SETTINGS)
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+              if line.startswith("{")]
+    [failed] = [e for e in logged if e.get("event") == "directory-failed"]
+    assert url in failed["reason"] and "match nobody" in failed["note"]
+    tag = token()
+    msg_id = await send(r.port, "ann@corp.example", [f"teller-{tag}@trusted.example"],
+                        message(tag))
+    rec = await r.wait_status(msg_id, "delivered")
+    assert not events(rec, "held")
