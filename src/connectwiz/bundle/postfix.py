@@ -5,7 +5,8 @@ Files (all plain text; every table line is preceded by a comment naming its bund
 * ``tls_policy`` for ``smtp_tls_policy_maps``: one line per destination domain, and one per
   validated inbound route keyed by its next hop ``[host]:port``.
   opportunistic -> ``may``, enforced+relaxed -> ``encrypt``, enforced+strict -> ``secure``
-  with ``match=``, none -> ``none``; the definition's minimum TLS -> ``protocols=>=TLSvX``.
+  with ``match=``, none -> ``none``; the definition's minimum TLS -> ``protocols=>=TLSvX``;
+  its SSL Mode -> ``ciphers=`` (and ``exclude=``) on encrypt/secure (policy.sslmode).
 * ``sender_tls`` for ``check_sender_access``: receipt policies by sender domain or address,
   ``reject_plaintext_session`` for enforced receipt.
 * ``client_tls.cidr`` for ``check_client_access``: receipt policies by client network.
@@ -36,6 +37,7 @@ from connectwiz.policy.model import (
     ReceiptOption,
     ReceiptPolicy,
 )
+from connectwiz.policy.sslmode import effective_min_tls, level_of
 
 TLS_POLICY, SENDER_TLS, CLIENT_TLS, MAIN_CF = "tls_policy", "sender_tls", "client_tls.cidr", \
     "main.cf"
@@ -181,8 +183,10 @@ def _level(definition: DeliveryDefinition, domain: str | None) -> str:
         level = "encrypt"
     else:
         level = f"secure match={domain}:.{domain}" if domain else "secure"
-    version = "1" if definition.min_tls == "1.0" else definition.min_tls  # Postfix: TLSv1
-    return f"{level} protocols=>=TLSv{version}"
+    minimum = effective_min_tls(definition)
+    version = "1" if minimum == "1.0" else minimum  # Postfix: TLSv1
+    ciphers = f" {level_of(definition).postfix}" if level != "may" else ""
+    return f"{level} protocols=>=TLSv{version}{ciphers}"
 
 
 # --- receipt -------------------------------------------------------------------------------
@@ -288,8 +292,8 @@ def _main_cf(header: list[str], default: _Entry | None, everyone: _Entry | None)
     level_source = default.source if default else "no bundle policy: connectwiz's default " \
         "(opportunistic TLS)"
     level_name, _, attributes = level.partition(" ")
-    protocols = next((a.split("=", 1)[1] for a in attributes.split() if a.startswith(
-        "protocols=")), ">=TLSv1.2")
+    found = dict(a.split("=", 1) for a in attributes.split() if "=" in a)
+    protocols = found.get("protocols", ">=TLSv1.2")
     sender_restrictions = f"check_sender_access texthash:{TABLE_DIR}/{SENDER_TLS}"
     if everyone is not None and everyone.value != "DUNNO":
         sender_restrictions += f", {everyone.value}"
@@ -303,6 +307,9 @@ def _main_cf(header: list[str], default: _Entry | None, everyone: _Entry | None)
         f"# default from {level_source}",
         f"smtp_tls_security_level = {level_name}",
         f"smtp_tls_mandatory_protocols = {protocols}",
+        f"smtp_tls_mandatory_ciphers = {found.get('ciphers', 'high')}",
+        *([f"smtp_tls_mandatory_exclude_ciphers = {found['exclude']}"] if "exclude" in found
+          else []),
         "# secure/encrypt verify against this CA bundle (the system store)",
         "smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt",
         "smtp_tls_loglevel = 1",
