@@ -11,6 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Header, Static
 
+from connectwiz.bundle.policies import counts as policy_counts
 from connectwiz.errors import UserError
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.tui.components.dialogs import OrgDialog
@@ -35,6 +36,7 @@ class StartScreen(WizardScreen):
             yield Static(id="organisation")
             yield Static(id="routes")
             yield Static(id="domains")
+            yield Static(id="policies")
             yield Static(id="hint")
         yield Footer(compact=True)
 
@@ -77,6 +79,14 @@ class StartScreen(WizardScreen):
         domains.append("\n  " + (", ".join(parts) if parts else "none yet"),
                        style="" if parts else MUTED)
         self.query_one("#domains", Static).update(domains)
+
+        n = policy_counts(model)
+        self.query_one("#policies", Static).update(Text.assemble(
+            ("Policies", "bold"), ("  (edit with: connectwiz policies)", MUTED), "\n",
+            f"  {n['delivery']} delivery, {n['receipt']} receipt, {n['secure']} secure, "
+            f"{n['bypass']} bypass; definitions: {n['definition']} delivery, "
+            f"{n['secure-definition']} secure",
+        ))
 
         hint = self.query_one("#hint", Static)
         hint.update(Text(state.hint, style="italic"))
