@@ -26,6 +26,7 @@ from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.queuectl import ControlServer
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
@@ -70,6 +71,8 @@ class Relay:
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._handler: ReceiptHandler | None = None
+        self._control = ControlServer(self.spool, self.settings.hostname, self._control_effect,
+                                      self.log)
         self.address: tuple[str, int] = listen
 
     # -- policy --------------------------------------------------------------------------------
@@ -141,6 +144,7 @@ class Relay:
             self._enqueue(entry.id)
         for entry in deferred:
             self._schedule(entry.id, entry.next_attempt - time.time())
+        await self._control.start()
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred))
 
@@ -152,6 +156,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
+        await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
@@ -222,6 +227,15 @@ class Relay:
         if msg_id not in self._queued and not self._stopping:
             self._queued.add(msg_id)
             self._ready.put_nowait(msg_id)
+
+    def _control_effect(self, msg_id: str, delay: float | None) -> None:
+        """``connectwiz queue`` changed a message's state (relay/queuectl.py): retry it after
+        ``delay`` seconds (0: now), or, with None, forget its timer (held or deleted)."""
+        handle = self._timers.pop(msg_id, None)
+        if handle is not None:
+            handle.cancel()
+        if delay is not None:
+            self._schedule(msg_id, delay)
 
     def _schedule(self, msg_id: str, delay: float) -> None:
         if self._stopping:

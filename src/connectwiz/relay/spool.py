@@ -206,7 +206,8 @@ class Spool:
         for path in (self.root / "tmp").iterdir():
             path.unlink(missing_ok=True)
         for path in (self.root / "messages").glob("*.eml"):
-            if path.stem not in found:
+            # hold/ (queue control, relay/queuectl.py) is never delivered, but its bodies stay.
+            if path.stem not in found and not (self.root / "hold" / f"{path.stem}.json").exists():
                 path.unlink(missing_ok=True)
         ready: list[QueueEntry] = []
         deferred: list[QueueEntry] = []
