@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,7 @@ class Attempt:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
+    elapsed_s: float = 0.0  # connect to close, for the latency metrics
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -225,6 +227,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
                   list(recipients))
     enforced = definition.option is DeliveryOption.ENFORCED
     client: SmtpClient | None = None
+    started = time.monotonic()
     try:
         client = await SmtpClient.connect(target.address, target.port, timeout)
         code, text = await client.reply()
@@ -286,6 +289,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     finally:
         if client is not None:
             await client.close()
+        att.elapsed_s = round(time.monotonic() - started, 4)
     return att
 
 

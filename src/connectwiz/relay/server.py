@@ -343,7 +343,8 @@ class Relay:
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
-                     outcome=att.outcome, reply=att.error or att.reply)
+                     outcome=att.outcome, reply=att.error or att.reply,
+                     elapsed_s=att.elapsed_s)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
