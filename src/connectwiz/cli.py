@@ -221,18 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(args_list: list[str]) -> argparse.Namespace:
+    """Arguments, with the service config file's values as defaults for relay, portal and
+    queue (a UserError when the file is wrong)."""
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    from connectwiz.relay.config import apply_config  # only tomli: cheap to import
+
+    return apply_config(parser, args.commands, args_list, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # The wizard is the default subcommand: `connectwiz --bundle B` means `connectwiz wizard ...`.
     if not args_list or (args_list[0].startswith("-")
                          and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "wizard")
-    parser = build_parser()
-    args = parser.parse_args(args_list)
     try:
-        from connectwiz.relay.config import apply_config  # only tomli: cheap to import
-
-        args = apply_config(parser, args.commands, args_list, args)
+        args = parse(args_list)
     except UserError as exc:
         print(f"connectwiz: {exc}", file=sys.stderr)
         return 2

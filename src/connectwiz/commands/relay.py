@@ -76,6 +76,10 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        from connectwiz.relay.check import run_check
+
+        return run_check(args, settings_from)
     bundle_path = resolve_bundle_path(args.bundle)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UserError("--tls-cert and --tls-key go together")
