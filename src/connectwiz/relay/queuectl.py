@@ -385,6 +385,11 @@ def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, A
     reply = _ask_relay(spool_root, req)
     if reply is not None:
         return reply
+    owner = spool_root.stat().st_uid
+    if owner != os.geteuid():
+        # Files we wrote would belong to us, and the relay's user could not move them later.
+        raise UserError(f"the relay is not running and {spool_root} belongs to uid {owner}: "
+                        "run this as the relay's user (e.g. sudo -u connectwiz)")
     try:
         spool.lock()
     except UserError:
