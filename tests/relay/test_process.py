@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ async def test_kill_9_during_delivery_then_restart_delivers_once(lab, tmp_path) 
         assert (await relay.wait_event("listening"))["recovered"] == 1
         await relay.wait_event("done")
         assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
-        assert not list((spool / "active").glob("*")) and not list((spool / "messages").glob("*"))
+        assert not list((spool / "active").glob("*")) and not list((spool / "queue").glob("*"))
         assert len(lab_messages(lab, tag)) == 1, "delivered exactly once"
     finally:
         await relay.kill()
@@ -276,3 +277,70 @@ async def test_sigterm_with_a_hanging_delivery_exits_in_time_and_keeps_the_messa
     finally:
         await relay.kill()
         await hop.stop()
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident memory of a process so far (kB), from the kernel."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+async def _raw_reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await asyncio.wait_for(reader.readline(), 60)
+        assert line, "connection closed"
+        if line[3:4] != b"-":
+            return line
+
+
+async def test_ten_megabytes_of_empty_lines_cost_bounded_memory_and_others_are_served(
+        lab, tmp_path) -> None:
+    # Deliveries go nowhere (a closed port) and are deferred: only receipt is measured.
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=closed_port))
+    relay = await start_relay(lab, bundle, spool)
+    writers = []
+    try:
+        before = _vm_hwm_kib(relay.proc.pid)
+        half = b"\r\n" * 2_500_000  # 5 MB; two halves stay under --max-size (10240000)
+        floods = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writers.append(writer)
+            await _raw_reply(reader)
+            for line in (b"EHLO flood\r\n", b"MAIL FROM:<x@partner.example>\r\n",
+                         b"RCPT TO:<bob@corp.example>\r\n", b"DATA\r\n"):
+                writer.write(line)
+                assert (await _raw_reply(reader))[:1] in (b"2", b"3")
+            writer.write(b"Subject: empty lines\r\n\r\n" + half)
+            await writer.drain()
+            floods.append((reader, writer))
+        # Four sessions are in the middle of their DATA: another client is served now.
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False,
+                                 timeout=30)
+        await client.connect()
+        assert (await client.noop()).code == 250
+        assert (await client.sendmail("x@partner.example", ["bob@corp.example"],
+                                      body(token())))[1].startswith("2.0.0 Ok: queued")
+        client.close()
+        for _, writer in floods:
+            writer.write(half + b".\r\n")
+            await writer.drain()
+        for reader, _ in floods:
+            assert (await _raw_reply(reader)).startswith(b"250 2.0.0")
+        grown_mib = (_vm_hwm_kib(relay.proc.pid) - before) / 1024
+        # aiosmtpd's line list cost ~0.5 GiB per such session; streamed, four sessions
+        # and the deliveries that read each 10 MB message back stay far below this.
+        print(f"peak resident memory grew by {grown_mib:.1f} MiB")
+        assert grown_mib < 150
+        stored = sorted(p.stat().st_size for p in (spool / "queue").glob("*.msg"))
+        assert len(stored) == 5 and stored[-1] > 10_000_000
+    finally:
+        for writer in writers:
+            writer.close()
+        await relay.kill()

@@ -160,7 +160,7 @@ async def test_hold_survives_a_restart_and_release_delivers(lab, gated) -> None:
     relay = await start()
     listening = await relay.wait_event("listening")
     assert listening["recovered"] == 0 and listening["deferred"] == 0  # hold is not claimed
-    assert (spool / "messages" / f"{msg_id}.eml").exists(), "the body of a held message stays"
+    assert (spool / "hold" / f"{msg_id}.msg").exists(), "the held queue file stays"
     [held] = await queue_json(spool, "list")
     assert held["id"] == msg_id and held["state"] == "hold"
     assert not lab_messages(lab, tag)
@@ -185,7 +185,7 @@ async def test_delete_sends_a_bounce_to_the_sender(lab, gated) -> None:
     await relay.wait_event("done")  # the bounce, sent at once to trusted.example's MX
     assert await wait_lab(lab, lambda: any(
         sender in m.rcpt_tos and b"deleted from the queue" in m.data for m in list(lab.messages)))
-    assert not (spool / "messages" / f"{msg_id}.eml").exists()
+    assert not (spool / "queue" / f"{msg_id}.msg").exists()
     code, log_text, _ = await queue_json_log(spool, msg_id)
     assert code == 0 and '"status": "deleted"' in log_text and bounce_id in log_text
 

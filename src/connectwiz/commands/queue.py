@@ -65,14 +65,7 @@ def _show(spool: Spool, args: argparse.Namespace) -> int:
         attempts = read_record(spool.root, msg_id).attempts
     except UserError:
         attempts = []
-    headers = None
-    if args.headers:
-        try:
-            body = spool.read_body(msg_id)
-        except FileNotFoundError:
-            body = b""
-        end = body.find(b"\r\n\r\n")
-        headers = (body if end < 0 else body[:end]).decode("utf-8", "replace")
+    headers = queuectl.read_headers(spool, msg_id) if args.headers else None
     if args.json:
         print(json.dumps({**item.to_json(), "attempt_log": attempts,
                           **({"headers": headers} if headers is not None else {})}, indent=2))
@@ -122,15 +115,14 @@ def _change(spool: Spool, args: argparse.Namespace) -> int:
             print(f"nothing to {args.action}")
         if reply["relay"] == "stopped" and args.action in ("flush", "release"):
             print("(the relay is not running: these are tried when it starts)")
-    failed = [r for r in results if not r["result"].startswith(
-        ("flushed", "held", "released", "deleted", "already"))]
+    failed = [r for r in results if not r["result"].startswith(queuectl.DONE)]
     return 1 if failed else 0
 
 
 def run(args: argparse.Namespace) -> int:
     spool = Spool(Path(args.spool).expanduser() if args.spool else default_spool())
-    if not (spool.root / "messages").is_dir():
-        raise UserError(f"{spool.root}: not a relay spool (no messages/ directory)")
+    if not (spool.root / "queue").is_dir():
+        raise UserError(f"{spool.root}: not a relay spool (no queue/ directory)")
     if args.domain is not None and "@" in args.domain:
         raise UserError(f"--domain {args.domain!r}: give a domain, not an address")
     if args.action == "list":

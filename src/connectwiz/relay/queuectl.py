@@ -1,15 +1,19 @@
 """Queue control (``connectwiz queue``): list, show, flush, hold, release, delete.
 
-Every change to the spool made here is an atomic rename, and only of entries no worker
-holds: an entry in ``active/`` is being delivered and is answered "busy", never touched.
 While the relay runs, changes are made *by the relay*: the command sends one JSON request
-over the control socket (``SPOOL/control.sock``), the relay applies it with the same
-functions and then updates its timers, so a held message is not retried and a flushed one
-is tried at once. When no relay runs, the command takes the spool lock itself and applies
-the change directly; the next start picks it up. Listing and showing only read.
+over the control socket (``SPOOL/control.sock``). The relay first takes each message it
+names (``take``: refused — "busy" — while a worker has it or it waits for one; a taken
+message gets no timer and no rescan), makes the change with the functions below, then
+hands the message back to its scheduler (``settle``: retry now, at its next attempt, or
+never when held or deleted). So the command and the delivery workers never work on one
+message at the same time. When no relay runs, the command takes the spool lock itself and
+makes the same changes; the next start picks them up. Listing and showing only read.
 
-This module is the one place that knows the queue's file layout besides ``spool.py``.
-``hold/<id>.json`` is a state the relay never claims from: held entries wait for a release.
+This module is the one place besides ``spool.py`` that knows the spool's files. On hold
+means: the queue file is moved to ``hold/<id>.msg`` (with its progress, if any, in
+``hold/<id>.json``), where neither recovery nor the rescan looks — as Postfix moves a
+held message into its hold queue. Every change has one atomic rename as its commit point;
+files written before it are ignored or removed by recovery if a crash comes first.
 """
 
 from __future__ import annotations
@@ -29,23 +33,24 @@ from connectwiz.errors import UserError
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.spool import _fsync_dir as sync_dir
 
 HOLD = "hold"
 QUEUE_STATES = ("incoming", "active", "deferred", HOLD)
 SOCKET_NAME = "control.sock"
 DELETED_DETAIL = "deleted from the queue by the mail administrator"
 _MAX_REQUEST = 1 << 20
+DONE = ("flushed", "held", "released", "deleted", "already")
 
-# What a change means for the running relay's scheduler: retry after N seconds (0: now),
-# or None: forget any timer (held or deleted).
-Effect = tuple[str, float | None]
+Take = Callable[[str], bool]
+Settle = Callable[[str, "float | None"], None]
 
 
 @dataclass(slots=True)
 class Queued:
     state: str
     entry: QueueEntry
-    size: int  # bytes of the stored message
+    size: int  # bytes of the queue file
 
     def to_json(self) -> dict[str, Any]:
         e = self.entry
@@ -75,33 +80,71 @@ def _at(entry: QueueEntry, domain: str | None) -> list[Recipient]:
     return [r for r in entry.pending() if want is None or _domain(r.address) == want]
 
 
-def _path(spool: Spool, state: str, msg_id: str) -> Path:
-    return spool.root / state / f"{msg_id}.json"
+def _held(spool: Spool, msg_id: str, suffix: str = ".msg") -> Path:
+    return spool.root / HOLD / f"{msg_id}{suffix}"
+
+
+def _state_file(spool: Spool, state: str, msg_id: str) -> Path:
+    return _held(spool, msg_id, ".json") if state == HOLD \
+        else spool.root / state / f"{msg_id}.json"
+
+
+def _queue_file(spool: Spool, state: str, msg_id: str) -> Path:
+    return _held(spool, msg_id) if state == HOLD else spool.queue_path(msg_id)
 
 
 def state_ids(spool: Spool, state: str) -> list[str]:
     """Ids in one state, sorted by arrival (ids sort by time)."""
     try:
-        names = os.listdir(spool.root / state)
+        if state == HOLD:
+            return sorted(n[:-4] for n in os.listdir(spool.root / HOLD) if n.endswith(".msg"))
+        return sorted(spool.ids(state))
     except FileNotFoundError:
         return []
-    return sorted(n[:-5] for n in names if n.endswith(".json"))
 
 
-def find(spool: Spool, msg_id: str) -> Queued | None:
-    for state in QUEUE_STATES:
-        try:
-            entry = QueueEntry.from_json(_path(spool, state, msg_id).read_bytes())
-        except FileNotFoundError:
-            continue  # not here, or moved on between two looks
-        except (ValueError, TypeError, KeyError):
-            continue  # damaged: recovery quarantines it, it is not ours to show
-        try:
-            size = spool.body_path(msg_id).stat().st_size
-        except FileNotFoundError:
-            size = 0
-        return Queued(state, entry, size)
-    return None
+def state_of(spool: Spool, msg_id: str) -> str | None:
+    if _held(spool, msg_id).exists():
+        return HOLD
+    if not spool.queue_path(msg_id).exists():
+        return None
+    return next((s for s in ("active", "deferred")
+                 if (spool.root / s / f"{msg_id}.json").exists()), "incoming")
+
+
+def _read(spool: Spool, state: str, msg_id: str, want_body: bool = False
+          ) -> tuple[QueueEntry, bytes]:
+    """Envelope as delivery last saved it (state file), else as received; raises OSError
+    or ValueError (damaged) for a message that vanished or cannot be read."""
+    if state != HOLD:
+        entry = spool.read_entry(state, msg_id)
+        return entry, spool.read_body(msg_id) if want_body else b""
+    entry, body = spool.read_queue_file(_held(spool, msg_id), msg_id)
+    with contextlib.suppress(FileNotFoundError):
+        entry = QueueEntry.from_json(_held(spool, msg_id, ".json").read_bytes())
+    return entry, body
+
+
+def find(spool: Spool, msg_id: str, state: str | None = None) -> Queued | None:
+    state = state or state_of(spool, msg_id)
+    if state is None:
+        return None
+    try:
+        entry, _ = _read(spool, state, msg_id)
+        size = _queue_file(spool, state, msg_id).stat().st_size
+    except (OSError, ValueError):
+        return None  # moved on between two looks, or damaged: recovery sets those aside
+    return Queued(state, entry, size)
+
+
+def read_headers(spool: Spool, msg_id: str) -> str:
+    state = state_of(spool, msg_id)
+    try:
+        body = _read(spool, state, msg_id, want_body=True)[1] if state else b""
+    except (OSError, ValueError):
+        body = b""
+    end = body.find(b"\r\n\r\n")
+    return (body if end < 0 else body[:end]).decode("utf-8", "replace")
 
 
 def list_queue(spool: Spool, states: tuple[str, ...] = QUEUE_STATES,
@@ -109,9 +152,8 @@ def list_queue(spool: Spool, states: tuple[str, ...] = QUEUE_STATES,
     out = []
     for state in states:
         for msg_id in state_ids(spool, state):
-            item = find(spool, msg_id)
-            if item is not None and item.state == state and (domain is None
-                                                             or _at(item.entry, domain)):
+            item = find(spool, msg_id, state)
+            if item is not None and (domain is None or _at(item.entry, domain)):
                 out.append(item)
     out.sort(key=lambda q: q.entry.id)
     return out
@@ -124,180 +166,164 @@ def _valid_id(msg_id: str) -> str:
     return text
 
 
-# -- changes: each returns (per-id results, effects for a running relay) ---------------------
+# -- changes -----------------------------------------------------------------------------------
+
+# Which states each operation looks in when no id is given.
+_SCOPE = {"flush": ("deferred",), "hold": ("incoming", "deferred"), "release": (HOLD,),
+          "delete": ("incoming", "deferred", HOLD)}
 
 
 @dataclass(slots=True)
 class Changes:
     results: list[dict[str, str]] = field(default_factory=list)
-    effects: list[Effect] = field(default_factory=list)
+    # id -> retry after N seconds (0: now) or None (held or deleted), for the relay's settle
+    settle: dict[str, float | None] = field(default_factory=dict)
 
     def add(self, msg_id: str, result: str) -> None:
         self.results.append({"id": msg_id, "result": result})
 
-    def effect(self, msg_id: str, delay: float | None) -> None:
-        self.effects.append((msg_id, delay))
 
-
-def _rename(spool: Spool, msg_id: str, src: str, dst: str) -> bool:
-    """Atomic move between states; False when the entry is no longer in ``src`` (a worker
-    claimed it first)."""
-    (spool.root / dst).mkdir(exist_ok=True)
-    try:
-        spool.move(msg_id, src, dst)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _targets(spool: Spool, ids: list[str], domain: str | None, states: tuple[str, ...]
-             ) -> list[str]:
+def targets(spool: Spool, request: dict[str, Any]) -> list[str]:
+    """The ids a request names, or those its --domain (or nothing: all) selects."""
+    op = request.get("op")
+    if op not in _SCOPE:
+        raise UserError(f"unknown queue operation {op!r}")
+    ids = [_valid_id(str(i)) for i in request.get("ids") or []]
     if ids:
-        return [_valid_id(i) for i in ids]
-    return [q.entry.id for q in list_queue(spool, states, domain)]
+        return ids
+    return [q.entry.id for q in list_queue(spool, _SCOPE[op], request.get("domain") or None)]
 
 
-def _busy_or_missing(changes: Changes, msg_id: str, state: str | None) -> None:
-    if state is None:
-        changes.add(msg_id, "not in the queue")
-    elif state == "active":
-        changes.add(msg_id, "busy: being delivered right now, try again in a moment")
-    else:
-        changes.add(msg_id, f"skipped: {state}")
-
-
-def _state(spool: Spool, msg_id: str) -> str | None:
-    return next((s for s in QUEUE_STATES if _path(spool, s, msg_id).exists()), None)
-
-
-def flush(spool: Spool, ids: list[str], domain: str | None) -> Changes:
-    """Deferred messages (all, these ids, or those with recipients at ``domain``): try now."""
-    changes = Changes()
-    for msg_id in _targets(spool, ids, domain, ("deferred",)):
-        state = _state(spool, msg_id)
-        if state == "deferred" and _rename(spool, msg_id, "deferred", "incoming"):
-            changes.add(msg_id, "flushed")
-            changes.effect(msg_id, 0.0)
-        elif state == HOLD:
-            changes.add(msg_id, "skipped: on hold (release it first)")
-        elif state == "incoming":
-            changes.add(msg_id, "already waiting for delivery")
-        else:
-            _busy_or_missing(changes, msg_id, _state(spool, msg_id))
-    return changes
-
-
-def hold(spool: Spool, ids: list[str], domain: str | None) -> Changes:
-    changes = Changes()
-    for msg_id in _targets(spool, ids, domain, ("incoming", "deferred")):
-        state = _state(spool, msg_id)
-        if state in ("incoming", "deferred") and _rename(spool, msg_id, state, HOLD):
-            changes.add(msg_id, "held")
-            changes.effect(msg_id, None)
-        elif state == HOLD:
-            changes.add(msg_id, "already on hold")
-        else:
-            _busy_or_missing(changes, msg_id, _state(spool, msg_id))
-    return changes
-
-
-def release(spool: Spool, ids: list[str], domain: str | None) -> Changes:
-    """Held messages go back to the queue and are tried at once."""
-    changes = Changes()
-    for msg_id in _targets(spool, ids, domain, (HOLD,)):
-        if _rename(spool, msg_id, HOLD, "incoming"):
-            changes.add(msg_id, "released")
-            changes.effect(msg_id, 0.0)
-        else:
-            state = _state(spool, msg_id)
-            changes.add(msg_id, f"not on hold ({state})" if state else "not in the queue")
-    return changes
-
-
-def delete(spool: Spool, ids: list[str], domain: str | None, silent: bool,
-           hostname: str) -> Changes:
-    """Remove messages (or, with ``domain``, only their recipients at that domain); their
-    senders get a bounce unless ``silent`` (a bounce never gets one: no bounce for a bounce).
-
-    The entry is first claimed by renaming it into ``tmp/`` — a worker that claims it at the
-    same moment wins or loses atomically — and a crash before the end leaves it deleted
-    (start-up recovery clears ``tmp/`` and removes the orphaned body)."""
-    changes = Changes()
-    msglog = MessageLog(spool.root)
-    for msg_id in _targets(spool, ids, domain, ("incoming", "deferred", HOLD)):
-        state = _state(spool, msg_id)
-        claimed = spool.root / "tmp" / f"{msg_id}.json.deleting"
-        if state not in ("incoming", "deferred", HOLD):
-            _busy_or_missing(changes, msg_id, state)
-            continue
+def _restore(spool: Spool, msg_id: str) -> float | None:
+    """When an unchanged message is due again."""
+    state = state_of(spool, msg_id)
+    if state == "incoming":
+        return 0.0
+    if state == "deferred":
         try:
-            os.replace(_path(spool, state, msg_id), claimed)
-        except FileNotFoundError:
-            _busy_or_missing(changes, msg_id, _state(spool, msg_id))
-            continue
-        entry = QueueEntry.from_json(claimed.read_bytes())
-        gone = _at(entry, domain)
-        if not gone:
-            os.replace(claimed, _path(spool, state, msg_id))
-            changes.add(msg_id, f"skipped: no pending recipient at {domain}")
-            continue
-        for rcpt in gone:
-            rcpt.status, rcpt.detail = "failed", DELETED_DETAIL
-        bounce = None
-        if not silent and entry.mail_from and not entry.is_bounce:
-            bounce = _queue_bounce(spool, msglog, entry, gone, hostname)
-            changes.effect(bounce, 0.0)
-        for rcpt in gone:
-            rcpt.status = "bounced"
-        msglog.append(msg_id, "deleted", recipients=[r.address for r in gone],
-                      dsn=bounce or "none", reason=DELETED_DETAIL)
-        if entry.pending():  # recipients at other domains stay queued as they were
-            spool.write_atomic(_path(spool, state, msg_id), entry.to_json())
-            claimed.unlink()
-            delay = None if state == HOLD else 0.0 if state == "incoming" \
-                else max(entry.next_attempt - time.time(), 0.0)
-            changes.add(msg_id, f"deleted {len(gone)} recipient(s)"
-                        + (f", bounce {bounce}" if bounce else ""))
-            changes.effect(msg_id, delay)
-            continue
-        claimed.unlink()
-        spool.body_path(msg_id).unlink(missing_ok=True)
-        changes.add(msg_id, "deleted" + (f", bounce {bounce}" if bounce else ""))
-        changes.effect(msg_id, None)
-    return changes
+            return max(spool.read_entry("deferred", msg_id).next_attempt - time.time(), 0.0)
+        except (OSError, ValueError):
+            return 0.0  # let a worker find out (and quarantine it if damaged)
+    return None
 
 
-def _queue_bounce(spool: Spool, msglog: MessageLog, entry: QueueEntry, gone: list[Recipient],
+def _move_queue_file(spool: Spool, msg_id: str, src: str, dst: str) -> None:
+    """Move a message between the queue and hold: its state file is copied first, the
+    queue file's rename commits, then the old state file goes (orphans are harmless:
+    recovery removes state files without a queue file, and hold/ ignores them)."""
+    old_state = _state_file(spool, src, msg_id)
+    new_state = _state_file(spool, dst, msg_id)
+    with contextlib.suppress(FileNotFoundError):
+        spool.write_atomic(new_state, old_state.read_bytes())
+    os.replace(_queue_file(spool, src, msg_id), _queue_file(spool, dst, msg_id))
+    sync_dir(_queue_file(spool, dst, msg_id).parent)
+    sync_dir(_queue_file(spool, src, msg_id).parent)
+    old_state.unlink(missing_ok=True)
+
+
+def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
+    if state == "deferred":
+        spool.move(msg_id, "deferred", "incoming")
+        changes.add(msg_id, "flushed")
+        changes.settle[msg_id] = 0.0
+    elif state == HOLD:
+        changes.add(msg_id, "skipped: on hold (release it first)")
+    else:
+        changes.add(msg_id, "already waiting for delivery")
+
+
+def _hold(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
+    if state == HOLD:
+        changes.add(msg_id, "already on hold")
+        return
+    (spool.root / HOLD).mkdir(exist_ok=True)
+    _move_queue_file(spool, msg_id, state, HOLD)
+    changes.add(msg_id, "held")
+    changes.settle[msg_id] = None
+
+
+def _release(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
+    if state != HOLD:
+        changes.add(msg_id, f"not on hold ({state})")
+        return
+    _move_queue_file(spool, msg_id, HOLD, "incoming")
+    changes.add(msg_id, "released")
+    changes.settle[msg_id] = 0.0
+
+
+def _delete(spool: Spool, msg_id: str, state: str, changes: Changes, *, domain: str | None,
+            silent: bool, hostname: str) -> None:
+    """Remove the message (or, with ``domain``, its recipients there); the sender gets a
+    bounce unless ``silent`` (a bounce never gets one). The commit point is the queue
+    file's rename into ``tmp/``, which recovery empties: a crash after it leaves the
+    message deleted, at worst without its bounce."""
+    entry, body = _read(spool, state, msg_id, want_body=True)
+    gone = _at(entry, domain)
+    if not gone:
+        changes.add(msg_id, f"skipped: no pending recipient at {domain}")
+        return
+    for rcpt in gone:
+        rcpt.status, rcpt.detail = "failed", DELETED_DETAIL
+    rest = entry.pending()
+    if not rest:
+        os.replace(_queue_file(spool, state, msg_id), spool.root / "tmp" / f"{msg_id}.deleted")
+        sync_dir(_queue_file(spool, state, msg_id).parent)
+    bounce = None
+    if not silent and entry.mail_from and not entry.is_bounce:
+        bounce = _queue_bounce(spool, entry, gone, body, hostname)
+        changes.settle[bounce] = 0.0
+    for rcpt in gone:
+        rcpt.status = "bounced"
+    MessageLog(spool.root).append(msg_id, "deleted", recipients=[r.address for r in gone],
+                                  dsn=bounce or "none", reason=DELETED_DETAIL)
+    suffix = f", bounce {bounce}" if bounce else ""
+    if rest:  # recipients at other domains stay queued as they were
+        spool.write_atomic(_state_file(spool, state, msg_id), entry.to_json())
+        changes.add(msg_id, f"deleted {len(gone)} recipient(s){suffix}")
+        return
+    (spool.root / "tmp" / f"{msg_id}.deleted").unlink(missing_ok=True)
+    _state_file(spool, state, msg_id).unlink(missing_ok=True)
+    changes.add(msg_id, f"deleted{suffix}")
+    changes.settle[msg_id] = None
+
+
+def _queue_bounce(spool: Spool, entry: QueueEntry, gone: list[Recipient], original: bytes,
                   hostname: str) -> str:
-    try:
-        original = spool.read_body(entry.id)
-    except FileNotFoundError:
-        original = b"\r\n"
     dsn = build_dsn(entry, gone, original, hostname, expired=False)
     bounce = QueueEntry(id=new_message_id(), mail_from="", recipients=[Recipient(entry.mail_from)],
                         received_at=time.time(), is_bounce=True)
     spool.accept(bounce, dsn)
-    msglog.append(bounce.id, "received", client_ip="local", helo=None, mail_from="",
-                  recipients=[entry.mail_from], tls_version=None, tls_cipher=None,
-                  size=len(dsn), result="accepted", receipt_option=None,
-                  policy=f"delivery status notification for {entry.id} (deleted)")
+    MessageLog(spool.root).append(
+        bounce.id, "received", client_ip="local", helo=None, mail_from="",
+        recipients=[entry.mail_from], tls_version=None, tls_cipher=None, size=len(dsn),
+        result="accepted", receipt_option=None,
+        policy=f"delivery status notification for {entry.id} (deleted)")
     return bounce.id
 
 
-def apply(spool: Spool, request: dict[str, Any], hostname: str) -> Changes:
-    """One control request, as the CLI sends it; blocking file I/O."""
-    op = request.get("op")
-    ids = [str(i) for i in request.get("ids") or []]
-    domain = request.get("domain") or None
-    if op == "flush":
-        return flush(spool, ids, domain)
-    if op == "hold":
-        return hold(spool, ids, domain)
-    if op == "release":
-        return release(spool, ids, domain)
-    if op == "delete":
-        return delete(spool, ids, domain, bool(request.get("silent")), hostname)
-    raise UserError(f"unknown queue operation {op!r}")
+_OPS = {"flush": _flush, "hold": _hold, "release": _release, "delete": _delete}
+
+
+def apply(spool: Spool, request: dict[str, Any], ids: list[str], hostname: str) -> Changes:
+    """Make ``request``'s change to ``ids``, which the caller has taken (or holds the spool
+    lock). Blocking file I/O. Every id gets a result and a settle entry."""
+    op = _OPS[request["op"]]
+    changes = Changes()
+    for msg_id in ids:
+        state = state_of(spool, msg_id)
+        try:
+            if state is None:
+                changes.add(msg_id, "not in the queue")
+            elif state == "active":
+                changes.add(msg_id, "busy: being delivered right now, try again in a moment")
+            else:
+                op(spool, msg_id, state, changes, domain=request.get("domain") or None,
+                   silent=bool(request.get("silent")), hostname=hostname)
+        except (OSError, ValueError) as exc:  # one message's trouble must not stop the rest
+            changes.add(msg_id, f"failed: {exc}")
+        if msg_id not in changes.settle:
+            changes.settle[msg_id] = _restore(spool, msg_id)
+    return changes
 
 
 # -- the control socket ----------------------------------------------------------------------
@@ -319,14 +345,15 @@ def _socket_path(root: Path) -> Iterator[str]:
 
 
 class ControlServer:
-    """The running relay's end: applies requests one at a time, then tells the relay's
-    scheduler (``effect``) what changed."""
+    """The running relay's end of the socket: one request at a time; each message is taken
+    from the relay's scheduler before it is changed and settled back afterwards."""
 
-    def __init__(self, spool: Spool, hostname: str, effect: Callable[[str, float | None], None],
+    def __init__(self, spool: Spool, hostname: str, take: Take, settle: Settle,
                  log: Callable[..., None]) -> None:
         self.spool = spool
         self.hostname = hostname
-        self.effect = effect
+        self.take = take
+        self.settle = settle
         self.log = log
         self._lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
@@ -334,9 +361,13 @@ class ControlServer:
     async def start(self) -> None:
         path = self.spool.root / SOCKET_NAME
         path.unlink(missing_ok=True)  # left by a relay that was killed; we hold the lock now
-        with _socket_path(self.spool.root) as where:
-            self._server = await asyncio.start_unix_server(self._handle, where)
-        path.chmod(0o600)
+        try:
+            with _socket_path(self.spool.root) as where:
+                self._server = await asyncio.start_unix_server(self._handle, where)
+            path.chmod(0o600)
+        except OSError as exc:
+            raise UserError(f"cannot open the queue control socket {path}: "
+                            f"{exc.strerror or exc}") from None
 
     async def close(self) -> None:
         if self._server is not None:
@@ -350,7 +381,7 @@ class ControlServer:
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (OSError, TimeoutError, ValueError):
-            pass  # the CLI went away; nothing was changed for it, or it is already logged
+            pass  # the command went away (what it asked for is done and logged) or sent junk
         finally:
             writer.close()
 
@@ -363,25 +394,36 @@ class ControlServer:
             return {"ok": False, "error": "malformed control request"}
         async with self._lock:
             try:
-                changes = await asyncio.to_thread(apply, self.spool, request, self.hostname)
+                ids = list(dict.fromkeys(await asyncio.to_thread(targets, self.spool, request)))
             except UserError as exc:
                 return {"ok": False, "error": str(exc)}
             except OSError as exc:
                 return {"ok": False, "error": f"spool: {exc}"}
-        for msg_id, delay in changes.effects:
-            self.effect(msg_id, delay)
-        for result in changes.results:
+            taken = [msg_id for msg_id in ids if self.take(msg_id)]
+            changes = None
+            try:
+                changes = await asyncio.to_thread(apply, self.spool, request, taken,
+                                                  self.hostname)
+            finally:
+                settle = changes.settle if changes else {
+                    msg_id: await asyncio.to_thread(_restore, self.spool, msg_id)
+                    for msg_id in taken}
+                for msg_id, delay in settle.items():
+                    self.settle(msg_id, delay)
+        done = {r["id"]: r["result"] for r in changes.results}
+        results = [{"id": msg_id, "result": done.get(
+            msg_id, "busy: being delivered or about to be, try again in a moment")}
+            for msg_id in ids]
+        for result in results:
             self.log("queue-control", op=request.get("op"), id=result["id"],
                      result=result["result"])
-        return {"ok": True, "results": changes.results, "relay": "running"}
+        return {"ok": True, "results": results, "relay": "running"}
 
 
 def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, Any]:
     """Send ``req`` to the relay running on this spool, or, when none runs, apply it here
     under the spool lock. The reply says which (``relay``: running | stopped)."""
     spool = Spool(spool_root)
-    if not (spool_root / "messages").is_dir():
-        raise UserError(f"{spool_root}: not a relay spool (no messages/ directory)")
     reply = _ask_relay(spool_root, req)
     if reply is not None:
         return reply
@@ -396,7 +438,7 @@ def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, A
         raise UserError(f"the relay on {spool_root} holds the spool but does not answer on "
                         f"{SOCKET_NAME} (starting or stopping?): try again") from None
     try:
-        changes = apply(spool, req, hostname)
+        changes = apply(spool, req, list(dict.fromkeys(targets(spool, req))), hostname)
     finally:
         spool.unlock()
     return {"ok": True, "results": changes.results, "relay": "stopped"}
