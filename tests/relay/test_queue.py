@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
+
+from connectwiz.relay.spool import Spool
 
 from .conftest import body, lab_messages, token, wait_lab
 from .test_process import BUNDLE, HoldThenForward, RelayProcess, start_relay
@@ -163,6 +166,7 @@ async def test_hold_survives_a_restart_and_release_delivers(lab, gated) -> None:
     assert (spool / "hold" / f"{msg_id}.msg").exists(), "the held queue file stays"
     [held] = await queue_json(spool, "list")
     assert held["id"] == msg_id and held["state"] == "hold"
+    assert held["attempts"] == 1 and "connection closed" in held["recipients"][0]["detail"]
     assert not lab_messages(lab, tag)
 
     reply = await queue_json(spool, "release", msg_id)
@@ -258,3 +262,12 @@ async def test_a_message_being_delivered_is_busy_not_changed(lab, tmp_path) -> N
     finally:
         await relay.kill()
         await hop.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the spool to another user needs root")
+async def test_a_stopped_relays_spool_is_only_changed_by_its_owner(tmp_path) -> None:
+    spool = tmp_path / "spool"
+    Spool(spool).create()
+    os.chown(spool, 54321, 54321)
+    code, _, err = await queue(spool, "flush")
+    assert code == 2 and "run this as the relay's user" in err and err.count("\n") == 1
