@@ -178,6 +178,7 @@ class Changes:
     results: list[dict[str, str]] = field(default_factory=list)
     # id -> retry after N seconds (0: now) or None (held or deleted), for the relay's settle
     settle: dict[str, float | None] = field(default_factory=dict)
+    dirty: set[Path] = field(default_factory=set)  # folders to fsync before reporting
 
     def add(self, msg_id: str, result: str) -> None:
         self.results.append({"id": msg_id, "result": result})
@@ -207,23 +208,28 @@ def _restore(spool: Spool, msg_id: str) -> float | None:
     return None
 
 
-def _move_queue_file(spool: Spool, msg_id: str, src: str, dst: str) -> None:
-    """Move a message between the queue and hold: its state file is copied first, the
-    queue file's rename commits, then the old state file goes (orphans are harmless:
-    recovery removes state files without a queue file, and hold/ ignores them)."""
+def _move_queue_file(spool: Spool, msg_id: str, src: str, dst: str, changes: Changes) -> None:
+    """Move a message between the queue and hold. Its state file is hard-linked into place
+    first (state files are never changed in place, only replaced, so the link is a copy
+    without a write), then the queue file's rename commits, then the old name goes.
+    Orphans are harmless: recovery removes state files without a queue file, and hold/
+    ignores them. The folders are fsync'd once per batch (``apply``)."""
     old_state = _state_file(spool, src, msg_id)
     new_state = _state_file(spool, dst, msg_id)
+    new_state.unlink(missing_ok=True)  # an orphan from an earlier crash
     with contextlib.suppress(FileNotFoundError):
-        spool.write_atomic(new_state, old_state.read_bytes())
+        os.link(old_state, new_state)
     os.replace(_queue_file(spool, src, msg_id), _queue_file(spool, dst, msg_id))
-    sync_dir(_queue_file(spool, dst, msg_id).parent)
-    sync_dir(_queue_file(spool, src, msg_id).parent)
     old_state.unlink(missing_ok=True)
+    changes.dirty.update({new_state.parent, old_state.parent,
+                          _queue_file(spool, src, msg_id).parent,
+                          _queue_file(spool, dst, msg_id).parent})
 
 
 def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
     if state == "deferred":
-        spool.move(msg_id, "deferred", "incoming")
+        spool.move(msg_id, "deferred", "incoming", durable=False)
+        changes.dirty.update({spool.root / "deferred", spool.root / "incoming"})
         changes.add(msg_id, "flushed")
         changes.settle[msg_id] = 0.0
     elif state == HOLD:
@@ -237,7 +243,7 @@ def _hold(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> 
         changes.add(msg_id, "already on hold")
         return
     (spool.root / HOLD).mkdir(exist_ok=True)
-    _move_queue_file(spool, msg_id, state, HOLD)
+    _move_queue_file(spool, msg_id, state, HOLD, changes)
     changes.add(msg_id, "held")
     changes.settle[msg_id] = None
 
@@ -246,7 +252,7 @@ def _release(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) 
     if state != HOLD:
         changes.add(msg_id, f"not on hold ({state})")
         return
-    _move_queue_file(spool, msg_id, HOLD, "incoming")
+    _move_queue_file(spool, msg_id, HOLD, "incoming", changes)
     changes.add(msg_id, "released")
     changes.settle[msg_id] = 0.0
 
@@ -323,6 +329,10 @@ def apply(spool: Spool, request: dict[str, Any], ids: list[str], hostname: str) 
             changes.add(msg_id, f"failed: {exc}")
         if msg_id not in changes.settle:
             changes.settle[msg_id] = _restore(spool, msg_id)
+    # One fsync per folder for the whole batch: a crash before this returns may undo part
+    # of it (a message is then where it was), never lose a message.
+    for folder in changes.dirty:
+        sync_dir(folder)
     return changes
 
 
