@@ -166,7 +166,7 @@ class PortalMetrics:
                 self.code_failures.labels(result).inc()
         elif event == "code-sent":
             self.codes_sent.inc()
-        elif event in ("link-refused", "csrf-refused", "reply-refused"):
+        elif event in ("link-refused", "csrf-refused", "reply-refused", "link-locked"):
             self.refusals.labels(event.removesuffix("-refused")).inc()
         elif event == "rate-limited":
             self.refusals.labels(f"rate-limited-{fields.get('what', '-')}").inc()
