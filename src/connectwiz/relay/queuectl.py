@@ -260,34 +260,35 @@ def _release(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) 
 def _delete(spool: Spool, msg_id: str, state: str, changes: Changes, *, domain: str | None,
             silent: bool, hostname: str) -> None:
     """Remove the message (or, with ``domain``, its recipients there); the sender gets a
-    bounce unless ``silent`` (a bounce never gets one). The commit point is the queue
-    file's rename into ``tmp/``, which recovery empties: a crash after it leaves the
-    message deleted, at worst without its bounce."""
+    bounce unless ``silent`` (a bounce never gets one). The change commits first — the
+    queue file's rename into ``tmp/`` (which recovery empties), or the new state file —
+    and only then is the bounce queued: a crash in between loses the bounce, never makes
+    one for a message that is still delivered."""
     entry, body = _read(spool, state, msg_id, want_body=True)
     gone = _at(entry, domain)
     if not gone:
         changes.add(msg_id, f"skipped: no pending recipient at {domain}")
         return
     for rcpt in gone:
-        rcpt.status, rcpt.detail = "failed", DELETED_DETAIL
+        rcpt.status, rcpt.detail = "bounced", DELETED_DETAIL
     rest = entry.pending()
-    if not rest:
-        os.replace(_queue_file(spool, state, msg_id), spool.root / "tmp" / f"{msg_id}.deleted")
+    claimed = spool.root / "tmp" / f"{msg_id}.deleted"
+    if rest:  # recipients at other domains stay queued as they were
+        spool.write_atomic(_state_file(spool, state, msg_id), entry.to_json())
+    else:
+        os.replace(_queue_file(spool, state, msg_id), claimed)
         sync_dir(_queue_file(spool, state, msg_id).parent)
     bounce = None
     if not silent and entry.mail_from and not entry.is_bounce:
         bounce = _queue_bounce(spool, entry, gone, body, hostname)
         changes.settle[bounce] = 0.0
-    for rcpt in gone:
-        rcpt.status = "bounced"
     MessageLog(spool.root).append(msg_id, "deleted", recipients=[r.address for r in gone],
                                   dsn=bounce or "none", reason=DELETED_DETAIL)
     suffix = f", bounce {bounce}" if bounce else ""
-    if rest:  # recipients at other domains stay queued as they were
-        spool.write_atomic(_state_file(spool, state, msg_id), entry.to_json())
+    if rest:
         changes.add(msg_id, f"deleted {len(gone)} recipient(s){suffix}")
         return
-    (spool.root / "tmp" / f"{msg_id}.deleted").unlink(missing_ok=True)
+    claimed.unlink()
     _state_file(spool, state, msg_id).unlink(missing_ok=True)
     changes.add(msg_id, f"deleted{suffix}")
     changes.settle[msg_id] = None
