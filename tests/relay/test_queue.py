@@ -271,3 +271,37 @@ async def test_a_stopped_relays_spool_is_only_changed_by_its_owner(tmp_path) -> 
     os.chown(spool, 54321, 54321)
     code, _, err = await queue(spool, "flush")
     assert code == 2 and "run this as the relay's user" in err and err.count("\n") == 1
+
+
+async def test_control_while_workers_retry_constantly_loses_and_repeats_nothing(lab,
+                                                                                tmp_path) -> None:
+    """Retries every 0.2-0.4 s race with hold, release and flush of every message; each
+    change either wins or answers busy, and in the end each message arrives once."""
+    gate = Gate((lab.address_of("mail.corp.example"), lab.smtp_port))
+    port = await gate.start()
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=port))
+    relay = await start_relay(lab, bundle, spool)  # fast retries
+    try:
+        tags = [token() for _ in range(12)]
+        for tag in tags:
+            await submit(relay, "x@partner.example", [f"bob-{tag}@corp.example"], tag)
+        await relay.wait_event("deferred", count=len(tags))
+        outcomes: set[str] = set()
+        for _ in range(3):
+            for op in ("hold", "release", "flush"):
+                args = ["--domain", "corp.example"] if op != "flush" else []
+                code, out, err = await queue(spool, op, *args, "--json")
+                assert code in (0, 1), err  # 1: some were busy at that moment
+                outcomes |= {r["result"].split(":")[0] for r in json.loads(out)["results"]}
+        assert "held" in outcomes and "released" in outcomes
+        gate.open = True
+        await queue(spool, "release", "--domain", "corp.example")
+        assert await wait_lab(lab, lambda: all(lab_messages(lab, t) for t in tags), timeout=60)
+        await relay.wait_event("done", count=len(tags), timeout=60)
+        assert all(len(lab_messages(lab, t)) == 1 for t in tags)
+        assert await queue_json(spool, "list") == []
+        assert not [e for e in relay.events if e.get("event") == "error"]
+    finally:
+        await relay.kill()
+        await gate.stop()
