@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Received: headers that mean a mail loop: 554 (50)")
     g.add_argument("--queue-run-delay", type=float, metavar="S",
                    help="rescan the queue for stray messages this often (300)")
+    g.add_argument("--destination-concurrency", type=int, metavar="N",
+                   help="deliveries in flight to one destination (20)")
     g.add_argument("--backoff-min", type=float, metavar="S", help="first retry delay (300)")
     g.add_argument("--backoff-max", type=float, metavar="S", help="longest retry delay (4000)")
     g.add_argument("--max-lifetime", type=float, metavar="S",

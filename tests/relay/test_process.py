@@ -344,3 +344,50 @@ async def test_ten_megabytes_of_empty_lines_cost_bounded_memory_and_others_are_s
         for writer in writers:
             writer.close()
         await relay.kill()
+
+
+async def _send_many(port: int, tags: list[str]) -> None:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=60)
+    await client.connect()
+    try:
+        for tag in tags:
+            await client.sendmail("x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+    finally:
+        client.close()
+
+
+KILLS = 5
+MESSAGES = 400
+
+
+async def test_kill_9_loop_loses_nothing_and_repeats_few_deliveries(lab, tmp_path) -> None:
+    hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
+    hop_port = await hop.start()
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=hop_port))
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        # Everything is acknowledged first while the next hop holds deliveries ...
+        tags = [token() for _ in range(MESSAGES)]
+        await asyncio.gather(*(_send_many(relay.port, tags[n::10]) for n in range(10)))
+        hop.forward = True
+        # ... then the relay is killed again and again while it delivers.
+        for _ in range(KILLS):
+            await relay.kill()
+            relay = await start_relay(lab, bundle, spool)
+            await relay.wait_event("done", count=MESSAGES // (2 * KILLS), timeout=60)
+        await relay.kill()
+        relay = await start_relay(lab, bundle, spool)
+
+        def counts() -> list[int]:
+            seen = [m.data for m in list(lab.messages)]
+            return [sum(tag.encode() in data for data in seen) for tag in tags]
+
+        assert await wait_lab(lab, lambda: all(counts()), timeout=120), "a message was lost"
+        duplicates = sum(n - 1 for n in counts())
+        print(f"{duplicates} duplicate deliveries over {KILLS} kills "
+              f"({duplicates / KILLS:.1f} per kill, {MESSAGES} messages)")
+        assert duplicates / KILLS <= 3
+    finally:
+        await relay.kill()
+        await hop.stop()

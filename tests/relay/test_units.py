@@ -321,3 +321,18 @@ def test_message_status_from_the_recipients_fates(spool: Spool) -> None:
     log.append("P3", "received", result="530 5.7.0 Must issue a STARTTLS command first",
                recipients=[a])
     assert read_record(spool.root, "P3").status == "refused"
+
+
+def test_a_spool_that_cannot_be_created_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from connectwiz.cli import main
+
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text("schema_version = 1\n")
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    spool = tmp_path / "afile" / "spool"
+    assert main(["relay", "--bundle", str(bundle), "--spool", str(spool),
+                 "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("connectwiz: cannot create the spool") and err.count("\n") == 1
+    assert "Traceback" not in err

@@ -31,6 +31,7 @@ _LIMITS = {  # CLI option -> RelaySettings field
     "max_connections_per_client": "max_connections_per_client",
     "junk_command_limit": "junk_command_limit", "session_deadline": "session_deadline",
     "max_hops": "max_hops", "queue_run_delay": "queue_run_delay",
+    "destination_concurrency": "destination_concurrency",
 }
 
 

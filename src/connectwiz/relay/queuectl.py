@@ -228,7 +228,7 @@ def _move_queue_file(spool: Spool, msg_id: str, src: str, dst: str, changes: Cha
 
 def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
     if state == "deferred":
-        spool.move(msg_id, "deferred", "incoming", durable=False)
+        os.replace(_state_file(spool, "deferred", msg_id), _state_file(spool, "incoming", msg_id))
         changes.dirty.update({spool.root / "deferred", spool.root / "incoming"})
         changes.add(msg_id, "flushed")
         changes.settle[msg_id] = 0.0

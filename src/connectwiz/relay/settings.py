@@ -27,6 +27,8 @@ class RelaySettings:
     backoff_max: float = 4000.0  # retries never wait longer than this
     max_lifetime: float = 5 * 86400.0  # then the message bounces
     delivery_workers: int = 50  # messages delivered at once (--concurrency)
+    # Deliveries in flight to one destination (Postfix default_destination_concurrency_limit).
+    destination_concurrency: int = 20
     shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
     portal_url: str = ""  # Secure Messaging links start with this; "" = https://<hostname>/secure
     secure_key: str = ""  # key file for held content; "" = $XDG_CONFIG_HOME/connectwiz/secure.key
