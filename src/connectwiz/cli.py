@@ -54,10 +54,12 @@ def _bundle_option(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
-def _config_option(p: argparse.ArgumentParser) -> None:
+def _config_option(p: argparse.ArgumentParser, section: str) -> None:
+    """``section``: the table of service.toml the command reads (relay/config.py)."""
     p.add_argument("--config", metavar="FILE",
                    help="service options in TOML (default: service.toml beside the bundle); "
                         "command-line options override it")
+    p.set_defaults(config_section=section)
 
 
 def _metrics_option(p: argparse.ArgumentParser) -> None:
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    _config_option(p)
+    _config_option(p, "relay")
     _metrics_option(p)
     p.add_argument("--check", action="store_true",
                    help="check configuration, bundle, certificates and spool, then exit "
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
     p.add_argument("--hostname", help="name in bounces made while the relay is stopped")
     _bundle_option(p)
-    _config_option(p)
+    _config_option(p, "relay")
 
     p = sub.add_parser("install-units", help="write systemd units for the relay and the portal")
     p.add_argument("--prefix", default="/", metavar="DIR",
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cookies without Secure, for tests on http://127.0.0.1 only")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     _bundle_option(p)
-    _config_option(p)
+    _config_option(p, "portal")
     _metrics_option(p)
     return parser
 
@@ -238,7 +240,9 @@ def parse(args_list: list[str]) -> argparse.Namespace:
     queue (a UserError when the file is wrong)."""
     parser = build_parser()
     args = parser.parse_args(args_list)
-    from connectwiz.relay.config import apply_config  # only tomli: cheap to import
+    if getattr(args, "config_section", None) is None:
+        return args
+    from connectwiz.relay.config import apply_config  # only for the commands that use it
 
     return apply_config(parser, args.commands, args_list, args)
 

@@ -12,7 +12,8 @@ The keys and their types come from the command-line parser itself, so every opti
 key and a new option needs no change here. Values become the parser's defaults before the
 command line is parsed again, so an option given on the command line overrides the file.
 Errors name the file, the line, the key and, for a misspelt key, the closest one.
-``connectwiz queue`` reads the ``[relay]`` table for the spool and host name it shares.
+``connectwiz queue`` reads the ``[relay]`` table for the spool and host name it shares
+(each command names its table in cli.py: ``config_section``).
 """
 
 from __future__ import annotations
@@ -33,11 +34,9 @@ from connectwiz.errors import UserError
 from connectwiz.probe.options import parse_host_port
 
 CONFIG_NAME = "service.toml"
-SECTIONS = ("relay", "portal")
-# Which table each command reads; queue shares the relay's.
-SECTION_OF = {"relay": "relay", "portal": "portal", "queue": "relay"}
+SECTIONS = ("relay", "portal")  # each checked against the command of that name
 # Options that make no sense in the file: where the file is, and one-shot actions.
-_NOT_KEYS = frozenset({"bundle", "config", "check", "help"})
+_NOT_KEYS = frozenset({"bundle", "config", "config_section", "check", "help"})
 _ADDRESS_KEYS = {"listen": 0, "relay": 2525, "metrics": 9100}
 _FILE_KEYS = ("tls_cert", "tls_key", "ca_file")
 _TOMLLIB_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
@@ -143,10 +142,8 @@ def load_config(path: Path, parsers: dict[str, argparse.ArgumentParser]
 def apply_config(parser: argparse.ArgumentParser, commands: dict[str, argparse.ArgumentParser],
                  argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
     """Parse ``argv`` again with the config file's values as defaults, so the command line
-    wins. Commands without a table are returned as parsed."""
-    section = SECTION_OF.get(args.command)
-    if section is None:
-        return args
+    wins (for the commands whose parser sets ``config_section``)."""
+    section = args.config_section  # set by the parser (cli.py); queue reads [relay]
     path, required = config_path(getattr(args, "config", None), getattr(args, "bundle", None))
     if not path.is_file():
         if required:
