@@ -36,7 +36,7 @@ from connectwiz.probe.options import parse_host_port
 CONFIG_NAME = "service.toml"
 SECTIONS = ("relay", "portal")  # each checked against the command of that name
 # Options that make no sense in the file: where the file is, and one-shot actions.
-_NOT_KEYS = frozenset({"bundle", "config", "config_section", "check", "help"})
+_NOT_KEYS = frozenset({"bundle", "config", "check", "help"})
 _ADDRESS_KEYS = {"listen": 0, "relay": 2525, "metrics": 9100}
 _FILE_KEYS = ("tls_cert", "tls_key", "ca_file")
 _TOMLLIB_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
