@@ -40,7 +40,10 @@ QUEUE_STATES = ("incoming", "active", "deferred", HOLD)
 SOCKET_NAME = "control.sock"
 DELETED_DETAIL = "deleted from the queue by the mail administrator"
 _MAX_REQUEST = 1 << 20
-DONE = ("flushed", "held", "released", "deleted", "already")
+DONE = ("flushed", "held", "released", "deleted", "already", "will be")
+# A hold or delete of a message a worker has is made when the worker lets go, as Postfix
+# applies postsuper to a message in its active queue once the delivery agent is done.
+_WAIT_FOR_WORKER = ("hold", "delete")
 
 Take = Callable[[str], bool]
 Settle = Callable[[str, "float | None"], None]
@@ -368,6 +371,8 @@ class ControlServer:
         self.log = log
         self._lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
+        self._waiting: dict[str, dict[str, Any]] = {}  # id -> request, until a worker is done
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         path = self.spool.root / SOCKET_NAME
@@ -422,13 +427,29 @@ class ControlServer:
                 for msg_id, delay in settle.items():
                     self.settle(msg_id, delay)
         done = {r["id"]: r["result"] for r in changes.results}
-        results = [{"id": msg_id, "result": done.get(
-            msg_id, "busy: being delivered or about to be, try again in a moment")}
-            for msg_id in ids]
+        results = []
+        for msg_id in ids:
+            result = done.get(msg_id)
+            if result is None and request["op"] in _WAIT_FOR_WORKER:
+                self._waiting[msg_id] = {**request, "ids": [msg_id]}
+                verb = "held" if request["op"] == "hold" else "deleted"
+                result = f"will be {verb} when its current delivery attempt ends"
+            results.append({"id": msg_id, "result": result or
+                            "busy: being delivered or about to be, try again in a moment"})
         for result in results:
             self.log("queue-control", op=request.get("op"), id=result["id"],
                      result=result["result"])
         return {"ok": True, "results": results, "relay": "running"}
+
+    def released(self, msg_id: str) -> None:
+        """A worker is done with ``msg_id`` (delivered, deferred or bounced): make the
+        change that waited for it."""
+        request = self._waiting.pop(msg_id, None)
+        if request is None:
+            return
+        task = asyncio.create_task(self._answer(json.dumps(request).encode()))
+        self._tasks.add(task)  # the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
 
 
 def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, Any]:

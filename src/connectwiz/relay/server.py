@@ -344,6 +344,7 @@ class Relay:
             finally:
                 self._busy.discard(task)
                 self._queued.discard(msg_id)
+                self._control.released(msg_id)  # a hold or delete that waited for this
 
     async def _park(self, msg_id: str) -> None:
         """After an unexpected error: keep the message and try again much later."""
