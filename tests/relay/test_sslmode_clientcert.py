@@ -24,9 +24,21 @@ from connectwiz.policy.model import (
     Scope,
     SslMode,
 )
+from connectwiz.relay.events import EventLog
+from connectwiz.relay.server import Relay
 from tests.probe.certfactory import make_ca, make_leaf
 
-from .conftest import RELAXED, body, lab_messages, make_model, no_verify, send, token, wait_lab
+from .conftest import (
+    FAST,
+    RELAXED,
+    body,
+    lab_messages,
+    make_model,
+    no_verify,
+    send,
+    token,
+    wait_lab,
+)
 
 pytestmark = pytest.mark.network
 
@@ -169,3 +181,23 @@ async def test_reload_starts_asking_for_a_newly_pinned_certificate(lab, relays, 
     assert code == 250
     code, _ = await _try(r.port, "a@partner.example", no_verify())
     assert code == 530
+
+
+# -- the relay's own certificate ---------------------------------------------------------------
+
+
+async def test_the_self_signed_default_is_warned_about_at_every_start(
+        lab, tmp_path, lab_network_options) -> None:
+    warnings = []
+    for _ in range(2):  # made on the first start, reused on the second: both warn
+        log = EventLog(json_lines=True)
+        log.subscribe(lambda event, fields: warnings.append(fields) if event == "warning"
+                      else None)
+        relay = Relay(lambda: make_model(lab), tmp_path / "spool", ("127.0.0.1", 0),
+                      options=lab_network_options, settings=FAST, log=log)
+        await relay.start()
+        await relay.stop()
+    assert [w["reason"].split("(")[1].split(";")[0] for w in warnings] == ["made now",
+                                                                         "made earlier"]
+    assert all("self-signed certificate for relay.corp.example" in w["reason"]
+               and "--tls-cert" in w["fix"] for w in warnings)
