@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from connectwiz.bundle import Bundle, BundleError
 from connectwiz.bundle.postfix import MAIN_CF, SENDER_TLS, TLS_POLICY, export_postfix
+from connectwiz.cli import main
 from connectwiz.policy.model import SslMode
 from connectwiz.policy.sslmode import LEVELS, effective_min_tls, level_of
 from tests.probe.certfactory import make_ca, make_leaf
@@ -131,3 +132,14 @@ def test_pinned_certificates_export_to_check_ccert_access(tmp_path) -> None:
     assert ("connectwiz_ccert_1 = reject_plaintext_session, check_ccert_access "
             "texthash:${config_directory}/connectwiz/client_certs_1, reject") in main_cf
     assert any("pins a CA certificate" in w for w in out.warnings)
+
+
+def test_explain_shows_the_ssl_mode_and_the_pinned_certificate(tmp_path, capsys) -> None:
+    name = _pem(tmp_path, "partner.pem", make_leaf(["mx.partner.example"], None))
+    path = _write(tmp_path, 'ssl_mode = "very_strong"',
+                  f'client_certificate = "{name}"')
+    assert main(["explain", "--bundle", str(path), "--from", "a@partner.example",
+                 "--to", "x@bank.example"]) == 0
+    out = capsys.readouterr().out
+    assert "Delivery: Old bank (enforced, relaxed, TLS 1.2+, SSL Mode very_strong)" in out
+    assert "Receipt: enforced, client certificate pinned in partner.pem" in out
