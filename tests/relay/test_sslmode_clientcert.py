@@ -201,3 +201,21 @@ async def test_the_self_signed_default_is_warned_about_at_every_start(
                                                                          "made earlier"]
     assert all("self-signed certificate for relay.corp.example" in w["reason"]
                and "--tls-cert" in w["fix"] for w in warnings)
+
+
+async def test_a_publicly_trusted_client_certificate_keeps_tls_but_satisfies_no_pin(
+        lab, relays, tmp_path, monkeypatch) -> None:
+    # The system store, as OpenSSL reads it, is this test's CA (SSL_CERT_FILE).
+    public = make_ca("Public Test CA")
+    store = tmp_path / "system-cas.pem"
+    store.write_bytes(public[0].public_bytes(serialization.Encoding.PEM))
+    monkeypatch.setenv("SSL_CERT_FILE", str(store))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
+    public_ctx, _ = _client(tmp_path, "mx.bigmail.example", public)
+    _, pinned = _client(tmp_path, "mx.partner.example")
+    r = await relays(_pinning_model(lab, {"partner.example": pinned}))
+    # The handshake succeeds (no lost TLS for senders that pin nothing) ...
+    assert (await _try(r.port, "a@bigmail.example", public_ctx))[0] == 250
+    # ... but the certificate is not the partner's pin.
+    code, message = await _try(r.port, "a@partner.example", public_ctx)
+    assert code == 530 and "not the one pinned" in message

@@ -3,10 +3,12 @@ present a certificate it pins (the partner's own, often self-signed) or one issu
 a CA it pins.
 
 Python's ``ssl`` has no verify callback, so the server context cannot ask for any certificate
-and judge it later: it trusts exactly the pinned certificates (partial chains allowed, so a
-pinned leaf is a trust anchor by itself) and asks for a certificate only while some policy
-pins one. The handshake then accepts a pinned certificate or none; which policy the pin
-satisfies is checked per recipient, once the policy is known.
+and judge it later: it trusts the pinned certificates (partial chains allowed, so a pinned
+leaf is a trust anchor by itself) and the system's CAs, and asks for a certificate only while
+some policy pins one. The handshake then accepts a pinned certificate, one from a public CA
+(many MTAs present their server certificate), or none; any other certificate fails the
+handshake. Which policy a certificate satisfies is checked per recipient, once the policy is
+known: a publicly trusted certificate satisfies no pin by being trusted.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def request_certificates(ctx: ssl.SSLContext, pins: Iterable[bytes]) -> None:
     pins = tuple(pins)
     if not pins:
         return
+    # The system's CAs too: a sender presenting a publicly issued certificate to every server
+    # must not lose TLS with us because some other partner is pinned.
+    ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     ctx.load_verify_locations(cadata=b"".join(pins))
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.verify_mode = ssl.CERT_OPTIONAL
