@@ -41,7 +41,10 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to query")
     g.add_argument("--smtp-port", type=int, metavar="N", help="port for hosts that name none")
     g.add_argument("--ca-file", metavar="PEM", help="extra trusted CA certificates")
-    g.add_argument("--timeout", type=float, metavar="S", help="per-connection timeout (10)")
+    g.add_argument("--timeout", type=float, metavar="S",
+                   help="per-step timeout: connect, each reply, the TLS handshake (10)")
+    g.add_argument("--greeting-timeout", type=float, metavar="S",
+                   help="wait for a server's greeting (30: postscreen and tarpits greet late)")
     g.add_argument("--concurrency", type=int, metavar="N", help="probes in flight (50)")
     g.add_argument("--https-port", type=int, metavar="N",
                    help="port for MTA-STS policy fetches from mta-sts.<domain> (443)")
@@ -203,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
 
     p = sub.add_parser("secure", help="messages held for the Secure Messaging portal")
-    p.add_argument("action", choices=("list", "show", "extend", "revoke"))
+    p.add_argument("action", choices=("list", "show", "extend", "revoke", "unlock"))
     p.add_argument("message_id", nargs="?", metavar="ID")
     p.add_argument("--days", type=int, metavar="N", help="extend: days to add to the expiry")
     p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")

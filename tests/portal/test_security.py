@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectwiz.errors import UserError
+from connectwiz.portal.mailer import clean
 from connectwiz.portal.security import (
     CodeBook,
     CodeResult,
@@ -142,11 +143,12 @@ def test_codes_are_kept_only_as_hmacs() -> None:
     ("report.pdf", "report.pdf"),
     ("../../etc/passwd", "passwd"),
     ("C:\\Users\\x\\evil.exe", "evil.exe"),
-    ('a"b;c\r\nd.txt', "a_b_c_d.txt"),
+    ('a"b;c\r\nd.txt', "a_b_c d.txt"),
+    ("Statement  March\t2026.pdf", "Statement March 2026.pdf"),
     (".hidden", "hidden"),
     ("", "attachment"),
     (None, "attachment"),
-    ("Überweisung März.pdf", "Überweisung_März.pdf"),
+    ("Überweisung März.pdf", "Überweisung März.pdf"),
 ])
 def test_safe_filename(name: str | None, expected: str) -> None:
     assert safe_filename(name) == expected
@@ -158,8 +160,9 @@ def test_safe_filename_keeps_the_extension_of_long_names() -> None:
 
 
 def test_sanitiser_removes_script_and_handlers_keeps_text() -> None:
-    out = sanitize_html('<p style="x" onmouseover="e()">Hi <i>there</i></p><script>bad()</script>'
-                        '<form action="http://x"><input></form><a href="javascript:x()">l</a>')
+    out, _ = sanitize_html(
+        '<p style="x" onmouseover="e()">Hi <i>there</i></p><script>bad()</script>'
+        '<form action="http://x"><input></form><a href="javascript:x()">l</a>')
     assert "Hi <i>there</i>" in out
     for bad in ("script", "onmouseover", "<form", "<input", "javascript:", "bad()"):
         assert bad not in out
@@ -225,3 +228,10 @@ def test_idle_keys_and_stale_codes_are_forgotten() -> None:
     clock.now += 61
     book.issue("fresh")
     assert list(book._codes) == ["fresh"]
+
+
+@pytest.mark.parametrize("brk", ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028",
+                                 "\u2029", "\x00", "\x7f"])
+def test_header_values_the_portal_writes_have_no_line_breaks(brk: str) -> None:
+    value = clean(f"Pay{brk}Bcc: x@evil.example  now")
+    assert value == "Pay Bcc: x@evil.example now" and len(value.splitlines()) == 1

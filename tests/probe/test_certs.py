@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from connectwiz.probe.certs import TrustStore, analyse_certificate, match_hostname
 from connectwiz.probe.host import classify
@@ -24,7 +26,7 @@ def test_trusted_valid_matching_certificate_is_strict():
     assert (info.trusted, info.self_signed, info.hostname_match, info.expired) == (
         True, False, True, False)
     assert info.problems == []
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.STRICT
     assert "TLSv1.3" in reason
 
@@ -32,7 +34,7 @@ def test_trusted_valid_matching_certificate_is_strict():
 def test_self_signed_is_relaxed_and_says_so():
     info = analyse(make_leaf([HOST], None))
     assert info.self_signed and not info.trusted
-    status, reason = classify("TLSv1.2", info, HOST)
+    status, reason = classify("TLSv1.2", info.problems, HOST)
     assert status == Status.RELAXED
     assert "self-signed" in reason
 
@@ -41,7 +43,7 @@ def test_unknown_issuer_names_the_issuer():
     other = make_ca("Other Root")
     info = analyse(make_leaf([HOST], other))
     assert not info.trusted and not info.self_signed
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.RELAXED
     assert "unknown CA" in reason and "Other Root" in reason
 
@@ -50,7 +52,7 @@ def test_expired_certificate_from_trusted_ca_is_trusted_but_expired():
     leaf = make_leaf([HOST], ROOT, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
     info = analyse(leaf)
     assert info.trusted and info.expired and info.hostname_match
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.RELAXED
     assert "expired on" in reason
     assert (NOW - 30 * DAY).strftime("%Y-%m-%d") in reason
@@ -67,13 +69,13 @@ def test_expired_leaf_older_than_its_ca_still_names_only_the_expiry():
 def test_not_yet_valid_certificate():
     info = analyse(make_leaf([HOST], ROOT, not_before=NOW + DAY, not_after=NOW + 90 * DAY))
     assert info.not_yet_valid and not info.expired and info.trusted
-    assert "not valid before" in classify("TLSv1.3", info, HOST)[1]
+    assert "not valid before" in classify("TLSv1.3", info.problems, HOST)[1]
 
 
 def test_name_mismatch_lists_names_on_certificate():
     info = analyse(make_leaf(["a.other.example", "b.other.example"], ROOT))
     assert info.trusted and not info.hostname_match
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.RELAXED
     assert "a.other.example, b.other.example" in reason and "mismatch" in reason
 
@@ -81,14 +83,14 @@ def test_name_mismatch_lists_names_on_certificate():
 def test_several_problems_are_all_reported():
     leaf = make_leaf(["elsewhere.example"], None, not_before=NOW - 90 * DAY,
                      not_after=NOW - DAY)
-    reason = classify("TLSv1.2", analyse(leaf), HOST)[1]
+    reason = classify("TLSv1.2", analyse(leaf).problems, HOST)[1]
     assert "self-signed" in reason and "expired" in reason and "elsewhere.example" in reason
 
 
 def test_wildcard_certificate_matches_one_label():
     info = analyse(make_leaf(["*.partner.example"], ROOT))
     assert info.hostname_match and info.problems == []
-    assert classify("TLSv1.3", info, HOST)[0] == Status.STRICT
+    assert classify("TLSv1.3", info.problems, HOST)[0] == Status.STRICT
 
 
 def test_intermediate_sent_by_server_completes_the_chain():
@@ -97,7 +99,25 @@ def test_intermediate_sent_by_server_completes_the_chain():
     assert analyse(leaf, intermediates=[intermediate[0]]).problems == []
     without = analyse(leaf)
     assert not without.trusted
-    assert "unknown CA" in without.problems[0]
+    assert without.problems[0] == (
+        "certificate issued by an unknown CA (CN=Test Intermediate): neither in the trust "
+        "store nor sent by the server (a missing intermediate certificate?)")
+
+
+def test_unknown_ca_above_a_sent_intermediate_is_the_one_named():
+    other = make_ca("Other Root")
+    intermediate = make_ca("Sent Intermediate", issuer=other)
+    info = analyse(make_leaf([HOST], intermediate), intermediates=[intermediate[0]])
+    assert not info.trusted
+    assert info.problems == ["certificate issued by an unknown CA (CN=Other Root, which issued "
+                             "the intermediate CN=Sent Intermediate the server sent)"]
+
+
+def test_untrusted_root_sent_by_the_server_is_named():
+    other = make_ca("Sent Root")
+    info = analyse(make_leaf([HOST], other), intermediates=[other[0]])
+    assert info.problems == ["certificate chain ends in a root that is not trusted "
+                             "(CN=Sent Root)"]
 
 
 def test_no_trust_store_means_nothing_is_trusted():
@@ -113,7 +133,7 @@ def test_ip_route_matches_ip_san_only():
 
 def test_old_tls_is_unsupported_even_with_a_good_certificate():
     info = analyse(make_leaf([HOST], ROOT))
-    status, reason = classify("TLSv1", info, HOST)
+    status, reason = classify("TLSv1", info.problems, HOST)
     assert status == Status.UNSUPPORTED
     assert "TLSv1" in reason and "1.2" in reason
 
@@ -133,6 +153,60 @@ def test_certificate_details():
     assert set(as_json) == {"subject", "issuer", "names", "not_before", "not_after", "trusted",
                             "self_signed", "hostname_match", "expired"}
     assert as_json["not_before"] == (NOW - 30 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- OpenSSL's judgement: what the relay and Postfix enforce (issue 11) --------------------
+
+
+def test_critical_subject_alt_name_with_a_subject_is_strict():
+    """RFC 5280 says SHOULD NOT; OpenSSL (the relay, Postfix) accepts it, so validate must."""
+    info = analyse(make_leaf([HOST], ROOT, san_critical=True))
+    assert info.problems == []
+    assert classify("TLSv1.3", info.problems, HOST)[0] == Status.STRICT
+
+
+def test_sha1_leaf_from_the_trusted_ca_names_the_weak_digest():
+    info = analyse(make_leaf([HOST], ROOT, digest=hashes.SHA1()))
+    assert info.trusted and not info.self_signed
+    assert len(info.problems) == 1
+    assert "CA signature digest algorithm too weak" in info.problems[0]
+    assert "ecdsa-with-SHA1" in info.problems[0] and "unknown CA" not in info.problems[0]
+
+
+def test_client_auth_only_certificate_is_an_unsuitable_purpose():
+    leaf = make_leaf([HOST], ROOT, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    info = analyse(leaf)
+    assert info.trusted and info.hostname_match
+    assert info.problems == ["certificate rejected: unsuitable certificate purpose"]
+
+
+def test_rsa_1024_leaf_key_is_too_weak():
+    info = analyse(make_leaf([HOST], ROOT, key=rsa_key(1024)))
+    assert info.trusted
+    assert info.problems == ["certificate rejected: EE certificate key too weak "
+                             "(RSA 1024 bits, security level 2)"]
+
+
+def test_common_name_is_used_only_without_a_dns_subject_alt_name():
+    """OpenSSL's host check, which the relay and Postfix use (docs/validate.md says so)."""
+    cn_only = analyse(make_leaf([HOST], ROOT, san=False))
+    assert cn_only.names == (HOST,) and cn_only.problems == []
+    # A SAN with only an IP address: the CN still names the host, as OpenSSL does.
+    ip_only = analyse(make_leaf([], ROOT, ips=["192.0.2.7"], cn=HOST))
+    assert ip_only.hostname_match and ip_only.problems == []
+    # Any DNS name in the SAN: the CN is ignored.
+    other = analyse(make_leaf(["mx.other.example"], ROOT, cn=HOST))
+    assert not other.hostname_match
+
+
+def test_expired_intermediate_is_named():
+    old = make_ca("Old Intermediate", issuer=ROOT)
+    leaf = make_leaf([HOST], old)
+    info = analyse(leaf, intermediates=[old[0]], store=STORE)
+    assert info.problems == []  # valid today
+    later = analyse_certificate(leaf, HOST, STORE, [old[0]], now=NOW + 4000 * DAY)
+    assert later.expired  # the leaf too; its own expiry is the one stated first
+    assert any("expired" in p for p in later.problems)
 
 
 @pytest.mark.parametrize(

@@ -321,3 +321,34 @@ async def test_all_recipients_holds_internal_recipients_too(lab, relays) -> None
     assert not lab_messages(lab, f"payload {tag}")
     assert sorted(s["address"] for s in record(r.spool, msg_id)["recipients"]) == sorted(
         [teller, bob])
+
+
+async def test_held_record_keeps_the_visible_to_and_cc_never_the_bccs(lab, relays) -> None:
+    model = replace(make_model(lab), secure_policies=(
+        SecurePolicy("external mail is secure", "External Recipients", to=EXTERNAL),))
+    r = await relays(model, SETTINGS)
+    tag = token()
+    teller, auditor = f"teller-{tag}@trusted.example", f"auditor-{tag}@trusted.example"
+    hidden, bob = f"hidden-{tag}@trusted.example", f"bob-{tag}@corp.example"
+    headers = f"To: Teller <{teller}>\r\nCc: {auditor}\r\n"  # hidden and bob are Bcc'd
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [teller, auditor, hidden, bob],
+                        message(tag, headers=headers))
+    await r.wait_status(msg_id, "held")
+    stored = record(r.spool, msg_id)
+    assert stored["header_to"] == [teller] and stored["header_cc"] == [auditor]
+    assert hidden not in json.dumps([stored["header_to"], stored["header_cc"]])
+
+
+async def test_banner_of_a_portal_reply_names_its_external_author(lab, relays) -> None:
+    """A portal reply has the original (internal) sender as envelope sender and the
+    external recipient who wrote it in From:; the banner must name the writer."""
+    r = await relays(make_model(lab), SETTINGS)
+    tag = token()
+    teller, bob = f"teller-{tag}@trusted.example", f"bob-{tag}@corp.example"
+    body = (f"From: {teller}\r\nTo: alice-{tag}@corp.example\r\nCc: {bob}\r\n"
+            f"Subject: Re: figures\r\nX-Connectwiz-Secure: External Recipients\r\n"
+            f"Message-ID: <{tag}@portal.test>\r\n\r\npayload {tag}\r\n").encode()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [bob], body)
+    await r.wait_status(msg_id, "delivered")
+    [delivered] = lab_messages(lab, tag)
+    assert text_of(delivered.data).startswith(f"This message was sent securely by {teller}")

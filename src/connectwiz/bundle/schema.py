@@ -64,7 +64,8 @@ TOP_KEYS = (
     "secure_bypass",
 )
 SECURE_KEYS = TOP_KEYS[-5:]
-ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups")
+ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups", "name",
+                     "logo")
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
 DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
 VALIDATION_KEYS = ("status", "at", "reason")
@@ -308,10 +309,15 @@ class _Validator:
             self.unique(addrs, (*groups_path, name))
             groups[name] = tuple(addrs)
         self.groups = groups
+        name = " ".join(self.typed(t, "name", p, str, "").split())  # one line on the page
+        if len(name) > 100:
+            self.fail((*p, "name"), "must be at most 100 characters (it heads every portal page)")
         return Organisation(
             internal_domains=self.domains(t, "internal_domains", p),
             authorized_outbound=self.networks(t, "authorized_outbound", p),
             address_groups=groups,
+            name=name,
+            logo=self.typed(t, "logo", p, str, "").strip(),
         )
 
     def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
@@ -848,6 +854,9 @@ def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             "internal_domains": list(org.internal_domains),
             "authorized_outbound": [str(n) for n in org.authorized_outbound],
             "address_groups": {k: list(v) for k, v in org.address_groups.items()},
+            # Written only when set, so bundles without them round-trip unchanged.
+            **({"name": org.name} if org.name else {}),
+            **({"logo": org.logo} if org.logo else {}),
         },
         "inbound_routes": [route_data(r, json_safe) for r in model.inbound_routes],
         "external_domains": [domain_data(d, json_safe) for d in model.external_domains],

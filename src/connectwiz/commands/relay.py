@@ -70,8 +70,11 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
                             f"e.g. https://mail.example.com/secure")
         values["portal_url"] = portal
     secure_key = getattr(args, "secure_key", None)
+    if secure_key or portal is not None:
+        # Made (or checked) now, not at the first hold: the portal only reads the key and
+        # refuses to start without it.
+        load_secure_key(Path(secure_key) if secure_key else None)
     if secure_key:
-        load_secure_key(Path(secure_key))  # a missing or unsafe key fails now, not at hold time
         values["secure_key"] = secure_key
     settings = RelaySettings(**values)  # type: ignore[arg-type]
     if settings.backoff_max < settings.backoff_min:
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         host, port = parse_host_port(args.listen, 2525)
     options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
                            ca_file=args.ca_file, timeout=args.timeout,
+                           greeting_timeout=args.greeting_timeout,
                            concurrency=args.concurrency)
 
     def load_policy() -> PolicyModel:

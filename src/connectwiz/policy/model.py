@@ -136,6 +136,8 @@ class Organisation:
     internal_domains: tuple[str, ...] = ()
     authorized_outbound: tuple[IPNetwork, ...] = ()
     address_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    name: str = ""  # shown on every Secure Messaging portal page ("" = none)
+    logo: str = ""  # portal logo, PNG or JPEG, relative to the bundle's folder ("" = none)
 
 
 class SecureRouting(StrEnum):

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, getaddresses, make_msgid
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,18 @@ def parse_content(body: bytes) -> MessageContent:
     return MessageContent(subject=subject, body="\n".join(texts), headers=headers)
 
 
+def header_addresses(body: bytes) -> tuple[list[str], list[str]]:
+    """The addresses in the To: and Cc: headers (the ones every recipient can see)."""
+    try:
+        msg = message_from_bytes(_head(body) + b"\r\n", policy=email_policy.compat32)
+        return tuple(  # type: ignore[return-value]
+            [a for _, a in getaddresses([str(v) for v in msg.get_all(name, [])])
+             if "@" in a and not any(c.isspace() or ord(c) < 32 for c in a)]
+            for name in ("To", "Cc"))
+    except Exception:  # a header the parser chokes on names nobody: Reply all falls back
+        return [], []
+
+
 def strip_header(body: bytes, name: str) -> bytes:
     """``body`` without every ``name:`` header line (and its continuation lines)."""
     end = body.find(b"\r\n\r\n")
@@ -205,10 +217,14 @@ def default_key_path() -> Path:
     return Path(config) / "connectwiz" / "secure.key"
 
 
-def load_secure_key(path: Path | None = None) -> bytes:
-    """The 32-byte key in ``path`` (64 hex digits), created 0600 on first use. A key file
-    others can read is refused, as ssh refuses such a private key."""
+def load_secure_key(path: Path | None = None, create: bool = True) -> bytes:
+    """The 32-byte key in ``path`` (64 hex digits), created 0600 on first use when ``create``
+    (the relay's set-up; the portal only reads it). A key file others can read is refused,
+    as ssh refuses such a private key."""
     path = path or default_key_path()
+    if not path.exists() and not create:
+        raise UserError(f"secure key {path}: no such file; give the relay's --secure-key "
+                        "(the relay creates it)")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -262,15 +278,17 @@ class HeldStore:
     The secure key is read (or created) only when content is written or read, so listing,
     extending and revoking need no key."""
 
-    def __init__(self, spool: Spool, key_file: Path | None = None) -> None:
+    def __init__(self, spool: Spool, key_file: Path | None = None,
+                 create_key: bool = True) -> None:
         self.spool = spool
         self.root = spool.root / "secure"
         self.key_file = key_file
+        self.create_key = create_key  # False for the portal: only the relay makes the key
         self._key: bytes | None = None
 
     def key(self) -> bytes:
         if self._key is None:
-            self._key = load_secure_key(self.key_file)
+            self._key = load_secure_key(self.key_file, self.create_key)
         return self._key
 
     def create(self) -> None:
@@ -372,8 +390,18 @@ def extend_held(store: HeldStore, held_id: str, days: int, now: datetime) -> dic
             raise UserError(f"{held_id}: {exc}") from None
         record["expires_at"] = _iso(new)
         record["extended_days"] = record.get("extended_days", 0) + days
+        unlock_recipients(record)
 
     return store.update(held_id, change)
+
+
+def unlock_recipients(record: dict[str, Any]) -> None:
+    """Give every recipient a fresh set of code guesses: the admin's answer to a link the
+    portal locked after too many wrong codes (portal.limits keeps those counters)."""
+    for r in record["recipients"]:
+        for key in ("locked_at", "code_wait_until"):
+            r.pop(key, None)
+        r["wrong_codes"] = 0
 
 
 def revoke_held(store: HeldStore, held_id: str, now: datetime) -> dict[str, Any]:
@@ -457,7 +485,11 @@ class SecureMessaging:
             if entry.attempts <= 1:  # the client asked: say once why it was not applied
                 self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason)
             return SecurePlan(False)
-        state = self._state(entry, decision, index.settings)
+        # The banner names who wrote the message. A portal reply comes from the original
+        # (internal) sender's envelope but was written by the external recipient in From:.
+        author = entry.header_from if entry.header_from and not index.is_internal(
+            entry.header_from) else entry.mail_from
+        state = self._state(decision, index.settings, author)
         entry.extra["secure"] = state
         self.spool.update_active(entry)
         self.msglog.append(entry.id, "secure", applied=True, definition=state["definition"]["name"],
@@ -465,13 +497,13 @@ class SecureMessaging:
                            routes=state["routes"], whys=state["whys"])
         return SecurePlan(True, dict(state["routes"]), state["banner"], state)
 
-    def _state(self, entry: QueueEntry, decision: SecureDecision,
-               settings: SecureSettings) -> dict[str, Any]:
+    def _state(self, decision: SecureDecision, settings: SecureSettings, author: str
+               ) -> dict[str, Any]:
         definition = decision.definition
         assert definition is not None
         banner = banner_text(definition)
         if banner is not None:
-            banner = banner.replace("{sender}", entry.mail_from)
+            banner = banner.replace("{sender}", author)
         now = datetime.now(UTC)
         expires, limit = expiry_window(now, definition, settings)
         return {
@@ -507,7 +539,7 @@ class SecureMessaging:
         with self.store.locked(held_id):
             if not self.store.exists(held_id):
                 self.store.write_body(held_id, plain)
-                record = self._new_record(entry, state)
+                record = self._new_record(entry, state, plain)
             else:
                 record = self.store.read(held_id)
             by_address = {r["address"]: r for r in record["recipients"]}
@@ -537,13 +569,18 @@ class SecureMessaging:
                 "token_sha256": [], "notifications": [], "first_viewed_at": None,
                 "read_receipt_sent": False}
 
-    def _new_record(self, entry: QueueEntry, state: dict[str, Any]) -> dict[str, Any]:
+    def _new_record(self, entry: QueueEntry, state: dict[str, Any], plain: bytes
+                    ) -> dict[str, Any]:
         routes = state["routes"]
+        to, cc = header_addresses(plain)
         return {
             "version": RECORD_VERSION,
             "id": entry.id,
             "sender": entry.mail_from,
             "header_from": entry.header_from,
+            # Reply all is built from these, never from the envelope, which holds the Bcc's.
+            "header_to": to,
+            "header_cc": cc,
             "held_at": state["held_at"],
             "expires_at": state["expires_at"],
             "initial_expires_at": state["expires_at"],
