@@ -248,7 +248,8 @@ async def test_hold_of_a_message_in_flight_is_made_when_the_attempt_ends(lab, tm
     hop_port = await hop.start()
     bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
     bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=hop_port))
-    relay = await start_relay(lab, bundle, spool, "--timeout", "3")  # the hung attempt ends
+    # The hop never greets: the attempt ends after the greeting timeout.
+    relay = await start_relay(lab, bundle, spool, "--timeout", "3", "--greeting-timeout", "3")
     try:
         tag = token()
         msg_id = await submit(relay, "x@partner.example", [f"bob-{tag}@corp.example"], tag)
