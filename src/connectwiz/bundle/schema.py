@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
@@ -28,6 +29,7 @@ from connectwiz.policy.model import (
     Applies,
     BasedOn,
     BypassOption,
+    ClientCertificatePin,
     ConditionField,
     ConditionKind,
     DeliveryDefinition,
@@ -50,11 +52,13 @@ from connectwiz.policy.model import (
     SecurePolicy,
     SecureSettings,
     SecureTrigger,
+    SslMode,
     TriggerMatch,
     ValidationStatus,
     Validity,
 )
 from connectwiz.policy.secure import BUILTIN_DEFINITIONS
+from connectwiz.policy.sslmode import LEVELS, TLS_ORDER
 
 SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
 SECURE_SCHEMA_VERSION = 2  # the Secure Messaging sections need this
@@ -77,10 +81,11 @@ ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups"
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
 DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
 VALIDATION_KEYS = ("status", "at", "reason")
-DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed")
+DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed", "ssl_mode")
 VALIDITY_KEYS = ("enabled", "start", "end", "override", "bidirectional", "source_ips")
 DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "managed")
-RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
+RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed",
+                "client_certificate")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
 SECURE_SETTINGS_KEYS = ("max_retention_days",)
@@ -417,6 +422,7 @@ class _Validator:
                                         EncryptionMode.STRICT),
             min_tls=min_tls,
             managed=self.flag(t, "managed", p),
+            ssl_mode=self.ssl_mode(t, p, min_tls),
         )
 
     def scope(self, t: dict[str, Any], side: str, p: KeyPath) -> Scope:
@@ -492,7 +498,47 @@ class _Validator:
             to=self.scope(t, "to", p),
             validity=self.validity(t, p),
             managed=self.flag(t, "managed", p),
+            client_certificate=self.client_certificate(t, p),
         )
+
+    # SSL Mode and pinned client certificates (issue 18) ---------------------------------
+
+    def ssl_mode(self, t: dict[str, Any], p: KeyPath, min_tls: str) -> SslMode | None:
+        if "ssl_mode" not in t:
+            return None  # Strong, or Legacy for an older min_tls: see sslmode.default_mode
+        mode = self.choice(t, "ssl_mode", p, SslMode, SslMode.STRONG)
+        floor = LEVELS[mode].min_tls
+        if TLS_ORDER.index(min_tls) < TLS_ORDER.index(floor):
+            self.fail((*p, "min_tls"), f"'{min_tls}' is older than ssl_mode = '{mode}' allows "
+                                       f"(TLS {floor} or newer); raise min_tls or choose "
+                                       f"ssl_mode = 'legacy'")
+        return mode
+
+    def client_certificate(self, t: dict[str, Any], p: KeyPath) -> ClientCertificatePin | None:
+        """A PEM file (relative to the bundle's folder) holding the certificate(s) a sending
+        server must present: its own, or the CA that issued it."""
+        if "client_certificate" not in t:
+            return None
+        # Imported here: most bundles pin nothing, and every command loads a bundle.
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        key = (*p, "client_certificate")
+        name = self.typed(t, "client_certificate", p, str, "").strip()
+        if not name:
+            self.fail(key, "must name a PEM certificate file (relative to the bundle's folder)")
+        folder = Path(self.source).parent if not self.source.startswith("<") else Path()
+        try:
+            pem = (folder / name).read_bytes()
+        except OSError as exc:
+            self.fail(key, f"cannot read {name!r} (relative to the bundle's folder): "
+                           f"{exc.strerror or exc}")
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            self.fail(key, f"{name!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return ClientCertificatePin(name, tuple(
+            c.public_bytes(serialization.Encoding.DER) for c in certs))
 
     # Secure Messaging (schema v2) ---------------------------------------------------------
 
@@ -872,6 +918,8 @@ def domain_data(d: ExternalDomain, json_safe: bool = False) -> dict[str, Any]:
 def definition_data(d: DeliveryDefinition) -> dict[str, Any]:
     out: dict[str, Any] = {"name": d.name, "option": d.option.value,
                            "encryption_mode": d.encryption_mode.value, "min_tls": d.min_tls}
+    if d.ssl_mode is not None:
+        out["ssl_mode"] = d.ssl_mode.value
     if d.managed:
         out["managed"] = True
     return out
@@ -888,6 +936,8 @@ def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, 
     out: dict[str, Any] = {"narrative": p.narrative, "option": p.option.value}
     if p.managed:
         out["managed"] = True
+    if p.client_certificate is not None:
+        out["client_certificate"] = p.client_certificate.file
     return _scoped(out, p, json_safe)
 
 

@@ -27,6 +27,16 @@ class EncryptionMode(StrEnum):
     RELAXED = "relaxed"
 
 
+class SslMode(StrEnum):
+    """How strong a TLS session Enforced TLS delivery accepts; ``policy.sslmode`` maps each
+    level to TLS versions and an OpenSSL cipher list (Postfix's low/medium/high)."""
+
+    LEGACY = "legacy"
+    MEDIUM = "medium"
+    STRONG = "strong"
+    VERY_STRONG = "very_strong"
+
+
 class ReceiptOption(StrEnum):
     OPPORTUNISTIC = "opportunistic"
     ENFORCED = "enforced"
@@ -85,6 +95,8 @@ class DeliveryDefinition:
     encryption_mode: EncryptionMode = EncryptionMode.STRICT
     min_tls: str = "1.2"  # "1.0" | "1.1" | "1.2" | "1.3"
     managed: bool = False  # created by connectwiz for its managed policies; removed when unused
+    # Enforced TLS only, as in Postfix. None: not set, Strong (Legacy when min_tls < 1.2).
+    ssl_mode: SslMode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,16 @@ class DeliveryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCertificatePin:
+    """The sending server must present a certificate that is one of ``certificates`` (its
+    own, often self-signed) or directly issued by one of them (a CA). DER, as loaded from
+    ``file`` (relative to the bundle's folder)."""
+
+    file: str
+    certificates: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptPolicy:
     narrative: str
     option: ReceiptOption = ReceiptOption.OPPORTUNISTIC
@@ -105,6 +127,7 @@ class ReceiptPolicy:
     to: Scope = Scope()
     validity: Validity = Validity()
     managed: bool = False
+    client_certificate: ClientCertificatePin | None = None
 
 
 @dataclass(frozen=True, slots=True)
