@@ -54,15 +54,15 @@ def test_override_winner_and_rivals_are_counted() -> None:
 
 
 def test_most_specific_and_ties_say_so() -> None:
-    m = model(dp("everyone"), dp("a", to=scope(Applies.DOMAIN, "partner.example")),
-              dp("b", to=scope(Applies.DOMAIN, "partner.example")))
+    partner = scope(Applies.DOMAIN, "partner.example")
+    m = model(dp("everyone"), dp("a", to=partner), dp("b", to=partner), dp("c", to=partner))
     decision = PolicyIndex(m).delivery(msg())
     assert decision.reason == (
-        "delivery policy #2 'a' applies: most specific (From everyone / To domain) of 3 "
-        "matching policies; tie with #3 'b' broken by bundle order (earlier wins)")
+        "delivery policy #2 'a' applies: most specific (From everyone / To domain) of 4 "
+        "matching policies; tie with #3 'b', #4 'c' broken by bundle order (earlier wins)")
     lost = [c for c in decision.candidates if c.outcome is Outcome.LOST]
-    assert [(c.position, c.sender) for c in lost] == [(3, "alice@example.com"),
-                                                        (1, "alice@example.com")]
+    assert [(c.position, c.sender) for c in lost] == [
+        (3, "alice@example.com"), (4, "alice@example.com"), (1, "alice@example.com")]
 
 
 def test_bi_directional_says_when_it_matched_swapped() -> None:
@@ -99,5 +99,5 @@ class _NoOffset(tzinfo):
 
 @pytest.mark.parametrize("at", [AT.replace(tzinfo=None), AT.replace(tzinfo=_NoOffset())])
 def test_message_time_must_be_aware(at: datetime) -> None:
-    with pytest.raises(ValueError, match=r"MessageContext\.at must be timezone-aware"):
+    with pytest.raises(ValueError, match=r"^MessageContext\.at must be timezone-aware$"):
         MessageContext("a@example.com", None, "b@example.com", None, at)
