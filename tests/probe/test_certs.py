@@ -158,3 +158,25 @@ def test_certificate_details():
 def test_rfc6125_name_matching(names, host, expected):
     assert match_hostname(names, host) is expected
 
+
+
+def test_expired_leaf_under_a_sent_intermediate_is_still_a_known_ca():
+    """When strict verification fails for another reason, the chain through the intermediate
+    the server sent still counts as trusted: the report names the expiry, not "unknown CA"."""
+    intermediate = make_ca("Test Intermediate", issuer=ROOT)
+    leaf = make_leaf([HOST], intermediate, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
+    other = make_ca("Unrelated Intermediate", issuer=ROOT)
+    info = analyse(leaf, intermediates=[other[0], intermediate[0]])
+    assert info.trusted and info.expired
+    assert len(info.problems) == 1 and "expired" in info.problems[0]
+    assert not analyse(leaf, intermediates=[other[0]]).trusted
+
+
+def test_a_ca_with_the_right_name_but_another_key_is_not_the_issuer():
+    impostor = make_ca("Test Root")  # same subject as ROOT, its own key
+    leaf = make_leaf([HOST], ROOT)
+    info = analyse(leaf, store=TrustStore((impostor[0],)))
+    assert not info.trusted and "unknown CA" in info.problems[0]
+    # Issuer and subject equal, but signed by another key: not self-signed.
+    same_name = make_ca("Test Root", issuer=ROOT)
+    assert not analyse(same_name[0]).self_signed
