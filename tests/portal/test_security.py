@@ -310,3 +310,9 @@ def test_header_filename_is_ascii_and_links_open_without_referrer() -> None:
     out = sanitize_html('<a href="https://x.example/">x</a>')
     assert 'rel="noopener noreferrer"' in out
     assert mask_address("a@b@bank.example") == "a****@bank.example"
+
+
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=4))
+def test_any_value_round_trips(value: dict[str, str]) -> None:
+    signer = Signer(KEY)
+    assert signer.loads(signer.dumps(value, ttl=60)) == value
