@@ -1,0 +1,95 @@
+"""What receipt decides after DATA: policies based on the From: header (the strictest over
+all recipients wins), refusals recorded in the Receipt/Delivery view, and the Received:
+header. Found missing by scripts/mutation-check (docs/testing.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from email import message_from_bytes
+
+import aiosmtplib
+import pytest
+
+from connectwiz.cli import main as cli_main
+from connectwiz.policy.model import Applies, BasedOn, ReceiptOption, ReceiptPolicy, Scope
+
+from .conftest import body, lab_messages, make_model, no_verify, send, token, wait_lab
+
+pytestmark = pytest.mark.network
+
+HEADER_ENFORCED = ReceiptPolicy(
+    "Enforced TLS for mail that says it is from the bank", ReceiptOption.ENFORCED,
+    from_=Scope(Applies.DOMAIN, ("bank.example",), BasedOn.HEADER), to=Scope(Applies.INTERNAL))
+
+
+async def _logged(spool, capsys, tag: str) -> list[dict]:
+    """The Receipt/Delivery view (`connectwiz log --json`) of this test's messages."""
+    async def log(*args: str) -> object:
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli_main, ["log", "--spool", str(spool), "--json",
+                                                  *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    listing = await log()
+    return [await log(m["id"]) for m in listing if tag in json.dumps(m)]
+
+
+async def test_header_from_policy_refuses_plaintext_at_data_and_records_it(
+        lab, relays, capsys) -> None:
+    r = await relays(replace(make_model(lab), receipt_policies=(HEADER_ENFORCED,)))
+    tag = token()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10,
+                             local_hostname="client.test")
+    await client.connect()
+    try:
+        # The envelope sender has no policy: RCPT is accepted, the From: header decides.
+        with pytest.raises(aiosmtplib.SMTPDataError) as info:
+            await client.sendmail(f"bounce-{tag}@mailer.example", [f"bob-{tag}@corp.example"],
+                                  body(tag, sender="ceo@bank.example"))
+        assert info.value.code == 530
+    finally:
+        client.close()
+    [refused] = await _logged(r.spool, capsys, tag)
+    assert refused["status"] == "refused"
+    received = refused["received"]
+    assert received["result"].startswith("530 ") and received["helo"] == "client.test"
+    assert received["mail_from"] == f"bounce-{tag}@mailer.example"
+    assert received["recipients"] == [f"bob-{tag}@corp.example"]
+    assert received["header_from"] == "ceo@bank.example"
+    assert received["policy"] == HEADER_ENFORCED.narrative
+
+    # Over TLS the same message is accepted, recorded with its From: header and delivered
+    # with our Received: header naming this relay.
+    msg_id = await send(r.port, f"bounce-{tag}@mailer.example", [f"bob-{tag}@corp.example"],
+                        body(tag, sender="ceo@bank.example"), tls=True, tls_context=no_verify())
+    record = await r.wait_status(msg_id, "delivered")
+    assert record.received["header_from"] == "ceo@bank.example"
+    assert record.received["receipt_option"] == "enforced"
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    received_header = " ".join(str(message_from_bytes(lab_messages(lab, tag)[0].data)
+                                   .get_all("Received")[0]).split())
+    assert f"by relay.corp.example (connectwiz) with ESMTPS id {msg_id} " in received_header
+
+
+async def test_smuggling_refusal_is_recorded_with_its_reason(lab, relays, capsys) -> None:
+    r = await relays(make_model(lab))
+    tag = token()
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        for line in (b"EHLO client.test", f"MAIL FROM:<p-{tag}@partner.example>".encode(),
+                     f"RCPT TO:<bob-{tag}@corp.example>".encode(), b"DATA"):
+            await reader.readuntil(b"\r\n")
+            writer.write(line + b"\r\n")
+        while not (await reader.readline()).startswith(b"354"):
+            pass
+        writer.write(b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n")
+        reply = await reader.readline()
+    finally:
+        writer.close()
+    assert reply.startswith(b"550 5.5.2 Message refused: bare LF or bare CR in DATA")
+    [refused] = await _logged(r.spool, capsys, tag)
+    assert refused["status"] == "refused"
+    assert refused["received"]["result"] == reply.decode().strip()
+    assert refused["received"]["helo"] == "client.test"
