@@ -5,6 +5,7 @@ header. Found missing by scripts/mutation-check (docs/testing.md)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from dataclasses import replace
 from email import message_from_bytes
@@ -13,9 +14,17 @@ import aiosmtplib
 import pytest
 
 from connectwiz.cli import main as cli_main
-from connectwiz.policy.model import Applies, BasedOn, ReceiptOption, ReceiptPolicy, Scope
+from connectwiz.policy.model import (
+    Applies,
+    BasedOn,
+    DeliveryPolicy,
+    ReceiptOption,
+    ReceiptPolicy,
+    Scope,
+    Validity,
+)
 
-from .conftest import body, lab_messages, make_model, no_verify, send, token, wait_lab
+from .conftest import STRICT, body, lab_messages, make_model, no_verify, send, token, wait_lab
 
 pytestmark = pytest.mark.network
 
@@ -93,3 +102,27 @@ async def test_smuggling_refusal_is_recorded_with_its_reason(lab, relays, capsys
     assert refused["status"] == "refused"
     assert refused["received"]["result"] == reply.decode().strip()
     assert refused["received"]["helo"] == "client.test"
+
+
+FROM_BANK_HEADER = DeliveryPolicy(
+    "Strict for mail whose From: is the bank", STRICT.name,
+    from_=Scope(Applies.DOMAIN, ("bank.example",), BasedOn.HEADER),
+    to=Scope(Applies.DOMAIN, ("selfsigned.example",)))
+FROM_THIS_CLIENT = DeliveryPolicy(
+    "Strict for mail from this client", STRICT.name,
+    to=Scope(Applies.DOMAIN, ("selfsigned.example",)),
+    validity=Validity(source_ips=(ipaddress.ip_network("127.0.0.1/32"),)))
+
+
+@pytest.mark.parametrize("policy", [FROM_BANK_HEADER, FROM_THIS_CLIENT], ids=["header", "ip"])
+async def test_delivery_policy_sees_what_receipt_saw(lab, relays, policy) -> None:
+    """The From: header and the client address kept with a queued message select its
+    delivery policy: here Strict, which a self-signed server fails (Opportunistic would
+    deliver)."""
+    model = replace(make_model(lab), delivery_definitions=(STRICT,), delivery_policies=(policy,))
+    r = await relays(model)
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@selfsigned.example"],
+                        body(tag, sender="ceo@bank.example"))
+    record = await r.wait_status(msg_id, "deferred", "delivered")
+    assert record.status == "deferred" and record.attempts[0]["definition"] == STRICT.name
