@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 from dataclasses import replace
 from email import message_from_bytes
 
@@ -80,6 +81,7 @@ async def test_header_from_policy_refuses_plaintext_at_data_and_records_it(
     received_header = " ".join(str(message_from_bytes(lab_messages(lab, tag)[0].data)
                                    .get_all("Received")[0]).split())
     assert f"by relay.corp.example (connectwiz) with ESMTPS id {msg_id} " in received_header
+    assert re.search(r"\(using TLSv1\.[23] with cipher \S+ \((128|256) bits\)\)", received_header)
 
 
 async def test_smuggling_refusal_is_recorded_with_its_reason(lab, relays, capsys) -> None:
@@ -126,3 +128,36 @@ async def test_delivery_policy_sees_what_receipt_saw(lab, relays, policy) -> Non
                         body(tag, sender="ceo@bank.example"))
     record = await r.wait_status(msg_id, "deferred", "delivered")
     assert record.status == "deferred" and record.attempts[0]["definition"] == STRICT.name
+
+
+async def test_rcpt_refusals_are_logged_and_domainless_recipients_get_501(lab, relays,
+                                                                         capsys) -> None:
+    """Refusals at RCPT TO are not in the message log; the operational log names them."""
+    r = await relays(replace(make_model(lab), receipt_policies=(ReceiptPolicy(
+        "Enforced from partners", ReceiptOption.ENFORCED,
+        from_=Scope(Applies.DOMAIN, ("partner.example",)), to=Scope(Applies.INTERNAL)),)))
+    tag = token()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10,
+                             source_address=("127.0.0.2", 0))
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.mail(f"p-{tag}@partner.example")
+        for rcpt, code in ((f"victim-{tag}@trusted.example", 554),
+                           (f"bob-{tag}@corp.example", 530),
+                           (f"bob-{tag}", 501), (f"bob-{tag}@[127.0.0.1]", 501)):
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused) as info:
+                await client.rcpt(rcpt)
+            assert info.value.code == code, (rcpt, info.value)
+        assert "a mail domain is required" in info.value.message
+    finally:
+        client.close()
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+              if line.startswith("{") and tag in line]
+    refused = {e["to"]: e for e in events if e["event"] == "refused"}
+    relay_denied = refused[f"victim-{tag}@trusted.example"]
+    assert (relay_denied["client"], relay_denied["reason"]) == ("127.0.0.2",
+                                                                "relay access denied")
+    tls = refused[f"bob-{tag}@corp.example"]
+    assert tls["client"] == "127.0.0.2" and tls["reason"].startswith("530 ")
+    assert tls["policy"] == "Enforced from partners"
