@@ -161,3 +161,28 @@ async def test_rcpt_refusals_are_logged_and_domainless_recipients_get_501(lab, r
     tls = refused[f"bob-{tag}@corp.example"]
     assert tls["client"] == "127.0.0.2" and tls["reason"].startswith("530 ")
     assert tls["policy"] == "Enforced from partners"
+
+
+async def test_addresses_refused_at_mail_and_rcpt_say_why(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    tag = token()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        await client.ehlo()
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await client.mail(f"alice-{tag}")  # no domain
+        assert refused.value.code == 501
+        await client.mail(f"alice-{tag}@corp.example")
+        for rcpt, why in (
+                ("@relay.example,@trusted.example:victim@other.example",
+                 "source routes are not accepted"),
+                ("victim%other.example@corp.example",
+                 "'%', '!' and '@' in the local part are not accepted")):
+            # Raw: aiosmtplib itself will not send such addresses.
+            reply = await client.execute_command(b"RCPT", f"TO:<{rcpt}>".encode())
+            assert reply.code == 553 and why in reply.message, reply
+        # Letters that merely look like the trick characters are fine.
+        assert (await client.rcpt(f"Xavier-{tag}@corp.example")).code == 250
+    finally:
+        client.close()
