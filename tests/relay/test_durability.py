@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -166,7 +167,8 @@ def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
-async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays) -> None:
+async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
+                                                       capsys) -> None:
     # (tiny_spool before relays: the relay stops before its file system is unmounted)
     r = await relays(make_model(lab), spool=tiny_spool)
     filler = tiny_spool.parent / "filler"
@@ -180,6 +182,10 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays)
         with pytest.raises(aiosmtplib.SMTPDataError) as info:
             await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
         assert info.value.code == 451
+        errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                  if '"event": "error"' in line]
+        assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
+            == [("127.0.0.1", True)]
         assert _files(tiny_spool) == before, "a refused message left files behind"
         # Space again: the same session is served and the next message is queued.
         filler.unlink()
