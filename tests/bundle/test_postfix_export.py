@@ -279,6 +279,7 @@ POSTMAP = shutil.which("postmap") or ("/usr/sbin/postmap" if Path("/usr/sbin/pos
                                       else None)
 
 
+@pytest.mark.peer
 @pytest.mark.skipif(POSTMAP is None, reason="Postfix is not installed (no postmap)")
 def test_postfix_looks_up_the_tables_as_intended(tmp_path):
     out = export_postfix(model(
