@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
@@ -23,6 +24,8 @@ from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     DEFAULT_RETENTION_DAYS,
+    DEFAULT_SUBJECT_TAG,
+    DEFAULT_TAG_DEFINITION,
     Applies,
     BasedOn,
     BypassOption,
@@ -39,6 +42,7 @@ from connectwiz.policy.model import (
     PolicyModel,
     ReceiptOption,
     ReceiptPolicy,
+    Requesters,
     Scope,
     SecureBypass,
     SecureCondition,
@@ -75,9 +79,11 @@ DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "manag
 RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
-SECURE_SETTINGS_KEYS = ("max_retention_days",)
+SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition")
 SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
-                          "expiry_days", "max_extension_days", "read_receipt", "banner")
+                          "expiry_days", "max_extension_days", "read_receipt", "banner",
+                          "may_request")
+REQUESTER_KEYS = ("groups", "domains", "addresses")
 SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to", *VALIDITY_KEYS)
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
                        *VALIDITY_KEYS)
@@ -444,7 +450,32 @@ class _Validator:
         t = self.table(data.get("secure_messaging", {}), p, SECURE_SETTINGS_KEYS)
         days = self.count(t, "max_retention_days", p, DEFAULT_RETENTION_DAYS, 1)
         assert days is not None
-        return SecureSettings(max_retention_days=days)
+        tag = self.text(t, "subject_tag", p, DEFAULT_SUBJECT_TAG).strip()
+        if re.search(r"[\[\]:,\s]", tag):
+            self.fail((*p, "subject_tag"), "must be one word without brackets, ':' or ',' "
+                                           "(\"\" switches subject tags off)", tag)
+        return SecureSettings(max_retention_days=days, subject_tag=tag,
+                              tag_definition=self.text(t, "tag_definition", p,
+                                                       DEFAULT_TAG_DEFINITION))
+
+    def requesters(self, t: dict[str, Any], p: KeyPath) -> Requesters:
+        if "may_request" not in t:
+            return Requesters()
+        rp = (*p, "may_request")
+        r = self.table(t["may_request"], rp, REQUESTER_KEYS)
+        groups = self.strings(r, "groups", rp)
+        for i, name in enumerate(groups):
+            if name not in self.groups:
+                self.fail((*rp, "groups", i), f"unknown address group {name!r}"
+                          + _suggest(name, list(self.groups) or ["(none defined)"]), name)
+        domains = [self.domain(d, (*rp, "domains", i))
+                   for i, d in enumerate(self.strings(r, "domains", rp))]
+        addresses = [self.address(a, (*rp, "addresses", i))
+                     for i, a in enumerate(self.strings(r, "addresses", rp))]
+        who = Requesters(tuple(groups), tuple(domains), tuple(addresses))
+        if who.everyone:
+            self.fail(rp, "lists nobody; leave may_request out to let everyone request it")
+        return who
 
     def secure_definition(self, t: dict[str, Any], p: KeyPath) -> SecureDefinition:
         self.table(t, p, SECURE_DEFINITION_KEYS, ("name",))
@@ -473,6 +504,7 @@ class _Validator:
             max_extension_days=self.count(t, "max_extension_days", p, 0, 0) or 0,
             read_receipt=self.flag(t, "read_receipt", p, False),
             banner=banner,
+            requesters=self.requesters(t, p),
         )
 
     def one_way(self, t: dict[str, Any], p: KeyPath) -> Validity:
@@ -562,8 +594,13 @@ class _Validator:
                           f"secure definition name {d.name!r} is used twice")
             names.append(d.name)
             definitions.append(d)
+        settings = self.secure_settings(data)
+        if settings.tag_definition not in names:
+            self.fail(("secure_messaging", "tag_definition"),
+                      f"no secure definition is named {settings.tag_definition!r}"
+                      + _suggest(settings.tag_definition, names))
         return {
-            "secure_settings": self.secure_settings(data),
+            "secure_settings": settings,
             "secure_definitions": tuple(definitions),
             "secure_policies": tuple(
                 self.secure_policy(t, ("secure_policies", i), names)
@@ -801,6 +838,10 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
                max_extension_days=d.max_extension_days, read_receipt=d.read_receipt)
     if d.banner is not None:
         out["banner"] = d.banner
+    if not d.requesters.everyone:
+        who = d.requesters
+        out["may_request"] = {k: list(v) for k, v in (
+            ("groups", who.groups), ("domains", who.domains), ("addresses", who.addresses)) if v}
     return out
 
 
@@ -831,7 +872,9 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             head["definition"] = p.definition
         policies.append(_scoped(head, p, json_safe))
     return {
-        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days},
+        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days,
+                             "subject_tag": model.secure_settings.subject_tag,
+                             "tag_definition": model.secure_settings.tag_definition},
         "secure_definitions": [secure_definition_data(d) for d in model.secure_definitions],
         "secure_policies": policies,
         "secure_triggers": [

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import html
 import json
 import os
 import re
@@ -32,11 +31,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses, make_msgid
-from html.parser import HTMLParser
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +44,6 @@ from connectwiz.errors import UserError
 from connectwiz.policy.model import SecureDefinition, SecureRouting, SecureSettings
 from connectwiz.policy.secure import (
     REQUEST_HEADER,
-    MessageContent,
     Route,
     SecureDecision,
     SecureIndex,
@@ -55,8 +51,17 @@ from connectwiz.policy.secure import (
     expiry_window,
     extend_expiry,
 )
+from connectwiz.policy.secure_request import find_tag
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.receipt import parse_ip
+from connectwiz.relay.secure_content import (
+    add_banner,
+    head_of,
+    header_addresses,
+    parse_content,
+    strip_header,
+    strip_subject_tag,
+)
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
 
 RECORD_VERSION = 1
@@ -90,122 +95,6 @@ def find_recipient(record: dict[str, Any], token: str) -> dict[str, Any] | None:
             if hmac.compare_digest(stored, digest):
                 found = recipient
     return found
-
-
-# -- message content ---------------------------------------------------------------------------
-
-
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-
-def html_to_text(markup: str) -> str:
-    parser = _Text()
-    parser.feed(markup)
-    parser.close()
-    return " ".join("".join(parser.parts).split())
-
-
-def _head(body: bytes) -> bytes:
-    end = body.find(b"\r\n\r\n")
-    return body if end < 0 else body[: end + 2]
-
-
-def _parse(body: bytes) -> EmailMessage:
-    msg = message_from_bytes(body, policy=email_policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def _text_parts(msg: EmailMessage) -> Iterator[EmailMessage]:
-    for part in msg.walk():
-        if part.is_multipart() or part.get_content_disposition() == "attachment":
-            continue
-        if part.get_content_type() in ("text/plain", "text/html"):
-            yield part  # type: ignore[misc]
-
-
-def parse_content(body: bytes) -> MessageContent:
-    """Subject, text of the text parts (HTML without tags) and headers, for the triggers.
-    A message the parser chokes on still yields what could be read."""
-    try:
-        msg = _parse(body)
-        headers = tuple((k, str(v)) for k, v in msg.items())
-        subject = str(msg.get("Subject", ""))
-    except Exception:  # hostile headers: fall back to nothing rather than fail the message
-        return MessageContent()
-    texts = []
-    with contextlib.suppress(Exception):
-        for part in _text_parts(msg):
-            with contextlib.suppress(LookupError, ValueError, AttributeError):
-                content = part.get_content()
-                if part.get_content_type() == "text/html":
-                    content = html_to_text(content)
-                texts.append(content)
-    return MessageContent(subject=subject, body="\n".join(texts), headers=headers)
-
-
-def header_addresses(body: bytes) -> tuple[list[str], list[str]]:
-    """The addresses in the To: and Cc: headers (the ones every recipient can see)."""
-    try:
-        msg = message_from_bytes(_head(body) + b"\r\n", policy=email_policy.compat32)
-        return tuple(  # type: ignore[return-value]
-            [a for _, a in getaddresses([str(v) for v in msg.get_all(name, [])])
-             if "@" in a and not any(c.isspace() or ord(c) < 32 for c in a)]
-            for name in ("To", "Cc"))
-    except Exception:  # a header the parser chokes on names nobody: Reply all falls back
-        return [], []
-
-
-def strip_header(body: bytes, name: str) -> bytes:
-    """``body`` without every ``name:`` header line (and its continuation lines)."""
-    end = body.find(b"\r\n\r\n")
-    head, rest = (body, b"") if end < 0 else (body[: end + 2], body[end + 2:])
-    wanted = name.lower().encode() + b":"
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and skipping:
-            continue
-        skipping = line.lower().startswith(wanted)
-        if not skipping:
-            kept.append(line)
-    return b"\r\n".join(kept) + rest
-
-
-def add_banner(body: bytes, banner: str) -> bytes:
-    """Put ``banner`` at the top of every text body part (not attachments). A banner with
-    HTML tags goes into HTML parts as it is and into plain parts as text."""
-    is_html = bool(re.search(r"<[a-zA-Z/][^>]*>", banner))
-    plain = html_to_text(banner) if is_html else banner
-    markup = banner if is_html else (
-        '<div class="connectwiz-secure-banner" style="border:1px solid #888;padding:6px;'
-        f'margin-bottom:12px">{html.escape(banner)}</div>')
-    try:
-        msg = _parse(body)
-        changed = False
-        for part in list(_text_parts(msg)):
-            try:
-                content = part.get_content()
-            except (LookupError, ValueError, AttributeError):
-                continue  # an unknown charset: leave the part alone
-            subtype = part.get_content_subtype()
-            if subtype == "html":
-                m = re.search(r"<body[^>]*>", content, re.IGNORECASE)
-                at = m.end() if m else 0
-                content = content[:at] + markup + content[at:]
-            else:
-                content = f"{plain}\r\n\r\n{content}"
-            part.set_content(content, subtype=subtype)
-            changed = True
-        return msg.as_bytes(policy=email_policy.SMTP) if changed else body
-    except Exception:  # a message the parser cannot rebuild goes out unchanged
-        return body
 
 
 # -- the secure key: held content is encrypted with it, and it never lives in the spool ------
@@ -435,6 +324,7 @@ class SecurePlan:
     routes: dict[str, str] = field(default_factory=dict)  # address -> Route value
     banner: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    subject_tag: str = ""  # the sender's [tag] to remove from the subject ("": none)
 
     def variant(self, address: str) -> str:
         if self.banner is not None and self.routes.get(address) == Route.BANNER:
@@ -463,39 +353,50 @@ class SecureMessaging:
             return True
         if entry.is_bounce:
             return False
-        if _REQUEST in _head(body).lower():
+        head = head_of(body).lower()
+        if _REQUEST in head:
             return True  # the header goes, whoever sent it; plan() looks closer
+        tag = index.settings.subject_tag
+        if tag and (b"=?" in head or b"[" + tag.lower().encode() in head) and \
+                index.is_internal(entry.mail_from):
+            return True  # a subject tag, maybe inside an encoded subject
         return not index.content_free and index.is_internal(entry.mail_from)
 
     def plan(self, entry: QueueEntry, body: bytes, index: SecureIndex) -> SecurePlan | None:
         """The plan for ``entry``; None when Secure Messaging has nothing to do with it."""
         state = entry.extra.get("secure")
         if state:
-            return SecurePlan(True, dict(state["routes"]), state.get("banner"), state)
+            return SecurePlan(True, dict(state["routes"]), state.get("banner"), state,
+                              state.get("subject_tag", ""))
         if not self.may_apply(entry, body, index):
             return None  # the common case: no policy, no trigger, no header to look for
         content = parse_content(body)
         asked = bool(content.header(REQUEST_HEADER))
+        tag = index.settings.subject_tag if index.is_internal(entry.mail_from) and find_tag(
+            content.subject, index.settings.subject_tag) else ""
         decision = index.decide(entry.mail_from, entry.header_from,
                                 [r.address for r in entry.pending()], parse_ip(entry.client_ip),
                                 datetime.now(UTC), content)
         if not decision.applies:
-            if not asked:
+            if not asked and not tag:
                 return None
-            if entry.attempts <= 1:  # the client asked: say once why it was not applied
-                self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason)
-            return SecurePlan(False)
+            if entry.attempts <= 1:  # the sender asked: say once why it was not applied
+                self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason,
+                                   notes=list(decision.notes))
+            return SecurePlan(False, subject_tag=tag)
         # The banner names who wrote the message. A portal reply comes from the original
         # (internal) sender's envelope but was written by the external recipient in From:.
         author = entry.header_from if entry.header_from and not index.is_internal(
             entry.header_from) else entry.mail_from
         state = self._state(decision, index.settings, author)
+        state["subject_tag"] = tag
         entry.extra["secure"] = state
         self.spool.update_active(entry)
         self.msglog.append(entry.id, "secure", applied=True, definition=state["definition"]["name"],
                            reason=decision.reason, reasons=[r.why for r in decision.reasons],
-                           routes=state["routes"], whys=state["whys"])
-        return SecurePlan(True, dict(state["routes"]), state["banner"], state)
+                           routes=state["routes"], whys=state["whys"],
+                           options=decision.options, notes=list(decision.notes))
+        return SecurePlan(True, dict(state["routes"]), state["banner"], state, tag)
 
     def _state(self, decision: SecureDecision, settings: SecureSettings, author: str
                ) -> dict[str, Any]:
@@ -513,6 +414,7 @@ class SecureMessaging:
             "whys": {o.recipient: o.why for o in decision.recipients},
             "banner": banner,
             "requested": decision.requested,
+            "sender_options": decision.options,
             "held_at": _iso(now), "expires_at": _iso(expires), "limit_at": _iso(limit),
             "max_retention_days": settings.max_retention_days,
         }
@@ -522,6 +424,8 @@ class SecureMessaging:
         if plan is None:
             return {"": body}
         plain = strip_header(body, REQUEST_HEADER)
+        if plan.subject_tag:
+            plain = strip_subject_tag(plain, plan.subject_tag)
         out = {"": plain}
         if plan.banner is not None and Route.BANNER in plan.routes.values():
             out[BANNER_VARIANT] = add_banner(plain, plan.banner)
@@ -591,6 +495,7 @@ class SecureMessaging:
             "definition": state["definition"],
             "reason": state["reason"],
             "requested_by_client": state["requested"],
+            "sender_options": state.get("sender_options", ""),
             "recipients": [],
             "delivered_with_banner": [a for a, r in routes.items() if r == Route.BANNER],
             "delivered_normally": [a for a, r in routes.items() if r == Route.NORMAL],
