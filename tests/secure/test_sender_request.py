@@ -10,6 +10,7 @@ import pytest
 
 from connectwiz.bundle import Bundle
 from connectwiz.bundle.errors import BundleError
+from connectwiz.policy.explain import explain
 from connectwiz.policy.model import (
     Applies,
     Organisation,
@@ -22,6 +23,7 @@ from connectwiz.policy.model import (
 )
 from connectwiz.policy.secure import MessageContent, Route, SecureIndex, Source
 from connectwiz.policy.secure_request import find_tag, parse_header
+from connectwiz.policy.select import MessageContext
 
 ALICE, BOB, CEO = "alice@corp.example", "bob@corp.example", "ceo@corp.example"
 BANK = "teller@bank.example"
@@ -150,3 +152,11 @@ def test_bundle_errors_are_one_line(tmp_path: Path, settings: str, definition: s
     with pytest.raises(BundleError) as caught:
         load(tmp_path, settings, definition)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_explain_shows_the_options_and_a_refused_request() -> None:
+    ctx = MessageContext(BOB, None, BANK, None, datetime.now(UTC))
+    shown = explain(model(), ctx, MessageContent("[secure:Board only, reply=no] x"))
+    text = shown.render_text()
+    assert "Note: <bob@corp.example> may not request 'Board only'" in text
+    assert shown.to_json()["secure"]["options"] == "reply=no"
