@@ -1,7 +1,8 @@
 """Mail the portal sends, all of it through the relay by SMTP (the relay delivers it like any
 other mail, under the Secure Delivery policy of the recipient's domain):
 
-- the one-time code, to the recipient, from the null sender (a bounce never returns it);
+- the one-time code, to the recipient (or to a sender signing in to their own messages),
+  from the null sender (a bounce never returns it);
 - the read receipt, to the sender, from the null sender;
 - replies, with the original sender as envelope sender (an internal address, so the relay
   applies Secure Messaging) and the definition requested with the client header, so every
@@ -72,6 +73,21 @@ def code_mail(sender: str, recipient: str, code: str, minutes: int, hostname: st
         f"Enter it in the Secure Messaging portal within {minutes} minutes.\r\n"
         "If you did not ask for a code, ignore this e-mail: nobody can read the message\r\n"
         "without it.\r\n")
+    return msg
+
+
+def sign_in_code_mail(address: str, code: str, minutes: int, hostname: str,
+                      organisation: str = "") -> EmailMessage:
+    """The code a sender signs in with to see their own secure messages."""
+    service = f"{organisation} Secure Messaging" if organisation else "Secure Messaging"
+    msg = _base(formataddr((service, address)), address,
+                "Your code to see your secure messages", hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(
+        f"Your one-time code is: {code}\r\n\r\n"
+        f"Enter it in the Secure Messaging portal within {minutes} minutes to see the\r\n"
+        "secure messages you sent.\r\n"
+        "If you did not ask for a code, ignore this e-mail.\r\n")
     return msg
 
 
