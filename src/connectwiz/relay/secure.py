@@ -384,10 +384,10 @@ class SecureMessaging:
                 self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason,
                                    notes=list(decision.notes))
             return SecurePlan(False, subject_tag=tag)
-        # The banner names who wrote the message. A portal reply comes from the original
-        # (internal) sender's envelope but was written by the external recipient in From:.
-        author = entry.header_from if entry.header_from and not index.is_internal(
-            entry.header_from) else entry.mail_from
+        # The banner names who wrote the message: From:, else the envelope sender. A portal
+        # reply comes from the original sender's envelope but was written by the recipient
+        # in From:, external or (under a definition holding internal mail) a colleague.
+        author = entry.header_from or entry.mail_from
         state = self._state(decision, index.settings, author)
         state["subject_tag"] = tag
         entry.extra["secure"] = state
