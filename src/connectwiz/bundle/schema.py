@@ -55,6 +55,7 @@ from connectwiz.policy.model import (
     Validity,
 )
 from connectwiz.policy.secure import BUILTIN_DEFINITIONS
+from connectwiz.policy.wording import Wording, problems
 
 SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
 SECURE_SCHEMA_VERSION = 2  # the Secure Messaging sections need this
@@ -79,7 +80,11 @@ DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "manag
 RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
-SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition")
+WORDING_TEXT_KEYS = ("notification_subject", "notification_text", "code_subject", "code_text",
+                     "default_banner")
+WORDING_COLOUR_KEYS = ("accent_colour", "bar_colour")
+SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition",
+                        *WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS)
 SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
                           "expiry_days", "max_extension_days", "read_receipt", "banner",
                           "may_request")
@@ -456,7 +461,27 @@ class _Validator:
                                            "(\"\" switches subject tags off)", tag)
         return SecureSettings(max_retention_days=days, subject_tag=tag,
                               tag_definition=self.text(t, "tag_definition", p,
-                                                       DEFAULT_TAG_DEFINITION))
+                                                       DEFAULT_TAG_DEFINITION),
+                              wording=self.wording(t, p))
+
+    def wording(self, t: dict[str, Any], p: KeyPath) -> Wording:
+        default = Wording()
+        found: dict[str, str] = {}
+        for key in WORDING_COLOUR_KEYS:
+            if key in t:
+                value = self.text(t, key, p).strip().lower()
+                if not re.fullmatch(r"#[0-9a-f]{3}|#[0-9a-f]{6}", value):
+                    self.fail((*p, key), "must be a colour like \"#1f5fbf\"", value)
+                found[key] = value
+        for key in WORDING_TEXT_KEYS:
+            if key in t:
+                field_name = "banner" if key == "default_banner" else key
+                value = self.text(t, key, p, getattr(default, field_name))
+                problem = problems(field_name, value)
+                if problem:
+                    self.fail((*p, key), problem, value)
+                found[field_name] = value
+        return Wording(**found)
 
     def requesters(self, t: dict[str, Any], p: KeyPath) -> Requesters:
         if "may_request" not in t:
@@ -845,6 +870,17 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
     return out
 
 
+def _wording_data(w: Wording) -> dict[str, str]:
+    """Only what differs from connectwiz's own wording, so the defaults can improve."""
+    default = Wording()
+    out = {}
+    for key in (*WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS):
+        field_name = "banner" if key == "default_banner" else key
+        if getattr(w, field_name) != getattr(default, field_name):
+            out[key] = getattr(w, field_name)
+    return out
+
+
 def _condition_data(c: SecureCondition) -> dict[str, str]:
     if c.field is ConditionField.HEADER:
         return {"header": c.header, "equals": c.value}
@@ -874,7 +910,8 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     return {
         "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days,
                              "subject_tag": model.secure_settings.subject_tag,
-                             "tag_definition": model.secure_settings.tag_definition},
+                             "tag_definition": model.secure_settings.tag_definition,
+                             **_wording_data(model.secure_settings.wording)},
         "secure_definitions": [secure_definition_data(d) for d in model.secure_definitions],
         "secure_policies": policies,
         "secure_triggers": [

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from connectwiz.policy.wording import Wording
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -245,6 +247,7 @@ class SecureSettings:
     max_retention_days: int = DEFAULT_RETENTION_DAYS  # caps "never expire" and extensions
     subject_tag: str = DEFAULT_SUBJECT_TAG  # senders write [secure] or [secure:...]; "": off
     tag_definition: str = DEFAULT_TAG_DEFINITION  # what a tag without a name asks for
+    wording: Wording = field(default_factory=Wording)  # texts and portal colours
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from connectwiz.policy.select import (
     _InternalDomains,
     _Selector,
 )
+from connectwiz.policy.wording import DEFAULT_BANNER
 
 REQUEST_HEADER = "X-Connectwiz-Secure"
 
@@ -74,16 +75,11 @@ BUILTIN_DEFINITIONS = (ALL_RECIPIENTS, EXTERNAL_RECIPIENTS)
 # A client asking for a definition that does not exist still gets confidentiality.
 FALLBACK_DEFINITION = EXTERNAL_RECIPIENTS
 
-DEFAULT_BANNER = (
-    "This message was sent securely by {sender} with Secure Messaging. "
-    "Keep its content confidential."
-)
-
-
-def banner_text(definition: SecureDefinition) -> str | None:
-    """The banner for internal recipients; None when the definition removes it."""
+def banner_text(definition: SecureDefinition, default: str = DEFAULT_BANNER) -> str | None:
+    """The banner template for internal recipients: the definition's own, else ``default``
+    (the bundle's wording); None when the definition removes it."""
     if definition.banner is None:
-        return DEFAULT_BANNER
+        return default if default.strip() else None
     return definition.banner if definition.banner.strip() else None
 
 
@@ -241,6 +237,7 @@ class SecureIndex:
 
     def __init__(self, model: PolicyModel) -> None:
         self.settings = model.secure_settings
+        self.organisation = model.organisation.name  # for the wording's {organisation}
         self._internal = _InternalDomains(model.organisation.internal_domains)
         groups = self._groups = _address_groups(model)
         self.definitions: dict[str, SecureDefinition] = {d.name: d for d in BUILTIN_DEFINITIONS}
@@ -398,7 +395,8 @@ class SecureIndex:
                 return RecipientOutcome(rcpt, True, Route.PORTAL, tuple(reasons),
                                         f"{definition.name!r} holds the message for internal "
                                         f"recipients too")
-            why = ("delivered as usual with the banner" if banner_text(definition) is not None
+            why = ("delivered as usual with the banner"
+                   if banner_text(definition, self.settings.wording.banner) is not None
                    else "delivered as usual (the definition removes the banner)")
             if definition.routing is SecureRouting.ALL:
                 why += "; the sender's client asked, so internal recipients are not held"

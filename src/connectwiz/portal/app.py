@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from connectwiz.errors import UserError
+from connectwiz.policy.wording import Wording
 from connectwiz.portal import limits
 from connectwiz.portal.limits import Limits
 from connectwiz.portal.reader import ReaderPages
@@ -78,6 +79,7 @@ class PortalConfig:
     hostname: str = "localhost"  # in Message-IDs and the HELO to the relay
     organisation: str = ""  # the bundle's organisation.name, on every page
     logo: Path | None = None  # the bundle's organisation.logo (PNG or JPEG)
+    wording: Wording = field(default_factory=Wording)  # the bundle's texts and colours
     code_ttl: float = 600.0
     session_ttl: float = 3600.0
     sweep_interval: float = 300.0
@@ -208,7 +210,15 @@ class Portal(ReaderPages, ReplyPages, SenderPages):
                               name="static")
         if self.logo is not None:
             app.router.add_get(self.base + "/logo", self.logo_image, name="logo")
+        app.router.add_get(self.base + "/brand.css", self.brand_css, name="brand")
         return app
+
+    async def brand_css(self, request: web.Request) -> web.Response:
+        """The organisation's colours (checked as #rgb/#rrggbb when the bundle loads): a
+        stylesheet, since the CSP allows no inline style."""
+        w = self.config.wording
+        return web.Response(text=f":root {{ --accent: {w.accent_colour}; "
+                                 f"--bar: {w.bar_colour}; }}\n", content_type="text/css")
 
     async def logo_image(self, request: web.Request) -> web.Response:
         assert self.logo is not None
@@ -340,7 +350,7 @@ class Portal(ReaderPages, ReplyPages, SenderPages):
         h["X-Content-Type-Options"] = "nosniff"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Server"] = "connectwiz"  # aiohttp's default names its own and Python's version
-        if _route_name(request) in ("static", "logo"):
+        if _route_name(request) in ("static", "logo", "brand"):
             h["Cache-Control"] = "public, max-age=3600"
         else:
             h["Cache-Control"] = "no-store"
@@ -379,7 +389,8 @@ class Portal(ReaderPages, ReplyPages, SenderPages):
         ctx.setdefault("title", "Secure Messaging")
         ctx.setdefault("home", None)
         text = self.templates.get_template(template).render(
-            static=self.base + "/static", csrf=self._csrf(request),
+            static=self.base + "/static", brand=self.base + "/brand.css",
+            csrf=self._csrf(request),
             org=self.config.organisation, logo=self.base + "/logo" if self.logo else None,
             **ctx)
         return web.Response(text=text, status=status, content_type="text/html")

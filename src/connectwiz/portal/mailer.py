@@ -20,6 +20,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 import aiosmtplib
 
 from connectwiz.policy.secure import REQUEST_HEADER
+from connectwiz.policy.wording import Wording, render
 
 # Everything Python's str.splitlines() breaks on (CR, LF, VT, FF, FS-RS, NEL, U+2028/9), the
 # other C0/C1 controls and DEL: a decoded subject may hold any of them, and a header value
@@ -63,16 +64,18 @@ def _base(from_: str, to: str, subject: str, hostname: str) -> EmailMessage:
 
 
 def code_mail(sender: str, recipient: str, code: str, minutes: int, hostname: str,
-              organisation: str = "") -> EmailMessage:
+              organisation: str = "", wording: Wording | None = None) -> EmailMessage:
+    """The one-time code for a recipient, in the bundle's wording (``code_subject``,
+    ``code_text``)."""
+    wording = wording or Wording()
+    values = {"sender": sender, "code": code, "minutes": str(minutes),
+              "organisation": organisation}
     service = f"{organisation} Secure Messaging" if organisation else "Secure Messaging"
     msg = _base(formataddr((service, sender)), recipient,
-                f"Your code for the secure message from {sender}", hostname)
+                render(wording.code_subject, values), hostname)
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(
-        f"Your one-time code is: {code}\r\n\r\n"
-        f"Enter it in the Secure Messaging portal within {minutes} minutes.\r\n"
-        "If you did not ask for a code, ignore this e-mail: nobody can read the message\r\n"
-        "without it.\r\n")
+    text = render(wording.code_text, values)
+    msg.set_content("\r\n".join(text.splitlines()) + "\r\n")
     return msg
 
 

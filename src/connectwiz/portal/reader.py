@@ -125,7 +125,8 @@ class ReaderPages:
         try:
             await submit(self.config.relay, "", [link.address],
                          code_mail(link.record["sender"], link.address, code, minutes,
-                                   self.config.hostname, self.config.organisation),
+                                   self.config.hostname, self.config.organisation,
+                                   self.config.wording),
                          self.config.hostname)
         except RelayUnavailable as exc:
             self.log("code-send-failed", held=link.held, error=str(exc))

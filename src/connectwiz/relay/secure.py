@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from connectwiz.policy.secure import (
     extend_expiry,
 )
 from connectwiz.policy.secure_request import find_tag
+from connectwiz.policy.wording import Wording, render
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.secure_content import (
@@ -388,7 +389,7 @@ class SecureMessaging:
         # reply comes from the original sender's envelope but was written by the recipient
         # in From:, external or (under a definition holding internal mail) a colleague.
         author = entry.header_from or entry.mail_from
-        state = self._state(decision, index.settings, author)
+        state = self._state(decision, index.settings, author, index.organisation)
         state["subject_tag"] = tag
         entry.extra["secure"] = state
         self.spool.update_active(entry)
@@ -398,13 +399,11 @@ class SecureMessaging:
                            options=decision.options, notes=list(decision.notes))
         return SecurePlan(True, dict(state["routes"]), state["banner"], state, tag)
 
-    def _state(self, decision: SecureDecision, settings: SecureSettings, author: str
-               ) -> dict[str, Any]:
+    def _state(self, decision: SecureDecision, settings: SecureSettings, author: str,
+               organisation: str) -> dict[str, Any]:
         definition = decision.definition
         assert definition is not None
-        banner = banner_text(definition)
-        if banner is not None:
-            banner = banner.replace("{sender}", author)
+        wording = settings.wording
         now = datetime.now(UTC)
         expires, limit = expiry_window(now, definition, settings)
         return {
@@ -412,7 +411,12 @@ class SecureMessaging:
             "reason": decision.reason,
             "routes": {o.recipient: o.route.value for o in decision.recipients},
             "whys": {o.recipient: o.why for o in decision.recipients},
-            "banner": banner,
+            # The template and its values: add_banner escapes them for HTML parts.
+            "banner": banner_text(definition, wording.banner),
+            "banner_values": {"sender": author, "organisation": organisation},
+            "notification": {"subject": wording.notification_subject,
+                             "text": wording.notification_text,
+                             "organisation": organisation},
             "requested": decision.requested,
             "sender_options": decision.options,
             "held_at": _iso(now), "expires_at": _iso(expires), "limit_at": _iso(limit),
@@ -428,7 +432,8 @@ class SecureMessaging:
             plain = strip_subject_tag(plain, plan.subject_tag)
         out = {"": plain}
         if plan.banner is not None and Route.BANNER in plan.routes.values():
-            out[BANNER_VARIANT] = add_banner(plain, plan.banner)
+            out[BANNER_VARIANT] = add_banner(plain, plan.banner,
+                                             plan.state.get("banner_values"))
         return out
 
     def hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> list[str]:
@@ -518,23 +523,25 @@ class SecureMessaging:
 def notification(sender: str, recipient: str, link: str, state: dict[str, Any],
                  hostname: str) -> bytes:
     """The e-mail telling a recipient a secure message waits in the portal. It names the
-    sender and the expiry, never the subject or content."""
+    sender and the expiry, never the subject or content. Its texts are the bundle's
+    wording as it was when the message was held (``state['notification']``)."""
     definition = state["definition"]
+    wording = state.get("notification") or {}
+    default = Wording()
+    organisation = wording.get("organisation", "")
+    values = {"sender": sender, "recipient": recipient, "link": link,
+              "expires": state["expires_at"], "organisation": organisation}
+    subject = render(wording.get("subject", default.notification_subject), values)
+    text = render(wording.get("text", default.notification_text), values)
     msg = EmailMessage()
-    msg["From"] = f"Secure Messaging <{sender}>"
+    service = f"{organisation} Secure Messaging" if organisation else "Secure Messaging"
+    msg["From"] = formataddr((service, sender))
     msg["To"] = recipient
-    msg["Subject"] = f"Secure message from {sender}"
+    msg["Subject"] = " ".join(subject.split())
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=hostname)
     msg["Auto-Submitted"] = "auto-generated"
-    lines = [
-        f"{sender} sent you a secure message. Read it in the Secure Messaging portal:",
-        "",
-        f"    {link}",
-        "",
-        "This link is personal: do not forward this e-mail.",
-        f"The message can be read until {state['expires_at']}.",
-    ]
+    lines = text.splitlines()
     if definition["allow_reply"]:
         lines.append("You can reply securely from the portal.")
     if definition["routing"] == SecureRouting.ALL:

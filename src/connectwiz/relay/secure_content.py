@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from email import message_from_bytes
 from email import policy as email_policy
 from email.errors import HeaderParseError
@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 
 from connectwiz.policy.secure import MessageContent
 from connectwiz.policy.secure_request import find_tag
+from connectwiz.policy.wording import render
 
 
 class _Text(HTMLParser):
@@ -131,14 +132,18 @@ def strip_subject_tag(body: bytes, tag: str) -> bytes:
     return body
 
 
-def add_banner(body: bytes, banner: str) -> bytes:
-    """Put ``banner`` at the top of every text body part (not attachments). A banner with
-    HTML tags goes into HTML parts as it is and into plain parts as text."""
+def add_banner(body: bytes, banner: str, values: Mapping[str, str] | None = None) -> bytes:
+    """Put the ``banner`` template, its placeholders filled with ``values``, at the top of
+    every text body part (not attachments). A template with HTML tags goes into HTML parts
+    as it is, with the values escaped, and into plain parts as text. Whether it is HTML is
+    judged on the template, never on the values (a From: address cannot inject markup)."""
+    values = values or {}
     is_html = bool(re.search(r"<[a-zA-Z/][^>]*>", banner))
-    plain = html_to_text(banner) if is_html else banner
-    markup = banner if is_html else (
+    filled = render(banner, values, for_html=is_html)
+    plain = html_to_text(filled) if is_html else filled
+    markup = filled if is_html else (
         '<div class="connectwiz-secure-banner" style="border:1px solid #888;padding:6px;'
-        f'margin-bottom:12px">{html.escape(banner)}</div>')
+        f'margin-bottom:12px">{html.escape(filled)}</div>')
     try:
         msg = _parse(body)
         changed = False
