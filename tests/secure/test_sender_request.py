@@ -24,6 +24,8 @@ from connectwiz.policy.model import (
 from connectwiz.policy.secure import MessageContent, Route, SecureIndex, Source
 from connectwiz.policy.secure_request import find_tag, parse_header
 from connectwiz.policy.select import MessageContext
+from connectwiz.relay.secure import SecureMessaging
+from connectwiz.relay.spool import QueueEntry, Recipient
 
 ALICE, BOB, CEO = "alice@corp.example", "bob@corp.example", "ceo@corp.example"
 BANK = "teller@bank.example"
@@ -160,3 +162,18 @@ def test_explain_shows_the_options_and_a_refused_request() -> None:
     text = shown.render_text()
     assert "Note: <bob@corp.example> may not request 'Board only'" in text
     assert shown.to_json()["secure"]["options"] == "reply=no"
+
+
+@pytest.mark.parametrize(("head", "looks"), [
+    (b"From: =?utf-8?q?J=C3=B6rg?= <alice@corp.example>\r\nSubject: figures\r\n", False),
+    (b"From: alice@corp.example\r\nSubject: [Secure] figures\r\n", True),
+    (b"From: alice@corp.example\r\nSubject: figures\r\n =?utf-8?q?=5Bsecure=5D?=\r\n", True),
+    (b"From: alice@corp.example\r\nX-Note: [secure]\r\nSubject: figures\r\n", False),
+])
+def test_relay_looks_closer_only_at_a_subject_that_may_hold_a_tag(head: bytes,
+                                                                  looks: bool) -> None:
+    """Without policies or triggers, only a possible tag makes the relay parse a message:
+    an encoded From: name (common) costs nothing."""
+    entry = QueueEntry("X1", ALICE, [Recipient(BANK)], 0.0)
+    assert SecureMessaging.may_apply(entry, head + b"\r\nbody\r\n",
+                                     SecureIndex(model())) is looks

@@ -62,6 +62,7 @@ from connectwiz.relay.secure_content import (
     parse_content,
     strip_header,
     strip_subject_tag,
+    subject_bytes,
 )
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
 
@@ -358,9 +359,10 @@ class SecureMessaging:
         if _REQUEST in head:
             return True  # the header goes, whoever sent it; plan() looks closer
         tag = index.settings.subject_tag
-        if tag and (b"=?" in head or b"[" + tag.lower().encode() in head) and \
-                index.is_internal(entry.mail_from):
-            return True  # a subject tag, maybe inside an encoded subject
+        if tag and index.is_internal(entry.mail_from):
+            subject = subject_bytes(head)
+            if b"=?" in subject or b"[" + tag.lower().encode() in subject:
+                return True  # a subject tag, maybe inside an encoded subject
         return not index.content_free and index.is_internal(entry.mail_from)
 
     def plan(self, entry: QueueEntry, body: bytes, index: SecureIndex) -> SecurePlan | None:

@@ -105,6 +105,22 @@ def strip_header(body: bytes, name: str) -> bytes:
     return b"\r\n".join(kept) + rest
 
 
+def subject_bytes(head: bytes) -> bytes:
+    """The raw Subject: field of a header block (with continuation lines), b"" without one;
+    a byte scan, so the relay can rule out a subject tag without parsing the message."""
+    at = head.lower().find(b"\nsubject:")
+    if at < 0:
+        if not head.lower().startswith(b"subject:"):
+            return b""
+        at = -1
+    end = at + 1
+    while True:
+        end = head.find(b"\r\n", end)
+        if end < 0 or head[end + 2:end + 3] not in (b" ", b"\t"):
+            return head[at + 1:] if end < 0 else head[at + 1:end]
+        end += 2
+
+
 def strip_subject_tag(body: bytes, tag: str) -> bytes:
     """``body`` with every ``[tag...]`` removed from its Subject: (decoded first, so a tag in
     an encoded subject goes too); unchanged when there is none."""
