@@ -1,7 +1,8 @@
 """Internal recipients reply securely: under a definition that holds mail for internal
-recipients too (the built-in All Recipients), a colleague opens the portal link from their
-notification, signs in with a code and replies there, like an external recipient. Real
-relay (the lab is its next hop) and real portal on one spool."""
+recipients too (the built-in All Recipients, or one with routing = "all"), a colleague
+opens the portal link from their notification, signs in with a code and replies there,
+like an external recipient. Real relay (the lab is its next hop) and real portal on one
+spool."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from email import policy as email_policy
 
 import pytest
 
-from connectwiz.policy.model import SecurePolicy
+from connectwiz.policy.model import SecureDefinition, SecurePolicy, SecureRouting
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab
 
 pytestmark = pytest.mark.network
@@ -34,10 +35,17 @@ async def mail_to(lab, address: str, needle: str) -> bytes:
     return found()[-1]
 
 
-async def test_internal_recipient_reads_and_replies_in_the_portal(lab, relays,
-                                                                  portal_client) -> None:
-    model = replace(make_model(lab), secure_policies=(
-        SecurePolicy("everything is secure", "All Recipients"),))
+PAYROLL = SecureDefinition("Payroll", routing=SecureRouting.ALL, expiry_days=3)
+
+
+@pytest.mark.parametrize("definition", [None, PAYROLL], ids=["All Recipients", "own"])
+async def test_internal_recipient_reads_and_replies_in_the_portal(
+        lab, relays, portal_client, definition: SecureDefinition | None) -> None:
+    """The built-in All Recipients, or a definition of the bundle's own with
+    routing = "all", covers internal recipients."""
+    name = definition.name if definition else "All Recipients"
+    model = replace(make_model(lab), secure_definitions=(definition,) if definition else (),
+                    secure_policies=(SecurePolicy("everything is secure", name),))
     relay = await relays(model, replace(FAST, portal_url=PUBLIC))
     pc = await portal_client(spool=relay.spool, relay=("127.0.0.1", relay.port))
     tag = token()

@@ -19,6 +19,7 @@ from connectwiz.policy.model import (
     Scope,
     SecureDefinition,
     SecurePolicy,
+    SecureRouting,
     SecureSettings,
 )
 from connectwiz.policy.secure import MessageContent, Route, SecureIndex, Source
@@ -133,7 +134,9 @@ def load(tmp_path: Path, settings: str = "", definition: str = "") -> PolicyMode
 
 def test_bundle_round_trips_tag_settings_and_access(tmp_path: Path) -> None:
     m = load(tmp_path, 'subject_tag = "encrypt"\ntag_definition = "Board only"',
-             'may_request = { groups = ["board"], domains = ["Legal.Corp.Example"] }')
+             'may_request = { groups = ["board"], domains = ["Legal.Corp.Example"] }\n'
+             'routing = "all"')
+    assert m.secure_definitions[0].routing is SecureRouting.ALL
     assert m.secure_settings == SecureSettings(subject_tag="encrypt",
                                                tag_definition="Board only")
     assert m.secure_definitions[0].requesters == Requesters(("board",),

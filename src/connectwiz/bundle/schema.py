@@ -48,6 +48,7 @@ from connectwiz.policy.model import (
     SecureCondition,
     SecureDefinition,
     SecurePolicy,
+    SecureRouting,
     SecureSettings,
     SecureTrigger,
     TriggerMatch,
@@ -87,7 +88,7 @@ SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition",
                         *WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS)
 SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
                           "expiry_days", "max_extension_days", "read_receipt", "banner",
-                          "may_request")
+                          "may_request", "routing")
 REQUESTER_KEYS = ("groups", "domains", "addresses")
 SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to", *VALIDITY_KEYS)
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
@@ -530,6 +531,7 @@ class _Validator:
             read_receipt=self.flag(t, "read_receipt", p, False),
             banner=banner,
             requesters=self.requesters(t, p),
+            routing=self.choice(t, "routing", p, SecureRouting, SecureRouting.EXTERNAL),
         )
 
     def one_way(self, t: dict[str, Any], p: KeyPath) -> Validity:
@@ -863,6 +865,8 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
                max_extension_days=d.max_extension_days, read_receipt=d.read_receipt)
     if d.banner is not None:
         out["banner"] = d.banner
+    if d.routing is not SecureRouting.EXTERNAL:
+        out["routing"] = d.routing.value
     if not d.requesters.everyone:
         who = d.requesters
         out["may_request"] = {k: list(v) for k, v in (
