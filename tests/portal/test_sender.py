@@ -71,6 +71,8 @@ async def test_code_is_sent_only_to_senders_of_secure_mail_and_the_page_says_the
 
 async def test_extend_within_the_limit_and_refused_past_it(portal_client, sink) -> None:
     pc = await portal_client()
+    expired, _ = hold(pc.spool, mime("s3x"), expires_in=timedelta(seconds=-1),
+                      limit_in=timedelta(days=5))
     held, _ = hold(pc.spool, mime("s3"), max_extension_days=5,
                    expires_in=timedelta(days=7), limit_in=timedelta(days=12))
     record_before = record(pc, held)
@@ -86,6 +88,9 @@ async def test_extend_within_the_limit_and_refused_past_it(portal_client, sink) 
     after = record(pc, held)
     assert after["extended_days"] == 3 and after["expires_at"] != record_before["expires_at"]
     assert "at most 2" in await (await pc.client.get(HOME)).text()
+    # An expired message cannot be brought back, though its limit is not reached.
+    resp = await pc.client.post(f"{HOME}/m/{expired}/extend", data={"_csrf": csrf, "days": "1"})
+    assert resp.status == 410 and "has expired" in await resp.text()
 
 
 async def test_revoke_own_message_only(portal_client, sink) -> None:
@@ -104,6 +109,8 @@ async def test_revoke_own_message_only(portal_client, sink) -> None:
     assert resp.status == 200 and "withdrawn" in await resp.text()
     assert record(pc, held)["revoked_at"] is not None
     assert not (pc.spool / "secure" / held / "message.enc").exists()
+    resp = await pc.client.post(f"{HOME}/m/{held}/extend", data={"_csrf": csrf, "days": "1"})
+    assert resp.status == 410 and record(pc, held)["extended_days"] == 0
     pc.client.session.cookie_jar.clear()
     resp = await pc.client.get(pc.link(held, tokens[READER]))
     assert resp.status == 410

@@ -200,7 +200,8 @@ class SenderPages:
         return response
 
     async def _owned(self: Portal, request: web.Request) -> tuple[str, str] | web.Response:
-        """(sender, held id) for an action on one of the signed-in sender's messages."""
+        """(sender, held id) for an action on one of the signed-in sender's messages that
+        can still be read: an expired or withdrawn one has no content left to act on."""
         address = self._sender(request)
         if address is None:
             return self._redirect(self._sender_url())
@@ -210,6 +211,11 @@ class SenderPages:
             return self._notice(request, 404, "No such message",
                                 "It is not one of your secure messages.",
                                 home=self._sender_url())
+        status = held_status(record, datetime.now(UTC))
+        if status != "held":
+            return self._notice(request, 410, f"This message has {status}"
+                                if status == "expired" else "This message was withdrawn",
+                                "It can no longer be changed.", home=self._sender_url())
         return address, held
 
     async def sender_extend(self: Portal, request: web.Request) -> web.Response:
