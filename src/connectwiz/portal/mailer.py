@@ -95,12 +95,16 @@ def sign_in_code_mail(address: str, code: str, minutes: int, hostname: str,
 
 
 def receipt_mail(sender: str, reader: str, subject: str, held_id: str, when: str,
-                 hostname: str) -> EmailMessage:
+                 hostname: str, overview: str = "") -> EmailMessage:
+    """``overview``: the sender's own page in the portal, where they can extend or
+    withdraw the message (docs/portal.md, "What a sender sees")."""
     msg = _base(f"Secure Messaging <{sender}>", sender, f"Read: {subject}", hostname)
     msg["Auto-Submitted"] = "auto-replied"
+    see = (f"\r\nSee who has read your secure messages, extend or withdraw them:\r\n"
+           f"    {overview}\r\n") if overview else ""
     msg.set_content(
         f"{reader} opened your secure message in the portal at {when}.\r\n"
-        f"Subject: {clean(subject)}\r\nHeld message: {held_id}\r\n")
+        f"Subject: {clean(subject)}\r\nHeld message: {held_id}\r\n{see}")
     return msg
 
 
