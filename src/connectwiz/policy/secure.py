@@ -4,8 +4,9 @@ Pure: no I/O (the relay parses the message into a :class:`MessageContent`). Rule
 admin's words in docs/secure-messaging.md:
 
 * Only mail from an internal sender (the envelope sender's domain is internal) is considered.
-* For each recipient, Secure Messaging is *triggered* by any of: the sender's client header
-  (:data:`REQUEST_HEADER`, for every recipient), the Secure Messaging policy that selection
+* For each recipient, Secure Messaging is *triggered* by any of: the sender's request (the
+  client header :data:`REQUEST_HEADER` or a subject tag, for every recipient; see
+  ``secure_request``: a definition may limit who requests it), the policy that selection
   picks for the pair (unless it is Take No Action), and every content trigger in effect for
   the pair whose conditions match (triggers are cumulative, not a single winner).
 * The bypass policy that selection picks for the pair wins over all of that when it is
@@ -317,8 +318,8 @@ class SecureIndex:
                                    f"{FALLBACK_DEFINITION.name!r} is used")
             elif not may_request(self.definitions[name], envelope_from, self._groups):
                 refused = (f"<{envelope_from}> may not request {name!r} (not in its "
-                           f"may_request); the policies' definition is used instead")
-                notes.append(refused)
+                           f"may_request)")
+                notes.append(f"{refused}; the policies decide instead")
             else:
                 requested = Reason(Source.CLIENT, name, f"{asked} for {name!r}")
 
@@ -340,8 +341,8 @@ class SecureIndex:
             # Refused, and no policy or trigger applies: the sender still asked for
             # confidentiality, so the message gets the fallback rather than none.
             requested = Reason(Source.CLIENT, FALLBACK_DEFINITION.name,
-                               f"{refused}; none applies, so {FALLBACK_DEFINITION.name!r} is "
-                               f"used")
+                               f"{refused}, and no policy or trigger applies, so "
+                               f"{FALLBACK_DEFINITION.name!r} is used")
             per_rcpt = [(r, [requested], b) for r, _, b in per_rcpt]
 
         ordered: list[Reason] = []
