@@ -61,22 +61,54 @@ async def test_internal_recipient_reads_and_replies_in_the_portal(
     assert link
     path = "/secure" + link.group(1)
 
+    await read_and_reply(lab, pc, path, bob, tag)
+    # The reply reaches Alice's mailbox through the relay, with the banner naming Bob,
+    # who wrote it (not Alice, the reply's envelope sender).
+    reply = text_of(await mail_to(lab, alice, f"answer {tag}"))
+    assert reply.startswith(f"This message was sent securely by {bob}")
+
+
+async def read_and_reply(lab, pc, path: str, reader: str, tag: str) -> None:
+    """Sign in with the code mailed to ``reader``, read the message, reply."""
     csrf = await pc.csrf(path)
     resp = await pc.client.post(path + "/code", data={"_csrf": csrf}, allow_redirects=False)
     assert resp.status == 303
-    code = CODE.search(text_of(await mail_to(lab, bob, "one-time code")))
+    code = CODE.search(text_of(await mail_to(lab, reader, "one-time code")))
     assert code
     resp = await pc.client.post(path + "/verify", data={"_csrf": csrf, "code": code.group(1)},
                                 allow_redirects=False)
     assert resp.status == 303
     page = await (await pc.client.get(path)).text()
     assert f"salaries {tag}" in page and "Reply" in page
-
     csrf = await pc.csrf(path + "/reply")
     resp = await pc.client.post(path + "/reply", data={
         "_csrf": csrf, "subject": f"Re: Payroll {tag}", "text": f"answer {tag}"})
     assert resp.status == 200 and "Your reply was sent" in await resp.text()
-    # The reply reaches Alice's mailbox through the relay, with the banner naming Bob,
-    # who wrote it (not Alice, the reply's envelope sender).
+
+
+async def test_internal_recipient_with_the_mailbox_copy_gets_a_link_to_reply_securely(
+        lab, relays, portal_client) -> None:
+    """All Recipients requested by the sender (subject tag): internal recipients get the
+    message in their mailbox, and their banner carries a personal portal link, so they can
+    still reply securely."""
+    relay = await relays(make_model(lab), replace(FAST, portal_url=PUBLIC))
+    pc = await portal_client(spool=relay.spool, relay=("127.0.0.1", relay.port))
+    tag = token()
+    alice, bob, carol = (f"alice-{tag}@corp.example", f"bob-{tag}@corp.example",
+                         f"carol-{tag}@corp.example")
+    body = (f"From: {alice}\r\nTo: {bob}, {carol}\r\n"
+            f"Subject: [secure:All Recipients] Payroll {tag}\r\n"
+            f"Message-ID: <{tag}@corp.example>\r\n\r\nsalaries {tag}\r\n").encode()
+    held = await send(relay.port, alice, [bob, carol], body)
+    await relay.wait_status(held, "delivered")
+    copies = {}
+    for reader in (bob, carol):
+        copies[reader] = text_of(await mail_to(lab, reader, f"salaries {tag}"))
+        assert copies[reader].startswith(f"This message was sent securely by {alice}")
+    links = {r: re.search(re.escape(PUBLIC) + r"(/m/[0-9A-F]+/[A-Za-z0-9_-]{43})", t)
+             for r, t in copies.items()}
+    assert all(links.values()) and links[bob].group(1) != links[carol].group(1)  # personal
+    assert f"salaries {tag}" in copies[bob]
+    await read_and_reply(lab, pc, "/secure" + links[bob].group(1), bob, tag)
     reply = text_of(await mail_to(lab, alice, f"answer {tag}"))
     assert reply.startswith(f"This message was sent securely by {bob}")

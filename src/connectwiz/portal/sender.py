@@ -54,7 +54,7 @@ class SentMessage:
     definition: str
     options: str
     recipients: list[tuple[str, str | None]]  # (address, first viewed at or None)
-    internal: list[str]  # delivered to mailboxes (with the banner or as usual)
+    internal: list[tuple[str, str | None]]  # delivered to mailboxes; opened in the portal at
 
 
 def _subject(body: bytes | None) -> str:
@@ -114,13 +114,17 @@ class SenderPages:
             except UserError:
                 body = None
             room = (_parse(record["limit_at"]) - _parse(record["expires_at"])).days
+            # Internal recipients with a reply link have a slot too; they read the mailbox copy.
+            mailbox = [*record.get("delivered_with_banner", []),
+                       *record.get("delivered_normally", [])]
+            viewed = {r["address"]: r.get("first_viewed_at") for r in record["recipients"]}
             rows.append(SentMessage(
                 held, _subject(body), status, record["held_at"], record["expires_at"],
                 record["limit_at"], max(room, 0) if status == "held" else 0,
                 record["definition"]["name"], record.get("sender_options", ""),
-                [(r["address"], r.get("first_viewed_at")) for r in record["recipients"]],
-                [*record.get("delivered_with_banner", []),
-                 *record.get("delivered_normally", [])]))
+                [(r["address"], r.get("first_viewed_at")) for r in record["recipients"]
+                 if r["address"] not in mailbox],
+                [(a, viewed.get(a)) for a in mailbox]))
             if len(rows) >= MAX_LISTED:
                 break
         return rows

@@ -71,6 +71,9 @@ BODY_FILE = "message.enc"
 _SEALED = b"CWZ-AESGCM-1\n"  # format marker of message.enc: marker, 12-byte nonce, ciphertext
 BANNER_VARIANT = "banner"
 _REQUEST = REQUEST_HEADER.lower().encode()
+_HAS_TAGS = re.compile(r"<[a-zA-Z/][^>]*>")  # as add_banner judges a banner to be HTML
+_LINK_TEXT = "\n\nReply securely in the Secure Messaging portal: {link}"
+_LINK_HTML = '<p>Reply securely in the Secure Messaging portal: <a href="{link}">{link}</a></p>'
 
 
 def _iso(when: datetime) -> str:
@@ -330,6 +333,8 @@ class SecurePlan:
 
     def variant(self, address: str) -> str:
         if self.banner is not None and self.routes.get(address) == Route.BANNER:
+            if address in self.state.get("reply_links", ()):
+                return f"{BANNER_VARIANT}:{address}"  # a banner with their own portal link
             return BANNER_VARIANT
         return ""
 
@@ -393,6 +398,8 @@ class SecureMessaging:
         author = entry.header_from or entry.mail_from
         state = self._state(decision, index.settings, author, index.organisation)
         state["subject_tag"] = tag
+        state["entry"] = {"id": entry.id, "mail_from": entry.mail_from,
+                          "header_from": entry.header_from}
         entry.extra["secure"] = state
         self.spool.update_active(entry)
         self.msglog.append(entry.id, "secure", applied=True, definition=state["definition"]["name"],
@@ -408,13 +415,21 @@ class SecureMessaging:
         wording = settings.wording
         now = datetime.now(UTC)
         expires, limit = expiry_window(now, definition, settings)
+        banner = banner_text(definition, wording.banner)
+        # Under a definition covering internal recipients, those who get the message in
+        # their mailbox (the sender's client asked) may still reply securely: their banner
+        # carries a personal portal link (seed 002).
+        links = [o.recipient for o in decision.recipients if o.route is Route.BANNER] if (
+            definition.routing is SecureRouting.ALL and definition.allow_reply
+            and banner is not None) else []
         return {
             "definition": _definition_data(definition),
             "reason": decision.reason,
             "routes": {o.recipient: o.route.value for o in decision.recipients},
             "whys": {o.recipient: o.why for o in decision.recipients},
             # The template and its values: add_banner escapes them for HTML parts.
-            "banner": banner_text(definition, wording.banner),
+            "banner": banner,
+            "reply_links": links,
             "banner_values": {"sender": author, "organisation": organisation},
             "notification": {"subject": wording.notification_subject,
                              "text": wording.notification_text,
@@ -434,9 +449,44 @@ class SecureMessaging:
             plain = strip_subject_tag(plain, plan.subject_tag)
         out = {"": plain}
         if plan.banner is not None and Route.BANNER in plan.routes.values():
-            out[BANNER_VARIANT] = add_banner(plain, plan.banner,
-                                             plan.state.get("banner_values"))
+            values = plan.state.get("banner_values") or {}
+            out[BANNER_VARIANT] = add_banner(plain, plan.banner, values)
+            if plan.state.get("reply_links"):
+                with_link = plan.banner + (_LINK_HTML if _HAS_TAGS.search(plan.banner)
+                                           else _LINK_TEXT)
+                for address, url in self._reply_links(plain, plan.state).items():
+                    out[f"{BANNER_VARIANT}:{address}"] = add_banner(
+                        plain, with_link, {**values, "link": url})
         return out
+
+    def _reply_links(self, plain: bytes, state: dict[str, Any]) -> dict[str, str]:
+        """A fresh portal link for each internal recipient in ``state['reply_links']``; the
+        record (created here when the message has no portal recipient) gets its hash
+        before any copy with the link leaves. Every attempt issues new links: earlier
+        ones stay valid, as for notifications."""
+        held_id = state["entry"]["id"]
+        links: dict[str, str] = {}
+        with self.store.locked(held_id):
+            record = self._record(held_id, state, plain)
+            by_address = {r["address"]: r for r in record["recipients"]}
+            for address in state["reply_links"]:
+                token = secrets.token_urlsafe(32)
+                slot = by_address.setdefault(address, self._recipient(address, state))
+                slot["token_sha256"].append(token_hash(token))
+                links[address] = f"{self.portal_url}/m/{held_id}/{token}"
+            record["recipients"] = list(by_address.values())
+            self.store.write(record)
+        self.msglog.append(held_id, "reply-links", recipients=list(links), held=held_id)
+        return links
+
+    def _record(self, held_id: str, state: dict[str, Any], plain: bytes) -> dict[str, Any]:
+        """The held record, created with the content on first use. Call under the lock."""
+        if self.store.exists(held_id):
+            return self.store.read(held_id)
+        self.store.write_body(held_id, plain)
+        entry = state.get("entry") or {}
+        return self._new_record(held_id, entry.get("mail_from", ""), entry.get("header_from"),
+                                state, plain)
 
     def hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> list[str]:
         """Hold ``entry`` for its portal recipients still pending and queue a notification
@@ -450,7 +500,8 @@ class SecureMessaging:
         with self.store.locked(held_id):
             if not self.store.exists(held_id):
                 self.store.write_body(held_id, plain)
-                record = self._new_record(entry, state, plain)
+                record = self._new_record(held_id, entry.mail_from, entry.header_from, state,
+                                          plain)
             else:
                 record = self.store.read(held_id)
             by_address = {r["address"]: r for r in record["recipients"]}
@@ -480,15 +531,15 @@ class SecureMessaging:
                 "token_sha256": [], "notifications": [], "first_viewed_at": None,
                 "read_receipt_sent": False}
 
-    def _new_record(self, entry: QueueEntry, state: dict[str, Any], plain: bytes
-                    ) -> dict[str, Any]:
+    def _new_record(self, held_id: str, sender: str, header_from: str | None,
+                    state: dict[str, Any], plain: bytes) -> dict[str, Any]:
         routes = state["routes"]
         to, cc = header_addresses(plain)
         return {
             "version": RECORD_VERSION,
-            "id": entry.id,
-            "sender": entry.mail_from,
-            "header_from": entry.header_from,
+            "id": held_id,
+            "sender": sender,
+            "header_from": header_from,
             # Reply all is built from these, never from the envelope, which holds the Bcc's.
             "header_to": to,
             "header_cc": cc,
