@@ -15,12 +15,15 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.directory.snapshot import attribute_pair
 from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.content import InvalidPattern, compile_pattern
 from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     DEFAULT_RETENTION_DAYS,
@@ -29,10 +32,13 @@ from connectwiz.policy.model import (
     Applies,
     BasedOn,
     BypassOption,
+    ClientCertificatePin,
     ConditionField,
+    ConditionKind,
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
+    DirectorySettings,
     EncryptionMode,
     ExternalDomain,
     InboundRoute,
@@ -51,11 +57,13 @@ from connectwiz.policy.model import (
     SecureRouting,
     SecureSettings,
     SecureTrigger,
+    SslMode,
     TriggerMatch,
     ValidationStatus,
     Validity,
 )
 from connectwiz.policy.secure import BUILTIN_DEFINITIONS
+from connectwiz.policy.sslmode import LEVELS, TLS_ORDER
 from connectwiz.policy.wording import Wording, problems
 
 SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
@@ -64,21 +72,26 @@ LATEST_SCHEMA_VERSION = SECURE_SCHEMA_VERSION
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 TOP_KEYS = (
-    "schema_version", "organisation", "inbound_routes", "external_domains",
+    "schema_version", "organisation", "directory", "inbound_routes", "external_domains",
     "delivery_definitions", "delivery_policies", "receipt_policies",
     "secure_messaging", "secure_definitions", "secure_policies", "secure_triggers",
     "secure_bypass",
 )
 SECURE_KEYS = TOP_KEYS[-5:]
+DIRECTORY_KEYS = ("url", "base_dn", "bind_dn", "password_env", "user_filter", "mail_attribute",
+                  "group_filter", "group_name_attribute", "attributes", "refresh_seconds",
+                  "timeout_seconds")
+_DIRECTORY_DEFAULTS = DirectorySettings("", "")
 ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups", "name",
                      "logo")
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
 DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
 VALIDATION_KEYS = ("status", "at", "reason")
-DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed")
+DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed", "ssl_mode")
 VALIDITY_KEYS = ("enabled", "start", "end", "override", "bidirectional", "source_ips")
 DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "managed")
-RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
+RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed",
+                "client_certificate")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
 WORDING_TEXT_KEYS = ("notification_subject", "notification_text", "code_subject", "code_text",
@@ -94,7 +107,10 @@ SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to",
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
                        *VALIDITY_KEYS)
 SECURE_BYPASS_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS)
-CONDITION_KEYS = ("subject_contains", "body_contains", "header", "equals")
+# A condition's main key (exactly one) and its modifiers.
+_CONDITION_MAIN = ("subject_contains", "body_contains", "subject_matches", "body_matches",
+                   "header", "attachment_name", "attachment_type", "dictionary")
+CONDITION_KEYS = (*_CONDITION_MAIN, "equals", "whole_word", "case_sensitive", "in", "threshold")
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -166,6 +182,7 @@ class _Validator:
         self._locator: Locator | None = None
         self._domains: dict[str, str] = {}  # memo: the same domain appears in several lists
         self.groups: dict[str, tuple[str, ...]] = {}
+        self.directory: DirectorySettings | None = None
 
     def fail(self, path: KeyPath, problem: str, value: object = None) -> NoReturn:
         if self._locator is None:
@@ -332,6 +349,54 @@ class _Validator:
             logo=self.typed(t, "logo", p, str, "").strip(),
         )
 
+    # Directory (directory/ldap.py reads it) -----------------------------------------------
+
+    def directory_settings(self, data: dict[str, Any]) -> DirectorySettings | None:
+        if "directory" not in data:
+            return None
+        p: KeyPath = ("directory",)
+        t = self.table(data["directory"], p, DIRECTORY_KEYS, ("url", "base_dn"))
+        url = self.typed(t, "url", p, str, "").strip()
+        if not url.lower().startswith(("ldap://", "ldaps://")):
+            self.fail((*p, "url"), "must start with ldap:// or ldaps://", url)
+        text = {k: self.typed(t, k, p, str, "").strip()
+                for k in DIRECTORY_KEYS if k in t and k not in
+                ("url", "attributes", "refresh_seconds", "timeout_seconds")}
+        for key in ("base_dn", "mail_attribute", "group_name_attribute", "user_filter",
+                    "group_filter"):
+            if key in text and not text[key]:
+                self.fail((*p, key), "must not be empty")
+        for key in ("user_filter", "group_filter"):
+            if key in text and not (text[key].startswith("(") and text[key].endswith(")")):
+                self.fail((*p, key), "must be an LDAP filter in parentheses, e.g. (mail=*)",
+                          text[key])
+        attributes = [a.strip() for a in self.strings(t, "attributes", p)]
+        for i, name in enumerate(attributes):
+            if not name or not name.replace("-", "").isalnum():
+                self.fail((*p, "attributes", i), f"{name!r} is not an LDAP attribute name")
+        self.unique([a.lower() for a in attributes], (*p, "attributes"))
+        numbers = {}
+        for key, low in (("refresh_seconds", 10), ("timeout_seconds", 1)):
+            numbers[key] = self.typed(t, key, p, int, getattr(_DIRECTORY_DEFAULTS, key))
+            if numbers[key] < low:
+                self.fail((*p, key), f"must be at least {low}", numbers[key])
+        return DirectorySettings(url=url, attributes=tuple(attributes), **text, **numbers)
+
+    def attribute(self, text: str, p: KeyPath) -> str:
+        """An address_attribute entry: ``name=value``, ``name`` one the directory reads."""
+        if self.directory is None:
+            self.fail(p, "address_attribute needs a [directory] section to read attributes "
+                         "from", text)
+        try:
+            name, value = attribute_pair(text)
+        except ValueError as exc:
+            self.fail(p, str(exc), text)
+        known = {a.lower(): a for a in self.directory.attributes}
+        if name.lower() not in known:
+            self.fail(p, f"attribute {name!r} is not in directory.attributes"
+                         + _suggest(name, list(known.values()) or ["(none listed)"]), text)
+        return f"{known[name.lower()]}={value}"
+
     def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
         self.table(t, p, ROUTE_KEYS, ("host",))
         host_text = self.typed(t, "host", p, str, "")
@@ -369,6 +434,7 @@ class _Validator:
                                         EncryptionMode.STRICT),
             min_tls=min_tls,
             managed=self.flag(t, "managed", p),
+            ssl_mode=self.ssl_mode(t, p, min_tls),
         )
 
     def scope(self, t: dict[str, Any], side: str, p: KeyPath) -> Scope:
@@ -381,7 +447,8 @@ class _Validator:
         based_on = self.choice(s, "based_on", sp, BasedOn, BasedOn.ENVELOPE)
         entries = self.strings(s, "specifically", sp)
         lp = (*sp, "specifically")
-        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP)
+        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP,
+                            Applies.ADDRESS_ATTRIBUTE)
         if keyed and not entries:
             self.fail(lp if "specifically" in s else (*sp, "applies"),
                       f"applies = '{applies}' needs at least one entry in 'specifically'")
@@ -391,10 +458,14 @@ class _Validator:
             items = [self.domain(e, (*lp, i)) for i, e in enumerate(entries)]
         elif applies is Applies.INDIVIDUAL:
             items = [self.address(e, (*lp, i)) for i, e in enumerate(entries)]
+        elif applies is Applies.ADDRESS_ATTRIBUTE:
+            items = [self.attribute(e, (*lp, i)) for i, e in enumerate(entries)]
         else:
             items = list(entries)
             for i, name in enumerate(items):
-                if name not in self.groups:
+                # Without a directory every group must be the bundle's; with one, a name the
+                # bundle does not define is a directory group (checked when it is read).
+                if name not in self.groups and self.directory is None:
                     self.fail((*lp, i), f"unknown address group {name!r}"
                               + _suggest(name, list(self.groups) or ["(none defined)"]), name)
         self.unique(items, lp)
@@ -439,7 +510,47 @@ class _Validator:
             to=self.scope(t, "to", p),
             validity=self.validity(t, p),
             managed=self.flag(t, "managed", p),
+            client_certificate=self.client_certificate(t, p),
         )
+
+    # SSL Mode and pinned client certificates (issue 18) ---------------------------------
+
+    def ssl_mode(self, t: dict[str, Any], p: KeyPath, min_tls: str) -> SslMode | None:
+        if "ssl_mode" not in t:
+            return None  # Strong, or Legacy for an older min_tls: see sslmode.default_mode
+        mode = self.choice(t, "ssl_mode", p, SslMode, SslMode.STRONG)
+        floor = LEVELS[mode].min_tls
+        if TLS_ORDER.index(min_tls) < TLS_ORDER.index(floor):
+            self.fail((*p, "min_tls"), f"'{min_tls}' is older than ssl_mode = '{mode}' allows "
+                                       f"(TLS {floor} or newer); raise min_tls or choose "
+                                       f"ssl_mode = 'legacy'")
+        return mode
+
+    def client_certificate(self, t: dict[str, Any], p: KeyPath) -> ClientCertificatePin | None:
+        """A PEM file (relative to the bundle's folder) holding the certificate(s) a sending
+        server must present: its own, or the CA that issued it."""
+        if "client_certificate" not in t:
+            return None
+        # Imported here: most bundles pin nothing, and every command loads a bundle.
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        key = (*p, "client_certificate")
+        name = self.typed(t, "client_certificate", p, str, "").strip()
+        if not name:
+            self.fail(key, "must name a PEM certificate file (relative to the bundle's folder)")
+        folder = Path(self.source).parent if not self.source.startswith("<") else Path()
+        try:
+            pem = (folder / name).read_bytes()
+        except OSError as exc:
+            self.fail(key, f"cannot read {name!r} (relative to the bundle's folder): "
+                           f"{exc.strerror or exc}")
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            self.fail(key, f"{name!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return ClientCertificatePin(name, tuple(
+            c.public_bytes(serialization.Encoding.DER) for c in certs))
 
     # Secure Messaging (schema v2) ---------------------------------------------------------
 
@@ -491,7 +602,7 @@ class _Validator:
         r = self.table(t["may_request"], rp, REQUESTER_KEYS)
         groups = self.strings(r, "groups", rp)
         for i, name in enumerate(groups):
-            if name not in self.groups:
+            if name not in self.groups and self.directory is None:  # else the directory's
                 self.fail((*rp, "groups", i), f"unknown address group {name!r}"
                           + _suggest(name, list(self.groups) or ["(none defined)"]), name)
         domains = [self.domain(d, (*rp, "domains", i))
@@ -563,15 +674,25 @@ class _Validator:
             validity=self.one_way(t, p),
         )
 
+    # Content conditions (policy/content.py evaluates them) ------------------------------
+
     def condition(self, c: object, p: KeyPath) -> SecureCondition:
         t = self.table(c, p, CONDITION_KEYS)
-        kinds = [k for k in ("subject_contains", "body_contains", "header") if k in t]
+        kinds = [k for k in _CONDITION_MAIN if k in t]
         if len(kinds) != 1:
-            self.fail(p, "a condition is one of: { subject_contains = \"...\" }, "
-                         "{ body_contains = \"...\" }, { header = \"Name\", equals = \"...\" }")
+            self.fail(p, "a condition is one of: " + ", ".join(
+                f"{{ {k} = ... }}" for k in _CONDITION_MAIN) + " (header goes with equals)")
         kind = kinds[0]
         if (kind == "header") != ("equals" in t):
             self.fail(p, "'header' and 'equals' go together")
+        for key in ("in", "threshold"):
+            if key in t and kind != "dictionary":
+                self.fail((*p, key), "only a dictionary condition takes it")
+        if "whole_word" in t and not (kind.endswith("_contains") or kind == "dictionary"):
+            self.fail((*p, "whole_word"), "only *_contains and dictionary conditions take it")
+        case = self.flag(t, "case_sensitive", p)
+        if kind == "dictionary":
+            return self.dictionary(t, p, case)
         value = self.typed(t, "equals" if kind == "header" else kind, p, str, "")
         if not value.strip():
             self.fail((*p, kind), "must not be empty")
@@ -580,8 +701,32 @@ class _Validator:
             if not header or any(ch.isspace() or ch == ":" for ch in header):
                 self.fail((*p, "header"), f"{header!r} is not a header name")
             return SecureCondition(ConditionField.HEADER, value, header)
-        field = ConditionField.SUBJECT if kind == "subject_contains" else ConditionField.BODY
-        return SecureCondition(field, value)
+        if kind.startswith("attachment_"):
+            return SecureCondition(ConditionField(kind), value, case_sensitive=case)
+        field = ConditionField(kind.partition("_")[0])
+        if kind.endswith("_matches"):
+            try:
+                compile_pattern(value, case)
+            except InvalidPattern as exc:
+                self.fail((*p, kind), str(exc), value)
+            return SecureCondition(field, value, kind=ConditionKind.MATCHES, case_sensitive=case)
+        return SecureCondition(field, value, whole_word=self.flag(t, "whole_word", p),
+                               case_sensitive=case)
+
+    def dictionary(self, t: dict[str, Any], p: KeyPath, case: bool) -> SecureCondition:
+        terms = [" ".join(term.split()) for term in self.strings(t, "dictionary", p)]
+        if not terms or not all(terms):
+            self.fail((*p, "dictionary"), "must be a non-empty list of non-empty terms")
+        self.unique(terms if case else [term.casefold() for term in terms], (*p, "dictionary"))
+        threshold = self.typed(t, "threshold", p, int, 1)
+        if threshold < 1:
+            self.fail((*p, "threshold"), "must be a whole number of at least 1", threshold)
+        where = self.typed(t, "in", p, str, "body")
+        if where not in ("subject", "body"):
+            self.fail((*p, "in"), 'must be "subject" or "body"', where)
+        return SecureCondition(ConditionField(where), "", kind=ConditionKind.DICTIONARY,
+                               whole_word=self.flag(t, "whole_word", p, True),
+                               case_sensitive=case, terms=tuple(terms), threshold=threshold)
 
     def secure_trigger(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]
                        ) -> SecureTrigger:
@@ -645,6 +790,7 @@ class _Validator:
     def model(self, data: dict[str, Any]) -> PolicyModel:
         self.schema_version(data)
         self.table(data, (), TOP_KEYS)
+        self.directory = self.directory_settings(data)
         org = self.organisation(data)
 
         routes: list[InboundRoute] = []
@@ -693,7 +839,7 @@ class _Validator:
         )
         self.managed(domains, definitions, delivery, receipt)
         return PolicyModel(org, tuple(routes), tuple(domains), tuple(definitions.values()),
-                           delivery, receipt, **self.secure(data))
+                           delivery, receipt, **self.secure(data), directory=self.directory)
 
     def schema_version(self, data: dict[str, Any]) -> None:
         if "schema_version" not in data:
@@ -836,6 +982,8 @@ def domain_data(d: ExternalDomain, json_safe: bool = False) -> dict[str, Any]:
 def definition_data(d: DeliveryDefinition) -> dict[str, Any]:
     out: dict[str, Any] = {"name": d.name, "option": d.option.value,
                            "encryption_mode": d.encryption_mode.value, "min_tls": d.min_tls}
+    if d.ssl_mode is not None:
+        out["ssl_mode"] = d.ssl_mode.value
     if d.managed:
         out["managed"] = True
     return out
@@ -852,6 +1000,8 @@ def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, 
     out: dict[str, Any] = {"narrative": p.narrative, "option": p.option.value}
     if p.managed:
         out["managed"] = True
+    if p.client_certificate is not None:
+        out["client_certificate"] = p.client_certificate.file
     return _scoped(out, p, json_safe)
 
 
@@ -885,10 +1035,23 @@ def _wording_data(w: Wording) -> dict[str, str]:
     return out
 
 
-def _condition_data(c: SecureCondition) -> dict[str, str]:
+def _condition_data(c: SecureCondition) -> dict[str, Any]:
     if c.field is ConditionField.HEADER:
         return {"header": c.header, "equals": c.value}
-    return {f"{c.field.value}_contains": c.value}
+    out: dict[str, Any]
+    if c.field in (ConditionField.ATTACHMENT_NAME, ConditionField.ATTACHMENT_TYPE):
+        out = {c.field.value: c.value}
+    elif c.kind is ConditionKind.DICTIONARY:
+        out = {"dictionary": list(c.terms), "in": c.field.value, "threshold": c.threshold}
+        if not c.whole_word:
+            out["whole_word"] = False
+    else:
+        out = {f"{c.field.value}_{c.kind.value}": c.value}
+        if c.whole_word:
+            out["whole_word"] = True
+    if c.case_sensitive:
+        out["case_sensitive"] = True
+    return out
 
 
 def _scoped(out: dict[str, Any],
@@ -927,6 +1090,16 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     }
 
 
+def directory_data(d: DirectorySettings) -> dict[str, Any]:
+    """The [directory] section: url and base_dn, then whatever differs from the defaults."""
+    out: dict[str, Any] = {"url": d.url, "base_dn": d.base_dn}
+    for key in DIRECTORY_KEYS[2:]:
+        value = getattr(d, key)
+        if value != getattr(_DIRECTORY_DEFAULTS, key):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     """The model in schema v1 shape, or v2 when it uses Secure Messaging. ``json_safe``
     turns date-times into ISO 8601 ``Z`` strings; otherwise they stay datetimes (for TOML)."""
@@ -942,6 +1115,7 @@ def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             **({"name": org.name} if org.name else {}),
             **({"logo": org.logo} if org.logo else {}),
         },
+        **({"directory": directory_data(model.directory)} if model.directory else {}),
         "inbound_routes": [route_data(r, json_safe) for r in model.inbound_routes],
         "external_domains": [domain_data(d, json_safe) for d in model.external_domains],
         "delivery_definitions": [definition_data(d) for d in model.delivery_definitions],

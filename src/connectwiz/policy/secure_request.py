@@ -19,7 +19,7 @@ falls back to what policies and triggers decide (see ``SecureIndex.decide``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -99,9 +99,10 @@ def find_tag(subject: str, tag: str) -> tuple[SenderRequest, str] | None:
 
 
 def may_request(definition: SecureDefinition, sender: str,
-                groups: Mapping[str, frozenset[str]]) -> bool:
+                members: Callable[[str], frozenset[str]]) -> bool:
     """True when the definition lists nobody (everyone may) or lists the sender: the
-    address, its domain or a parent domain, or an address group holding it."""
+    address, its domain or a parent domain, or an address group holding it (``members``
+    gives a group's addresses, the bundle's or the directory's)."""
     who = definition.requesters
     if who.everyone:
         return True
@@ -111,7 +112,7 @@ def may_request(definition: SecureDefinition, sender: str,
     domain = address.domain or ""
     if any(domain == d or domain.endswith("." + d) for d in who.domains):
         return True
-    return any(address.text in groups.get(g, frozenset()) for g in who.groups)
+    return any(address.text in members(g) for g in who.groups)
 
 
 def apply_options(definition: SecureDefinition, request: SenderRequest,

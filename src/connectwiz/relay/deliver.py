@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from connectwiz.policy.model import (
     PolicyModel,
 )
 from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.policy.sslmode import effective_min_tls, level_of
 from connectwiz.probe.certs import TrustStore, judge_chain, trust_store
 from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.options import NetworkOptions
@@ -86,6 +88,7 @@ class Attempt:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
+    elapsed_s: float = 0.0  # connect to close, for the latency metrics
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,8 +107,11 @@ def client_context(definition: DeliveryDefinition) -> ssl.SSLContext | None:
     if definition.option is DeliveryOption.NONE:
         return None
     if definition.option is DeliveryOption.ENFORCED:
-        version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
-        return tls_client_context(verify=False, minimum=version)
+        # The SSL Mode sets the ciphers and the oldest TLS version (with min_tls if newer).
+        version = _TLS_VERSIONS[effective_min_tls(definition)]
+        ctx = tls_client_context(verify=False, minimum=version)
+        ctx.set_ciphers(level_of(definition).ciphers)
+        return ctx
     # Opportunistic: any TLS beats plaintext, so accept what the server has.
     return tls_client_context(verify=False, legacy=True)
 
@@ -137,6 +143,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
                   list(recipients))
     client: SmtpClient | None = None
+    started = time.monotonic()
     try:
         try:
             client = await SmtpClient.connect(target.address, target.port, timeout)
@@ -158,6 +165,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     finally:
         if client is not None:
             await client.close()
+        att.elapsed_s = round(time.monotonic() - started, 4)
     return att
 
 

@@ -20,15 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from connectwiz.directory.ldap import DirectoryCache, DirectoryError
 from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
 from connectwiz.policy.secure import SecureIndex
 from connectwiz.policy.select import PolicyIndex
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.clientcert import pinned_certificates
 from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.queuectl import ControlServer
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
@@ -81,10 +84,17 @@ class Relay:
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._handler: ReceiptHandler | None = None
+        self._tls_files: tuple[str, str] | None = None  # (cert, key) once started
+        self._tls_pins: tuple[bytes, ...] = ()  # client certificates the context trusts
+        self._tls_context: ssl.SSLContext | None = None
         self._rescan: asyncio.Task[None] | None = None
+        self._directory: DirectoryCache | None = None
+        self._directory_task: asyncio.Task[None] | None = None
         # Spool I/O has its own threads: fsyncs never queue behind other blocking work
         # (trust store loads, parsing) on the default executor, nor the other way round.
         self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
+                                      self._control_settle, self.log)
         self.address: tuple[str, int] = listen
 
     def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
@@ -98,13 +108,54 @@ class Relay:
         """Load the bundle and build its indexes in a worker thread (a large bundle takes a
         while), then swap all three at once: a model an index rejects is never half-applied."""
 
-        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex]:
+        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex, DirectoryCache | None, str]:
             model = self.load_policy()
-            return model, PolicyIndex(model), SecureIndex(model)
+            directory, error = self._directory, ""
+            if model.directory is None:
+                directory = None
+            elif directory is None or directory.settings != model.directory:
+                # New or changed [directory]: read it before the policy takes effect, so the
+                # first messages do not see empty directory groups.
+                directory = DirectoryCache(model.directory)
+                try:
+                    directory.refresh()
+                except DirectoryError as exc:
+                    error = str(exc)
+            return (model, PolicyIndex(model, directory), SecureIndex(model, directory),
+                    directory, error)
 
-        model, index, secure_index = await asyncio.to_thread(load)
+        model, index, secure_index, directory, error = await asyncio.to_thread(load)
         self._model, self._index, self._secure_index = model, index, secure_index
+        if directory is not self._directory and directory is not None:
+            self._log_directory(directory, error)
+        self._directory = directory
         return model
+
+    def _log_directory(self, directory: DirectoryCache, error: str) -> None:
+        if error:
+            self.log("directory-failed", reason=error,
+                     note="directory groups and attributes keep their last known members"
+                          if directory.snapshot.loaded_at else
+                          "directory groups and attributes match nobody until a read succeeds")
+        else:
+            snapshot = directory.snapshot
+            self.log("directory-read", url=directory.settings.url, groups=len(snapshot.groups),
+                     addresses=len(snapshot.attributes))
+
+    async def _directory_loop(self) -> None:
+        """Re-read the directory every ``refresh_seconds`` in a worker thread: selection
+        only ever reads the cache, so a slow directory never holds up a message."""
+        while not self._stopping:
+            directory = self._directory
+            await asyncio.sleep(directory.settings.refresh_seconds if directory else 60)
+            if directory is None or directory is not self._directory:
+                continue  # none, or a reload replaced it (and read it) meanwhile
+            error = ""
+            try:
+                await asyncio.to_thread(directory.refresh)
+            except DirectoryError as exc:
+                error = str(exc)
+            self._log_directory(directory, error)
 
     async def reload(self) -> bool:
         try:
@@ -113,8 +164,15 @@ class Relay:
             self.log("reload-refused", reason=str(exc) or type(exc).__name__,
                      note="the previous policy stays in force")
             return False
+        if self._tls_files and pinned_certificates(model) != self._tls_pins:
+            # New sessions ask for (and trust) the newly pinned client certificates.
+            self._tls_context = await asyncio.to_thread(self._server_context, model)
         self.log("reloaded", **_policy_summary(model))
         return True
+
+    def _server_context(self, model: PolicyModel) -> ssl.SSLContext:
+        self._tls_pins = pinned_certificates(model)
+        return server_context(*self._tls_files, self._tls_pins)
 
     # -- start / stop --------------------------------------------------------------------------
 
@@ -135,11 +193,17 @@ class Relay:
         if cert is None or key is None:
             cert, key, created = await asyncio.to_thread(
                 ensure_self_signed, self.spool.root / "tls", self.settings.hostname)
-            if created:
-                self.log("tls-cert-generated", cert=str(cert), key=str(key),
-                         note="self-signed; pass --tls-cert/--tls-key to use your own")
+            # Every start, not only the first: partners under Enforced TLS - Strict (and
+            # Postfix at "secure") refuse to send to a certificate no CA vouches for.
+            self.log("warning", reason=f"STARTTLS uses a self-signed certificate for "
+                     f"{self.settings.hostname} ({'made now' if created else 'made earlier'}; "
+                     f"{cert}): senders that verify certificates will not deliver here",
+                     fix="pass --tls-cert FULLCHAIN.pem --tls-key KEY.pem (a certificate "
+                         "for the name in your MX record, from a public CA such as Let's "
+                         "Encrypt), or set tls_cert/tls_key in service.toml")
+        self._tls_files = (str(cert), str(key))
         try:
-            tls_context = server_context(str(cert), str(key))
+            self._tls_context = self._server_context(model)
         except (OSError, ssl.SSLError) as exc:
             raise UserError(f"cannot use TLS certificate {cert} / key {key}: {exc}") from None
         found = await self._io(self.spool.recover)
@@ -159,7 +223,7 @@ class Relay:
         host, port = self.listen
         try:
             self._server = await loop.create_server(
-                lambda: handler.protocol(tls_context), host, port)
+                lambda: handler.protocol(self._tls_context), host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
@@ -171,6 +235,8 @@ class Relay:
         for entry in deferred:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
+        self._directory_task = asyncio.create_task(self._directory_loop())
+        await self._control.start()
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None)
@@ -183,6 +249,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
+        await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
@@ -194,7 +261,8 @@ class Relay:
             proto.close()
         if self._busy:
             await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
-        tasks = [*self._workers, *([self._rescan] if self._rescan else [])]
+        tasks = [*self._workers,
+                 *(t for t in (self._rescan, self._directory_task) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -298,6 +366,25 @@ class Relay:
             self._queued.add(msg_id)
             self._ready.put_nowait(msg_id)
 
+    def _control_take(self, msg_id: str) -> bool:
+        """``connectwiz queue`` (relay/queuectl.py) wants to change a message: refused while
+        a worker has it or it waits for one; otherwise no timer or rescan hands it to a
+        worker until ``_control_settle``."""
+        if msg_id in self._queued or self._stopping:
+            return False
+        self._queued.add(msg_id)
+        handle = self._timers.pop(msg_id, None)
+        if handle is not None:
+            handle.cancel()
+        return True
+
+    def _control_settle(self, msg_id: str, delay: float | None) -> None:
+        """The change is made: retry after ``delay`` seconds (0: now), or, with None, not
+        at all (held or deleted)."""
+        self._queued.discard(msg_id)
+        if delay is not None:
+            self._schedule(msg_id, delay)
+
     def _schedule(self, msg_id: str, delay: float) -> None:
         if self._stopping:
             return
@@ -320,6 +407,7 @@ class Relay:
             finally:
                 self._busy.discard(task)
                 self._queued.discard(msg_id)
+                self._control.released(msg_id)  # a hold or delete that waited for this
 
     async def _park(self, msg_id: str) -> None:
         """After an unexpected error: keep the message and try again much later."""
@@ -410,7 +498,8 @@ class Relay:
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
-                     outcome=att.outcome, reply=att.error or att.reply)
+                     outcome=att.outcome, reply=att.error or att.reply,
+                     elapsed_s=att.elapsed_s)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
