@@ -108,9 +108,10 @@ async def shoot(page: Any, name: str) -> None:
         await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
-async def held_link(lab: Any, relay: Any, url: str, rcpts: list[str], tag: str) -> tuple[str, str]:
+async def held_link(lab: Any, relay: Any, url: str, rcpts: list[str], tag: str,
+                    subject_tag: str = "") -> tuple[str, str]:
     body = (f"From: alice-{tag}@corp.example\r\nTo: {', '.join(rcpts)}\r\n"
-            f"Subject: Statement {tag}\r\nMessage-ID: <{tag}@corp.example>\r\n\r\n"
+            f"Subject: {subject_tag}Statement {tag}\r\nMessage-ID: <{tag}@corp.example>\r\n\r\n"
             f"Account balance payload {tag}\r\n").encode()
     msg_id = await send(relay.port, f"alice-{tag}@corp.example", rcpts, body)
     note = await wait_mail(lab, rcpts[0], url)

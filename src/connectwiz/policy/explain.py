@@ -86,6 +86,8 @@ class Explanation:
             "route": outcome.route.value,
             "why": outcome.why,
             "requested": secure.requested,
+            "options": secure.options,
+            "notes": list(secure.notes),
             "reasons": [{"source": r.source.value, "definition": r.definition, "why": r.why}
                         for r in secure.reasons],
         }
@@ -123,6 +125,7 @@ class Explanation:
         else:
             lines.append("Secure Messaging: does not apply")
         lines.append(f"  {secure.reason}")
+        lines.extend(f"  Note: {n}" for n in secure.notes)
         if secure.applies:
             lines.append(f"  This recipient: {outcome.why}")
             others = [r for r in secure.reasons if r.definition != secure.definition.name]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from connectwiz.policy.wording import Wording
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -190,6 +192,19 @@ class SecureRouting(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Requesters:
+    """Who may ask for a definition by header or subject tag; nobody listed: everyone."""
+
+    groups: tuple[str, ...] = ()  # address group names
+    domains: tuple[str, ...] = ()  # the domain or any of its subdomains
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def everyone(self) -> bool:
+        return not (self.groups or self.domains or self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
 class SecureDefinition:
     """How a secure message is held and what its external recipients may do with it."""
 
@@ -204,6 +219,7 @@ class SecureDefinition:
     banner: str | None = None  # for internal recipients; None: the default, "": no banner
     routing: SecureRouting = SecureRouting.EXTERNAL  # only the built-in All Recipients: ALL
     builtin: bool = False
+    requesters: Requesters = Requesters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +295,16 @@ class SecureBypass:
 
 
 DEFAULT_RETENTION_DAYS = 365
+DEFAULT_SUBJECT_TAG = "secure"
+DEFAULT_TAG_DEFINITION = "External Recipients"  # the built-in (policy/secure.py)
 
 
 @dataclass(frozen=True, slots=True)
 class SecureSettings:
     max_retention_days: int = DEFAULT_RETENTION_DAYS  # caps "never expire" and extensions
+    subject_tag: str = DEFAULT_SUBJECT_TAG  # senders write [secure] or [secure:...]; "": off
+    tag_definition: str = DEFAULT_TAG_DEFINITION  # what a tag without a name asks for
+    wording: Wording = field(default_factory=Wording)  # texts and portal colours
 
 
 @dataclass(frozen=True, slots=True)
