@@ -44,6 +44,7 @@ DONE = ("flushed", "held", "released", "deleted", "already", "will be")
 # A hold or delete of a message a worker has is made when the worker lets go, as Postfix
 # applies postsuper to a message in its active queue once the delivery agent is done.
 _WAIT_FOR_WORKER = ("hold", "delete")
+_RETRY_WAITING_S = 2.0
 
 Take = Callable[[str], bool]
 Settle = Callable[[str, "float | None"], None]
@@ -182,6 +183,7 @@ class Changes:
     # id -> retry after N seconds (0: now) or None (held or deleted), for the relay's settle
     settle: dict[str, float | None] = field(default_factory=dict)
     dirty: set[Path] = field(default_factory=set)  # folders to fsync before reporting
+    back: dict[str, str] = field(default_factory=dict)  # owned id -> state to return it to
 
     def add(self, msg_id: str, result: str) -> None:
         self.results.append({"id": msg_id, "result": result})
@@ -229,13 +231,49 @@ def _move_queue_file(spool: Spool, msg_id: str, src: str, dst: str, changes: Cha
                           _queue_file(spool, dst, msg_id).parent})
 
 
-def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
-    if state == "deferred":
-        os.replace(_state_file(spool, "deferred", msg_id), _state_file(spool, "incoming", msg_id))
-        changes.dirty.update({spool.root / "deferred", spool.root / "incoming"})
+def _own(spool: Spool, msg_id: str, state: str) -> bool:
+    """Take a waiting message the way a delivery worker claims it, so that no worker — of
+    this relay or, with several relay processes on the spool, of another — claims it while
+    it changes: its state file is renamed into ``active/`` (of two renames of one file only
+    one succeeds), or, without a state file, ``active/<id>.json`` is created exclusively."""
+    active = _state_file(spool, "active", msg_id)
+    try:
+        os.replace(_state_file(spool, state, msg_id), active)
+        return True
+    except FileNotFoundError:
+        if state != "incoming":
+            return False
+    try:
+        entry = spool.read_entry("incoming", msg_id)
+    except (OSError, ValueError):
+        return False
+    own = spool.root / "tmp" / f"{msg_id}.json.own"
+    own.write_bytes(entry.to_json())
+    try:
+        os.link(own, active)
+    except FileExistsError:
+        return False
+    finally:
+        own.unlink(missing_ok=True)
+    return True
+
+
+def _give_back(spool: Spool, msg_id: str, state: str, changes: Changes) -> None:
+    """Return an owned message to ``state`` unless the change consumed it."""
+    try:
+        os.replace(_state_file(spool, "active", msg_id), _state_file(spool, state, msg_id))
+    except FileNotFoundError:
+        return
+    changes.dirty.update({spool.root / "active", spool.root / state})
+
+
+def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, *, origin: str,
+           **_: Any) -> None:
+    if origin == "deferred":
+        changes.back[msg_id] = "incoming"
         changes.add(msg_id, "flushed")
         changes.settle[msg_id] = 0.0
-    elif state == HOLD:
+    elif origin == HOLD:
         changes.add(msg_id, "skipped: on hold (release it first)")
     else:
         changes.add(msg_id, "already waiting for delivery")
@@ -261,7 +299,7 @@ def _release(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) 
 
 
 def _delete(spool: Spool, msg_id: str, state: str, changes: Changes, *, domain: str | None,
-            silent: bool, hostname: str) -> None:
+            silent: bool, hostname: str, **_: Any) -> None:
     """Remove the message (or, with ``domain``, its recipients there); the sender gets a
     bounce unless ``silent`` (a bounce never gets one). The change commits first — the
     queue file's rename into ``tmp/`` (which recovery empties), or the new state file —
@@ -314,23 +352,35 @@ def _queue_bounce(spool: Spool, entry: QueueEntry, gone: list[Recipient], origin
 _OPS = {"flush": _flush, "hold": _hold, "release": _release, "delete": _delete}
 
 
+BUSY = "busy: being delivered or about to be, try again in a moment"
+
+
 def apply(spool: Spool, request: dict[str, Any], ids: list[str], hostname: str) -> Changes:
-    """Make ``request``'s change to ``ids``, which the caller has taken (or holds the spool
-    lock). Blocking file I/O. Every id gets a result and a settle entry."""
+    """Make ``request``'s change to ``ids`` (taken from the running relay's scheduler, or
+    under the spool lock). A waiting message is owned (``_own``) while it changes, so a
+    delivery worker cannot claim it meanwhile. Blocking file I/O. Every id gets a result
+    and a settle entry."""
     op = _OPS[request["op"]]
     changes = Changes()
     for msg_id in ids:
         state = state_of(spool, msg_id)
+        owned = False
         try:
             if state is None:
                 changes.add(msg_id, "not in the queue")
-            elif state == "active":
-                changes.add(msg_id, "busy: being delivered right now, try again in a moment")
+            elif state == "active" or (state != HOLD and op is not _release
+                                       and not (owned := _own(spool, msg_id, state))):
+                changes.add(msg_id, BUSY)
             else:
-                op(spool, msg_id, state, changes, domain=request.get("domain") or None,
-                   silent=bool(request.get("silent")), hostname=hostname)
+                op(spool, msg_id, "active" if owned else state, changes, origin=state,
+                   domain=request.get("domain") or None, silent=bool(request.get("silent")),
+                   hostname=hostname)
         except (OSError, ValueError) as exc:  # one message's trouble must not stop the rest
             changes.add(msg_id, f"failed: {exc}")
+        finally:
+            if owned:
+                _give_back(spool, msg_id, changes.back.get(msg_id, state or "incoming"),
+                           changes)
         if msg_id not in changes.settle:
             changes.settle[msg_id] = _restore(spool, msg_id)
     # One fsync per folder for the whole batch: a crash before this returns may undo part
@@ -372,7 +422,7 @@ class ControlServer:
         self._lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._waiting: dict[str, dict[str, Any]] = {}  # id -> request, until a worker is done
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         path = self.spool.root / SOCKET_NAME
@@ -381,11 +431,15 @@ class ControlServer:
             with _socket_path(self.spool.root) as where:
                 self._server = await asyncio.start_unix_server(self._handle, where)
             path.chmod(0o600)
+            retry = asyncio.create_task(self._retry_waiting())
+            self._tasks.add(retry)
         except OSError as exc:
             raise UserError(f"cannot open the queue control socket {path}: "
                             f"{exc.strerror or exc}") from None
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._server is not None:
             self._server.close()
             (self.spool.root / SOCKET_NAME).unlink(missing_ok=True)
@@ -393,7 +447,11 @@ class ControlServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
-            reply = await self._answer(line)
+            try:
+                reply = await self._answer(line)
+            except Exception as exc:  # a bug must not end the relay; the admin gets a line
+                self.log("error", reason=f"queue control: {type(exc).__name__}: {exc}")
+                reply = {"ok": False, "error": f"the relay failed: {type(exc).__name__}: {exc}"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (OSError, TimeoutError, ValueError):
@@ -401,7 +459,7 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def _answer(self, line: bytes) -> dict[str, Any]:
+    async def _answer(self, line: bytes, retry: bool = False) -> dict[str, Any]:
         try:
             request = json.loads(line[:_MAX_REQUEST])
             if not isinstance(request, dict):
@@ -429,27 +487,35 @@ class ControlServer:
         done = {r["id"]: r["result"] for r in changes.results}
         results = []
         for msg_id in ids:
-            result = done.get(msg_id)
-            if result is None and request["op"] in _WAIT_FOR_WORKER:
+            result = done.get(msg_id, BUSY)
+            if result == BUSY and request["op"] in _WAIT_FOR_WORKER:
                 self._waiting[msg_id] = {**request, "ids": [msg_id]}
                 verb = "held" if request["op"] == "hold" else "deleted"
                 result = f"will be {verb} when its current delivery attempt ends"
-            results.append({"id": msg_id, "result": result or
-                            "busy: being delivered or about to be, try again in a moment"})
+            results.append({"id": msg_id, "result": result})
         for result in results:
-            self.log("queue-control", op=request.get("op"), id=result["id"],
-                     result=result["result"])
+            if not (retry and result["result"].startswith("will be")):  # said once is enough
+                self.log("queue-control", op=request.get("op"), id=result["id"],
+                         result=result["result"])
         return {"ok": True, "results": results, "relay": "running"}
 
     def released(self, msg_id: str) -> None:
-        """A worker is done with ``msg_id`` (delivered, deferred or bounced): make the
-        change that waited for it."""
+        """A worker of this relay is done with ``msg_id`` (delivered, deferred or bounced):
+        make the change that waited for it."""
         request = self._waiting.pop(msg_id, None)
         if request is None:
             return
-        task = asyncio.create_task(self._answer(json.dumps(request).encode()))
+        task = asyncio.create_task(self._answer(json.dumps(request).encode(), retry=True))
         self._tasks.add(task)  # the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
+
+    async def _retry_waiting(self) -> None:
+        """Also try waiting changes now and then: the worker delivering the message may be
+        another relay process on the same spool, which does not tell this one."""
+        while True:
+            await asyncio.sleep(_RETRY_WAITING_S)
+            for msg_id in list(self._waiting):
+                self.released(msg_id)
 
 
 def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, Any]:
