@@ -20,7 +20,18 @@ class _Parser(argparse.ArgumentParser):
     _intermixing = False
 
     def error(self, message: str) -> None:  # argparse's default prints usage; keep it one line
-        self.exit(2, f"connectwiz: {message} (see connectwiz {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"connectwiz: {message} (see {self.prog} --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # said by the subcommand's parser, so that the hint names its --help
+            commands = next((a.choices for a in self._actions
+                             if isinstance(a, argparse._SubParsersAction)), {})
+            parser = commands.get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -99,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, what in (("domains", "DOMAIN"), ("routes", "HOST[:PORT]")):
         p = sub.add_parser(name, help=f"list, add or remove {name}")
-        p.add_argument("action", choices=("list", "add", "remove"))
+        p.add_argument("action", nargs="?", default="list", choices=("list", "add", "remove"),
+                       help="default: list")
         p.add_argument("items", nargs="*", metavar=what)
         p.add_argument("--json", action="store_true")
         if name == "domains":
@@ -108,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         _bundle_option(p)
 
     p = sub.add_parser("org", help="show or set the organisation")
-    p.add_argument("action", choices=("show", "set"))
+    p.add_argument("action", nargs="?", default="show", choices=("show", "set"),
+                   help="default: show")
     p.add_argument("--internal-domain", action="append", metavar="D")
     p.add_argument("--authorized-outbound", action="append", metavar="CIDR")
     p.add_argument("--json", action="store_true")

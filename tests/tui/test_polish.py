@@ -83,15 +83,15 @@ async def test_finish_lists_risky_domains_by_group_and_go_back_saves_nothing(
         await wait_for(pilot, lambda: isinstance(app.screen, FinishWarningDialog),
                        what="finish warning")
         assert app.screen.risks == Risks(
-            unsupported=("nostarttls.example",), failed=("nullmx.example",),
+            unsupported=("nostarttls.example",), no_mail=("nullmx.example",),
             not_validated=("new.example",), too_strict=("selfsigned.example",))
         shown = text_of(app, "#risks")
         for line in ("Do not support TLS (1): nostarttls.example",
-                     "Could not be validated (1): nullmx.example",
+                     "Accept no mail (null MX) (1): nullmx.example",
                      "Never validated (1): new.example",
                      "enforced Strict (1): selfsigned.example",
                      "deferred, then bounced", "remove it (d)", "press r on its row",
-                     "validate it again (v)"):
+                     "there is nothing to enforce", "validate it (v;"):
             assert line in shown
         await pilot.press("enter")  # the default button is Go back
         await wait_for(pilot, lambda: isinstance(app.screen, DomainsScreen), what="back")

@@ -195,6 +195,8 @@ def model_text(model: PolicyModel) -> str:
         if org["address_groups"]:
             table.add("address_groups", _value(org["address_groups"]))
         doc.append("organisation", table)
+    if "directory" in data:
+        doc.append("directory", make_table(data["directory"]))
     for section in ("inbound_routes", "external_domains", "delivery_definitions"):
         if data[section]:
             doc.append(section, AoT([make_table(x) for x in data[section]]))

@@ -161,7 +161,8 @@ def _delivery_problems(policy: DeliveryPolicy, definition: DeliveryDefinition | 
     if policy.from_.applies != Applies.EVERYONE:
         problems.append(f"Emails From is {policy.from_.applies} (Postfix chooses delivery TLS by "
                         "destination only)")
-    if policy.to.applies in (Applies.INDIVIDUAL, Applies.ADDRESS_GROUP):
+    if policy.to.applies in (Applies.INDIVIDUAL, Applies.ADDRESS_GROUP,
+                             Applies.ADDRESS_ATTRIBUTE):
         problems.append(f"Emails To is {policy.to.applies} (Postfix chooses delivery TLS per "
                         "destination domain, not per address)")
     if policy.to.applies == Applies.INTERNAL:
@@ -236,7 +237,8 @@ def _receipt_problems(policy: ReceiptPolicy) -> list[str]:
     if policy.from_.based_on == BasedOn.HEADER:
         problems.append("Emails From is based on the header From (Postfix checks the envelope "
                         "sender only)")
-    if applies in (Applies.ADDRESS_GROUP, Applies.INTERNAL, Applies.EXTERNAL):
+    if applies in (Applies.ADDRESS_GROUP, Applies.ADDRESS_ATTRIBUTE, Applies.INTERNAL,
+                   Applies.EXTERNAL):
         problems.append(f"Emails From is {applies} (no Postfix sender table equivalent)")
     if policy.validity.source_ips and applies != Applies.EVERYONE:
         problems.append("it combines a sender scope with source IPs (Postfix checks client and "

@@ -18,8 +18,10 @@ from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.directory.snapshot import attribute_pair
 from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.content import InvalidPattern, compile_pattern
 from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     DEFAULT_RETENTION_DAYS,
@@ -27,9 +29,11 @@ from connectwiz.policy.model import (
     BasedOn,
     BypassOption,
     ConditionField,
+    ConditionKind,
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
+    DirectorySettings,
     EncryptionMode,
     ExternalDomain,
     InboundRoute,
@@ -58,12 +62,16 @@ LATEST_SCHEMA_VERSION = SECURE_SCHEMA_VERSION
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 TOP_KEYS = (
-    "schema_version", "organisation", "inbound_routes", "external_domains",
+    "schema_version", "organisation", "directory", "inbound_routes", "external_domains",
     "delivery_definitions", "delivery_policies", "receipt_policies",
     "secure_messaging", "secure_definitions", "secure_policies", "secure_triggers",
     "secure_bypass",
 )
 SECURE_KEYS = TOP_KEYS[-5:]
+DIRECTORY_KEYS = ("url", "base_dn", "bind_dn", "password_env", "user_filter", "mail_attribute",
+                  "group_filter", "group_name_attribute", "attributes", "refresh_seconds",
+                  "timeout_seconds")
+_DIRECTORY_DEFAULTS = DirectorySettings("", "")
 ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups", "name",
                      "logo")
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
@@ -82,7 +90,10 @@ SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to",
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
                        *VALIDITY_KEYS)
 SECURE_BYPASS_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS)
-CONDITION_KEYS = ("subject_contains", "body_contains", "header", "equals")
+# A condition's main key (exactly one) and its modifiers.
+_CONDITION_MAIN = ("subject_contains", "body_contains", "subject_matches", "body_matches",
+                   "header", "attachment_name", "attachment_type", "dictionary")
+CONDITION_KEYS = (*_CONDITION_MAIN, "equals", "whole_word", "case_sensitive", "in", "threshold")
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -154,6 +165,7 @@ class _Validator:
         self._locator: Locator | None = None
         self._domains: dict[str, str] = {}  # memo: the same domain appears in several lists
         self.groups: dict[str, tuple[str, ...]] = {}
+        self.directory: DirectorySettings | None = None
 
     def fail(self, path: KeyPath, problem: str, value: object = None) -> NoReturn:
         if self._locator is None:
@@ -320,6 +332,54 @@ class _Validator:
             logo=self.typed(t, "logo", p, str, "").strip(),
         )
 
+    # Directory (directory/ldap.py reads it) -----------------------------------------------
+
+    def directory_settings(self, data: dict[str, Any]) -> DirectorySettings | None:
+        if "directory" not in data:
+            return None
+        p: KeyPath = ("directory",)
+        t = self.table(data["directory"], p, DIRECTORY_KEYS, ("url", "base_dn"))
+        url = self.typed(t, "url", p, str, "").strip()
+        if not url.lower().startswith(("ldap://", "ldaps://")):
+            self.fail((*p, "url"), "must start with ldap:// or ldaps://", url)
+        text = {k: self.typed(t, k, p, str, "").strip()
+                for k in DIRECTORY_KEYS if k in t and k not in
+                ("url", "attributes", "refresh_seconds", "timeout_seconds")}
+        for key in ("base_dn", "mail_attribute", "group_name_attribute", "user_filter",
+                    "group_filter"):
+            if key in text and not text[key]:
+                self.fail((*p, key), "must not be empty")
+        for key in ("user_filter", "group_filter"):
+            if key in text and not (text[key].startswith("(") and text[key].endswith(")")):
+                self.fail((*p, key), "must be an LDAP filter in parentheses, e.g. (mail=*)",
+                          text[key])
+        attributes = [a.strip() for a in self.strings(t, "attributes", p)]
+        for i, name in enumerate(attributes):
+            if not name or not name.replace("-", "").isalnum():
+                self.fail((*p, "attributes", i), f"{name!r} is not an LDAP attribute name")
+        self.unique([a.lower() for a in attributes], (*p, "attributes"))
+        numbers = {}
+        for key, low in (("refresh_seconds", 10), ("timeout_seconds", 1)):
+            numbers[key] = self.typed(t, key, p, int, getattr(_DIRECTORY_DEFAULTS, key))
+            if numbers[key] < low:
+                self.fail((*p, key), f"must be at least {low}", numbers[key])
+        return DirectorySettings(url=url, attributes=tuple(attributes), **text, **numbers)
+
+    def attribute(self, text: str, p: KeyPath) -> str:
+        """An address_attribute entry: ``name=value``, ``name`` one the directory reads."""
+        if self.directory is None:
+            self.fail(p, "address_attribute needs a [directory] section to read attributes "
+                         "from", text)
+        try:
+            name, value = attribute_pair(text)
+        except ValueError as exc:
+            self.fail(p, str(exc), text)
+        known = {a.lower(): a for a in self.directory.attributes}
+        if name.lower() not in known:
+            self.fail(p, f"attribute {name!r} is not in directory.attributes"
+                         + _suggest(name, list(known.values()) or ["(none listed)"]), text)
+        return f"{known[name.lower()]}={value}"
+
     def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
         self.table(t, p, ROUTE_KEYS, ("host",))
         host_text = self.typed(t, "host", p, str, "")
@@ -369,7 +429,8 @@ class _Validator:
         based_on = self.choice(s, "based_on", sp, BasedOn, BasedOn.ENVELOPE)
         entries = self.strings(s, "specifically", sp)
         lp = (*sp, "specifically")
-        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP)
+        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP,
+                            Applies.ADDRESS_ATTRIBUTE)
         if keyed and not entries:
             self.fail(lp if "specifically" in s else (*sp, "applies"),
                       f"applies = '{applies}' needs at least one entry in 'specifically'")
@@ -379,10 +440,14 @@ class _Validator:
             items = [self.domain(e, (*lp, i)) for i, e in enumerate(entries)]
         elif applies is Applies.INDIVIDUAL:
             items = [self.address(e, (*lp, i)) for i, e in enumerate(entries)]
+        elif applies is Applies.ADDRESS_ATTRIBUTE:
+            items = [self.attribute(e, (*lp, i)) for i, e in enumerate(entries)]
         else:
             items = list(entries)
             for i, name in enumerate(items):
-                if name not in self.groups:
+                # Without a directory every group must be the bundle's; with one, a name the
+                # bundle does not define is a directory group (checked when it is read).
+                if name not in self.groups and self.directory is None:
                     self.fail((*lp, i), f"unknown address group {name!r}"
                               + _suggest(name, list(self.groups) or ["(none defined)"]), name)
         self.unique(items, lp)
@@ -504,15 +569,25 @@ class _Validator:
             validity=self.one_way(t, p),
         )
 
+    # Content conditions (policy/content.py evaluates them) ------------------------------
+
     def condition(self, c: object, p: KeyPath) -> SecureCondition:
         t = self.table(c, p, CONDITION_KEYS)
-        kinds = [k for k in ("subject_contains", "body_contains", "header") if k in t]
+        kinds = [k for k in _CONDITION_MAIN if k in t]
         if len(kinds) != 1:
-            self.fail(p, "a condition is one of: { subject_contains = \"...\" }, "
-                         "{ body_contains = \"...\" }, { header = \"Name\", equals = \"...\" }")
+            self.fail(p, "a condition is one of: " + ", ".join(
+                f"{{ {k} = ... }}" for k in _CONDITION_MAIN) + " (header goes with equals)")
         kind = kinds[0]
         if (kind == "header") != ("equals" in t):
             self.fail(p, "'header' and 'equals' go together")
+        for key in ("in", "threshold"):
+            if key in t and kind != "dictionary":
+                self.fail((*p, key), "only a dictionary condition takes it")
+        if "whole_word" in t and not (kind.endswith("_contains") or kind == "dictionary"):
+            self.fail((*p, "whole_word"), "only *_contains and dictionary conditions take it")
+        case = self.flag(t, "case_sensitive", p)
+        if kind == "dictionary":
+            return self.dictionary(t, p, case)
         value = self.typed(t, "equals" if kind == "header" else kind, p, str, "")
         if not value.strip():
             self.fail((*p, kind), "must not be empty")
@@ -521,8 +596,32 @@ class _Validator:
             if not header or any(ch.isspace() or ch == ":" for ch in header):
                 self.fail((*p, "header"), f"{header!r} is not a header name")
             return SecureCondition(ConditionField.HEADER, value, header)
-        field = ConditionField.SUBJECT if kind == "subject_contains" else ConditionField.BODY
-        return SecureCondition(field, value)
+        if kind.startswith("attachment_"):
+            return SecureCondition(ConditionField(kind), value, case_sensitive=case)
+        field = ConditionField(kind.partition("_")[0])
+        if kind.endswith("_matches"):
+            try:
+                compile_pattern(value, case)
+            except InvalidPattern as exc:
+                self.fail((*p, kind), str(exc), value)
+            return SecureCondition(field, value, kind=ConditionKind.MATCHES, case_sensitive=case)
+        return SecureCondition(field, value, whole_word=self.flag(t, "whole_word", p),
+                               case_sensitive=case)
+
+    def dictionary(self, t: dict[str, Any], p: KeyPath, case: bool) -> SecureCondition:
+        terms = [" ".join(term.split()) for term in self.strings(t, "dictionary", p)]
+        if not terms or not all(terms):
+            self.fail((*p, "dictionary"), "must be a non-empty list of non-empty terms")
+        self.unique(terms if case else [term.casefold() for term in terms], (*p, "dictionary"))
+        threshold = self.typed(t, "threshold", p, int, 1)
+        if threshold < 1:
+            self.fail((*p, "threshold"), "must be a whole number of at least 1", threshold)
+        where = self.typed(t, "in", p, str, "body")
+        if where not in ("subject", "body"):
+            self.fail((*p, "in"), 'must be "subject" or "body"', where)
+        return SecureCondition(ConditionField(where), "", kind=ConditionKind.DICTIONARY,
+                               whole_word=self.flag(t, "whole_word", p, True),
+                               case_sensitive=case, terms=tuple(terms), threshold=threshold)
 
     def secure_trigger(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]
                        ) -> SecureTrigger:
@@ -581,6 +680,7 @@ class _Validator:
     def model(self, data: dict[str, Any]) -> PolicyModel:
         self.schema_version(data)
         self.table(data, (), TOP_KEYS)
+        self.directory = self.directory_settings(data)
         org = self.organisation(data)
 
         routes: list[InboundRoute] = []
@@ -629,7 +729,7 @@ class _Validator:
         )
         self.managed(domains, definitions, delivery, receipt)
         return PolicyModel(org, tuple(routes), tuple(domains), tuple(definitions.values()),
-                           delivery, receipt, **self.secure(data))
+                           delivery, receipt, **self.secure(data), directory=self.directory)
 
     def schema_version(self, data: dict[str, Any]) -> None:
         if "schema_version" not in data:
@@ -804,10 +904,23 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
     return out
 
 
-def _condition_data(c: SecureCondition) -> dict[str, str]:
+def _condition_data(c: SecureCondition) -> dict[str, Any]:
     if c.field is ConditionField.HEADER:
         return {"header": c.header, "equals": c.value}
-    return {f"{c.field.value}_contains": c.value}
+    out: dict[str, Any]
+    if c.field in (ConditionField.ATTACHMENT_NAME, ConditionField.ATTACHMENT_TYPE):
+        out = {c.field.value: c.value}
+    elif c.kind is ConditionKind.DICTIONARY:
+        out = {"dictionary": list(c.terms), "in": c.field.value, "threshold": c.threshold}
+        if not c.whole_word:
+            out["whole_word"] = False
+    else:
+        out = {f"{c.field.value}_{c.kind.value}": c.value}
+        if c.whole_word:
+            out["whole_word"] = True
+    if c.case_sensitive:
+        out["case_sensitive"] = True
+    return out
 
 
 def _scoped(out: dict[str, Any],
@@ -843,6 +956,16 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     }
 
 
+def directory_data(d: DirectorySettings) -> dict[str, Any]:
+    """The [directory] section: url and base_dn, then whatever differs from the defaults."""
+    out: dict[str, Any] = {"url": d.url, "base_dn": d.base_dn}
+    for key in DIRECTORY_KEYS[2:]:
+        value = getattr(d, key)
+        if value != getattr(_DIRECTORY_DEFAULTS, key):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
     """The model in schema v1 shape, or v2 when it uses Secure Messaging. ``json_safe``
     turns date-times into ISO 8601 ``Z`` strings; otherwise they stay datetimes (for TOML)."""
@@ -858,6 +981,7 @@ def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             **({"name": org.name} if org.name else {}),
             **({"logo": org.logo} if org.logo else {}),
         },
+        **({"directory": directory_data(model.directory)} if model.directory else {}),
         "inbound_routes": [route_data(r, json_safe) for r in model.inbound_routes],
         "external_domains": [domain_data(d, json_safe) for d in model.external_domains],
         "delivery_definitions": [definition_data(d) for d in model.delivery_definitions],

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from tomlkit.exceptions import TOMLKitError
 from connectwiz.atomic import write_atomic
 from connectwiz.bundle import document as d
 from connectwiz.bundle.errors import BundleError
+from connectwiz.bundle.locate import toml_error
 from connectwiz.bundle.schema import (
     build_model,
     check_port,
@@ -45,8 +45,6 @@ from connectwiz.policy.model import (
     PolicyModel,
 )
 
-_TOMLLIB_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-
 
 def parse_text(text: str, source: str) -> PolicyModel:
     """TOML text to a validated model, or BundleError naming source, line and key."""
@@ -57,12 +55,8 @@ def _parse(text: str, source: str) -> tuple[dict[str, Any], PolicyModel]:
     try:
         data = tomli.loads(text)  # tomllib's parser, compiled: twice as fast at 10k domains
     except tomli.TOMLDecodeError as exc:
-        message = str(exc)
-        m = _TOMLLIB_POS.search(message)
-        line = int(m[1]) if m else None
-        problem = message[: m.start()] if m else message
-        col = f" (column {m[2]})" if m else ""
-        raise BundleError(f"not valid TOML: {problem}{col}", file=source, line=line) from None
+        line, problem = toml_error(text, str(exc))
+        raise BundleError(f"not valid TOML: {problem}", file=source, line=line) from None
     return data, build_model(data, source, lambda: text)
 
 

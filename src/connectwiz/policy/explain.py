@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectwiz.policy.model import (
     DeliveryOption,
@@ -22,6 +22,9 @@ from connectwiz.policy.select import (
     PolicyIndex,
     ReceiptDecision,
 )
+
+if TYPE_CHECKING:  # ldap3 loads only where a directory is read
+    from connectwiz.directory.ldap import DirectoryCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,12 +120,15 @@ class Explanation:
 
 
 def explain(model: PolicyModel, ctx: MessageContext,
-            content: MessageContent | None = None) -> Explanation:
+            content: MessageContent | None = None,
+            directory: DirectoryCache | None = None) -> Explanation:
     """``content`` (subject, text, headers) is what content triggers and the client header
-    look at; without it only Secure Messaging policies can apply."""
-    index = PolicyIndex(model)
-    secure = SecureIndex(model).decide(ctx.envelope_from, ctx.header_from, [ctx.recipient],
-                                       ctx.client_ip, ctx.at, content or MessageContent())
+    look at; without it only Secure Messaging policies can apply. ``directory``: where
+    directory groups and address attributes are looked up (None: they match nobody)."""
+    index = PolicyIndex(model, directory)
+    secure = SecureIndex(model, directory).decide(
+        ctx.envelope_from, ctx.header_from, [ctx.recipient], ctx.client_ip, ctx.at,
+        content or MessageContent())
     return Explanation(ctx, index.delivery(ctx), index.receipt(ctx), secure)
 
 
@@ -153,6 +159,7 @@ def _candidate_json(candidate: Candidate[DeliveryPolicy] | Candidate[ReceiptPoli
         "why": candidate.why,
         "swapped": candidate.swapped,
         "sender": candidate.sender,
+        "matched": candidate.matched,
         "override": policy.validity.override,
         "from": _scope_json(policy.from_),
         "to": _scope_json(policy.to),
@@ -168,4 +175,6 @@ def _candidate_lines(
     lines = ["  Other matching policies:"]
     for c in others:
         lines.append(f"    #{c.position} {c.policy.narrative!r}: {c.outcome.value} - {c.why}")
+        if c.matched:
+            lines.append(f"      matched: {c.matched}")
     return lines

@@ -47,6 +47,7 @@ class Applies(StrEnum):
     EXTERNAL = "external"
     DOMAIN = "domain"
     ADDRESS_GROUP = "address_group"
+    ADDRESS_ATTRIBUTE = "address_attribute"  # specifically: "attribute=value" (directory)
     INDIVIDUAL = "individual"
 
 
@@ -140,6 +141,24 @@ class Organisation:
     logo: str = ""  # portal logo, PNG or JPEG, relative to the bundle's folder ("" = none)
 
 
+@dataclass(frozen=True, slots=True)
+class DirectorySettings:
+    """An LDAP directory that address groups and address attributes are read from
+    (directory/ldap.py). The bind password comes from the environment, never the bundle."""
+
+    url: str  # ldap://host[:port] or ldaps://host[:port]
+    base_dn: str
+    bind_dn: str = ""  # "" = anonymous bind
+    password_env: str = ""  # the environment variable holding the bind password
+    user_filter: str = "(mail=*)"
+    mail_attribute: str = "mail"
+    group_filter: str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
+    group_name_attribute: str = "cn"
+    attributes: tuple[str, ...] = ()  # user attributes address_attribute scopes may name
+    refresh_seconds: int = 300
+    timeout_seconds: int = 10
+
+
 class SecureRouting(StrEnum):
     """Who reads a secure message in the portal instead of their mailbox."""
 
@@ -176,16 +195,31 @@ class SecurePolicy:
 
 
 class ConditionField(StrEnum):
-    SUBJECT = "subject"  # contains, case-insensitive
-    BODY = "body"  # contains, case-insensitive
+    SUBJECT = "subject"
+    BODY = "body"
     HEADER = "header"  # the named header equals the value, case-insensitive
+    ATTACHMENT_NAME = "attachment_name"  # a glob on an attachment's file name
+    ATTACHMENT_TYPE = "attachment_type"  # a glob on an attachment's MIME type
+
+
+class ConditionKind(StrEnum):
+    """How a subject/body condition looks at the text (policy/content.py evaluates them)."""
+
+    CONTAINS = "contains"  # the value as a phrase
+    MATCHES = "matches"  # a regular expression (RE2 syntax: linear time on any input)
+    DICTIONARY = "dictionary"  # ``terms``: at least ``threshold`` occurrences in all
 
 
 @dataclass(frozen=True, slots=True)
 class SecureCondition:
     field: ConditionField
-    value: str
+    value: str  # the phrase, pattern or glob; "" for a dictionary
     header: str = ""  # the header's name, for ConditionField.HEADER
+    kind: ConditionKind = ConditionKind.CONTAINS
+    whole_word: bool = False  # a phrase or term only between non-word characters
+    case_sensitive: bool = False
+    terms: tuple[str, ...] = ()  # for ConditionKind.DICTIONARY
+    threshold: int = 1  # for ConditionKind.DICTIONARY
 
 
 class TriggerMatch(StrEnum):
@@ -244,6 +278,7 @@ class PolicyModel:
     secure_policies: tuple[SecurePolicy, ...] = ()
     secure_triggers: tuple[SecureTrigger, ...] = ()
     secure_bypass: tuple[SecureBypass, ...] = ()
+    directory: DirectorySettings | None = None
 
     @property
     def uses_secure_messaging(self) -> bool:

@@ -29,13 +29,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from connectwiz.policy.addresses import canonical_address
+from connectwiz.policy.content import (
+    AttachmentInfo,
+    Examined,
+    condition_matches,
+    describe_condition,
+)
 from connectwiz.policy.model import (
     BypassOption,
-    ConditionField,
     PolicyModel,
-    SecureCondition,
     SecureDefinition,
     SecureRouting,
     SecureSettings,
@@ -49,6 +54,9 @@ from connectwiz.policy.select import (
     _InternalDomains,
     _Selector,
 )
+
+if TYPE_CHECKING:  # ldap3 loads only where a directory is read
+    from connectwiz.directory.ldap import DirectoryCache
 
 REQUEST_HEADER = "X-Connectwiz-Secure"
 
@@ -118,10 +126,6 @@ def restrictiveness(definition: SecureDefinition,
             definition.read_receipt)
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 @dataclass(frozen=True, slots=True)
 class MessageContent:
     """What content triggers look at. ``body`` is the text of the message's text parts."""
@@ -129,6 +133,7 @@ class MessageContent:
     subject: str = ""
     body: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[AttachmentInfo, ...] = ()
 
     def header(self, name: str) -> list[str]:
         wanted = name.strip().lower()
@@ -140,36 +145,13 @@ class MessageContent:
         values = [v.strip() for v in self.header(REQUEST_HEADER) if v.strip()]
         return values[0] if values else None
 
-
-class _Folded:
-    """A message's content folded once (case, white space), however many triggers look."""
-
-    def __init__(self, content: MessageContent) -> None:
-        self.subject = _fold(content.subject)
-        self.body = _fold(content.body)
-        self.headers: dict[str, set[str]] = {}
-        for name, value in content.headers:
-            self.headers.setdefault(name.strip().lower(), set()).add(_fold(value))
+    def examined(self) -> Examined:
+        return Examined(self.subject, self.body, self.headers, self.attachments)
 
 
-def condition_matches(condition: SecureCondition, folded: _Folded) -> bool:
-    wanted = _fold(condition.value)
-    if condition.field is ConditionField.SUBJECT:
-        return wanted in folded.subject
-    if condition.field is ConditionField.BODY:
-        return wanted in folded.body
-    return wanted in folded.headers.get(condition.header.strip().lower(), ())
-
-
-def describe_condition(condition: SecureCondition) -> str:
-    if condition.field is ConditionField.HEADER:
-        return f"header {condition.header} equals {condition.value!r}"
-    return f"{condition.field.value} contains {condition.value!r}"
-
-
-def trigger_matches(trigger: SecureTrigger, folded: _Folded) -> list[str]:
+def trigger_matches(trigger: SecureTrigger, examined: Examined) -> list[str]:
     """Descriptions of the matching conditions; empty when the trigger does not match."""
-    hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, folded)]
+    hits = [describe_condition(c) for c in trigger.conditions if condition_matches(c, examined)]
     if trigger.match is TriggerMatch.ALL and len(hits) < len(trigger.conditions):
         return []
     return hits
@@ -230,7 +212,7 @@ def _label(position: int, narrative: str) -> str:
 class SecureIndex:
     """Built once per loaded model, like ``PolicyIndex``; answers per message."""
 
-    def __init__(self, model: PolicyModel) -> None:
+    def __init__(self, model: PolicyModel, directory: DirectoryCache | None = None) -> None:
         self.settings = model.secure_settings
         self._internal = _InternalDomains(model.organisation.internal_domains)
         groups = _address_groups(model)
@@ -246,9 +228,9 @@ class SecureIndex:
                 if item.definition is not None and item.definition not in self.definitions:
                     raise ValueError(f"{kind} #{i} {item.narrative!r} names unknown secure "
                                      f"definition {item.definition!r}")
-        self._policies = _Selector(model.secure_policies, self._internal, groups)
-        self._triggers = _Selector(model.secure_triggers, self._internal, groups)
-        self._bypass = _Selector(model.secure_bypass, self._internal, groups)
+        self._policies = _Selector(model.secure_policies, self._internal, groups, directory)
+        self._triggers = _Selector(model.secure_triggers, self._internal, groups, directory)
+        self._bypass = _Selector(model.secure_bypass, self._internal, groups, directory)
         # Without policies or triggers only a client header can ask for Secure Messaging.
         self.content_free = not (model.secure_policies or model.secure_triggers)
 
@@ -259,11 +241,13 @@ class SecureIndex:
     def _reasons(self, ctx: MessageContext, hits: Callable[[int, SecureTrigger], list[str]],
                  requested: Reason | None) -> list[Reason]:
         found = [requested] if requested else []
-        winner, _, _ = self._policies.select(ctx, "secure")
+        winner, _, candidates = self._policies.select(ctx, "secure")
         if winner is not None and winner.policy.definition is not None:
+            matched = f" ({candidates[0].matched})" if candidates[0].matched else ""
             found.append(Reason(Source.POLICY, winner.policy.definition,
                                 f"secure policy {_label(winner.position, winner.policy.narrative)}"
-                                f" selects {winner.policy.definition!r}", winner.position))
+                                f" selects {winner.policy.definition!r}{matched}",
+                                winner.position))
         for position, trig in self._triggers.every_match(ctx, lambda i, t: bool(hits(i, t))):
             found.append(Reason(Source.TRIGGER, trig.definition,
                                 f"content trigger {_label(position, trig.narrative)} matched "
@@ -301,14 +285,14 @@ class SecureIndex:
                                    f"is not a secure definition; {FALLBACK_DEFINITION.name!r} "
                                    f"is used")
 
-        folded: list[_Folded] = []
+        examined: list[Examined] = []
         matched: dict[int, list[str]] = {}  # trigger position -> hits, once per message
 
         def hits(position: int, trigger: SecureTrigger) -> list[str]:
             if position not in matched:
-                if not folded:
-                    folded.append(_Folded(content))
-                matched[position] = trigger_matches(trigger, folded[0])
+                if not examined:
+                    examined.append(content.examined())
+                matched[position] = trigger_matches(trigger, examined[0])
             return matched[position]
 
         per_rcpt: list[tuple[str, list[Reason], str | None]] = []

@@ -44,6 +44,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connectwiz.errors import UserError
+from connectwiz.policy.content import AttachmentInfo
 from connectwiz.policy.model import SecureDefinition, SecureRouting, SecureSettings
 from connectwiz.policy.secure import (
     REQUEST_HEADER,
@@ -147,7 +148,21 @@ def parse_content(body: bytes) -> MessageContent:
                 if part.get_content_type() == "text/html":
                     content = html_to_text(content)
                 texts.append(content)
-    return MessageContent(subject=subject, body="\n".join(texts), headers=headers)
+    return MessageContent(subject=subject, body="\n".join(texts), headers=headers,
+                          attachments=attachments(msg))
+
+
+def attachments(msg: EmailMessage) -> tuple[AttachmentInfo, ...]:
+    """Every part that is an attachment or names a file, with its name and MIME type."""
+    found = []
+    with contextlib.suppress(Exception):  # hostile MIME: keep what was read
+        for part in msg.walk():
+            if part.is_multipart():
+                continue
+            name = part.get_filename() or ""
+            if name or part.get_content_disposition() == "attachment":
+                found.append(AttachmentInfo(name, part.get_content_type().lower()))
+    return tuple(found)
 
 
 def header_addresses(body: bytes) -> tuple[list[str], list[str]]:

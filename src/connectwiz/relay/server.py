@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from connectwiz.directory.ldap import DirectoryCache, DirectoryError
 from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
 from connectwiz.policy.secure import SecureIndex
@@ -83,6 +84,8 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._handler: ReceiptHandler | None = None
         self._rescan: asyncio.Task[None] | None = None
+        self._directory: DirectoryCache | None = None
+        self._directory_task: asyncio.Task[None] | None = None
         # Spool I/O has its own threads: fsyncs never queue behind other blocking work
         # (trust store loads, parsing) on the default executor, nor the other way round.
         self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
@@ -101,13 +104,54 @@ class Relay:
         """Load the bundle and build its indexes in a worker thread (a large bundle takes a
         while), then swap all three at once: a model an index rejects is never half-applied."""
 
-        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex]:
+        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex, DirectoryCache | None, str]:
             model = self.load_policy()
-            return model, PolicyIndex(model), SecureIndex(model)
+            directory, error = self._directory, ""
+            if model.directory is None:
+                directory = None
+            elif directory is None or directory.settings != model.directory:
+                # New or changed [directory]: read it before the policy takes effect, so the
+                # first messages do not see empty directory groups.
+                directory = DirectoryCache(model.directory)
+                try:
+                    directory.refresh()
+                except DirectoryError as exc:
+                    error = str(exc)
+            return (model, PolicyIndex(model, directory), SecureIndex(model, directory),
+                    directory, error)
 
-        model, index, secure_index = await asyncio.to_thread(load)
+        model, index, secure_index, directory, error = await asyncio.to_thread(load)
         self._model, self._index, self._secure_index = model, index, secure_index
+        if directory is not self._directory and directory is not None:
+            self._log_directory(directory, error)
+        self._directory = directory
         return model
+
+    def _log_directory(self, directory: DirectoryCache, error: str) -> None:
+        if error:
+            self.log("directory-failed", reason=error,
+                     note="directory groups and attributes keep their last known members"
+                          if directory.snapshot.loaded_at else
+                          "directory groups and attributes match nobody until a read succeeds")
+        else:
+            snapshot = directory.snapshot
+            self.log("directory-read", url=directory.settings.url, groups=len(snapshot.groups),
+                     addresses=len(snapshot.attributes))
+
+    async def _directory_loop(self) -> None:
+        """Re-read the directory every ``refresh_seconds`` in a worker thread: selection
+        only ever reads the cache, so a slow directory never holds up a message."""
+        while not self._stopping:
+            directory = self._directory
+            await asyncio.sleep(directory.settings.refresh_seconds if directory else 60)
+            if directory is None or directory is not self._directory:
+                continue  # none, or a reload replaced it (and read it) meanwhile
+            error = ""
+            try:
+                await asyncio.to_thread(directory.refresh)
+            except DirectoryError as exc:
+                error = str(exc)
+            self._log_directory(directory, error)
 
     async def reload(self) -> bool:
         try:
@@ -174,6 +218,7 @@ class Relay:
         for entry in deferred:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
+        self._directory_task = asyncio.create_task(self._directory_loop())
         await self._control.start()
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
@@ -199,7 +244,8 @@ class Relay:
             proto.close()
         if self._busy:
             await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
-        tasks = [*self._workers, *([self._rescan] if self._rescan else [])]
+        tasks = [*self._workers,
+                 *(t for t in (self._rescan, self._directory_task) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
