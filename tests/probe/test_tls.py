@@ -6,8 +6,8 @@ import ssl
 
 import pytest
 
-from connectwiz.probe.smtp import SmtpClient
 from connectwiz.probe.tls import client_context, peer_chain
+from connectwiz.smtpclient import SmtpClient
 
 
 def test_verifying_context_requires_chain_and_name():

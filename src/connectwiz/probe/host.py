@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from connectwiz.probe.certs import CertificateInfo, TrustStore, analyse_certificate
 from connectwiz.probe.results import HostResult, RcptReply, Status
-from connectwiz.probe.smtp import SmtpClient, SmtpProtocolError, StepTimeout
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
+from connectwiz.smtpclient import SmtpClient, SmtpProtocolError, StepTimeout
 
 # Overall cap per host, in per-connection timeouts: two connections of a few steps each fit,
 # while a server that answers every step just inside the timeout cannot hold a batch for long.
