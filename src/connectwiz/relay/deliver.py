@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
+import dns.resolver
 
 from connectwiz.policy.model import (
     DeliveryDefinition,
@@ -301,26 +302,39 @@ def group_recipients(entry: QueueEntry, model: PolicyModel, index: PolicyIndex,
 
 
 class Deliverer:
-    """Delivers queue entries; reusable across entries (caches TLS contexts)."""
+    """Delivers queue entries; reusable across entries, so what is costly is done once:
+    each TLS context is built once per kind of definition, DNS answers are cached for their
+    TTL (negative answers too; failures are not)."""
 
     def __init__(self, options: NetworkOptions, helo: str) -> None:
         self.options = options
         self.helo = helo
-        self._contexts: dict[tuple[str, str, str], ssl.SSLContext | None] = {}
+        self._contexts: dict[tuple[str, str, str], asyncio.Future[ssl.SSLContext | None]] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
-        if key not in self._contexts:
+        building = self._contexts.get(key)
+        if building is None:
+            # The first delivery of a kind builds its context (loading the trust store reads
+            # files: off the event loop); deliveries arriving meanwhile await that same build
+            # instead of each loading the store again and crowding the spool's fsync threads.
             ca = str(self.options.ca_file) if self.options.ca_file else None
-            # Loading the system trust store reads files: keep it off the event loop.
-            self._contexts[key] = await asyncio.to_thread(client_context, definition, ca)
-        return self._contexts[key]
+            building = asyncio.ensure_future(asyncio.to_thread(client_context, definition, ca))
+            self._contexts[key] = building
+        try:
+            return await asyncio.shield(building)
+        except Exception:
+            if self._contexts.get(key) is building:
+                del self._contexts[key]  # e.g. an unreadable CA file: try again next time
+            raise
 
     async def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
             # The system resolver reads /etc/resolv.conf: once, and off the event loop.
-            self._resolver = await asyncio.to_thread(make_resolver, self.options)
+            resolver = await asyncio.to_thread(make_resolver, self.options)
+            resolver.cache = dns.resolver.Cache()
+            self._resolver = resolver
         return self._resolver
 
     async def targets(self, group: Group, model: PolicyModel
