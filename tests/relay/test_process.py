@@ -14,7 +14,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from .conftest import body, lab_messages, token, wait_lab
+from .conftest import body, lab_messages, send, token, wait_lab
 
 pytestmark = pytest.mark.network
 
@@ -171,6 +171,22 @@ async def test_kill_9_during_delivery_then_restart_delivers_once(lab, tmp_path) 
     finally:
         await relay.kill()
         await hop.stop()
+
+
+async def test_the_relay_process_runs_on_uvloop_and_relays_over_tls(lab, tmp_path) -> None:
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        assert (await relay.wait_event("listening"))["loop"] == "uvloop"  # a dependency on Linux
+        tag = token()
+        await send(relay.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag),
+                   tls=True)  # aiosmtpd's STARTTLS on uvloop's transports
+        assert (await relay.wait_event("attempt"))["tls"] == "TLSv1.3"  # uvloop's start_tls
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+        assert lab_messages(lab, tag)[0].tls_version == "TLSv1.3"
+    finally:
+        await relay.kill()
 
 
 async def _plaintext_reply(port: int, sender: str) -> int:

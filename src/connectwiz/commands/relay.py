@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from connectwiz.bundle import Bundle
@@ -100,5 +101,16 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
     )
-    asyncio.run(relay.serve_until_signalled())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(relay.serve_until_signalled())
     return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed: its TLS and socket layers are native code, asyncio's are
+    largely Python (the relay's busiest code under load). None: asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -142,7 +142,8 @@ class Relay:
         for entry in deferred:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self.log("listening", host=self.address[0], port=self.address[1],
-                 spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred))
+                 spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
+                 loop=type(loop).__module__.partition(".")[0])  # uvloop or asyncio
 
     async def stop(self) -> None:
         if self._stopping:
