@@ -177,8 +177,13 @@ class SmtpClient:
         suffix = " SMTPUTF8" if self.smtputf8 else ""
         return await self.command(f"MAIL FROM:<{sender}>{suffix}", "after MAIL FROM")
 
-    async def starttls(self, context: ssl.SSLContext, server_hostname: str | None) -> ssl.SSLObject:
+    async def starttls(
+        self, context: ssl.SSLContext, host: str, *, sni: bool = True
+    ) -> ssl.SSLObject:
         """TLS handshake on this connection (after a 220 to STARTTLS); returns the SSL object.
+
+        ``host`` is the MX host (or route) name; it is sent as SNI unless it is an IP address
+        or ``sni`` is False (how Postfix connects by default).
 
         Anything the server sent after its 220 is plaintext a man in the middle may have
         injected (CVE-2011-0411): it is thrown away, never read as a reply over TLS.
@@ -191,7 +196,8 @@ class SmtpClient:
         try:
             async with asyncio.timeout(self.timeout):
                 await self.writer.start_tls(
-                    context, server_hostname=server_hostname, ssl_handshake_timeout=self.timeout
+                    context, server_hostname=server_name(host) if sni else None,
+                    ssl_handshake_timeout=self.timeout,
                 )
         except TimeoutError:
             raise StepTimeout("in the TLS handshake", self.timeout) from None
@@ -243,6 +249,15 @@ class SmtpClient:
                 await self.writer.wait_closed()
         except (TimeoutError, OSError, ssl.SSLError):
             self.writer.transport.abort()
+
+
+def server_name(host: str) -> str | None:
+    """SNI carries host names only, never IP addresses (RFC 6066 §3)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    return None
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:

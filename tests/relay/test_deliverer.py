@@ -16,7 +16,7 @@ pytestmark = pytest.mark.network
 async def test_concurrent_first_deliveries_build_one_tls_context(lab_network_options) -> None:
     deliverer = Deliverer(lab_network_options, "relay.test")
     contexts = await asyncio.gather(*(deliverer._context(STRICT) for _ in range(20)))
-    assert all(ctx is contexts[0] for ctx in contexts)  # one trust store load, not twenty
+    assert all(ctx is contexts[0] for ctx in contexts)  # one build, not twenty
 
 
 def _mx_queries(lab, domain: str) -> int:

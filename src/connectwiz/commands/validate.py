@@ -28,7 +28,8 @@ _ASCII_MARKS = {"✔": "+", "✖": "x", "!": "!"}
 def run(args: argparse.Namespace) -> int:
     options = options_from(
         nameserver=args.nameserver, smtp_port=args.smtp_port, ca_file=args.ca_file,
-        timeout=args.timeout, concurrency=args.concurrency, https_port=args.https_port,
+        timeout=args.timeout, greeting_timeout=args.greeting_timeout,
+        concurrency=args.concurrency, https_port=args.https_port,
     )
     targets = [Target.route(*parse_host_port(r, options.smtp_port)) for r in args.route]
     targets += [Target.domain(d) for d in args.targets]

@@ -40,7 +40,7 @@ async def validate_targets(
     """
     with_domains = any(t.kind == "domain" for t in targets)
     trust = await asyncio.to_thread(_loaded_trust_store, options, with_domains)
-    batch = _Batch(options, ProbeSettings(options.timeout, trust))
+    batch = _Batch(options, ProbeSettings(options.timeout, trust, options.greeting_timeout))
 
     def email_of(target: Target) -> str | None:
         return email.get(target) if isinstance(email, Mapping) else email
@@ -152,7 +152,7 @@ def _loaded_trust_store(options: NetworkOptions, with_domains: bool) -> TrustSto
     """Read and index the CA files now (in a thread), not in the event loop on first use;
     for domains also the MTA-STS fetch's verifying context, which reads them again."""
     trust = trust_store(options.ca_file)
-    _ = trust.store, trust.by_subject
+    _ = trust.store
     if with_domains:
         https_context(options.ca_file)
     return trust

@@ -11,21 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from connectwiz.probe.certs import CertificateInfo, TrustStore, analyse_certificate
+from connectwiz.probe.certs import CertificateInfo, TrustStore, judge_chain
 from connectwiz.probe.results import HostResult, RcptReply, Status
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
 from connectwiz.smtpclient import SmtpClient, SmtpProtocolError, StepTimeout
 
-# Overall cap per host, in per-connection timeouts: two connections of a few steps each fit,
-# while a server that answers every step just inside the timeout cannot hold a batch for long.
+# Overall cap per host: the greeting wait plus this many per-step timeouts. Two connections of
+# a few steps each fit, while a server that answers every step just inside the timeout cannot
+# hold a batch for long.
 HOST_CAP_FACTOR = 3
 _VERSION_NAMES = {"TLSv1": "TLSv1.0"}  # what ssl calls TLS 1.0, spelt like the others
 
@@ -34,6 +34,7 @@ _VERSION_NAMES = {"TLSv1": "TLSv1.0"}  # what ssl calls TLS 1.0, spelt like the 
 class ProbeSettings:
     timeout: float
     trust: TrustStore
+    greeting_timeout: float = 30.0
     email: str | None = None
     mail_from: str = ""  # the null reverse-path: no bounce can ever be generated
 
@@ -55,6 +56,7 @@ class _Session:
     certificate: CertificateInfo | None = None
     rcpt: RcptReply | None = None
     chain: tuple[bytes, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 async def probe_host(
@@ -68,7 +70,7 @@ async def probe_host(
     started = time.monotonic()
     session = _Session()
     address: str | None = addresses[0] if addresses else None
-    cap = settings.timeout * HOST_CAP_FACTOR
+    cap = settings.greeting_timeout + settings.timeout * HOST_CAP_FACTOR
     try:
         if not addresses:
             raise _Finding(Status.ERROR, f"no address found for {host}")
@@ -110,9 +112,9 @@ async def _connect_any(
     raise _Finding(Status.ERROR, "cannot connect: " + "; ".join(failures))
 
 
-async def _open_session(client: SmtpClient, session: _Session) -> None:
+async def _open_session(client: SmtpClient, session: _Session, settings: ProbeSettings) -> None:
     """Greeting, EHLO and the STARTTLS command: everything before the handshake."""
-    greeting = await client.read_reply("waiting for the greeting")
+    greeting = await client.greeting(settings.greeting_timeout)
     if greeting.code != 220:
         raise _Finding(Status.ERROR, f"server refused the session: {greeting}")
     ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO")
@@ -132,10 +134,10 @@ async def _conversation(
 ) -> tuple[Status | None, str]:
     """The main attempt. Returns (None, handshake error) when TLS 1.2+ could not be set up."""
     async with _closing(client):
-        await _open_session(client, session)
+        await _open_session(client, session, settings)
         try:
             ssl_object = await client.starttls(
-                _probe_context(legacy=False), server_hostname=_sni(host)
+                _probe_context(legacy=False), host
             )
         except (ssl.SSLError, ConnectionError) as exc:
             client.abort()  # nothing sensible can follow a failed handshake on this connection
@@ -146,7 +148,7 @@ async def _conversation(
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
         if settings.email:
             session.rcpt = await _rcpt_check(client, settings)
-    return classify(session.tls_version, session.certificate, host)
+    return classify(session.tls_version, session.problems, host)
 
 
 @contextlib.asynccontextmanager
@@ -175,20 +177,18 @@ def _record_tls(
     session.cipher = cipher[0] if cipher else None
     chain = peer_chain(ssl_object)
     session.chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
-    if chain:
-        session.certificate = analyse_certificate(chain[0], host, settings.trust, chain[1:])
+    info, problems = judge_chain(chain, host, settings.trust)
+    session.certificate, session.problems = info, tuple(problems)
 
 
 def classify(
-    tls_version: str | None, cert: CertificateInfo | None, host: str
+    tls_version: str | None, problems: Sequence[str], host: str
 ) -> tuple[Status, str]:
-    """The verdict for a completed handshake: strict only if TLS 1.2+ and every check passes."""
+    """The verdict for a completed handshake: strict only if TLS 1.2+ and the certificate
+    judgement (``judge_chain``, the one the relay enforces) found no problem."""
     version = tls_version or "unknown TLS version"
     if tls_version not in MODERN_VERSIONS:
         return Status.UNSUPPORTED, f"server negotiated {version}; TLS 1.2 or newer is required"
-    if cert is None:
-        return Status.RELAXED, f"{version}, but the server sent no certificate"
-    problems = cert.problems
     if problems:
         return Status.RELAXED, f"{version}, " + "; ".join(problems)
     return Status.STRICT, f"{version}, certificate trusted and valid for {host}"
@@ -213,10 +213,10 @@ async def _legacy_probe(
     """Second connection, any TLS version: name what an old server offers."""
     client = await SmtpClient.connect(address, port, settings.timeout)
     async with _closing(client):
-        await _open_session(client, session)
+        await _open_session(client, session, settings)
         try:
             ssl_object = await client.starttls(
-                _probe_context(legacy=True), server_hostname=_sni(host)
+                _probe_context(legacy=True), host
             )
         except (ssl.SSLError, ConnectionError):
             client.abort()
@@ -232,15 +232,6 @@ async def _legacy_probe(
 def _probe_context(legacy: bool) -> ssl.SSLContext:
     """Shared by every probe: building a context costs more than a handshake's client side."""
     return client_context(verify=False, legacy=legacy)
-
-
-def _sni(host: str) -> str | None:
-    """SNI carries host names only, never IP addresses (RFC 6066 §3)."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return None
 
 
 def _ssl_reason(exc: OSError) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -35,8 +34,11 @@ from connectwiz.policy.model import (
     PolicyModel,
 )
 from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.probe.certs import TrustStore, judge_chain, trust_store
 from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.probe.tls import client_context as tls_client_context
+from connectwiz.probe.tls import peer_chain
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.spool import QueueEntry, Recipient
 from connectwiz.smtpclient import NeedsSmtpUtf8, SmtpClient, SmtpProtocolError, StepTimeout
@@ -91,29 +93,20 @@ class Attempt:
 # -- TLS contexts ------------------------------------------------------------------------------
 
 
-def client_context(definition: DeliveryDefinition, ca_file: str | None) -> ssl.SSLContext | None:
-    """The TLS context a definition asks for; None means no TLS at all."""
+def client_context(definition: DeliveryDefinition) -> ssl.SSLContext | None:
+    """The TLS context a definition asks for; None means no TLS at all.
+
+    No context verifies in the handshake: under Enforced Strict the presented chain is judged
+    after it by ``probe.certs.judge_chain``, the judgement ``validate`` reports, so the
+    verdict and delivery cannot disagree.
+    """
     if definition.option is DeliveryOption.NONE:
         return None
-    enforced = definition.option is DeliveryOption.ENFORCED
-    strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
-    if strict:
-        ctx = ssl.create_default_context()
-        if ca_file:
-            ctx.load_verify_locations(cafile=ca_file)
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if enforced:
-            ctx.minimum_version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
-        else:
-            # Opportunistic: any TLS beats plaintext, so accept what the server has.
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
+    if definition.option is DeliveryOption.ENFORCED:
+        version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
+        return tls_client_context(verify=False, minimum=version)
+    # Opportunistic: any TLS beats plaintext, so accept what the server has.
+    return tls_client_context(verify=False, legacy=True)
 
 
 # -- one attempt at one host -------------------------------------------------------------------
@@ -131,13 +124,14 @@ class _RetryPlain(TempFailure):
 
 async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.SSLContext | None,
                        mail_from: str, recipients: list[str], body: bytes | Path,
-                       helo: str, timeout: float, greeting_timeout: float | None = None
-                       ) -> Attempt:
+                       helo: str, timeout: float, greeting_timeout: float | None = None,
+                       trust: TrustStore | None = None) -> Attempt:
     """Try to hand ``body`` (the message, or the spool file holding it) to one host.
 
     Never raises for SMTP or TLS trouble: the outcome and per-recipient replies are in the
     returned Attempt. ``greeting_timeout`` (default ``timeout``) bounds the wait for the
-    greeting alone."""
+    greeting alone. ``trust`` (default: the system store) judges certificates under Enforced
+    Strict."""
     att = Attempt(target.host, target.address, target.port, definition.name,
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
                   list(recipients))
@@ -149,7 +143,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
             raise TempFailure(f"connection to {target.address}:{target.port} failed: "
                               f"{_describe(exc)}") from None
         await _converse(client, att, target, definition, ctx, mail_from, recipients, body, helo,
-                        greeting_timeout or timeout)
+                        greeting_timeout or timeout, trust)
     except PermFailure as exc:
         att.outcome, att.error = "permanent", str(exc)
     except _RetryPlain as exc:
@@ -169,8 +163,9 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
 async def _converse(client: SmtpClient, att: Attempt, target: Target,
                     definition: DeliveryDefinition, ctx: ssl.SSLContext | None, mail_from: str,
                     recipients: list[str], body: bytes | Path,
-                    helo: str, greeting_timeout: float) -> None:
+                    helo: str, greeting_timeout: float, trust: TrustStore | None) -> None:
     enforced = definition.option is DeliveryOption.ENFORCED
+    strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
     reply = await client.greeting(greeting_timeout)
     att.reply = reply.transcript
     if reply.code != 220:
@@ -190,14 +185,20 @@ async def _converse(client: SmtpClient, att: Attempt, target: Target,
                                       f"{reply.transcript}")
                 raise _RetryPlain(f"STARTTLS refused: {reply.transcript}")
             try:
-                await client.starttls(ctx, target.host)
+                ssl_object = await client.starttls(ctx, target.host)
             except (ssl.SSLError, ssl.CertificateError, OSError, StepTimeout) as exc:
                 if enforced:
                     raise TempFailure(f"TLS required but the handshake failed: "
                                       f"{_describe(exc)}") from None
                 raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
             att.tls_version, att.tls_cipher = client.tls()
-            att.certificate_verified = ctx.verify_mode == ssl.CERT_REQUIRED
+            if strict:
+                store = trust or trust_store(None)
+                _, problems = judge_chain(peer_chain(ssl_object), target.host, store)
+                if problems:
+                    raise TempFailure("TLS required but the certificate is not accepted: "
+                                      + "; ".join(problems))
+                att.certificate_verified = True
             reply = await client.ehlo(helo, helo_fallback=True)
             if reply.code != 250:
                 raise TempFailure(f"HELO over TLS refused: {reply.transcript}")
@@ -303,30 +304,38 @@ def group_recipients(entry: QueueEntry, model: PolicyModel, index: PolicyIndex,
 
 class Deliverer:
     """Delivers queue entries; reusable across entries, so what is costly is done once:
-    each TLS context is built once per kind of definition, DNS answers are cached for their
-    TTL (negative answers too; failures are not)."""
+    the trust store is loaded once, each TLS context is built once per kind of definition,
+    DNS answers are cached for their TTL (negative answers too; failures are not)."""
 
     def __init__(self, options: NetworkOptions, helo: str) -> None:
         self.options = options
         self.helo = helo
         self._contexts: dict[tuple[str, str, str], asyncio.Future[ssl.SSLContext | None]] = {}
+        self._trust: dict[str, asyncio.Future[TrustStore]] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
-        building = self._contexts.get(key)
+        return await self._once(self._contexts, key, client_context, definition)
+
+    async def _trust_store(self) -> TrustStore:
+        # The system CA bundle plus --ca-file.
+        return await self._once(self._trust, "", _loaded_trust, self.options)
+
+    @staticmethod
+    async def _once(built: dict[Any, asyncio.Future[Any]], key: Any,
+                    build: Callable[..., Any], *args: Any) -> Any:
+        """``build(*args)`` in a worker thread (it reads files), once per ``key``: the first
+        delivery builds, deliveries arriving meanwhile await that same build instead of each
+        loading the trust store again and crowding the threads the spool's fsyncs need."""
+        building = built.get(key)
         if building is None:
-            # The first delivery of a kind builds its context (loading the trust store reads
-            # files: off the event loop); deliveries arriving meanwhile await that same build
-            # instead of each loading the store again and crowding the spool's fsync threads.
-            ca = str(self.options.ca_file) if self.options.ca_file else None
-            building = asyncio.ensure_future(asyncio.to_thread(client_context, definition, ca))
-            self._contexts[key] = building
+            building = built[key] = asyncio.ensure_future(asyncio.to_thread(build, *args))
         try:
             return await asyncio.shield(building)
         except Exception:
-            if self._contexts.get(key) is building:
-                del self._contexts[key]  # e.g. an unreadable CA file: try again next time
+            if built.get(key) is building:
+                del built[key]  # e.g. an unreadable CA file: try again next time
             raise
 
     async def _get_resolver(self) -> dns.asyncresolver.Resolver:
@@ -383,19 +392,20 @@ class Deliverer:
                 rcpt.status, rcpt.detail = status, str(exc)
             return attempts
         todo = list(group.recipients)
+        trust = await self._trust_store()
         for target, definition in targets:
             if not todo:
                 break
             ctx = await self._context(definition)
             att = await attempt_host(target, definition, ctx, entry.mail_from,
                                      [r.address for r in todo], body, self.helo,
-                                     self.options.timeout)
+                                     self.options.timeout, self.options.greeting_timeout, trust)
             if att.retry_plain:
                 attempts.append(att)
                 plain = DeliveryDefinition(definition.name, DeliveryOption.NONE)
                 att = await attempt_host(target, plain, None, entry.mail_from,
                                          [r.address for r in todo], body, self.helo,
-                                         self.options.timeout)
+                                         self.options.timeout, self.options.greeting_timeout)
                 att.definition, att.option = definition.name, str(definition.option)
             attempts.append(att)
             still = []
@@ -412,3 +422,9 @@ class Deliverer:
                     still.append(rcpt)
             todo = still
         return attempts
+
+
+def _loaded_trust(options: NetworkOptions) -> TrustStore:
+    trust = trust_store(options.ca_file)
+    _ = trust.store  # build the OpenSSL store now, in this thread
+    return trust
