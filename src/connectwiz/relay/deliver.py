@@ -40,6 +40,7 @@ from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.tls import client_context as tls_client_context
 from connectwiz.probe.tls import peer_chain
 from connectwiz.relay.receipt import parse_ip
+from connectwiz.relay.sessions import CachedSession, SessionCache
 from connectwiz.relay.spool import QueueEntry, Recipient
 from connectwiz.smtpclient import NeedsSmtpUtf8, SmtpClient, SmtpProtocolError, StepTimeout
 
@@ -85,6 +86,8 @@ class Attempt:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
+    # Sent over a session kept from an earlier delivery (its TLS facts are that session's).
+    reused_connection: bool = False
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,16 +128,16 @@ class _RetryPlain(TempFailure):
 async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.SSLContext | None,
                        mail_from: str, recipients: list[str], body: bytes | Path,
                        helo: str, timeout: float, greeting_timeout: float | None = None,
-                       trust: TrustStore | None = None) -> Attempt:
-    """Try to hand ``body`` (the message, or the spool file holding it) to one host.
+                       trust: TrustStore | None = None,
+                       sessions: SessionCache | None = None) -> Attempt:
+    """Try to hand ``body`` (the message, or the spool file holding it) to one host over a
+    new connection.
 
     Never raises for SMTP or TLS trouble: the outcome and per-recipient replies are in the
     returned Attempt. ``greeting_timeout`` (default ``timeout``) bounds the wait for the
     greeting alone. ``trust`` (default: the system store) judges certificates under Enforced
-    Strict."""
-    att = Attempt(target.host, target.address, target.port, definition.name,
-                  str(definition.option), str(definition.encryption_mode), definition.min_tls,
-                  list(recipients))
+    Strict. With ``sessions``, a session that delivered is kept there instead of closed."""
+    att = _attempt_record(target, definition, recipients)
     client: SmtpClient | None = None
     try:
         try:
@@ -142,28 +145,83 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
         except (OSError, StepTimeout) as exc:
             raise TempFailure(f"connection to {target.address}:{target.port} failed: "
                               f"{_describe(exc)}") from None
-        await _converse(client, att, target, definition, ctx, mail_from, recipients, body, helo,
-                        greeting_timeout or timeout, trust)
-    except PermFailure as exc:
-        att.outcome, att.error = "permanent", str(exc)
-    except _RetryPlain as exc:
-        att.outcome, att.error, att.retry_plain = "temporary", str(exc), True
-    except TempFailure as exc:
-        att.outcome, att.error = "temporary", str(exc)
-    except (SmtpProtocolError, StepTimeout) as exc:
-        att.outcome, att.error = "temporary", str(exc)
-    except (OSError, ssl.SSLError) as exc:
-        att.outcome, att.error = "temporary", f"lost connection: {_describe(exc)}"
+        await _open_session(client, att, target, definition, ctx, helo,
+                            greeting_timeout or timeout, trust)
+        await _transaction(client, att, mail_from, recipients, body)
+    except _FAILURES as exc:
+        _record_failure(att, exc)
     finally:
         if client is not None:
-            await client.close()
+            if sessions is not None and att.outcome == "delivered":
+                sessions.put(session_key(target, definition), CachedSession(
+                    client, att.tls_version, att.tls_cipher, att.certificate_verified))
+            else:
+                await client.close()
     return att
 
 
-async def _converse(client: SmtpClient, att: Attempt, target: Target,
-                    definition: DeliveryDefinition, ctx: ssl.SSLContext | None, mail_from: str,
-                    recipients: list[str], body: bytes | Path,
-                    helo: str, greeting_timeout: float, trust: TrustStore | None) -> None:
+async def attempt_cached(target: Target, definition: DeliveryDefinition, sessions: SessionCache,
+                         mail_from: str, recipients: list[str], body: bytes | Path
+                         ) -> Attempt | None:
+    """Try to hand ``body`` to one host over a session kept from an earlier delivery to it
+    under the same TLS requirements; None when no such session works any more."""
+    key = session_key(target, definition)
+    while (session := sessions.take(key)) is not None:
+        att = _attempt_record(target, definition, recipients)
+        att.tls_version, att.tls_cipher = session.tls_version, session.tls_cipher
+        att.certificate_verified = session.certificate_verified
+        att.reused_connection = True
+        try:
+            await _transaction(session.client, att, mail_from, recipients, body, reused=True)
+        except _StaleSession:
+            sessions.discard(session)  # closed while idle: nothing was sent; try the next
+            continue
+        except _FAILURES as exc:
+            _record_failure(att, exc)
+        if att.outcome == "delivered":
+            sessions.put(key, session)
+        else:
+            sessions.discard(session)
+        return att
+    return None
+
+
+def session_key(target: Target, definition: DeliveryDefinition) -> tuple[str, ...]:
+    """What must match for a kept session to be reused: the host as connected to and as
+    verified, and every TLS requirement of the definition."""
+    return (target.address, str(target.port), target.host.lower(), str(definition.option),
+            str(definition.encryption_mode), definition.min_tls)
+
+
+def _attempt_record(target: Target, definition: DeliveryDefinition,
+                    recipients: list[str]) -> Attempt:
+    return Attempt(target.host, target.address, target.port, definition.name,
+                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
+                   list(recipients))
+
+
+_FAILURES = (TempFailure, PermFailure, SmtpProtocolError, StepTimeout, OSError)
+
+
+def _record_failure(att: Attempt, exc: BaseException) -> None:
+    if isinstance(exc, PermFailure):
+        att.outcome, att.error = "permanent", str(exc)
+    elif isinstance(exc, _RetryPlain):
+        att.outcome, att.error, att.retry_plain = "temporary", str(exc), True
+    elif isinstance(exc, TempFailure | SmtpProtocolError | StepTimeout):
+        att.outcome, att.error = "temporary", str(exc)
+    else:  # OSError, ssl.SSLError included
+        att.outcome, att.error = "temporary", f"lost connection: {_describe(exc)}"
+
+
+class _StaleSession(Exception):
+    """A kept session turned out closed before its first reply: nothing was delivered."""
+
+
+async def _open_session(client: SmtpClient, att: Attempt, target: Target,
+                        definition: DeliveryDefinition, ctx: ssl.SSLContext | None, helo: str,
+                        greeting_timeout: float, trust: TrustStore | None) -> None:
+    """Greeting, EHLO, and STARTTLS with the certificate judged when the definition asks."""
     enforced = definition.option is DeliveryOption.ENFORCED
     strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
     reply = await client.greeting(greeting_timeout)
@@ -173,57 +231,81 @@ async def _converse(client: SmtpClient, att: Attempt, target: Target,
     reply = await client.ehlo(helo, helo_fallback=True)
     if reply.code != 250:
         raise TempFailure(f"HELO refused: {reply.transcript}")
-    if ctx is not None:
-        if "STARTTLS" not in client.extensions:
-            if enforced:
-                raise TempFailure("TLS required but the server does not offer STARTTLS")
-        else:
-            reply = await client.command("STARTTLS", "after STARTTLS")
-            if reply.code != 220:
-                if enforced:
-                    raise TempFailure(f"TLS required but STARTTLS was refused: "
-                                      f"{reply.transcript}")
-                raise _RetryPlain(f"STARTTLS refused: {reply.transcript}")
-            try:
-                ssl_object = await client.starttls(ctx, target.host)
-            except (ssl.SSLError, ssl.CertificateError, OSError, StepTimeout) as exc:
-                if enforced:
-                    raise TempFailure(f"TLS required but the handshake failed: "
-                                      f"{_describe(exc)}") from None
-                raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
-            att.tls_version, att.tls_cipher = client.tls()
-            if strict:
-                store = trust or trust_store(None)
-                _, problems = judge_chain(peer_chain(ssl_object), target.host, store)
-                if problems:
-                    raise TempFailure("TLS required but the certificate is not accepted: "
-                                      + "; ".join(problems))
-                att.certificate_verified = True
-            reply = await client.ehlo(helo, helo_fallback=True)
-            if reply.code != 250:
-                raise TempFailure(f"HELO over TLS refused: {reply.transcript}")
+    if ctx is None:
+        return
+    if "STARTTLS" not in client.extensions:
+        if enforced:
+            raise TempFailure("TLS required but the server does not offer STARTTLS")
+        return
+    reply = await client.command("STARTTLS", "after STARTTLS")
+    if reply.code != 220:
+        if enforced:
+            raise TempFailure(f"TLS required but STARTTLS was refused: {reply.transcript}")
+        raise _RetryPlain(f"STARTTLS refused: {reply.transcript}")
     try:
-        reply = await client.mail(mail_from, recipients)
+        ssl_object = await client.starttls(ctx, target.host)
+    except (ssl.SSLError, ssl.CertificateError, OSError, StepTimeout) as exc:
+        if enforced:
+            raise TempFailure(f"TLS required but the handshake failed: "
+                              f"{_describe(exc)}") from None
+        raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
+    att.tls_version, att.tls_cipher = client.tls()
+    if strict:
+        store = trust or trust_store(None)
+        _, problems = judge_chain(peer_chain(ssl_object), target.host, store)
+        if problems:
+            raise TempFailure("TLS required but the certificate is not accepted: "
+                              + "; ".join(problems))
+        att.certificate_verified = True
+    reply = await client.ehlo(helo, helo_fallback=True)
+    if reply.code != 250:
+        raise TempFailure(f"HELO over TLS refused: {reply.transcript}")
+
+
+async def _transaction(client: SmtpClient, att: Attempt, mail_from: str, recipients: list[str],
+                       body: bytes | Path, reused: bool = False) -> None:
+    """MAIL FROM, RCPT TO, DATA and the message; pipelined (RFC 2920) when offered. With
+    ``reused``, a session found dead at its first reply raises ``_StaleSession``."""
+    try:
+        mail = client.mail_command(mail_from, recipients)
     except NeedsSmtpUtf8 as exc:
         # Postfix bounces such mail too (5.6.7): no host of this kind can ever take it.
         raise PermFailure(f"SMTPUTF8 is required: {exc}") from None
-    att.reply = reply.transcript
-    if reply.code != 250:
-        _fail(reply.code, f"MAIL FROM refused: {reply.transcript}")
+    rcpts = [f"RCPT TO:<{rcpt}>" for rcpt in recipients]
+    pipelining = "PIPELINING" in client.extensions
+    try:
+        if pipelining:
+            # Three round trips become one; DATA's reply tells whether to send the message.
+            replies = await client.pipeline([mail, *rcpts, "DATA"], "after MAIL, RCPT and DATA")
+        else:
+            replies = [await client.command(mail, "after MAIL FROM")]
+    except (SmtpProtocolError, OSError) as exc:
+        if reused and (client.reader.at_eof() or isinstance(exc, OSError)):
+            raise _StaleSession from None
+        raise
+    att.reply = replies[0].transcript
+    if replies[0].code != 250:
+        if pipelining and replies[-1].code == 354:
+            await client.send_message(b"")  # a server that took DATA anyway: end it empty
+        _fail(replies[0].code, f"MAIL FROM refused: {replies[0].transcript}")
     accepted = []
-    for rcpt in recipients:
-        reply = await client.command(f"RCPT TO:<{rcpt}>", "after RCPT TO")
+    for i, (rcpt, line) in enumerate(zip(recipients, rcpts, strict=True)):
+        reply = replies[1 + i] if pipelining else await client.command(line, "after RCPT TO")
         att.rcpt_replies[rcpt] = reply.transcript
         if reply.code in (250, 251):
             accepted.append(rcpt)
+    data = replies[-1] if pipelining else None
     if not accepted:
+        if data is not None and data.code == 354:
+            await client.send_message(b"")  # RFC 2920 §3.1: end the data that has no recipient
         codes = {int(t[:3]) // 100 for t in att.rcpt_replies.values()}
         att.outcome = "permanent" if codes == {5} else "temporary"
         att.reply = "every recipient refused"
         return
-    reply = await client.command("DATA", "after DATA")
-    if reply.code != 354:
-        _fail(reply.code, f"DATA refused: {reply.transcript}")
+    if data is None:
+        data = await client.command("DATA", "after DATA")
+    if data.code != 354:
+        _fail(data.code, f"DATA refused: {data.transcript}")
     reply = await client.send_message(body)
     att.reply = reply.transcript
     if reply.code != 250:
@@ -305,7 +387,9 @@ def group_recipients(entry: QueueEntry, model: PolicyModel, index: PolicyIndex,
 class Deliverer:
     """Delivers queue entries; reusable across entries, so what is costly is done once:
     the trust store is loaded once, each TLS context is built once per kind of definition,
-    DNS answers are cached for their TTL (negative answers too; failures are not)."""
+    DNS answers are cached for their TTL (negative answers too; failures are not), and a
+    session that delivered is kept a moment for the next message to the same host
+    (``relay.sessions``). ``close()`` ends those sessions."""
 
     def __init__(self, options: NetworkOptions, helo: str) -> None:
         self.options = options
@@ -313,6 +397,11 @@ class Deliverer:
         self._contexts: dict[tuple[str, str, str], asyncio.Future[ssl.SSLContext | None]] = {}
         self._trust: dict[str, asyncio.Future[TrustStore]] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self.sessions = SessionCache()
+
+    async def close(self) -> None:
+        """End the sessions kept for reuse (QUIT)."""
+        await self.sessions.close()
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
@@ -396,10 +485,14 @@ class Deliverer:
         for target, definition in targets:
             if not todo:
                 break
-            ctx = await self._context(definition)
-            att = await attempt_host(target, definition, ctx, entry.mail_from,
-                                     [r.address for r in todo], body, self.helo,
-                                     self.options.timeout, self.options.greeting_timeout, trust)
+            rcpts = [r.address for r in todo]
+            att = await attempt_cached(target, definition, self.sessions, entry.mail_from,
+                                       rcpts, body)
+            if att is None:
+                ctx = await self._context(definition)
+                att = await attempt_host(target, definition, ctx, entry.mail_from, rcpts, body,
+                                         self.helo, self.options.timeout,
+                                         self.options.greeting_timeout, trust, self.sessions)
             if att.retry_plain:
                 attempts.append(att)
                 plain = DeliveryDefinition(definition.name, DeliveryOption.NONE)

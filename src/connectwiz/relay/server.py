@@ -167,6 +167,7 @@ class Relay:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.deliverer.close()
         if self._server is not None:
             await self._server.wait_closed()
         counts = await asyncio.to_thread(self.spool.counts)
