@@ -338,7 +338,8 @@ async def run_relay(sink: Sink, workdir: Path, args: argparse.Namespace) -> Side
     side.rss_kib, side.pss_kib, side.processes = sampler.rss, sampler.pss, sampler.processes
     text = log.read_text(errors="replace")
     side.notes.append(f"delivery attempts with a verified certificate: "
-                      f"{text.count('verified=True')}")
+                      f"{text.count('verified=True')}, over a reused session: "
+                      f"{text.count('reused=True')}")
     return side
 
 

@@ -331,6 +331,7 @@ class Relay:
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
+                     reused=att.reused_connection or None,  # shown only when reused
                      outcome=att.outcome, reply=att.error or att.reply)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
