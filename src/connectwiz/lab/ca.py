@@ -52,11 +52,12 @@ def _subject(names: list[str]) -> x509.Name:
 
 
 def _leaf_extensions(
-    builder: x509.CertificateBuilder, names: list[str], key: PrivateKey
+    builder: x509.CertificateBuilder, names: list[str], key: PrivateKey,
+    san_critical: bool = False,
 ) -> x509.CertificateBuilder:
     return (
         builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                              critical=False)
+                              critical=san_critical)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -137,8 +138,12 @@ class LabCA:
         not_after: dt.datetime | None = None,
         key_type: str = "ec",
         key_label: str = "leaf",
+        san_critical: bool = False,
     ) -> tuple[Path, Path]:
         """A server certificate for ``names`` (SAN DNS names) signed by this CA.
+
+        ``san_critical``: the subjectAltName marked critical next to a non-empty subject, as
+        many private CAs issue it (RFC 5280 says SHOULD NOT; OpenSSL accepts it).
 
         Returns (certificate PEM path, private key PEM path); the certificate file holds
         the leaf only, as servers commonly send it (the root is what clients trust).
@@ -158,7 +163,7 @@ class LabCA:
                 critical=False,
             )
         )
-        cert = _leaf_extensions(builder, names, key).sign(self._key, hashes.SHA256())
+        cert = _leaf_extensions(builder, names, key, san_critical).sign(self._key, hashes.SHA256())
         return self._write_cert(cert, names, key_path)
 
     def self_signed(self, names: list[str], *, key_type: str = "ec") -> tuple[Path, Path]:

@@ -223,9 +223,13 @@ class Lab:
                 cert_path, key = self.ca.issue([WRONG_NAME])
             elif profile.cert == "ownkey":
                 cert_path, key = self.ca.issue(names, key_label="dane")
+            elif profile.cert == "sancritical":
+                cert_path, key = self.ca.issue(names, san_critical=True)
             else:
                 cert_path, key = self.ca.issue(names)
             ctx = server_context(cert_path, key, tls10_only=profile.tls10_only)
+            if profile.cert == "sni":
+                ctx = _by_sni(ctx, names, server_context(*self.ca.issue([WRONG_NAME])))
         server = SMTPServer(profile, names[0], hosts[0].address, self.smtp_port, ctx,
                             self.recorder, self.greeting_delay, cert_path)
         self.servers[hosts[0].address] = server
@@ -338,3 +342,15 @@ def run_in_thread(**kw: Any) -> LabHandle:
         thread.join()
         raise box["error"]
     return LabHandle(box["lab"], box["loop"], thread, box["stop"])
+
+
+def _by_sni(named: ssl.SSLContext, names: list[str],
+            default: ssl.SSLContext) -> ssl.SSLContext:
+    """``default`` for clients without SNI (or another name), ``named`` for one of ``names``."""
+
+    def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name is not None and server_name.lower() in names:
+            sslobj.context = named
+
+    default.sni_callback = pick
+    return default

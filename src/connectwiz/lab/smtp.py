@@ -32,8 +32,9 @@ class SmtpProfile:
     """How one lab server behaves. ``cert`` is applied by the lab when it issues certificates."""
 
     name: str
-    cert: str = "trusted"  # trusted | selfsigned | expired | wrongname | ownkey
-    starttls: str = "offer"  # offer | none | refuse454
+    # trusted | selfsigned | expired | wrongname | ownkey | sancritical | sni
+    cert: str = "trusted"
+    starttls: str = "offer"  # offer | none | refuse454 | inject
     tls10_only: bool = False
     greeting: str = "normal"  # normal | multiline | 421 | tarpit
     slow: bool = False  # wait the lab's greeting_delay before greeting
@@ -55,6 +56,20 @@ PROFILES: dict[str, SmtpProfile] = {p.name: p for p in (
     SmtpProfile("multiline", greeting="multiline"),
     SmtpProfile("ownkey", cert="ownkey"),  # trusted, with a key no other lab host shares
 )}
+
+# -- Shapes on which validate and delivery used to disagree (issue 11; used with add_sink) --
+# The STARTTLS 220 arrives with plaintext a man in the middle appended (CVE-2011-0411):
+# replies enough to make a client that reads them over TLS "deliver" to a server that
+# actually refuses the recipient.
+STARTTLS_INJECTION = ("250 2.0.0 injected", "250 2.0.0 injected", "250 2.0.0 injected",
+                      "354 injected", "250 2.0.0 fake: queued")
+PROFILES.update({p.name: p for p in (
+    SmtpProfile("sancritical", cert="sancritical"),  # lab CA, subjectAltName marked critical
+    SmtpProfile("starttlsinject", starttls="inject", reject_rcpt=True),
+    # Trusted certificate only for clients that send SNI; without SNI a certificate for
+    # another name (a server that picks its certificate by SNI).
+    SmtpProfile("sni", cert="sni"),
+)})
 
 
 @dataclass
@@ -279,7 +294,8 @@ class _Conversation:
             await self.send("503 5.5.1 EHLO first")
             return None
         assert self.server.context is not None
-        await self.send("220 2.0.0 Ready to start TLS")
+        injected = STARTTLS_INJECTION if self.profile.starttls == "inject" else ()
+        await self.send("220 2.0.0 Ready to start TLS", *injected)  # one write: one packet
         try:
             await self.writer.start_tls(self.server.context)
         except (ssl.SSLError, ConnectionError, OSError) as exc:

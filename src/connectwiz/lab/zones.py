@@ -103,8 +103,9 @@ DOMAINS: tuple[LabDomain, ...] = (
     LabDomain("noemx.example", STRICT, "implicit_mx",
               "no MX record, an A record: the domain itself is the mail host",
               (LabHost("noemx.example", _addr(23), "trusted"),)),
-    LabDomain("mixed.example", UNSUPPORTED, "mixed",
-              "three MX: trusted (10), self-signed (20), no STARTTLS (30); weakest wins",
+    LabDomain("mixed.example", STRICT, "mixed",
+              "three MX: trusted (10), self-signed (20), no STARTTLS (30): Enforced Strict "
+              "delivers through mx1; mx2 and mx3 are warnings",
               (LabHost("mx1.mixed.example", _addr(24), "trusted", 10),
                LabHost("mx2.mixed.example", _addr(25), "selfsigned", 20),
                LabHost("mx3.mixed.example", _addr(26), "nostarttls", 30))),

@@ -80,8 +80,9 @@ class _Batch:
         probes = asyncio.gather(*(self._probe(m, port, target.kind, email) for m in mx))
         if target.kind != "domain":
             hosts = await probes
-            status, reason = summarise(list(hosts))
-            return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts))
+            status, reason, warnings = summarise(list(hosts))
+            return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts),
+                                warnings)
         # What the domain publishes is looked up while its hosts are probed.
         hosts, sts, rpt, tlsa = await asyncio.gather(
             probes,
@@ -89,10 +90,10 @@ class _Batch:
             self._slotted(lookup_tls_rpt(target.name, self.resolver)),
             asyncio.gather(*(self._tlsa(m.name) for m in mx)),
         )
-        status, reason = summarise(list(hosts))
+        status, reason, warnings = summarise(list(hosts))
         sts, dane = _combine(hosts, sts, tlsa)
         return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts),
-                            mta_sts=sts, tls_rpt=rpt, dane=dane)
+                            warnings, mta_sts=sts, tls_rpt=rpt, dane=dane)
 
     async def _slotted(self, work: Awaitable[_T]) -> _T:
         async with self.slots:

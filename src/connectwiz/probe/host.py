@@ -16,12 +16,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from connectwiz.probe.certs import CertificateInfo, TrustStore, judge_chain
 from connectwiz.probe.results import HostResult, RcptReply, Status
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
-from connectwiz.smtpclient import SmtpClient, SmtpProtocolError, StepTimeout
+from connectwiz.smtpclient import (
+    NeedsSmtpUtf8,
+    SmtpClient,
+    SmtpProtocolError,
+    StepTimeout,
+    server_name,
+)
 
 # Overall cap per host: the greeting wait plus this many per-step timeouts. Two connections of
 # a few steps each fit, while a server that answers every step just inside the timeout cannot
@@ -57,6 +64,8 @@ class _Session:
     rcpt: RcptReply | None = None
     chain: tuple[bytes, ...] = ()
     problems: tuple[str, ...] = ()
+    # The chain presented to a client that sends no SNI (None: same as with SNI, or unknown).
+    without_sni: asyncio.Task[list[x509.Certificate] | None] | None = None
 
 
 async def probe_host(
@@ -71,14 +80,16 @@ async def probe_host(
     session = _Session()
     address: str | None = addresses[0] if addresses else None
     cap = settings.greeting_timeout + settings.timeout * HOST_CAP_FACTOR
+    warnings: tuple[str, ...] = ()
     try:
         if not addresses:
-            raise _Finding(Status.ERROR, f"no address found for {host}")
+            raise _Finding(Status.ERROR, _no_address(host))
         async with asyncio.timeout(cap):
             client, address = await _connect_any(addresses, port, settings.timeout)
-            status, reason = await _conversation(client, host, session, settings)
+            status, reason = await _conversation(client, host, address, port, session, settings)
             if status is None:  # no TLS 1.2+: learn what the server does offer
                 status, reason = await _legacy_probe(address, port, host, session, settings, reason)
+        warnings = await _sni_warnings(session, host, settings)
     except _Finding as finding:
         status, reason = finding.status, finding.reason
     except StepTimeout as exc:
@@ -89,13 +100,24 @@ async def probe_host(
         status, reason = Status.ERROR, str(exc)
     except OSError as exc:  # includes ssl.SSLError after the handshake
         status, reason = Status.ERROR, f"connection failed: {_os_reason(exc)}"
+    finally:
+        if session.without_sni is not None and not session.without_sni.done():
+            session.without_sni.cancel()
     return HostResult(
         host=host, address=address, port=port, preference=preference,
         status=status, reason=reason, starttls=session.starttls,
         tls_version=session.tls_version, cipher=session.cipher,
         certificate=session.certificate, rcpt=session.rcpt,
         elapsed_ms=round((time.monotonic() - started) * 1000), chain=session.chain,
+        warnings=warnings,
     )
+
+
+def _no_address(host: str) -> str:
+    if server_name(host) is None:  # an MX record naming an IP address
+        return (f"the MX record names an IP address ({host}), not a host name: RFC 5321 §5.1 "
+                "forbids that, and mail servers (the relay too) do not deliver to it")
+    return f"no address found for {host}"
 
 
 async def _connect_any(
@@ -130,7 +152,8 @@ async def _open_session(client: SmtpClient, session: _Session, settings: ProbeSe
 
 
 async def _conversation(
-    client: SmtpClient, host: str, session: _Session, settings: ProbeSettings
+    client: SmtpClient, host: str, address: str, port: int, session: _Session,
+    settings: ProbeSettings,
 ) -> tuple[Status | None, str]:
     """The main attempt. Returns (None, handshake error) when TLS 1.2+ could not be set up."""
     async with _closing(client):
@@ -143,6 +166,11 @@ async def _conversation(
             client.abort()  # nothing sensible can follow a failed handshake on this connection
             return None, _ssl_reason(exc)
         _record_tls(session, ssl_object, host, settings)
+        if server_name(host) is not None:
+            # The relay sends SNI, Postfix by default does not: see what a client without it
+            # gets, on a second connection while this one finishes.
+            session.without_sni = asyncio.ensure_future(
+                _chain_without_sni(address, port, settings))
         ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
         if ehlo.code != 250:
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
@@ -195,8 +223,16 @@ def classify(
 
 
 async def _rcpt_check(client: SmtpClient, settings: ProbeSettings) -> RcptReply:
-    """MAIL FROM and RCPT TO only, then RSET: the reply says whether the address is accepted."""
-    mail = await client.command(f"MAIL FROM:<{settings.mail_from}>", "after MAIL FROM")
+    """MAIL FROM and RCPT TO only, then RSET: the reply says whether the address is accepted.
+
+    An address that is not ASCII is only sent with SMTPUTF8; without it the reply has code 0
+    (nothing was sent) and says why.
+    """
+    assert settings.email is not None
+    try:
+        mail = await client.mail(settings.mail_from, [settings.email])
+    except NeedsSmtpUtf8 as exc:
+        return RcptReply(0, f"not checked: {exc}")
     if mail.code != 250:
         reply = RcptReply(mail.code, f"MAIL FROM refused: {mail.message}")
     else:
@@ -232,6 +268,43 @@ async def _legacy_probe(
 def _probe_context(legacy: bool) -> ssl.SSLContext:
     """Shared by every probe: building a context costs more than a handshake's client side."""
     return client_context(verify=False, legacy=legacy)
+
+
+async def _chain_without_sni(
+    address: str, port: int, settings: ProbeSettings
+) -> list[x509.Certificate] | None:
+    """The chain presented to a client that sends no SNI; None when that cannot be learnt
+    within one greeting wait and one step (best effort: it never changes the verdict)."""
+    client: SmtpClient | None = None
+    try:
+        async with asyncio.timeout(settings.greeting_timeout + settings.timeout):
+            client = await SmtpClient.connect(address, port, settings.timeout)
+            if (await client.greeting(settings.greeting_timeout)).code != 220:
+                return None
+            await client.ehlo(client.helo_name)
+            if "STARTTLS" not in client.extensions:
+                return None
+            if (await client.command("STARTTLS", "after STARTTLS")).code != 220:
+                return None
+            ssl_object = await client.starttls(_probe_context(legacy=False), "", sni=False)
+            return peer_chain(ssl_object)
+    except (TimeoutError, StepTimeout, SmtpProtocolError, OSError):
+        return None
+    finally:
+        if client is not None:
+            client.abort()  # only the handshake was wanted
+
+
+async def _sni_warnings(session: _Session, host: str, settings: ProbeSettings) -> tuple[str, ...]:
+    if session.without_sni is None or not session.chain:
+        return ()
+    chain = await session.without_sni
+    if not chain or chain[0].public_bytes(serialization.Encoding.DER) == session.chain[0]:
+        return ()
+    _, problems = judge_chain(chain, host, settings.trust)
+    verdict = "; ".join(problems) if problems else "also acceptable"
+    return (f"{host} presents another certificate to clients that send no SNI "
+            f"(Postfix unless smtp_tls_servername is set): {verdict}",)
 
 
 def _ssl_reason(exc: OSError) -> str:
