@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-recipients", type=int, metavar="N", help="recipients per message (1000)")
     g.add_argument("--max-connections", type=int, metavar="N", help="concurrent sessions (100)")
     g.add_argument("--idle-timeout", type=float, metavar="S", help="silent client limit (300)")
+    g.add_argument("--max-connections-per-client", type=int, metavar="N",
+                   help="concurrent sessions from one IP (50; authorised clients exempt)")
+    g.add_argument("--junk-command-limit", type=int, metavar="N",
+                   help="NOOP/RSET/VRFY/HELP/EXPN per session before 421 (100)")
+    g.add_argument("--session-deadline", type=float, metavar="S",
+                   help="longest SMTP session, however busy (3600)")
+    g.add_argument("--max-hops", type=int, metavar="N",
+                   help="Received: headers that mean a mail loop: 554 (50)")
+    g.add_argument("--queue-run-delay", type=float, metavar="S",
+                   help="rescan the queue for stray messages this often (300)")
+    g.add_argument("--destination-concurrency", type=int, metavar="N",
+                   help="deliveries in flight to one destination (20)")
     g.add_argument("--backoff-min", type=float, metavar="S", help="first retry delay (300)")
     g.add_argument("--backoff-max", type=float, metavar="S", help="longest retry delay (4000)")
     g.add_argument("--max-lifetime", type=float, metavar="S",

@@ -25,6 +25,10 @@ _LIMITS = {  # CLI option -> RelaySettings field
     "max_connections": "max_connections", "idle_timeout": "idle_timeout",
     "backoff_min": "backoff_min", "backoff_max": "backoff_max",
     "max_lifetime": "max_lifetime", "shutdown_grace": "shutdown_grace",
+    "max_connections_per_client": "max_connections_per_client",
+    "junk_command_limit": "junk_command_limit", "session_deadline": "session_deadline",
+    "max_hops": "max_hops", "queue_run_delay": "queue_run_delay",
+    "destination_concurrency": "destination_concurrency",
 }
 
 

@@ -17,6 +17,8 @@ for that host, and the message is deferred when no host does better.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,10 +118,23 @@ class Deliverer:
         self._trust: dict[str, asyncio.Future[TrustStore]] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
         self.sessions = SessionCache()
+        # The relay's own listening sockets (host, port): never a delivery target.
+        self.own_addresses: set[tuple[str, int]] = set()
 
     async def close(self) -> None:
         """End the sessions kept for reuse (QUIT)."""
         await self.sessions.close()
+
+    def is_own(self, target: Target) -> bool:
+        """True when ``target`` is this relay: a next hop that would loop the mail back."""
+        for host, port in self.own_addresses:
+            if target.port != port:
+                continue
+            if host in ("0.0.0.0", "::"):
+                return _is_local_address(target.address)
+            if parse_ip(host) == parse_ip(target.address):
+                return True
+        return False
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
@@ -198,6 +213,15 @@ class Deliverer:
             for rcpt in group.recipients:
                 rcpt.status, rcpt.detail = status, str(exc)
             return attempts
+        mine = [t for t, _ in targets if self.is_own(t)]
+        targets = [(t, d) for t, d in targets if not self.is_own(t)]
+        if mine and not targets:
+            where = group.domain or "the inbound routes"
+            for rcpt in group.recipients:
+                rcpt.status = "failed"
+                rcpt.detail = (f"mail for {where} loops back to myself "
+                               f"({mine[0].address}:{mine[0].port})")
+            return attempts
         todo = list(group.recipients)
         trust = await self._trust_store()
         for target, definition in targets:
@@ -239,3 +263,12 @@ def _loaded_trust(options: NetworkOptions) -> TrustStore:
     trust = trust_store(options.ca_file)
     _ = trust.store  # build the OpenSSL store now, in this thread
     return trust
+
+
+def _is_local_address(address: str) -> bool:
+    """An address of this machine: one a socket can bind to."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return True
+    return False

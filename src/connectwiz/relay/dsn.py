@@ -21,6 +21,8 @@ def _status(rcpt: Recipient, expired: bool) -> str:
         words = part.split()
         if len(words) > 1 and words[0][:1] == "5" and words[1][:2] == "5.":
             return words[1]
+    if "loops back to myself" in rcpt.detail:
+        return "5.4.6"  # routing loop detected
     if "null MX" in rcpt.detail:
         return "5.1.10"  # RFC 7505: the domain accepts no mail
     if "NXDOMAIN" in rcpt.detail:

@@ -8,6 +8,7 @@ One JSON-lines file per message (``<spool>/log/<id>.jsonl``), appended with fsyn
 - ``delivered`` / ``deferred`` / ``bounced`` / ``expired``: what became of recipients
 - ``secure``: Secure Messaging applied (or, when the client asked, why not): definition, why
 - ``held``: recipients held for the Secure Messaging portal, with their notifications' ids
+- ``quarantined``: the queue file was damaged and set aside in ``<spool>/corrupt/``
 
 A crash can leave a torn last line; readers skip lines that do not parse.
 """
@@ -32,12 +33,15 @@ class MessageLog:
     def __init__(self, spool_root: Path) -> None:
         self.dir = Path(spool_root) / "log"
 
-    def append(self, msg_id: str, event: str, **fields: Any) -> None:
+    def append(self, msg_id: str, event: str, durable: bool = True, **fields: Any) -> None:
         """Blocking (fsync): call from a worker thread."""
-        self.append_many(msg_id, [{"event": event, **fields}])
+        self.append_many(msg_id, [{"event": event, **fields}], durable)
 
-    def append_many(self, msg_id: str, records: list[dict[str, Any]]) -> None:
-        """Several events with one fsync. Each record needs an ``event`` key."""
+    def append_many(self, msg_id: str, records: list[dict[str, Any]],
+                    durable: bool = True) -> None:
+        """Several events with one fsync (none with ``durable=False``: the line survives
+        the process being killed, not the machine losing power). Each record needs an
+        ``event`` key."""
         at = _now()
         data = b"".join((json.dumps({"at": at, **r}, default=str) + "\n").encode()
                         for r in records)
@@ -47,9 +51,22 @@ class MessageLog:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data  # a crash tore the last line: do not glue onto it
             os.write(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync(self, msg_id: str) -> None:
+        """fsync what ``durable=False`` appends left in the page cache."""
+        fd = os.open(self.dir / f"{msg_id}.jsonl", os.O_RDONLY)
+        try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def has_event(self, msg_id: str, event: str) -> bool:
+        path = self.dir / f"{msg_id}.jsonl"
+        return path.is_file() and any(e.get("event") == event for e in _read(path).events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +84,10 @@ class MessageRecord:
 
     @property
     def status(self) -> str:
-        """delivered | bounced | deferred | queued | refused, from the recipients' fates."""
+        """delivered | bounced | deferred | queued | refused | quarantined, from the
+        recipients' fates."""
+        if any(e.get("event") == "quarantined" for e in self.events):
+            return "quarantined"  # set aside for a person: nothing more happens by itself
         fates: dict[str, str] = {}
         for e in self.events:
             kind = e.get("event")

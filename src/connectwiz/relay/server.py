@@ -10,10 +10,13 @@ still in the spool and is picked up again on the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,14 @@ from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.spool import (
+    DamagedQueueFile,
+    QueueEntry,
+    QueueWriter,
+    Recipient,
+    Spool,
+    new_message_id,
+)
 from connectwiz.relay.tlscert import ensure_self_signed
 
 
@@ -65,12 +75,22 @@ class Relay:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
+        self._destinations = DestinationLimits(self.settings.destination_concurrency)
         self._queued: set[str] = set()  # ids waiting in _ready or being delivered
         self._stopping = False
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._handler: ReceiptHandler | None = None
+        self._rescan: asyncio.Task[None] | None = None
+        # Spool I/O has its own threads: fsyncs never queue behind other blocking work
+        # (trust store loads, parsing) on the default executor, nor the other way round.
+        self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
         self.address: tuple[str, int] = listen
+
+    def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Run blocking spool I/O on the spool executor (submitted at once)."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._spool_io, functools.partial(fn, *args, **kwargs))
 
     # -- policy --------------------------------------------------------------------------------
 
@@ -122,10 +142,18 @@ class Relay:
             tls_context = server_context(str(cert), str(key))
         except (OSError, ssl.SSLError) as exc:
             raise UserError(f"cannot use TLS certificate {cert} / key {key}: {exc}") from None
-        ready, deferred = await asyncio.to_thread(self.spool.recover)
+        found = await self._io(self.spool.recover)
+        for msg_id, why in found.quarantined:
+            await self._io(self.msglog.append, msg_id, "quarantined", reason=why,
+                           folder=str(self.spool.root / "corrupt"))
+            self.log("quarantined", id=msg_id, reason=why,
+                     folder=str(self.spool.root / "corrupt"))
+        await self._io(self._repair_log, found.ready + found.deferred)
+        ready, deferred = found.ready, found.deferred
         self._handler = ReceiptHandler(ReceiptContext(
             settings=self.settings, model=lambda: self._model, index=lambda: self._index,
-            store=self._store, record_refusal=self._record_refusal, log=self.log))
+            spool=self.spool, io=self._io, store=self._store,
+            record_refusal=self._record_refusal, log=self.log))
         loop = asyncio.get_running_loop()
         handler = self._handler
         host, port = self.listen
@@ -135,14 +163,17 @@ class Relay:
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
+        self.deliverer.own_addresses = {s.getsockname()[:2] for s in self._server.sockets}
         self._workers = [asyncio.create_task(self._worker())
                          for _ in range(self.settings.delivery_workers)]
         for entry in ready:
             self._enqueue(entry.id)
         for entry in deferred:
             self._schedule(entry.id, entry.next_attempt - time.time())
+        self._rescan = asyncio.create_task(self._rescan_loop())
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
+                 quarantined=len(found.quarantined) or None,
                  loop=type(loop).__module__.partition(".")[0])  # uvloop or asyncio
 
     async def stop(self) -> None:
@@ -164,13 +195,15 @@ class Relay:
             proto.close()
         if self._busy:
             await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
-        for task in self._workers:
+        tasks = [*self._workers, *([self._rescan] if self._rescan else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.deliverer.close()
         if self._server is not None:
             await self._server.wait_closed()
-        counts = await asyncio.to_thread(self.spool.counts)
+        counts = await self._io(self.spool.counts)
+        self._spool_io.shutdown(wait=True)
         self.spool.unlock()
         self.log("stopped", **counts)
         self._stopped.set()
@@ -199,23 +232,65 @@ class Relay:
 
     # -- receipt callbacks ---------------------------------------------------------------------
 
-    async def _store(self, entry: QueueEntry, body: bytes, record: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._store_sync, entry, body, record)
+    async def _store(self, writer: QueueWriter, entry: QueueEntry,
+                     record: dict[str, Any]) -> None:
+        await self._io(self._store_sync, writer, entry, record)
         self.log("received", id=entry.id, client=record["client_ip"], mail_from=entry.mail_from,
                  rcpts=len(entry.recipients), tls=record["tls_version"] or "none",
                  cipher=record["tls_cipher"], receipt=record.get("receipt_option"),
                  policy=record.get("policy"), size=record["size"])
         self._enqueue(entry.id)
 
-    def _store_sync(self, entry: QueueEntry, body: bytes, record: dict[str, Any]) -> None:
-        self.spool.accept(entry, body)
-        self.msglog.append(entry.id, "received", **record)
+    def _store_sync(self, writer: QueueWriter, entry: QueueEntry, record: dict[str, Any]) -> None:
+        """The queue file is the commit (one fsync, the folder's shared); the log line
+        follows without an fsync of its own: should it be lost in a crash, ``_repair_log``
+        writes it again from the copy inside the queue file. If the log cannot be written
+        at all, the message is taken back so that the 451 is true."""
+        writer.commit(entry)
+        try:
+            self.msglog.append(entry.id, "received", durable=False, **record)
+        except OSError:
+            self.spool.unqueue(entry.id)
+            raise
 
-    async def _record_refusal(self, record: dict[str, Any]) -> None:
-        msg_id = new_message_id()
-        await asyncio.to_thread(self.msglog.append, msg_id, "received", **record)
+    def _repair_log(self, entries: list[QueueEntry]) -> None:
+        for entry in entries:
+            record = entry.extra.get("received")
+            if record and not self.msglog.has_event(entry.id, "received"):
+                self.msglog.append(entry.id, "received", **record)
+
+    async def _record_refusal(self, msg_id: str, record: dict[str, Any]) -> None:
+        await self._io(self.msglog.append, msg_id, "received", **record)
         self.log("refused", id=msg_id, client=record["client_ip"], reason=record["result"],
                  policy=record.get("policy"))
+
+    async def _rescan_loop(self) -> None:
+        """Every ``queue_run_delay``: pick up messages no timer or worker knows about (a
+        claim that failed, a deferred message whose timer was lost), like Postfix's
+        periodic queue scan."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.queue_run_delay)
+            try:
+                incoming, deferred = await self._io(self._scan)
+            except OSError as exc:
+                self.log("error", reason=f"queue scan failed: {exc}")
+                continue
+            now = time.time()
+            for msg_id in incoming:
+                if msg_id not in self._queued:
+                    self._enqueue(msg_id)
+            for msg_id, due in deferred:
+                if msg_id not in self._queued and msg_id not in self._timers:
+                    self._schedule(msg_id, due - now)
+
+    def _scan(self) -> tuple[list[str], list[tuple[str, float]]]:
+        deferred = []
+        for msg_id in self.spool.ids("deferred"):
+            try:
+                deferred.append((msg_id, self.spool.read_entry("deferred", msg_id).next_attempt))
+            except (OSError, DamagedQueueFile):
+                continue  # gone meanwhile, or left for the next start's recovery
+        return self.spool.ids("incoming"), deferred
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -251,23 +326,17 @@ class Relay:
     async def _park(self, msg_id: str) -> None:
         """After an unexpected error: keep the message and try again much later."""
         try:
-            await asyncio.to_thread(self.spool.move, msg_id, "active", "deferred")
+            await self._io(self.spool.move, msg_id, "active", "deferred")
         except OSError:
             return  # not in active (already moved on) or the disk is failing: restart recovers
         self._schedule(msg_id, self.settings.backoff_max)
 
-    def _claim(self, msg_id: str) -> tuple[QueueEntry, bytes] | None:
-        for state in ("incoming", "deferred"):
-            try:
-                # Not fsync'd: after a crash, incoming and active are recovered alike.
-                self.spool.move(msg_id, state, "active", durable=False)
-            except FileNotFoundError:
-                continue
-            return self.spool.read_entry("active", msg_id), self.spool.read_body(msg_id)
-        return None
-
     async def _process(self, msg_id: str) -> None:
-        claimed = await asyncio.to_thread(self._claim, msg_id)
+        try:
+            claimed = await self._io(self.spool.claim, msg_id)
+        except DamagedQueueFile as exc:
+            await self._io(self._quarantine, msg_id, str(exc))
+            return
         if claimed is None:
             return
         entry, body = claimed
@@ -282,13 +351,22 @@ class Relay:
             if plan.applied and plan.portal(entry):
                 await self._hold(entry, bodies[""], plan)
         groups = group_recipients(entry, model, index, plan.variant if plan else None)
-        for n, group in enumerate(groups, 1):
-            attempts = await self.deliverer.deliver_group(entry, bodies[group.variant], group,
-                                                          model)
-            # Progress must be on disk before the next group, so a crash does not repeat
-            # it; after the last group the final state change records it anyway.
-            await asyncio.to_thread(self._record_group, entry, group.policy, attempts,
-                                    group.recipients, n < len(groups))
+        for group in groups:
+            async with self._destinations.slot((group.kind, group.domain)):
+                attempts = await self.deliverer.deliver_group(entry, bodies[group.variant],
+                                                              group, model)
+            records = self._group_records(entry, group.policy, attempts, group.recipients)
+            if records and not entry.pending() and not entry.failed():
+                # Delivered everywhere. A kill -9 between the next hop's 250 and forgetting
+                # the message repeats the delivery, so that happens here at once, on the
+                # loop (an append and an unlink: microseconds) rather than after an executor
+                # hop behind other fsyncs; the fsyncs for power loss follow on the executor.
+                self.msglog.append_many(entry.id, records, durable=False)
+                self.spool.forget(entry.id)
+                await self._io(self._finish_sync, entry.id)
+                self.log("done", id=entry.id, attempts=entry.attempts)
+                return
+            await self._io(self._record_group, entry, records, group.recipients)
         now = time.time()
         pending = entry.pending()
         expired = bool(pending) and now - entry.received_at >= self.settings.max_lifetime
@@ -298,20 +376,20 @@ class Relay:
                 rcpt.detail = (f"gave up after {entry.attempts} attempts over "
                                f"{_duration(now - entry.received_at)}; last error: "
                                f"{rcpt.detail or 'none recorded'}")
-            await asyncio.to_thread(self.msglog.append, entry.id, "expired",
-                                    recipients=[r.address for r in pending])
+            await self._io(self.msglog.append, entry.id, "expired",
+                           recipients=[r.address for r in pending])
         if entry.failed():
             await self._bounce(entry, body, expired)
         pending = entry.pending()
         if pending:
             delay = self.settings.backoff(entry.attempts)
             entry.next_attempt = now + delay
-            await asyncio.to_thread(self._defer_sync, entry, pending)
+            await self._io(self._defer_sync, entry, pending)
             self.log("deferred", id=entry.id, rcpts=len(pending), retry_in_s=round(delay, 3),
                      reason=pending[0].detail)
             self._schedule(entry.id, delay)
         else:
-            await asyncio.to_thread(self.spool.finish, entry.id)
+            await self._io(self.spool.finish, entry.id)
             self.log("done", id=entry.id, attempts=entry.attempts)
 
     async def _hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> None:
@@ -323,8 +401,16 @@ class Relay:
         for note_id in notes:
             self._enqueue(note_id)
 
-    def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
-                      recipients: list[Recipient], save: bool) -> None:
+    def _quarantine(self, msg_id: str, why: str) -> None:
+        moved = self.spool.quarantine(msg_id)
+        folder = str(self.spool.root / "corrupt")
+        self.msglog.append(msg_id, "quarantined", reason=why, folder=folder, files=moved)
+        self.log("quarantined", id=msg_id, reason=why, folder=folder)
+
+    def _group_records(self, entry: QueueEntry, policy: str, attempts: list[Any],
+                       recipients: list[Recipient]) -> list[dict[str, Any]]:
+        """One destination's attempts (and its delivered recipients) as log records; each
+        attempt is also logged as an event."""
         records: list[dict[str, Any]] = []
         for att in attempts:
             records.append({"event": "attempt", "policy": policy, **att.as_record()})
@@ -336,10 +422,26 @@ class Relay:
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
+        return records
+
+    def _record_group(self, entry: QueueEntry, records: list[dict[str, Any]],
+                      recipients: list[Recipient]) -> None:
+        """Record one destination's attempts when the message is not finished yet.
+
+        A remote 250 is made durable first (the queue state), the log after it: a kill in
+        between then costs a log line that the kernel still writes, not a second delivery
+        (the window for duplicates is one state fsync, not a log fsync too)."""
         if records:
-            self.msglog.append_many(entry.id, records)
-        if save:
+            self.msglog.append_many(entry.id, records, durable=False)
+        if any(r.status == "delivered" for r in recipients):
             self.spool.update_active(entry)
+        if records:
+            self.msglog.sync(entry.id)
+
+    def _finish_sync(self, msg_id: str) -> None:
+        """The fsyncs after ``Spool.forget``: the queue folder (shared), then the log."""
+        self.spool.finish(msg_id)
+        self.msglog.sync(msg_id)
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
         self.msglog.append(entry.id, "deferred", recipients=[r.address for r in pending],
@@ -351,21 +453,21 @@ class Relay:
         addresses = [r.address for r in failed]
         reason = failed[0].detail
         if not entry.mail_from or entry.is_bounce:
-            await asyncio.to_thread(self.msglog.append, entry.id, "bounced",
-                                    recipients=addresses, reason=reason,
-                                    note="null sender: no bounce for a bounce")
+            await self._io(self.msglog.append, entry.id, "bounced",
+                           recipients=addresses, reason=reason,
+                           note="null sender: no bounce for a bounce")
             self.log("bounced", id=entry.id, rcpts=len(failed), reason=reason, dsn="none")
         else:
             dsn = build_dsn(entry, failed, body, self.settings.hostname, expired)
             bounce = QueueEntry(id=new_message_id(), mail_from="",
                                 recipients=[Recipient(entry.mail_from)],
                                 received_at=time.time(), is_bounce=True)
-            await asyncio.to_thread(self._store_bounce, entry, bounce, dsn, addresses, reason)
+            await self._io(self._store_bounce, entry, bounce, dsn, addresses, reason)
             self.log("bounced", id=entry.id, rcpts=len(failed), reason=reason, dsn=bounce.id)
             self._enqueue(bounce.id)
         for rcpt in failed:
             rcpt.status = "bounced"
-        await asyncio.to_thread(self.spool.update_active, entry)
+        await self._io(self.spool.update_active, entry)
 
     def _store_bounce(self, entry: QueueEntry, bounce: QueueEntry, dsn: bytes,
                       addresses: list[str], reason: str) -> None:
@@ -383,6 +485,29 @@ class Relay:
         """Wait until nothing is queued for immediate delivery (deferred entries may remain)."""
         while self._queued:
             await asyncio.sleep(0.02)
+
+
+class DestinationLimits:
+    """At most ``limit`` deliveries in flight to one destination (a domain, or the inbound
+    routes), like Postfix's default_destination_concurrency_limit: a destination is not
+    flooded, and a crash interrupts fewer deliveries to it (fewer duplicates)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._users: dict[tuple[str, str], int] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, destination: tuple[str, str]) -> AsyncIterator[None]:
+        sem = self._slots.setdefault(destination, asyncio.Semaphore(self.limit))
+        self._users[destination] = self._users.get(destination, 0) + 1
+        try:
+            async with sem:
+                yield
+        finally:
+            self._users[destination] -= 1
+            if not self._users[destination]:  # forget idle destinations
+                del self._users[destination], self._slots[destination]
 
 
 def _duration(seconds: float) -> str:
