@@ -357,13 +357,7 @@ class Relay:
                                                               group, model)
             records = self._group_records(entry, group.policy, attempts, group.recipients)
             if records and not entry.pending() and not entry.failed():
-                # Delivered everywhere. A kill -9 between the next hop's 250 and forgetting
-                # the message repeats the delivery, so that happens here at once, on the
-                # loop (an append and an unlink: microseconds) rather than after an executor
-                # hop behind other fsyncs; the fsyncs for power loss follow on the executor.
-                self.msglog.append_many(entry.id, records, durable=False)
-                self.spool.forget(entry.id)
-                await self._io(self._finish_sync, entry.id)
+                await self._io(self._finish_sync, entry.id, records)
                 self.log("done", id=entry.id, attempts=entry.attempts)
                 return
             await self._io(self._record_group, entry, records, group.recipients)
@@ -438,8 +432,11 @@ class Relay:
         if records:
             self.msglog.sync(entry.id)
 
-    def _finish_sync(self, msg_id: str) -> None:
-        """The fsyncs after ``Spool.forget``: the queue folder (shared), then the log."""
+    def _finish_sync(self, msg_id: str, records: list[dict[str, Any]]) -> None:
+        """The last destination delivered: the log lines (no fsync yet), the message
+        forgotten (a shared folder fsync), then the log's fsync — the same order as
+        ``_record_group``, so a kill in between costs no second delivery."""
+        self.msglog.append_many(msg_id, records, durable=False)
         self.spool.finish(msg_id)
         self.msglog.sync(msg_id)
 

@@ -325,15 +325,9 @@ class Spool:
         self._entry_path("active", entry.id).unlink()
         _fsync_dir(self.root / "active")
 
-    def forget(self, msg_id: str) -> None:
-        """The first step of ``finish``, alone: one unlink, quick enough for the event loop.
-        A process killed after it never delivers the message again (a power loss may undo
-        it until ``finish`` has synced the folder)."""
-        self.queue_path(msg_id).unlink(missing_ok=True)
-
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
-        self.queue_path(msg_id).unlink(missing_ok=True)  # perhaps already ``forget``-ed
+        self.queue_path(msg_id).unlink()
         # Else a crash could deliver the message again; one folder fsync serves every
         # delivery finishing meanwhile, so the unlinks are not queued behind each other's.
         self.queue_sync.sync()
