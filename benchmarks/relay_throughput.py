@@ -16,13 +16,16 @@ Both measured sides get the same work and the same surroundings:
 - the load generator apart: the sink (lab SMTP servers and DNS) runs in its own process, the
   clients in this one, the relay and Postfix in theirs; each side with its default settings.
 
-Per side it prints messages/s accepted (first connect to last 250) and delivered (first
-connect to last message at the sink), then — at half of that side's saturating load (its
-delivered rate in the burst), paced open-loop — the 250 → delivered p50/p99, and the peak
-resident memory of all its processes together (sum of RSS over the process tree, sampled
-every 0.2 s; PSS too, which counts shared pages once). The last lines are the ratios.
+The relay and Postfix run side by side for the whole run; their bursts alternate, R rounds
+(the order flips each round), so that each round compares the two under about the same load
+of a shared machine. Per burst it prints messages/s accepted (first connect to last 250) and
+delivered (first connect to last message at the sink), with the load average; then, per
+side, the medians, the 250 -> delivered p50/p99 at half that side's saturating load (its
+median delivered rate, paced open-loop), and the peak resident memory of all its processes
+together (sum of RSS over the process tree, sampled every 0.2 s; PSS too, which counts
+shared pages once). The last lines are the per-round ratios and their medians.
 
-    .venv/bin/python benchmarks/relay_throughput.py [--messages 500] [--clients 20] [--size 4096]
+    .venv/bin/python benchmarks/relay_throughput.py [--rounds 3] [--messages 500] [--clients 20]
 
 Postfix needs root and ``unshare`` (for the DNS wiring); without them the relay alone is
 measured. ``RELAY_WRAP="py-spy record -r 200 -f raw -o relay.txt --subprocesses --"`` runs
@@ -46,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +129,10 @@ class Sink:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=sink_main, args=(child,), daemon=True)
         self.proc.start()
+        while not self.conn.poll(0.5):  # e.g. port 53 taken by another run: say so, not hang
+            if not self.proc.is_alive():
+                raise RuntimeError(f"the sink process failed (exit {self.proc.exitcode}); "
+                                   f"is {DNS_HOST}:53 free?")
         info = self.conn.recv()
         self.smtp_port: int = info["smtp_port"]
         self.ca_file = Path(info["ca_file"])
@@ -241,8 +249,8 @@ async def send(port: int, tags: list[str], args: argparse.Namespace,
 @dataclass
 class Side:
     name: str
-    accepted_rate: float = 0.0
-    delivered_rate: float = 0.0
+    port: int = 0
+    bursts: list[tuple[float, float, float]] = field(default_factory=list)  # acc, del, load
     burst_latency: list[float] = field(default_factory=list)
     paced_rate: float = 0.0
     paced_latency: list[float] = field(default_factory=list)
@@ -250,38 +258,51 @@ class Side:
     pss_kib: int = 0
     processes: int = 0
     tls: set[str] = field(default_factory=set)
-    load: list[float] = field(default_factory=list)
+    dns_queries: int = 0
+    messages: int = 0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def accepted_rate(self) -> float:
+        return statistics.median(b[0] for b in self.bursts)
 
-async def measure(side: Side, sink: Sink, port: int, args: argparse.Namespace) -> None:
-    """The burst, then the paced run at half the burst's delivered rate."""
-    side.load.append(os.getloadavg()[0])
+    @property
+    def delivered_rate(self) -> float:
+        return statistics.median(b[1] for b in self.bursts)
+
+
+async def burst(side: Side, sink: Sink, args: argparse.Namespace) -> None:
+    """One burst of ``args.messages``: accepted and delivered rates, 250 -> delivered."""
+    load = os.getloadavg()[0]
     await asyncio.to_thread(sink.ask, "dns")
     run_id = f"b{time.time_ns()}"
     tags = [f"{run_id}-{i}" for i in range(args.messages)]
-    start, accepted = await send(port, tags, args)
+    start, accepted = await send(side.port, tags, args)
     arrived = await asyncio.to_thread(sink.ask, "wait", run_id, len(tags), 600)
     if len(arrived) < len(tags):
         raise RuntimeError(f"{side.name}: {len(tags) - len(arrived)} messages never arrived")
-    side.accepted_rate = len(tags) / (max(accepted.values()) - start)
-    side.delivered_rate = len(tags) / (max(t for t, _ in arrived.values()) - start)
-    side.burst_latency = sorted(arrived[t][0] - accepted[t] for t in tags)
+    side.bursts.append((len(tags) / (max(accepted.values()) - start),
+                        len(tags) / (max(t for t, _ in arrived.values()) - start), load))
+    side.burst_latency += [arrived[t][0] - accepted[t] for t in tags]
     side.tls |= {str(v) for _, v in arrived.values()}
+    side.dns_queries += await asyncio.to_thread(sink.ask, "dns")
+    side.messages += len(tags)
 
+
+async def paced(side: Side, sink: Sink, args: argparse.Namespace) -> None:
+    """``args.paced`` messages at half the side's saturating (median delivered) rate."""
     side.paced_rate = args.paced_rate or side.delivered_rate / 2
+    await asyncio.to_thread(sink.ask, "dns")
     run_id = f"p{time.time_ns()}"
     tags = [f"{run_id}-{i}" for i in range(args.paced)]
-    _, accepted = await send(port, tags, args, rate=side.paced_rate)
+    _, accepted = await send(side.port, tags, args, rate=side.paced_rate)
     arrived = await asyncio.to_thread(sink.ask, "wait", run_id, len(tags), 600)
     if len(arrived) < len(tags):
         raise RuntimeError(f"{side.name}: {len(tags) - len(arrived)} paced messages lost")
     side.paced_latency = sorted(arrived[t][0] - accepted[t] for t in tags)
     side.tls |= {str(v) for _, v in arrived.values()}
-    side.load.append(os.getloadavg()[0])
-    queries = await asyncio.to_thread(sink.ask, "dns")
-    side.notes.append(f"DNS queries at the lab server: {queries} for "
-                      f"{args.messages + args.paced} messages")
+    side.dns_queries += await asyncio.to_thread(sink.ask, "dns")
+    side.messages += len(tags)
 
 
 async def wait_greeting(port: int, proc: subprocess.Popen | None, timeout: float = 60) -> None:
@@ -302,16 +323,17 @@ async def wait_greeting(port: int, proc: subprocess.Popen | None, timeout: float
 # -- the relay ---------------------------------------------------------------------------------
 
 
-async def run_relay(sink: Sink, workdir: Path, args: argparse.Namespace) -> Side:
-    side = Side("connectwiz relay")
+@contextlib.asynccontextmanager
+async def relay_running(side: Side, sink: Sink, workdir: Path,
+                        args: argparse.Namespace) -> AsyncIterator[None]:
     bundle = workdir / "bundle.toml"
     bundle.write_text(BUNDLE.format(port=sink.smtp_port))
-    port = free_port()
+    side.port = free_port()
     log = workdir / "relay.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [*WRAP, sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
-             "--listen", f"127.0.0.1:{port}", "--spool", str(workdir / "spool"),
+             "--listen", f"127.0.0.1:{side.port}", "--spool", str(workdir / "spool"),
              "--nameserver", f"{DNS_HOST}:53", "--ca-file", str(sink.ca_file),
              "--hostname", "relay.bench.example", *args.relay_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
@@ -326,8 +348,8 @@ async def run_relay(sink: Sink, workdir: Path, args: argparse.Namespace) -> Side
 
     sampler = MemorySampler(root)
     try:
-        await wait_greeting(port, proc)
-        await measure(side, sink, port, args)
+        await wait_greeting(side.port, proc)
+        yield
     finally:
         sampler.stop()
         pid = root()
@@ -340,7 +362,6 @@ async def run_relay(sink: Sink, workdir: Path, args: argparse.Namespace) -> Side
     side.notes.append(f"delivery attempts with a verified certificate: "
                       f"{text.count('verified=True')}, over a reused session: "
                       f"{text.count('reused=True')}")
-    return side
 
 
 # -- Postfix -----------------------------------------------------------------------------------
@@ -365,8 +386,8 @@ class NamespacedPostfix(PostfixInstance):
         return None
 
 
-async def run_postfix(sink: Sink, workdir: Path, args: argparse.Namespace) -> Side:
-    side = Side("Postfix " + _postfix_version())
+@contextlib.asynccontextmanager
+async def postfix_running(side: Side, sink: Sink, workdir: Path) -> AsyncIterator[None]:
     bundle = Bundle.from_text(BUNDLE.format(port=sink.smtp_port))
     exported = workdir / "export"
     exported.mkdir()
@@ -382,19 +403,18 @@ async def run_postfix(sink: Sink, workdir: Path, args: argparse.Namespace) -> Si
     # What an admin writes next to the export: internal mail to the route, by name.
     (instance.conf / "transport").write_text(
         f"corp.example\tsmtp:[{ROUTE}]:{sink.smtp_port}\n")
+    side.port = instance.port
     sampler = MemorySampler(instance.master_pid)
     try:
         await asyncio.to_thread(instance.start)
-        await measure(side, sink, instance.port, args)
-        log = instance.log()
+        yield
         side.notes.append(f"verified TLS connections to the sink in Postfix's log: "
-                          f"{log.count('Verified TLS connection established')}")
+                          f"{instance.log().count('Verified TLS connection established')}")
     finally:
         sampler.stop()
         await asyncio.to_thread(instance.stop)
         shutil.rmtree(root, ignore_errors=True)
     side.rss_kib, side.pss_kib, side.processes = sampler.rss, sampler.pss, sampler.processes
-    return side
 
 
 def _postfix_version() -> str:
@@ -407,47 +427,71 @@ def _postfix_version() -> str:
 
 
 def _ms(latencies: list[float], pct: int) -> str:
-    return f"{statistics.quantiles(latencies, n=100)[pct - 1] * 1000:.0f} ms"
+    return f"{statistics.quantiles(sorted(latencies), n=100)[pct - 1] * 1000:.0f} ms"
 
 
 def report(sides: list[Side], args: argparse.Namespace) -> None:
     for s in sides:
-        print(f"{s.name}: sink saw {sorted(s.tls)}; load average {s.load[0]:.2f} before, "
-              f"{s.load[-1]:.2f} after")
-        print(f"  burst   accepted {s.accepted_rate:7.1f} msg/s, delivered "
-              f"{s.delivered_rate:7.1f} msg/s; 250 -> delivered p50 "
+        print(f"{s.name}: sink saw {sorted(s.tls)}")
+        for acc, dlv, load in s.bursts:
+            print(f"  burst   accepted {acc:7.1f} msg/s, delivered {dlv:7.1f} msg/s "
+                  f"(load average {load:.2f})")
+        print(f"  median  accepted {s.accepted_rate:7.1f} msg/s, delivered "
+              f"{s.delivered_rate:7.1f} msg/s; 250 -> delivered in the bursts: p50 "
               f"{_ms(s.burst_latency, 50)}, p99 {_ms(s.burst_latency, 99)}")
         print(f"  paced at {s.paced_rate:5.1f} msg/s ({args.paced} messages): 250 -> delivered "
               f"p50 {_ms(s.paced_latency, 50)}, p99 {_ms(s.paced_latency, 99)}, "
               f"max {s.paced_latency[-1] * 1000:.0f} ms")
         print(f"  peak memory, {s.processes} processes: RSS {s.rss_kib / 1024:.1f} MiB, "
               f"PSS {s.pss_kib / 1024:.1f} MiB")
+        print(f"  DNS queries at the lab server: {s.dns_queries} for {s.messages} messages")
         for note in s.notes:
             print(f"  {note}")
     if len(sides) == 2:
         relay, postfix = sides
-        print(f"ratio relay/Postfix: accepted {relay.accepted_rate / postfix.accepted_rate:.2f}x, "
-              f"delivered {relay.delivered_rate / postfix.delivered_rate:.2f}x; "
+        rounds = [(r[0] / p[0], r[1] / p[1]) for r, p in zip(relay.bursts, postfix.bursts,
+                                                             strict=True)]
+        print("ratio relay/Postfix per round (accepted, delivered): "
+              + ", ".join(f"{a:.2f}x/{d:.2f}x" for a, d in rounds))
+        print(f"ratio relay/Postfix: accepted {statistics.median(a for a, _ in rounds):.2f}x, "
+              f"delivered {statistics.median(d for _, d in rounds):.2f}x (medians); "
               f"peak RSS {relay.rss_kib / postfix.rss_kib:.2f}x, "
               f"PSS {relay.pss_kib / postfix.pss_kib:.2f}x")
 
 
 async def run(args: argparse.Namespace) -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")
-    print(f"messages: {args.messages} x {args.size} B from {args.clients} clients; "
-          f"STARTTLS in, Enforced TLS Strict out to {ROUTE} (looked up in the lab DNS)")
+    print(f"messages: {args.rounds} rounds of {args.messages} x {args.size} B from "
+          f"{args.clients} clients per side; STARTTLS in, Enforced TLS Strict out to {ROUTE} "
+          "(looked up in the lab DNS)")
+    with_postfix = True
+    if POSTFIX is None:
+        print("postfix: not installed; comparison skipped")
+        with_postfix = False
+    elif os.geteuid() != 0 or shutil.which("unshare") is None:
+        print("postfix: installed, but starting it with the lab DNS needs root and unshare; "
+              "comparison skipped")
+        with_postfix = False
     sink = await asyncio.to_thread(Sink)
-    sides = []
+    relay, postfix = Side("connectwiz relay"), Side("Postfix " + _postfix_version())
+    sides = [relay, postfix] if with_postfix else [relay]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            sides.append(await run_relay(sink, Path(tmp), args))
-            if POSTFIX is None:
-                print("postfix: not installed; comparison skipped")
-            elif os.geteuid() != 0 or shutil.which("unshare") is None:
-                print("postfix: installed, but starting it with the lab DNS needs root and "
-                      "unshare; comparison skipped")
-            else:
-                sides.append(await run_postfix(sink, Path(tmp), args))
+            (Path(tmp) / "relay").mkdir()
+            (Path(tmp) / "postfix").mkdir()
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(
+                    relay_running(relay, sink, Path(tmp) / "relay", args))
+                if with_postfix:
+                    await stack.enter_async_context(
+                        postfix_running(postfix, sink, Path(tmp) / "postfix"))
+                # Both run throughout; their bursts alternate (the order too), so that each
+                # round compares the two under about the same load of the shared machine.
+                for n in range(args.rounds):
+                    for side in (sides if n % 2 == 0 else sides[::-1]):
+                        await burst(side, sink, args)
+                for side in sides:
+                    await paced(side, sink, args)
     finally:
         sink.close()
     report(sides, args)
@@ -455,7 +499,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--messages", type=int, default=500, help="messages in the burst")
+    p.add_argument("--messages", type=int, default=500, help="messages in each burst")
+    p.add_argument("--rounds", type=int, default=3, help="bursts per side, alternating")
     p.add_argument("--clients", type=int, default=20, help="concurrent client connections")
     p.add_argument("--size", type=int, default=4096, help="approximate body bytes")
     p.add_argument("--paced", type=int, default=300, help="messages in the paced run")
