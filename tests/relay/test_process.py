@@ -105,7 +105,7 @@ async def start_relay(lab, bundle: Path, spool: Path, *extra: str) -> RelayProce
         stderr=asyncio.subprocess.PIPE,
     )
     relay = RelayProcess(proc)
-    await relay.wait_event("listening")
+    await relay.wait_event("started")  # every worker listens
     return relay
 
 
@@ -217,13 +217,14 @@ async def test_sighup_reload_refuses_a_broken_bundle_and_keeps_the_old_policy(la
     try:
         assert await _plaintext_reply(relay.port, "p@enforced.example") == 530
         bundle.write_text(good + ENFORCED_RECEIPT.replace('"enforced"', '"enforcd"'))
+        workers = (await relay.wait_event("started"))["workers"]  # each one reloads
         relay.proc.send_signal(signal.SIGHUP)
-        refused = await relay.wait_event("reload-refused")
+        refused = await relay.wait_event("reload-refused", workers)
         assert "enforcd" in refused["reason"] and "bundle.toml" in refused["reason"]
         assert await _plaintext_reply(relay.port, "p@enforced.example") == 530
         bundle.write_text(good)  # a valid bundle without the receipt policy
         relay.proc.send_signal(signal.SIGHUP)
-        await relay.wait_event("reloaded")
+        await relay.wait_event("reloaded", workers)
         assert await _plaintext_reply(relay.port, "p@enforced.example") == 250
     finally:
         await relay.kill()
@@ -241,8 +242,8 @@ async def test_sigterm_finishes_the_open_session_and_exits_0(lab, tmp_path) -> N
         await client.mail("x@partner.example")
         await client.rcpt(f"bob-{tag}@corp.example")
         relay.proc.send_signal(signal.SIGTERM)
-        await relay.wait_event("stopping")
-        with pytest.raises(OSError):  # no longer listening
+        await relay.wait_event("stopping", (await relay.wait_event("started"))["workers"])
+        with pytest.raises(OSError):  # no longer listening (no worker is)
             await asyncio.open_connection("127.0.0.1", relay.port)
         reply = await client.data(body(tag))
         assert reply.code == 250

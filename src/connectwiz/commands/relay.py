@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     mail_log.addHandler(_MailLogBridge(log))
     mail_log.propagate = False
 
-    def serve(worker: Worker, listen: tuple[str, int],
-              ready: Callable[[], None] | None = None) -> int:
+    def serve(worker: Worker, listen: tuple[str, int], ready: Callable[[int], None]) -> int:
         if worker.shared:
             log.context["worker"] = worker.index  # which process each line comes from
         relay = Relay(
@@ -118,12 +117,15 @@ def run(args: argparse.Namespace) -> int:
             tls_key=Path(args.tls_key) if args.tls_key else None, worker=worker,
         )
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(relay.serve_until_signalled(ready))
+            runner.run(relay.serve_until_signalled(lambda: ready(relay.address[1])))
         return 0
 
+    def started(listening: int) -> None:
+        log("started", workers=workers, port=listening)  # every worker listens
+
     if workers == 1:
-        return serve(Worker(), (host, port))
-    return run_workers(workers, spool, (host, port), serve)
+        return serve(Worker(), (host, port), started)
+    return run_workers(workers, spool, (host, port), serve, started)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -98,10 +98,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int],
-                serve: Callable[[Worker, tuple[str, int], Callable[[], None]], int]) -> int:
+                serve: Callable[[Worker, tuple[str, int], Callable[[int], None]], int],
+                started: Callable[[int], None]) -> int:
     """Run ``count`` workers; returns the exit status. ``serve(worker, listen, ready)`` runs
     one worker until it is signalled to stop and returns its exit status; it calls
-    ``ready()`` once it listens."""
+    ``ready(port)`` once it listens. ``started(port)`` is called once every worker listens."""
     spool = Spool(spool_root)
     spool.create()
     spool.lock()  # held here for every worker: another relay on this spool is refused
@@ -127,12 +128,14 @@ def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int
             children[pid] = index
             # One at a time: worker 0 recovers the spool before anyone delivers, and the
             # relay counts as started once every worker listens.
-            started = os.read(ready, 1) == b"R"
+            listening = os.read(ready, 1) == b"R"
             os.close(ready)
-            if not started:  # it could not start (its error is printed), or was stopped
+            if not listening:  # it could not start (its error is printed), or was stopped
                 if not stopping:
                     forward(signal.SIGTERM, None)
                 break
+        else:
+            started(listen[1])
         status = 0
         while children:
             pid, raw = os.wait()
@@ -155,7 +158,7 @@ def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int
 
 
 def _start(worker: Worker, listen: tuple[str, int],
-           serve: Callable[[Worker, tuple[str, int], Callable[[], None]], int],
+           serve: Callable[[Worker, tuple[str, int], Callable[[int], None]], int],
            reserved: socket.socket) -> tuple[int, int]:
     """Fork one worker; returns its pid and the read end of its readiness pipe."""
     ready_r, ready_w = os.pipe()
@@ -181,7 +184,7 @@ def _start(worker: Worker, listen: tuple[str, int],
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         _die_with_parent()
 
-        def ready() -> None:
+        def ready(_port: int) -> None:
             os.write(ready_w, b"R")
 
         code = serve(worker, listen, ready)
