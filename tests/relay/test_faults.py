@@ -105,3 +105,27 @@ async def test_an_entry_whose_body_is_missing_is_set_aside_not_retried(lab, rela
     assert (root / "corrupt" / "0NOBODY.deferred.json").exists()
     assert (await r.record("0NOBODY")).status == "quarantined"
     assert not r.relay._queued and not r.relay._timers
+
+
+async def test_a_write_failing_while_data_streams_in_is_451_and_the_session_stays_in_step(
+        lab, relays) -> None:
+    """Guards the streamed write: a failure half-way must not leave the rest of DATA to be
+    read as commands."""
+    r = await relays(make_model(lab))
+    aside = _break(r.spool / "tmp")
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        await reader.readline()
+        for line in (b"EHLO t\r\n", b"MAIL FROM:<alice@corp.example>\r\n",
+                     b"RCPT TO:<bob@corp.example>\r\n", b"DATA\r\n"):
+            writer.write(line)
+            while (await asyncio.wait_for(reader.readline(), 10))[3:4] == b"-":
+                pass
+        # Well past the first flush (256 KiB), with lines that look like commands.
+        writer.write(b"Subject: big\r\n\r\n" + b"RSET\r\n" * 200_000 + b".\r\nNOOP\r\n")
+        assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"451 4.3.0")
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"250")
+    finally:
+        writer.close()
+    _mend(r.spool / "tmp", aside)
+    assert Spool(r.spool).counts() == {"incoming": 0, "active": 0, "deferred": 0}

@@ -45,6 +45,7 @@ _STRICTNESS = {ReceiptOption.OPPORTUNISTIC: 0, ReceiptOption.ENFORCED: 1,
 REPLY_STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_RELAY_DENIED = "554 5.7.1 Relay access denied"
 REPLY_TOO_MANY_HOPS = "554 5.4.0 Error: too many hops"
+REPLY_NOT_QUEUED = "451 4.3.0 Could not queue the message, try again later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,12 @@ class ReceiptHandler:
                               recipient=recipient, client_ip=parse_ip(_client_ip(session)),
                               at=datetime.now(UTC))
 
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a session: logged on one line, and a temporary reply
+        (the sender retries; nothing is lost), never aiosmtpd's 500 with our internals."""
+        self.ctx.log("error", reason=f"SMTP session: {type(error).__name__}: {error}"[:300])
+        return "451 4.3.0 Error: internal error, try again later"
+
     # -- commands ---------------------------------------------------------------------------
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
@@ -237,7 +244,7 @@ class ReceiptHandler:
         the reply. Nothing but the header (bounded) is kept in memory."""
         ctx = self.ctx
         msg_id = new_message_id()
-        writer: QueueWriter = await ctx.io(ctx.spool.open_message, msg_id)
+        writer = ctx.spool.open_message(msg_id)  # no I/O yet
         try:
             reply, entry = await self._read_and_decide(server, session, envelope, writer)
         except BaseException:
@@ -252,7 +259,7 @@ class ReceiptHandler:
             await ctx.store(writer, entry, entry.extra["received"])
         except OSError as exc:
             ctx.log("error", client=entry.client_ip, reason=f"spool write failed: {exc}")
-            return "451 4.3.0 Could not queue the message, try again later"
+            return REPLY_NOT_QUEUED
         return f"250 2.0.0 Ok: queued as {msg_id}"
 
     async def _read_and_decide(self, server: RelaySMTP, session: Session, envelope: Envelope,
@@ -267,13 +274,25 @@ class ReceiptHandler:
             "mail_from": sender(envelope), "recipients": list(envelope.rcpt_tos),
             "tls_version": tls.version if tls else None, "tls_cipher": tls.cipher if tls else None,
         }
-        await ctx.io(writer.write, _received_header(ctx.settings.hostname, session, tls,
-                                                    msg_id, envelope.rcpt_tos))
+        writer.add(_received_header(ctx.settings.hostname, session, tls, msg_id,
+                                    envelope.rcpt_tos))
+
+        failed: list[OSError] = []
 
         async def sink(data: bytes) -> None:
-            await ctx.io(writer.write, data)
+            if failed:
+                return  # read on to the end of DATA, so the session stays in step
+            writer.add(data)
+            try:
+                await ctx.io(writer.flush)
+            except OSError as exc:  # e.g. disk full
+                failed.append(exc)
 
         data = await server.read_data(ctx.settings.max_message_size, sink)
+        if failed:
+            ctx.log("error", client=client_ip, reason=f"spool write failed: {failed[0]}")
+            return REPLY_NOT_QUEUED, None
+        writer.add(data.tail)  # written with the commit: a small message costs one call
         record["size"] = data.size
         if data.too_big:
             return "552 5.3.4 Error: message size exceeds fixed maximum message size", None

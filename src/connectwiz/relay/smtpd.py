@@ -31,6 +31,7 @@ class DataResult:
     too_big: bool
     bare_newline: bool
     head: bytes  # the header, at most HEADER_LIMIT bytes
+    tail: bytes  # the last part of the message, not yet handed to the sink
 
 
 def routing_trick(address: str) -> str | None:
@@ -212,8 +213,9 @@ class RelaySMTP(SMTP):
     async def read_data(self, limit: int, sink: Callable[[bytes], Awaitable[None]]
                         ) -> DataResult:
         """Read DATA up to its end, handing the message to ``sink`` in pieces of about
-        FLUSH bytes. Past ``limit`` bytes, or once smuggling is seen, the rest is read and
-        dropped so the session stays in step. Raises ConnectionResetError at EOF."""
+        FLUSH bytes; the rest comes back as ``tail``. Past ``limit`` bytes, or once
+        smuggling is seen, the rest is read and dropped so the session stays in step.
+        Raises ConnectionResetError at EOF."""
         decoder = DotDecoder()
         head = HeadCollector(HEADER_LIMIT)
         pending = bytearray()
@@ -237,9 +239,9 @@ class RelaySMTP(SMTP):
                 if rest:
                     _unread(self._reader, rest)
                 break
-        if pending and not too_big and not decoder.bare_newline:
-            await sink(bytes(pending))
-        return DataResult(decoder.size, too_big, decoder.bare_newline, bytes(head.data))
+        keep = not too_big and not decoder.bare_newline
+        return DataResult(decoder.size, too_big, decoder.bare_newline, bytes(head.data),
+                          bytes(pending) if keep else b"")
 
     def close(self) -> None:
         """Drop the connection (shutdown after the grace period)."""

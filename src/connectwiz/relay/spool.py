@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from connectwiz.errors import UserError
 
@@ -138,26 +138,40 @@ class GroupSync:
 
 
 class QueueWriter:
-    """A queue file being received: the body is written as it arrives, ``commit`` makes it
-    durable and visible. Blocking: run every method in the spool executor."""
+    """A queue file being received. ``add`` collects bytes in memory (no I/O, call it
+    anywhere); ``flush`` writes them out, ``commit`` makes the file durable and visible,
+    ``abort`` throws it away: run those three in the spool executor. A small message is
+    never flushed: its file is opened, written and committed in one call."""
 
     def __init__(self, spool: Spool, msg_id: str) -> None:
         self.spool = spool
         self.msg_id = msg_id
         self.tmp = spool.root / "tmp" / f"{msg_id}.msg"
-        self._file = open(self.tmp, "xb")  # noqa: SIM115 - closed by commit or abort
-        os.chmod(self.tmp, 0o600)
-        self._file.write(_MAGIC + b"0" * 12 + b"\n")  # completed by commit
+        self._file: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self.pending_size = 0
         self.size = 0
 
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
+    def add(self, data: bytes) -> None:
+        self._pending.append(data)
+        self.pending_size += len(data)
         self.size += len(data)
+
+    def flush(self) -> None:
+        if self._file is None:
+            self._file = open(self.tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+            os.chmod(self.tmp, 0o600)
+            self._file.write(_MAGIC + b"0" * 12 + b"\n")  # completed by commit
+        self._file.writelines(self._pending)
+        self._pending.clear()
+        self.pending_size = 0
 
     def commit(self, entry: QueueEntry) -> None:
         """Envelope, length, fsync, rename into ``queue/``, folder fsync. On error the
         message is not queued (nothing is left behind) and the error propagates."""
         try:
+            self.flush()
+            assert self._file is not None
             self._file.write(entry.to_json())
             self._file.seek(0)
             self._file.write(_MAGIC + b"%012d\n" % self.size)
@@ -171,8 +185,10 @@ class QueueWriter:
         self.spool.queue_sync.sync()
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        self._pending.clear()
+        if self._file is not None:
+            self._file.close()
+            self.tmp.unlink(missing_ok=True)
 
 
 class Spool:
@@ -266,11 +282,7 @@ class Spool:
     def accept(self, entry: QueueEntry, body: bytes) -> None:
         """Store a new message durably. Only after this returns may the relay answer 250."""
         writer = self.open_message(entry.id)
-        try:
-            writer.write(body)
-        except BaseException:
-            writer.abort()
-            raise
+        writer.add(body)
         writer.commit(entry)
 
     def read_body(self, msg_id: str) -> bytes:
@@ -327,13 +339,11 @@ class Spool:
             tmp.unlink(missing_ok=True)
         return True
 
-    def move(self, msg_id: str, src: str, dst: str, durable: bool = True) -> None:
-        """Rename a state file. ``durable=False`` skips the folder fsyncs where losing the
-        rename in a crash is harmless (recovery treats both states alike)."""
+    def move(self, msg_id: str, src: str, dst: str) -> None:
+        """Rename a state file, durably."""
         os.replace(self._entry_path(src, msg_id), self._entry_path(dst, msg_id))
-        if durable:
-            _fsync_dir(self.root / dst)
-            _fsync_dir(self.root / src)
+        _fsync_dir(self.root / dst)
+        _fsync_dir(self.root / src)
 
     def update_active(self, entry: QueueEntry) -> None:
         """Record progress (e.g. recipients delivered) so a crash does not repeat it."""
@@ -347,9 +357,7 @@ class Spool:
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
         self.queue_path(msg_id).unlink()
-        # Else a crash could deliver the message again; one folder fsync serves every
-        # delivery finishing meanwhile, so the unlinks are not queued behind each other's.
-        self.queue_sync.sync()
+        self.queue_sync.sync()  # else a crash could deliver the message again
         # Not fsync'd: a state file that reappears after a crash has no queue file; recover
         # removes it.
         self._entry_path("active", msg_id).unlink(missing_ok=True)
