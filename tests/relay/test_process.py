@@ -325,7 +325,8 @@ async def test_ten_megabytes_of_empty_lines_cost_bounded_memory_and_others_are_s
         closed_port = s.getsockname()[1]
     bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
     bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=closed_port))
-    relay = await start_relay(lab, bundle, spool)
+    # One process, so that the memory measured is the process receiving the sessions.
+    relay = await start_relay(lab, bundle, spool, "--workers", "1")
     writers = []
     try:
         before = _vm_hwm_kib(relay.proc.pid)
