@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -52,5 +54,21 @@ async def test_workers_share_the_port_and_the_spool_and_die_with_the_parent(lab,
         while any(Path(f"/proc/{pid}").exists() for pid in workers):
             assert time.monotonic() < deadline, "a worker outlived its parent"
             await asyncio.sleep(0.05)
+    finally:
+        await relay.kill()
+
+
+async def test_a_worker_dying_on_its_own_stops_the_relay_with_status_1(lab, tmp_path) -> None:
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
+    relay = await start_relay(lab, bundle, spool, "--workers", "2")
+    try:
+        workers = sorted(_children(relay.proc.pid))
+        os.kill(workers[-1], signal.SIGKILL)
+        # The other worker is stopped and the spool left for the next start to recover.
+        assert await relay.wait_exit() == 1
+        assert any("exited with status -9; stopping the others" in line
+                   for line in relay.stderr_lines)
+        assert not Path(f"/proc/{workers[0]}").exists()  # stopped and reaped by the parent
     finally:
         await relay.kill()

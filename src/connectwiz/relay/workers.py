@@ -139,13 +139,13 @@ def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int
         status = 0
         while children:
             pid, raw = os.wait()
-            children.pop(pid, None)
+            index = children.pop(pid, -1)
             code = os.waitstatus_to_exitcode(raw)
             if stopping and code in (-signal.SIGTERM, -signal.SIGINT):
                 code = 0  # stopped while starting, before its loop handled the signal
             if code != 0 and not stopping:  # died on its own: stop the rest, let restart
-                print(f"connectwiz: relay worker {pid} exited with status {code}; "
-                      "stopping the others", file=sys.stderr)
+                print(f"connectwiz: relay worker {index} (pid {pid}) exited with status "
+                      f"{code}; stopping the others", file=sys.stderr)
                 forward(signal.SIGTERM, None)
                 code = 1
             status = status or code
