@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import ssl
@@ -359,6 +361,10 @@ async def relay_running(side: Side, sink: Sink, workdir: Path,
         proc.wait(60)
     side.rss_kib, side.pss_kib, side.processes = sampler.rss, sampler.pss, sampler.processes
     text = log.read_text(errors="replace")
+    per_worker = collections.Counter(re.findall(r" received worker=(\d+)", text))
+    if per_worker:  # how evenly SO_REUSEPORT spread the connections
+        side.notes.append("messages received per worker: " + ", ".join(
+            f"{w}: {n}" for w, n in sorted(per_worker.items())))
     side.notes.append(f"delivery attempts with a verified certificate: "
                       f"{text.count('verified=True')}, over a reused session: "
                       f"{text.count('reused=True')}")
