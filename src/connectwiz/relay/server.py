@@ -366,12 +366,10 @@ class Relay:
             async with self._destinations.slot((group.kind, group.domain)):
                 attempts = await self.deliverer.deliver_group(entry, bodies[group.variant],
                                                               group, model)
-            records = self._group_records(entry, group.policy, attempts, group.recipients)
-            if records and not entry.pending() and not entry.failed():
-                await self._io(self._finish_sync, entry.id, records)
+            if await self._io(self._record_group, entry, group.policy, attempts,
+                              group.recipients):
                 self.log("done", id=entry.id, attempts=entry.attempts)
                 return
-            await self._io(self._record_group, entry, records, group.recipients)
         now = time.time()
         pending = entry.pending()
         expired = bool(pending) and now - entry.received_at >= self.settings.max_lifetime
@@ -412,10 +410,13 @@ class Relay:
         self.msglog.append(msg_id, "quarantined", reason=why, folder=folder, files=moved)
         self.log("quarantined", id=msg_id, reason=why, folder=folder)
 
-    def _group_records(self, entry: QueueEntry, policy: str, attempts: list[Any],
-                       recipients: list[Recipient]) -> list[dict[str, Any]]:
-        """One destination's attempts (and its delivered recipients) as log records; each
-        attempt is also logged as an event."""
+    def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
+                      recipients: list[Recipient]) -> bool:
+        """Record one destination's attempts; True when that finished the message.
+
+        A remote 250 is made durable first (the queue state), the log after it: a kill in
+        between then costs a log line that the kernel still writes, not a second delivery
+        (the window for duplicates is one state fsync, not a log fsync too)."""
         records: list[dict[str, Any]] = []
         for att in attempts:
             records.append({"event": "attempt", "policy": policy, **att.as_record()})
@@ -427,29 +428,18 @@ class Relay:
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
-        return records
-
-    def _record_group(self, entry: QueueEntry, records: list[dict[str, Any]],
-                      recipients: list[Recipient]) -> None:
-        """Record one destination's attempts when the message is not finished yet.
-
-        A remote 250 is made durable first (the queue state), the log after it: a kill in
-        between then costs a log line that the kernel still writes, not a second delivery
-        (the window for duplicates is one state fsync, not a log fsync too)."""
         if records:
             self.msglog.append_many(entry.id, records, durable=False)
-        if any(r.status == "delivered" for r in recipients):
-            self.spool.update_active(entry)
+        finished = False
+        if done:
+            if not entry.pending() and not entry.failed():
+                self.spool.finish(entry.id)
+                finished = True
+            else:
+                self.spool.update_active(entry)
         if records:
             self.msglog.sync(entry.id)
-
-    def _finish_sync(self, msg_id: str, records: list[dict[str, Any]]) -> None:
-        """The last destination delivered: the log lines (no fsync yet), the message
-        forgotten (a shared folder fsync), then the log's fsync — the same order as
-        ``_record_group``, so a kill in between costs no second delivery."""
-        self.msglog.append_many(msg_id, records, durable=False)
-        self.spool.finish(msg_id)
-        self.msglog.sync(msg_id)
+        return finished
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
         self.msglog.append(entry.id, "deferred", recipients=[r.address for r in pending],
