@@ -72,3 +72,23 @@ async def test_plaintext_sent_behind_starttls_is_not_read_over_tls(lab, relays) 
         assert (await _replies(reader, 1))[0].startswith(b"250")
     finally:
         writer.close()
+
+
+async def test_a_failed_tls_handshake_is_logged_with_its_reason(lab, relays, capsys) -> None:
+    r = await relays(make_model(lab))
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        await _replies(reader, 1)
+        writer.write(b"EHLO client.test\r\n")
+        await _replies(reader, 1)
+        writer.write(b"STARTTLS\r\n")
+        await _replies(reader, 1)
+        writer.write(b"this is not a TLS ClientHello\r\n")
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # the relay hangs up
+    finally:
+        writer.close()
+    assert "TLS handshake failed: [SSL" in capsys.readouterr().err
+    # ... and goes on serving.
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    assert (await _replies(reader, 1))[0].startswith(b"220")
+    writer.close()

@@ -154,10 +154,11 @@ class RelaySMTP(SMTP):
                                                   server_side=True)
         except asyncio.CancelledError:
             raise
-        except Exception as error:
-            raise TLSSetupException() from error
-        if transport is None:  # the connection went away during the handshake
-            raise TLSSetupException()
+        except Exception as error:  # the log line says why (aiosmtpd's says nothing)
+            raise TLSSetupException(f"TLS handshake failed: {str(error) or type(error).__name__}"
+                                    ) from error
+        if transport is None:
+            raise TLSSetupException("the connection went away during the TLS handshake")
         # What aiosmtpd's connection_made does after its own handshake, minus clearing the
         # buffer: data sent over TLS may already be in it.
         self._original_transport = self.transport
