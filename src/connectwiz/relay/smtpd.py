@@ -9,6 +9,7 @@ concurrent sessions per client IP, junk commands, an overall deadline.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024  # read at most this much at a time
 FLUSH = 256 * 1024  # hand content on once this much has collected
 HEADER_LIMIT = 102_400  # bytes of header read for policy (Postfix header_size_limit)
+# <local@domain> with a dot-atom on both sides: what nearly every client sends.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)",
+                            re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -171,6 +176,19 @@ class RelaySMTP(SMTP):
         self.session.peer = transport.get_extra_info("peername")
         self.session.ssl = self._tls_protocol._extra
         self._reset_timeout()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd parses every MAIL and RCPT address with the email package's header parser
+        (tens of microseconds, far more on a busy machine); a plain ``<local@domain>`` gives
+        the same result from one regular expression. Anything else (quotes, comments, ``<>``,
+        address literals, non-ASCII) still goes to aiosmtpd."""
+        found = _PLAIN_ADDRESS.fullmatch(arg.lstrip()) if arg else None
+        if found is None:
+            return super()._getaddr(arg)
+        address = found.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, found.group(2).lstrip()
 
     async def smtp_AUTH(self, arg: str) -> None:
         # No AUTH here (clients are authorised by IP), and EHLO does not offer it.
