@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from connectwiz.relay.secure import load_secure_key
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
+from connectwiz.relay.workers import Worker, default_workers, run_workers, share
 
 if TYPE_CHECKING:
     from connectwiz.metrics import MetricsServer
@@ -106,23 +108,55 @@ def run(args: argparse.Namespace) -> int:
     def load_policy() -> PolicyModel:
         return Bundle.load(bundle_path).model
 
+    workers = default_workers() if args.workers is None else args.workers
+    if workers <= 0:
+        raise UserError("--workers must be positive")
+    if args.metrics and workers > 1:
+        # Counters live in each process: one exporter must see every event of the relay.
+        if args.workers is not None:
+            raise UserError("--metrics needs --workers 1 (the counters are per process)")
+        workers = 1
+    settings = settings_from(args, options)
+    spool = Path(args.spool) if args.spool else default_spool()
     log = EventLog(json_lines=args.log_json)
     mail_log = logging.getLogger("mail.log")
     mail_log.addHandler(_MailLogBridge(log))
     mail_log.propagate = False
-    relay = Relay(
-        load_policy, Path(args.spool) if args.spool else default_spool(), (host, port),
-        options=options, settings=settings_from(args, options), log=log,
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None,
-    )
-    exporter = start_metrics(args.metrics, log, relay.spool.root)
+
+    def serve(worker: Worker, listen: tuple[str, int], ready: Callable[[int], None]) -> int:
+        if worker.shared:
+            log.context["worker"] = worker.index  # which process each line comes from
+        relay = Relay(
+            load_policy, spool, listen, options=options,
+            settings=share(settings, worker.count), log=log,
+            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+            tls_key=Path(args.tls_key) if args.tls_key else None, worker=worker,
+        )
+        exporter = start_metrics(args.metrics, log, relay.spool.root)
+        try:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                runner.run(relay.serve_until_signalled(lambda: ready(relay.address[1])))
+        finally:
+            if exporter is not None:
+                exporter.close()
+        return 0
+
+    def started(listening: int) -> None:
+        log("started", workers=workers, port=listening)  # every worker listens
+
+    if workers == 1:
+        return serve(Worker(), (host, port), started)
+    return run_workers(workers, spool, (host, port), serve, started)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed: its TLS and socket layers are native code, asyncio's are
+    largely Python (the relay's busiest code under load). None: asyncio's own loop."""
     try:
-        asyncio.run(relay.serve_until_signalled())
-    finally:
-        if exporter is not None:
-            exporter.close()
-    return 0
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def start_metrics(listen: str | None, log: EventLog, spool: Path) -> MetricsServer | None:

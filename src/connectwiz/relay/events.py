@@ -18,6 +18,7 @@ class EventLog:
         self.stream = stream  # None: whatever sys.stderr is at the time of writing
         self._lock = threading.Lock()  # lines from executor threads must not interleave
         self._listeners: list[Listener] = []
+        self.context: dict[str, Any] = {}  # fields every line carries (e.g. the worker)
 
     def subscribe(self, listener: Listener) -> None:
         """Also hand every event to ``listener`` (e.g. metrics), from the thread that logs it:
@@ -26,7 +27,7 @@ class EventLog:
 
     def __call__(self, event: str, **fields: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        fields = {k: v for k, v in fields.items() if v is not None}
+        fields = {k: v for k, v in {**self.context, **fields}.items() if v is not None}
         for listener in self._listeners:
             try:
                 listener(event, fields)
