@@ -108,14 +108,15 @@ def run(args: argparse.Namespace) -> int:
     def load_policy() -> PolicyModel:
         return Bundle.load(bundle_path).model
 
-    workers = default_workers() if args.workers is None else args.workers
+    # One process by default: queue control and metrics see every message in flight only
+    # there. More workers are for throughput (docs/relay.md, "Workers").
+    workers = 1 if args.workers is None else args.workers
     if workers <= 0:
         raise UserError("--workers must be positive")
+    if workers > 1 and default_workers() == 1:
+        raise UserError("--workers above 1 needs SO_REUSEPORT and fork (not on this system)")
     if args.metrics and workers > 1:
-        # Counters live in each process: one exporter must see every event of the relay.
-        if args.workers is not None:
-            raise UserError("--metrics needs --workers 1 (the counters are per process)")
-        workers = 1
+        raise UserError("--metrics needs --workers 1 (the counters are per process)")
     settings = settings_from(args, options)
     spool = Path(args.spool) if args.spool else default_spool()
     log = EventLog(json_lines=args.log_json)

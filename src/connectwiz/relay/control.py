@@ -177,7 +177,8 @@ def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, A
         spool.lock()
     except UserError:
         raise UserError(f"the relay on {spool_root} holds the spool but does not answer on "
-                        f"{SOCKET_NAME} (starting or stopping?): try again") from None
+                        f"{SOCKET_NAME}: it is starting or stopping (try again), or runs with "
+                        f"--workers above 1, which has no queue control") from None
     try:
         changes = apply(spool, req, list(dict.fromkeys(targets(spool, req))), hostname)
     finally:

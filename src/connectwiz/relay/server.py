@@ -244,7 +244,7 @@ class Relay:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
         self._directory_task = asyncio.create_task(self._directory_loop())
-        if self.worker.recovers:  # one control socket for the spool: the first worker's
+        if not self.worker.shared:  # queue control knows what is in flight in this process only
             await self._control.start()
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
@@ -259,7 +259,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
-        if self.worker.recovers:
+        if not self.worker.shared:
             await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
