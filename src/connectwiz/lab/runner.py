@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from connectwiz.lab.ca import LabCA, spki_sha256
+from connectwiz.lab.ca import LabCA, LeafShape, spki_sha256
 from connectwiz.lab.dns import DNSServer, Zone
 from connectwiz.lab.https import PolicyServer
 from connectwiz.lab.smtp import (
@@ -37,6 +37,8 @@ from connectwiz.lab.zones import (
     BENCH_SUFFIX,
     CNAME_ALIAS,
     CNAME_TARGET,
+    CORPUS,
+    CORPUS_ROUTES,
     DOMAINS,
     MTA_STS_PAGES,
     REFUSED_PROFILE,
@@ -50,6 +52,18 @@ from connectwiz.lab.zones import (
 )
 
 WRONG_NAME = "not-this-host.example"  # what the "wrongname" profile's certificate names
+_ALL_ROUTES = ROUTES + CORPUS_ROUTES
+
+# The differential corpus's certificate shapes (SmtpProfile.cert -> how the leaf departs from
+# a well-formed one); wildcard, notyetvalid, rsa1024, ipsan and sni are built in _issue_for.
+CORPUS_CERTS: dict[str, LeafShape] = {
+    "sancritical": LeafShape(san_critical=True),
+    "cnonly": LeafShape(cn_only=True),
+    "nointermediate": LeafShape(intermediate="missing"),
+    "intermediate": LeafShape(intermediate="sent"),
+    "sha1": LeafShape(sha1=True),
+    "clientauth": LeafShape(client_auth_only=True),
+}
 _SINK_FIRST = 100  # sinks added at run time get 127.0.0.100 upward
 
 
@@ -75,10 +89,11 @@ class Lab:
         self.recorder = Recorder()
         self.ca = LabCA(self.directory / "ca")
         self.ca_file: Path = self.ca.ca_file
-        all_domains = DOMAINS + ((V6_DOMAIN,) if ipv6 else ()) + bench_domains(extra_slow_domains)
+        all_domains = (DOMAINS + CORPUS + ((V6_DOMAIN,) if ipv6 else ())
+                       + bench_domains(extra_slow_domains))
         self.domains: dict[str, LabDomain] = {d.name: d for d in all_domains}
-        self.expected_routes: dict[str, LabDomain] = {r.name: r for r in ROUTES}
-        self.zone: Zone = build_zone(all_domains, ROUTES)
+        self.expected_routes: dict[str, LabDomain] = {r.name: r for r in _ALL_ROUTES}
+        self.zone: Zone = build_zone(all_domains, _ALL_ROUTES)
         self.dns = DNSServer([self.zone], port=dns_port)
         self.smtp_port = smtp_port
         self.servers: dict[str, SMTPServer] = {}  # by address
@@ -180,7 +195,7 @@ class Lab:
 
     def _build_servers(self, domains: tuple[LabDomain, ...]) -> None:
         by_address: dict[str, list[LabHost]] = {}
-        for h in (h for d in (*domains, *ROUTES) for h in d.hosts):
+        for h in (h for d in (*domains, *_ALL_ROUTES) for h in d.hosts):
             self._hosts[h.name] = h
             if h.profile != REFUSED_PROFILE:
                 by_address.setdefault(h.address, []).append(h)
@@ -213,23 +228,41 @@ class Lab:
             names.append(CNAME_TARGET)
         cert_path = None
         if ctx is None:
-            now = dt.datetime.now(dt.UTC)
-            if profile.cert == "selfsigned":
-                cert_path, key = self.ca.self_signed(names)
-            elif profile.cert == "expired":
-                cert_path, key = self.ca.issue(names, not_before=now - dt.timedelta(days=400),
-                                               not_after=now - dt.timedelta(days=30))
-            elif profile.cert == "wrongname":
-                cert_path, key = self.ca.issue([WRONG_NAME])
-            elif profile.cert == "ownkey":
-                cert_path, key = self.ca.issue(names, key_label="dane")
-            else:
-                cert_path, key = self.ca.issue(names)
-            ctx = server_context(cert_path, key, tls10_only=profile.tls10_only)
+            cert_path, key = self._issue_for(profile.cert, names, hosts[0].address)
+            ctx = server_context(cert_path, key, tls10_only=profile.tls10_only,
+                                 legacy_crypto=profile.legacy_crypto)
+            if profile.cert == "sni":
+                # The lab-CA certificate only for a client that names the host; anyone else
+                # (no SNI, another name) gets a self-signed one.
+                named, ctx = ctx, server_context(*self.ca.self_signed(names))
+                ctx.sni_callback = _sni_switch(set(names), named)
         server = SMTPServer(profile, names[0], hosts[0].address, self.smtp_port, ctx,
                             self.recorder, self.greeting_delay, cert_path)
         self.servers[hosts[0].address] = server
         return server
+
+    def _issue_for(self, kind: str, names: list[str], address: str) -> tuple[Path, Path]:
+        """The certificate (and key) a server whose profile says ``cert=kind`` presents."""
+        now = dt.datetime.now(dt.UTC)
+        if kind == "selfsigned":
+            return self.ca.self_signed(names)
+        if kind == "expired":
+            return self.ca.issue(names, not_before=now - dt.timedelta(days=400),
+                                 not_after=now - dt.timedelta(days=30))
+        if kind == "wrongname":
+            return self.ca.issue([WRONG_NAME])
+        if kind == "ownkey":
+            return self.ca.issue(names, key_label="dane")
+        if kind == "wildcard":
+            return self.ca.issue(["*." + n.split(".", 1)[1] for n in names])
+        if kind == "notyetvalid":
+            return self.ca.issue(names, not_before=now + dt.timedelta(days=30),
+                                 not_after=now + dt.timedelta(days=400))
+        if kind == "rsa1024":
+            return self.ca.issue(names, key_type="rsa1024")
+        if kind == "ipsan":
+            return self.ca.issue([], shape=LeafShape(ips=(address,)))
+        return self.ca.issue(names, shape=CORPUS_CERTS.get(kind, LeafShape()))
 
     async def _start_smtp(self) -> None:
         servers = list(self.servers.values())
@@ -250,6 +283,14 @@ class Lab:
             self.smtp_port = port
             return
         raise OSError(errno.EADDRINUSE, "no SMTP port free on every lab address")
+
+
+def _sni_switch(names: set[str], named: ssl.SSLContext) -> Callable[..., None]:
+    """An sni_callback that serves ``named`` to a client whose SNI is one of ``names``."""
+    def switch(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name is not None and server_name.lower() in names:
+            sock.context = named
+    return switch
 
 
 def ipv6_loopback_available() -> bool:

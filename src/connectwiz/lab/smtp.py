@@ -32,9 +32,12 @@ class SmtpProfile:
     """How one lab server behaves. ``cert`` is applied by the lab when it issues certificates."""
 
     name: str
-    cert: str = "trusted"  # trusted | selfsigned | expired | wrongname | ownkey
-    starttls: str = "offer"  # offer | none | refuse454
+    # trusted | selfsigned | expired | wrongname | ownkey, or a corpus shape (runner.CORPUS_CERTS)
+    cert: str = "trusted"
+    # offer | none | refuse454 | inject (a second reply in the packet that says 220 to STARTTLS)
+    starttls: str = "offer"
     tls10_only: bool = False
+    legacy_crypto: bool = False  # OpenSSL security level 0: serve a SHA-1 or RSA-1024 leaf
     greeting: str = "normal"  # normal | multiline | 421 | tarpit
     slow: bool = False  # wait the lab's greeting_delay before greeting
     reject_rcpt: bool = False
@@ -54,6 +57,20 @@ PROFILES: dict[str, SmtpProfile] = {p.name: p for p in (
     SmtpProfile("rejectrcpt", reject_rcpt=True),
     SmtpProfile("multiline", greeting="multiline"),
     SmtpProfile("ownkey", cert="ownkey"),  # trusted, with a key no other lab host shares
+    # --- the differential corpus (zones.CORPUS): one certificate or protocol shape each ---
+    SmtpProfile("sancritical", cert="sancritical"),
+    SmtpProfile("wildcard", cert="wildcard"),
+    SmtpProfile("cnonly", cert="cnonly"),
+    SmtpProfile("nointermediate", cert="nointermediate"),
+    SmtpProfile("intermediate", cert="intermediate"),
+    SmtpProfile("notyetvalid", cert="notyetvalid"),
+    SmtpProfile("sha1", cert="sha1", legacy_crypto=True),
+    SmtpProfile("clientauth", cert="clientauth"),
+    SmtpProfile("ipsan", cert="ipsan"),
+    SmtpProfile("rsa1024", cert="rsa1024", legacy_crypto=True),
+    SmtpProfile("sni", cert="sni"),
+    SmtpProfile("starttls_inject", starttls="inject"),
+    # --- end of the differential corpus ---
 )}
 
 
@@ -122,12 +139,15 @@ class Recorder:
             return self._cond.wait_for(predicate, timeout)
 
 
-def server_context(cert: Path, key: Path, *, tls10_only: bool = False) -> ssl.SSLContext:
+def server_context(cert: Path, key: Path, *, tls10_only: bool = False,
+                   legacy_crypto: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if tls10_only or legacy_crypto:
+        # OpenSSL 3 refuses TLS 1.0, SHA-1 signatures and 1024-bit keys at the default
+        # security level, even to load them; the lab needs the old things.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     ctx.load_cert_chain(cert, key)
     if tls10_only:
-        # OpenSSL 3 refuses TLS 1.0 at the default security level; the lab needs the old thing.
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
@@ -279,7 +299,12 @@ class _Conversation:
             await self.send("503 5.5.1 EHLO first")
             return None
         assert self.server.context is not None
-        await self.send("220 2.0.0 Ready to start TLS")
+        if self.profile.starttls == "inject":
+            # CVE-2011-0411 in reverse: a plaintext reply rides in the 220's packet; a client
+            # that keeps it reads it as the first reply inside TLS.
+            await self.send("220 2.0.0 Ready to start TLS", "554 5.7.0 injected before TLS")
+        else:
+            await self.send("220 2.0.0 Ready to start TLS")
         try:
             await self.writer.start_tls(self.server.context)
         except (ssl.SSLError, ConnectionError, OSError) as exc:
