@@ -99,6 +99,7 @@ class Lab:
         self.servers: dict[str, SMTPServer] = {}  # by address
         self._hosts: dict[str, LabHost] = {}
         self._sinks = 0
+        self._extra_dns: list[DNSServer] = []
         self._build_servers(all_domains)
         sts_cert, sts_key = self.ca.issue([f"mta-sts.{d}" for d in MTA_STS_PAGES])
         self.policy_server = PolicyServer(STS_ADDRESS, https_port,
@@ -171,9 +172,18 @@ class Lab:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers.values()),
                              self.policy_server.stop(), return_exceptions=True)
+        for extra in self._extra_dns:
+            await extra.stop()
         await self.dns.stop()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    async def add_nameserver(self, host: str, port: int) -> None:
+        """Serve the lab zone on ``host:port`` too: a peer that resolves only through
+        /etc/resolv.conf (Postfix, posttls-finger) needs a name server on port 53."""
+        server = DNSServer([self.zone], host=host, port=port)
+        await server.start()
+        self._extra_dns.append(server)
 
     async def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         """A new server with ``profile`` (default: trusted, accepts everything) for ``names``.
@@ -333,6 +343,10 @@ class LabHandle:
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate()`` is true (checked whenever a session changes)."""
         return self.lab.recorder.wait_for(predicate, timeout)
+
+    def add_nameserver(self, host: str, port: int) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self.lab.add_nameserver(host, port), self._loop).result(timeout=30)
 
     def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         return asyncio.run_coroutine_threadsafe(
