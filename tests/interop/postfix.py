@@ -102,6 +102,7 @@ class PostfixInstance:
         ``next_hops``: more transport entries, domain -> next hop as exported
         (``[host]:port`` of an inbound route); ``extra``: main.cf lines added last."""
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.conf = root / "conf"
         self.port = free_port()
         self.maillog = root / "maillog"

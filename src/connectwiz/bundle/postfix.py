@@ -22,7 +22,6 @@ relay is not enough" lists the rules.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -116,11 +115,11 @@ def _delivery(model: PolicyModel, warnings: list[str]) -> tuple[list[str], _Entr
         winner = _winner(entries)
         lines.append(f"# {domain}: from {winner.source}" + _lost(entries, winner))
         lines.append(f"{domain}\t{winner.value}")
-    lines += _routes(model, warnings)
+    lines += _routes(model)
     return lines, (_winner(defaults) if defaults else None)
 
 
-def _routes(model: PolicyModel, warnings: list[str]) -> list[str]:
+def _routes(model: PolicyModel) -> list[str]:
     """Inbound routes, keyed by the next hop a transport_maps entry names: [host]:port."""
     lines = []
     for route in model.inbound_routes:
@@ -134,22 +133,9 @@ def _routes(model: PolicyModel, warnings: list[str]) -> list[str]:
                      f"(applies when transport_maps sends internal mail to {hop})")
         if route.encryption_mode == EncryptionMode.RELAXED:
             lines.append(f"{hop}\tencrypt protocols=>=TLSv1.2")
-        elif _is_ip(route.host):
-            warnings.append(f"{label} is strict, but Postfix checks certificate names, not IP "
-                            "addresses: exported as encrypt (TLS required, certificate not "
-                            "verified)")
-            lines.append(f"{hop}\tencrypt protocols=>=TLSv1.2")
-        else:
+        else:  # an IP address too: Postfix matches an explicit address to IP subjectAltNames
             lines.append(f"{hop}\tsecure match={route.host} protocols=>=TLSv1.2")
     return lines
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _delivery_problems(policy: DeliveryPolicy, definition: DeliveryDefinition | None) -> list[str]:
