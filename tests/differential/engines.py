@@ -69,7 +69,7 @@ SETTINGS = RelaySettings(hostname="relay.corp.example", backoff_min=60, backoff_
 MODES = {"strict": EncryptionMode.STRICT, "relaxed": EncryptionMode.RELAXED}
 
 
-@dataclass
+@dataclass(repr=False)  # pytest would print every outcome with every failing case
 class Outcomes:
     """case name -> engine -> outcome, and the evidence behind each."""
 
