@@ -48,7 +48,7 @@ def outcomes(lab: LabHandle, lab_network_options: NetworkOptions,
         legs = [asyncio.to_thread(run_validate, lab, CASES, out),
                 run_relays(lab, CASES, lab_network_options, Path(spool), out)]
         if instances is not None:
-            legs += [run_finger(lab, CASES, out), run_postfix(instances, CASES, out)]
+            legs += [run_finger(lab, CASES, out), run_postfix(lab, instances, CASES, out)]
         await asyncio.gather(*legs)
 
     if PEERS_MISSING:
