@@ -37,19 +37,21 @@ def lab() -> Iterator[LabHandle]:
 @pytest.fixture(scope="session")
 def lab_network_options(lab: LabHandle) -> NetworkOptions:
     return NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
-                          ca_file=lab.ca_file, timeout=LAB_TIMEOUT, concurrency=50,
+                          ca_file=lab.ca_file, timeout=LAB_TIMEOUT,
+                          greeting_timeout=LAB_TIMEOUT, concurrency=50,
                           https_port=lab.https_port)
 
 
 @pytest.fixture
 def lab_cli_args(lab: LabHandle, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The same settings as command-line options (a fresh list), CONNECTWIZ_* variables unset."""
-    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "CONCURRENCY", "HTTPS_PORT"):
+    for var in ("NAMESERVER", "SMTP_PORT", "CA_FILE", "TIMEOUT", "GREETING_TIMEOUT",
+                "CONCURRENCY", "HTTPS_PORT"):
         monkeypatch.delenv(f"CONNECTWIZ_{var}", raising=False)
     host, port = lab.nameserver
     return ["--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
             "--ca-file", str(lab.ca_file), "--https-port", str(lab.https_port),
-            "--timeout", str(LAB_TIMEOUT)]
+            "--timeout", str(LAB_TIMEOUT), "--greeting-timeout", str(LAB_TIMEOUT)]
 
 
 @pytest.hookimpl(hookwrapper=True)

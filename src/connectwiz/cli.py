@@ -41,7 +41,10 @@ def _network_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to query")
     g.add_argument("--smtp-port", type=int, metavar="N", help="port for hosts that name none")
     g.add_argument("--ca-file", metavar="PEM", help="extra trusted CA certificates")
-    g.add_argument("--timeout", type=float, metavar="S", help="per-connection timeout (10)")
+    g.add_argument("--timeout", type=float, metavar="S",
+                   help="per-step timeout: connect, each reply, the TLS handshake (10)")
+    g.add_argument("--greeting-timeout", type=float, metavar="S",
+                   help="wait for a server's greeting (30: postscreen and tarpits greet late)")
     g.add_argument("--concurrency", type=int, metavar="N", help="probes in flight (50)")
     g.add_argument("--https-port", type=int, metavar="N",
                    help="port for MTA-STS policy fetches from mta-sts.<domain> (443)")

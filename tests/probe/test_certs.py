@@ -24,7 +24,7 @@ def test_trusted_valid_matching_certificate_is_strict():
     assert (info.trusted, info.self_signed, info.hostname_match, info.expired) == (
         True, False, True, False)
     assert info.problems == []
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.STRICT
     assert "TLSv1.3" in reason
 
@@ -32,7 +32,7 @@ def test_trusted_valid_matching_certificate_is_strict():
 def test_self_signed_is_relaxed_and_says_so():
     info = analyse(make_leaf([HOST], None))
     assert info.self_signed and not info.trusted
-    status, reason = classify("TLSv1.2", info, HOST)
+    status, reason = classify("TLSv1.2", info.problems, HOST)
     assert status == Status.RELAXED
     assert "self-signed" in reason
 
@@ -41,7 +41,7 @@ def test_unknown_issuer_names_the_issuer():
     other = make_ca("Other Root")
     info = analyse(make_leaf([HOST], other))
     assert not info.trusted and not info.self_signed
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.RELAXED
     assert "unknown CA" in reason and "Other Root" in reason
 
@@ -50,7 +50,7 @@ def test_expired_certificate_from_trusted_ca_is_trusted_but_expired():
     leaf = make_leaf([HOST], ROOT, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
     info = analyse(leaf)
     assert info.trusted and info.expired and info.hostname_match
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.RELAXED
     assert "expired on" in reason
     assert (NOW - 30 * DAY).strftime("%Y-%m-%d") in reason
@@ -67,13 +67,13 @@ def test_expired_leaf_older_than_its_ca_still_names_only_the_expiry():
 def test_not_yet_valid_certificate():
     info = analyse(make_leaf([HOST], ROOT, not_before=NOW + DAY, not_after=NOW + 90 * DAY))
     assert info.not_yet_valid and not info.expired and info.trusted
-    assert "not valid before" in classify("TLSv1.3", info, HOST)[1]
+    assert "not valid before" in classify("TLSv1.3", info.problems, HOST)[1]
 
 
 def test_name_mismatch_lists_names_on_certificate():
     info = analyse(make_leaf(["a.other.example", "b.other.example"], ROOT))
     assert info.trusted and not info.hostname_match
-    status, reason = classify("TLSv1.3", info, HOST)
+    status, reason = classify("TLSv1.3", info.problems, HOST)
     assert status == Status.RELAXED
     assert "a.other.example, b.other.example" in reason and "mismatch" in reason
 
@@ -81,14 +81,14 @@ def test_name_mismatch_lists_names_on_certificate():
 def test_several_problems_are_all_reported():
     leaf = make_leaf(["elsewhere.example"], None, not_before=NOW - 90 * DAY,
                      not_after=NOW - DAY)
-    reason = classify("TLSv1.2", analyse(leaf), HOST)[1]
+    reason = classify("TLSv1.2", analyse(leaf).problems, HOST)[1]
     assert "self-signed" in reason and "expired" in reason and "elsewhere.example" in reason
 
 
 def test_wildcard_certificate_matches_one_label():
     info = analyse(make_leaf(["*.partner.example"], ROOT))
     assert info.hostname_match and info.problems == []
-    assert classify("TLSv1.3", info, HOST)[0] == Status.STRICT
+    assert classify("TLSv1.3", info.problems, HOST)[0] == Status.STRICT
 
 
 def test_intermediate_sent_by_server_completes_the_chain():
@@ -113,7 +113,7 @@ def test_ip_route_matches_ip_san_only():
 
 def test_old_tls_is_unsupported_even_with_a_good_certificate():
     info = analyse(make_leaf([HOST], ROOT))
-    status, reason = classify("TLSv1", info, HOST)
+    status, reason = classify("TLSv1", info.problems, HOST)
     assert status == Status.UNSUPPORTED
     assert "TLSv1" in reason and "1.2" in reason
 

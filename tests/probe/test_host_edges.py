@@ -132,7 +132,7 @@ async def test_host_without_address():
 
 
 async def test_trickling_server_hits_the_overall_cap(scripted, monkeypatch):
-    monkeypatch.setattr("connectwiz.probe.host.HOST_CAP_FACTOR", 1.5)  # cap: 1.5 s
+    monkeypatch.setattr("connectwiz.probe.host.HOST_CAP_FACTOR", 0.5)  # cap: 1 + 0.5 s
 
     async def script(reader, writer):
         # Every reply comes well inside the per-step timeout; then the handshake stalls.
@@ -148,7 +148,7 @@ async def test_trickling_server_hits_the_overall_cap(scripted, monkeypatch):
                 await reader.read()  # never answer the ClientHello
             await writer.drain()
 
-    settings = ProbeSettings(timeout=1.0, trust=trust_store(None))
+    settings = ProbeSettings(timeout=1.0, trust=trust_store(None), greeting_timeout=1.0)
     result = await _probe(await scripted(script), settings)
     assert result.status == Status.ERROR
     assert result.reason == "timed out: no verdict within 1.5 s overall"

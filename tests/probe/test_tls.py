@@ -6,8 +6,8 @@ import ssl
 
 import pytest
 
-from connectwiz.probe.smtp import SmtpClient
 from connectwiz.probe.tls import client_context, peer_chain
+from connectwiz.smtpclient import SmtpClient
 
 
 def test_verifying_context_requires_chain_and_name():
@@ -39,7 +39,7 @@ async def test_ca_file_is_trusted_and_chain_is_readable(lab):
             assert (await client.command("EHLO [127.0.0.1]", "ehlo")).code == 250
             assert (await client.command("STARTTLS", "starttls")).code == 220
             ssl_object = await client.starttls(
-                client_context(verify=verify, ca_file=lab.ca_file), server_hostname=host)
+                client_context(verify=verify, ca_file=lab.ca_file), host)
             chain = peer_chain(ssl_object)
             assert host in str(chain[0].subject)
         finally:
@@ -51,6 +51,6 @@ async def test_ca_file_is_trusted_and_chain_is_readable(lab):
         await client.command("EHLO [127.0.0.1]", "ehlo")
         await client.command("STARTTLS", "starttls")
         with pytest.raises(ssl.SSLCertVerificationError):
-            await client.starttls(client_context(), server_hostname=host)
+            await client.starttls(client_context(), host)
     finally:
         client.abort()

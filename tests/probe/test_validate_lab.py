@@ -25,12 +25,12 @@ REASON_TEXT = {
     "starttls_454": "454",
     "greeting_421": "421",
     "slow_greeting": "certificate trusted and valid",
-    "timeout": "timed out",
+    "timeout": "greeting not received within 3 s",
     "refused": "connection refused",
     "rcpt_rejected": "certificate trusted and valid",
     "multiline_greeting": "certificate trusted and valid",
     "implicit_mx": "certificate trusted and valid",
-    "mixed": "STARTTLS not offered",
+    "mixed": "mx1.mixed.example: TLSv1",
     "cname": "certificate trusted and valid",
     "idn": "certificate trusted and valid",
     "tcp_fallback": "certificate trusted and valid",
@@ -116,8 +116,9 @@ def test_json_contract_shape(all_results):
                  "self_signed", "hostname_match", "expired"}
     for result in all_results.values():
         data = result.to_json()
-        assert set(data) == {"target", "kind", "status", "reason", "elapsed_ms", "hosts",
-                             "mta_sts", "tls_rpt", "dane"}
+        assert set(data) == {"target", "kind", "status", "reason", "warnings", "elapsed_ms",
+                             "hosts", "mta_sts", "tls_rpt", "dane"}
+        assert isinstance(data["warnings"], list)
         assert data["status"] in ("strict", "relaxed", "unsupported", "error")
         assert isinstance(data["elapsed_ms"], int) and data["reason"]
         for host in data["hosts"]:
@@ -129,12 +130,14 @@ def test_json_contract_shape(all_results):
     assert all_results["xn--bcher-kva.example"].to_json()["target"] == "xn--bcher-kva.example"
 
 
-async def test_tarpit_ends_as_error_within_the_timeout(lab):
+async def test_tarpit_ends_as_error_within_the_greeting_timeout(lab):
+    """The greeting has its own deadline (postscreen greets late), named in the reason."""
     options = NetworkOptions(nameserver=lab.nameserver, smtp_port=lab.smtp_port,
-                             ca_file=lab.ca_file, timeout=1.0)
+                             ca_file=lab.ca_file, timeout=3.0, greeting_timeout=1.0)
     (result,) = await validate_targets([Target.domain("tarpit.example")], options)
     assert result.status == Status.ERROR
-    assert "timed out after 1 s" in result.reason
+    assert result.reason == "greeting not received within 1 s"
+    assert result.elapsed_ms < 3000
 
 
 async def test_email_checks_rcpt_and_never_sends_data(lab, lab_network_options):
@@ -149,7 +152,11 @@ async def test_email_checks_rcpt_and_never_sends_data(lab, lab_network_options):
     assert [r.status for r in results] == [Status.STRICT, Status.STRICT]  # RCPT is not TLS
     for host in hosts:
         assert lab.wait_for(lambda h=host: all(s.closed for s in lab.sessions_to(h)))
-        (session,) = lab.sessions_to(host)[before[host]:]
+        # The probe, and a bare handshake without SNI (whose certificate it compares).
+        probe, no_sni = sorted(lab.sessions_to(host)[before[host]:],
+                               key=lambda s: len(s.commands), reverse=True)
+        assert [c.split()[0] for c in no_sni.commands] == ["EHLO", "STARTTLS"]
+        session = probe
         verbs = [c.split()[0].upper() for c in session.commands]
         assert "RCPT" in verbs and "RSET" in verbs and verbs[-1] == "QUIT"
         assert "DATA" not in verbs and not session.data_received
@@ -165,7 +172,7 @@ async def test_shared_server_is_probed_once(lab, lab_network_options):
     results = await validate_targets(targets, lab_network_options)
     assert [r.status for r in results] == [Status.STRICT] * 3
     assert [r.hosts[0].preference for r in results] == [10, None, 10]
-    assert len(lab.sessions_to(host)) - before == 1
+    assert len(lab.sessions_to(host)) - before == 2  # one probe: its two connections
 
 
 async def test_progress_is_called_once_per_target(lab_network_options):
@@ -181,7 +188,7 @@ async def test_concurrency_one_still_validates_everything(lab_network_options):
     options = dataclasses.replace(lab_network_options, concurrency=1)
     targets = [Target.domain(n) for n in ("trusted.example", "mixed.example")]
     results = await validate_targets(targets, options)
-    assert [r.status for r in results] == [Status.STRICT, Status.UNSUPPORTED]
+    assert [r.status for r in results] == [Status.STRICT, Status.STRICT]
 
 
 async def test_cancellation_stops_probes_and_leaves_no_tasks(lab):
@@ -208,9 +215,11 @@ async def test_ipv6_only_mx_and_ipv6_route():
         domain, route = await validate_targets(
             [Target.domain("v6.example"), Target.route("[::1]")], options,
             email="postmaster@v6.example")
-        sessions = lab6.sessions  # the route names the server by address: a probe of its own
+        # The route names the server by address: a probe of its own (and no SNI to compare);
+        # the domain's probe also makes a bare handshake without SNI.
+        sessions = lab6.sessions
         assert await asyncio.to_thread(
-            lab6.recorder.wait_for, lambda: len(sessions) == 2 and all(s.closed for s in sessions))
+            lab6.recorder.wait_for, lambda: len(sessions) == 3 and all(s.closed for s in sessions))
     assert domain.status == Status.STRICT, domain.reason
     (host,) = domain.hosts
     assert (host.host, host.address, host.port) == ("mx.v6.example", "::1", lab6.smtp_port)

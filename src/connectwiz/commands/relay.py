@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         host, port = parse_host_port(args.listen, 2525)
     options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
                            ca_file=args.ca_file, timeout=args.timeout,
+                           greeting_timeout=args.greeting_timeout,
                            concurrency=args.concurrency)
 
     def load_policy() -> PolicyModel:

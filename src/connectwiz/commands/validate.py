@@ -28,7 +28,8 @@ _ASCII_MARKS = {"✔": "+", "✖": "x", "!": "!"}
 def run(args: argparse.Namespace) -> int:
     options = options_from(
         nameserver=args.nameserver, smtp_port=args.smtp_port, ca_file=args.ca_file,
-        timeout=args.timeout, concurrency=args.concurrency, https_port=args.https_port,
+        timeout=args.timeout, greeting_timeout=args.greeting_timeout,
+        concurrency=args.concurrency, https_port=args.https_port,
     )
     targets = [Target.route(*parse_host_port(r, options.smtp_port)) for r in args.route]
     targets += [Target.domain(d) for d in args.targets]
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     email = None
     if args.email is not None:
         try:
-            email = normalize_address(args.email)
+            email = normalize_address(args.email, fold_local=False)
         except InvalidAddress as exc:
             raise UserError(f"--email {args.email!r}: {exc.reason}") from None
     progress = _Progress(len(targets), sys.stderr) if sys.stderr.isatty() else None
@@ -80,6 +81,8 @@ def _print_result(result: TargetResult, verbose: bool, out: TextIO) -> None:
     _write(out, f"{mark} {name}: {label} — {result.reason}")
     if result.mta_sts is not None and result.mta_sts.warning:  # loud: shown even without -v
         _write(out, f"    ! WARNING: {result.mta_sts.warning}")
+    for warning in result.warnings:  # weaker hosts, another certificate without SNI
+        _write(out, f"    ! {warning}")
     if verbose:
         for host in result.hosts:
             for line in _host_lines(host):
@@ -107,8 +110,10 @@ def _host_lines(host: HostResult) -> list[str]:
             f"  checks:    trusted={_yn(cert.trusted)} name={_yn(cert.hostname_match)} "
             f"dates={_yn(not cert.expired and not cert.not_yet_valid)}",
         ]
+        lines += [f"  refused:   {why}" for why in cert.rejections]
     if host.rcpt is not None:
-        lines.append(f"  RCPT TO:   {host.rcpt.code} {host.rcpt.message}")
+        code = host.rcpt.code or "-"  # 0: nothing was sent (see the message)
+        lines.append(f"  RCPT TO:   {code} {host.rcpt.message}")
     return lines
 
 

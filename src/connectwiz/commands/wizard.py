@@ -12,6 +12,7 @@ from connectwiz.tui import make_app
 def run(args: argparse.Namespace) -> int:
     options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
                            ca_file=args.ca_file, timeout=args.timeout,
+                           greeting_timeout=args.greeting_timeout,
                            concurrency=args.concurrency, https_port=args.https_port)
     make_app(resolve_bundle_path(args.bundle), options).run()  # BundleError: one line, exit 2
     return 0

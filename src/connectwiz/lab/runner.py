@@ -243,9 +243,8 @@ class Lab:
                                  legacy_crypto=profile.legacy_crypto)
             if profile.cert == "sni":
                 # The lab-CA certificate only for a client that names the host; anyone else
-                # (no SNI, another name) gets a self-signed one.
-                named, ctx = ctx, server_context(*self.ca.self_signed(names))
-                ctx.sni_callback = _sni_switch(set(names), named)
+                # (no SNI, another name) gets one for another name.
+                ctx = _by_sni(ctx, names, server_context(*self.ca.issue([WRONG_NAME])))
         server = SMTPServer(profile, names[0], hosts[0].address, self.smtp_port, ctx,
                             self.recorder, self.greeting_delay, cert_path)
         self.servers[hosts[0].address] = server
@@ -293,14 +292,6 @@ class Lab:
             self.smtp_port = port
             return
         raise OSError(errno.EADDRINUSE, "no SMTP port free on every lab address")
-
-
-def _sni_switch(names: set[str], named: ssl.SSLContext) -> Callable[..., None]:
-    """An sni_callback that serves ``named`` to a client whose SNI is one of ``names``."""
-    def switch(sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name is not None and server_name.lower() in names:
-            sock.context = named
-    return switch
 
 
 def ipv6_loopback_available() -> bool:
@@ -393,3 +384,15 @@ def run_in_thread(**kw: Any) -> LabHandle:
         thread.join()
         raise box["error"]
     return LabHandle(box["lab"], box["loop"], thread, box["stop"])
+
+
+def _by_sni(named: ssl.SSLContext, names: list[str],
+            default: ssl.SSLContext) -> ssl.SSLContext:
+    """``default`` for clients without SNI (or another name), ``named`` for one of ``names``."""
+
+    def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name is not None and server_name.lower() in names:
+            sslobj.context = named
+
+    default.sni_callback = pick
+    return default

@@ -34,7 +34,7 @@ class SmtpProfile:
     name: str
     # trusted | selfsigned | expired | wrongname | ownkey, or a corpus shape (runner.CORPUS_CERTS)
     cert: str = "trusted"
-    # offer | none | refuse454 | inject (a second reply in the packet that says 220 to STARTTLS)
+    # offer | none | refuse454 | inject (STARTTLS_INJECTION rides in the 220's packet)
     starttls: str = "offer"
     tls10_only: bool = False
     legacy_crypto: bool = False  # OpenSSL security level 0: serve a SHA-1 or RSA-1024 leaf
@@ -72,6 +72,16 @@ PROFILES: dict[str, SmtpProfile] = {p.name: p for p in (
     SmtpProfile("starttls_inject", starttls="inject"),
     # --- end of the differential corpus ---
 )}
+
+# -- Shapes on which validate and delivery used to disagree (issue 11; used with add_sink) --
+# The STARTTLS 220 arrives with plaintext a man in the middle appended (CVE-2011-0411):
+# replies enough to make a client that reads them over TLS "deliver" to a server that
+# actually refuses the recipient.
+STARTTLS_INJECTION = ("250 2.0.0 injected", "250 2.0.0 injected", "250 2.0.0 injected",
+                      "354 injected", "250 2.0.0 fake: queued")
+PROFILES.update({p.name: p for p in (
+    SmtpProfile("starttlsinject", starttls="inject", reject_rcpt=True),
+)})
 
 
 @dataclass
@@ -299,12 +309,8 @@ class _Conversation:
             await self.send("503 5.5.1 EHLO first")
             return None
         assert self.server.context is not None
-        if self.profile.starttls == "inject":
-            # CVE-2011-0411 in reverse: a plaintext reply rides in the 220's packet; a client
-            # that keeps it reads it as the first reply inside TLS.
-            await self.send("220 2.0.0 Ready to start TLS", "554 5.7.0 injected before TLS")
-        else:
-            await self.send("220 2.0.0 Ready to start TLS")
+        injected = STARTTLS_INJECTION if self.profile.starttls == "inject" else ()
+        await self.send("220 2.0.0 Ready to start TLS", *injected)  # one write: one packet
         try:
             await self.writer.start_tls(self.server.context)
         except (ssl.SSLError, ConnectionError, OSError) as exc:

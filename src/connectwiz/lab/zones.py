@@ -103,8 +103,9 @@ DOMAINS: tuple[LabDomain, ...] = (
     LabDomain("noemx.example", STRICT, "implicit_mx",
               "no MX record, an A record: the domain itself is the mail host",
               (LabHost("noemx.example", _addr(23), "trusted"),)),
-    LabDomain("mixed.example", UNSUPPORTED, "mixed",
-              "three MX: trusted (10), self-signed (20), no STARTTLS (30); weakest wins",
+    LabDomain("mixed.example", STRICT, "mixed",
+              "three MX: trusted (10), self-signed (20), no STARTTLS (30): Enforced Strict "
+              "delivers through mx1; mx2 and mx3 are warnings",
               (LabHost("mx1.mixed.example", _addr(24), "trusted", 10),
                LabHost("mx2.mixed.example", _addr(25), "selfsigned", 20),
                LabHost("mx3.mixed.example", _addr(26), "nostarttls", 30))),
@@ -190,10 +191,11 @@ CORPUS: tuple[LabDomain, ...] = (
               "level)",
               _corpus_mx("rsa1024.example", 18, "rsa1024")),
     LabDomain("sni.example", STRICT, "sni_dependent",
-              "the right certificate only when SNI names the MX; without SNI a self-signed one",
+              "the right certificate only when SNI names the MX; without SNI one for another "
+              "name",
               _corpus_mx("sni.example", 19, "sni")),
     LabDomain("inject.example", STRICT, "starttls_injection",
-              "trusted TLS, but the 220 to STARTTLS carries a second, plaintext reply in the "
+              "trusted TLS, but the 220 to STARTTLS carries fake plaintext replies in the "
               "same packet (must be discarded)",
               _corpus_mx("inject.example", 20, "starttls_inject")),
     LabDomain("hosted.example", STRICT, "hosted_mx",

@@ -41,9 +41,14 @@ def _strip(text: str) -> str:
     return text
 
 
-def normalize_address(text: str) -> str:
-    """Return ``local@domain`` with the local part lower-cased and the domain normalised,
-    or raise InvalidAddress. Surrounding angle brackets are accepted."""
+def normalize_address(text: str, *, fold_local: bool = True) -> str:
+    """Return ``local@domain`` with the domain normalised, or raise InvalidAddress.
+    Surrounding angle brackets are accepted.
+
+    ``fold_local``: lower-case the local part, as policies compare addresses. An address that
+    is sent to a server (validate's RCPT TO) keeps it as typed: RFC 5321 §2.4 leaves its case
+    to the receiving server.
+    """
     address = _strip(text)
     if not address:
         raise InvalidAddress(text, "empty")
@@ -67,7 +72,7 @@ def normalize_address(text: str) -> str:
         domain = normalize_domain(domain)
     except InvalidDomain as exc:
         raise InvalidAddress(text, f"domain {exc.reason}") from None
-    return f"{local.lower()}@{domain}"
+    return f"{local.lower() if fold_local else local}@{domain}"
 
 
 def canonical_address(text: str) -> Address:

@@ -40,7 +40,7 @@ async def validate_targets(
     """
     with_domains = any(t.kind == "domain" for t in targets)
     trust = await asyncio.to_thread(_loaded_trust_store, options, with_domains)
-    batch = _Batch(options, ProbeSettings(options.timeout, trust))
+    batch = _Batch(options, ProbeSettings(options.timeout, trust, options.greeting_timeout))
 
     def email_of(target: Target) -> str | None:
         return email.get(target) if isinstance(email, Mapping) else email
@@ -80,8 +80,9 @@ class _Batch:
         probes = asyncio.gather(*(self._probe(m, port, target.kind, email) for m in mx))
         if target.kind != "domain":
             hosts = await probes
-            status, reason = summarise(list(hosts))
-            return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts))
+            status, reason, warnings = summarise(list(hosts))
+            return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts),
+                                warnings)
         # What the domain publishes is looked up while its hosts are probed.
         hosts, sts, rpt, tlsa = await asyncio.gather(
             probes,
@@ -89,10 +90,10 @@ class _Batch:
             self._slotted(lookup_tls_rpt(target.name, self.resolver)),
             asyncio.gather(*(self._tlsa(m.name) for m in mx)),
         )
-        status, reason = summarise(list(hosts))
+        status, reason, warnings = summarise(list(hosts))
         sts, dane = _combine(hosts, sts, tlsa)
         return TargetResult(label, target.kind, status, reason, _ms(started), tuple(hosts),
-                            mta_sts=sts, tls_rpt=rpt, dane=dane)
+                            warnings, mta_sts=sts, tls_rpt=rpt, dane=dane)
 
     async def _slotted(self, work: Awaitable[_T]) -> _T:
         async with self.slots:
@@ -152,7 +153,7 @@ def _loaded_trust_store(options: NetworkOptions, with_domains: bool) -> TrustSto
     """Read and index the CA files now (in a thread), not in the event loop on first use;
     for domains also the MTA-STS fetch's verifying context, which reads them again."""
     trust = trust_store(options.ca_file)
-    _ = trust.store, trust.by_subject
+    _ = trust.store
     if with_domains:
         https_context(options.ca_file)
     return trust

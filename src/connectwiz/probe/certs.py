@@ -1,8 +1,13 @@
-"""Certificate analysis: trust, dates, RFC 6125 name matching, and the details worth showing.
+"""The one certificate judgement: what ``validate`` reports and what the relay's delivery enforces.
 
-Verification uses cryptography's path validation (``x509.verification``) rather than the TLS
-library, so one handshake with CERT_NONE gives both the details and the verdict. The trust store
-is the system bundle plus ``--ca-file``.
+The chain a server presented (captured from a handshake with CERT_NONE) is judged the way the
+engines that enforce judge it, the relay's and Postfix's OpenSSL: OpenSSL's own chain
+verification (pyOpenSSL ``X509StoreContext``, purpose "TLS server", like a TLS client), its
+security-level checks on keys and signature digests (the level of Python's default client
+context, which the relay's handshakes use), and the RFC 6125 name match OpenSSL does for a
+client (subject CN only when the certificate has no DNS subjectAltName). The handshake itself
+proves the server holds the leaf's key, so judging after it is as safe as inside it.
+The trust store is the system bundle plus ``--ca-file``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import ipaddress
 import re
 import ssl
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +27,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
+from OpenSSL import crypto
+from OpenSSL._util import lib as _openssl
 
 from connectwiz.errors import UserError
 
@@ -48,8 +55,9 @@ class CertificateInfo:
     key_type: str  # "RSA", "EC", "Ed25519", ...
     key_size: int | None  # bits; None where it does not apply
     signature_algorithm: str
-    # Why the strict path validation failed although every check above passed (rare: EKU, CA flags).
-    rejection: str | None = field(default=None)
+    # OpenSSL's reasons for refusing the chain that the facts above do not already say
+    # (purpose, CA flags, a weak key or digest, an intermediate's dates ...).
+    rejections: tuple[str, ...] = field(default=())
 
     @property
     def problems(self) -> list[str]:
@@ -66,8 +74,7 @@ class CertificateInfo:
         if not self.hostname_match:
             shown = ", ".join(self.names) if self.names else "no names"
             out.append(f"name mismatch: certificate is for {shown}")
-        if not out and self.rejection:
-            out.append(f"certificate rejected: {self.rejection}")
+        out.extend(self.rejections)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -156,21 +163,27 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
 
 @dataclass(frozen=True)
 class TrustStore:
-    """Trusted CA certificates: a cryptography Store for verification, plus the certificates
-    themselves so a failed verification can be explained (which issuer is missing)."""
+    """Trusted CA certificates, as the OpenSSL store every judgement uses."""
 
     certificates: tuple[x509.Certificate, ...]
 
     @functools.cached_property
-    def store(self) -> Store | None:
-        return Store(list(self.certificates)) if self.certificates else None
+    def store(self) -> crypto.X509Store:
+        return self._build(None)
 
-    @functools.cached_property
-    def by_subject(self) -> dict[x509.Name, list[x509.Certificate]]:
-        index: dict[x509.Name, list[x509.Certificate]] = {}
+    def at(self, when: datetime | None) -> crypto.X509Store:
+        """The store, judging dates at ``when`` (None: the current time)."""
+        return self.store if when is None else self._build(when)
+
+    def _build(self, when: datetime | None) -> crypto.X509Store:
+        store = crypto.X509Store()
         for cert in self.certificates:
-            index.setdefault(cert.subject, []).append(cert)
-        return index
+            store.add_cert(crypto.X509.from_cryptography(cert))
+        if when is not None:
+            store.set_time(when)
+        # What an OpenSSL TLS client checks (the "sslserver" purpose): EKU, key usage, CA flags.
+        _openssl.X509_STORE_set_purpose(store._store, _openssl.X509_PURPOSE_SSL_SERVER)
+        return store
 
 
 @functools.lru_cache(maxsize=8)
@@ -191,24 +204,59 @@ def trust_store(ca_file: Path | None) -> TrustStore:
     return TrustStore(tuple(certs))
 
 
-# --- analysis -----------------------------------------------------------------------------
+# --- the judgement ------------------------------------------------------------------------
+
+# OpenSSL verify errors that mean "no path to a trusted certificate".
+_UNTRUSTED = {
+    2,  # unable to get issuer certificate
+    7,  # certificate signature failure
+    18,  # self-signed certificate
+    19,  # self-signed certificate in certificate chain
+    20,  # unable to get local issuer certificate
+    21,  # unable to verify the first certificate
+}
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_MIN_BITS = (80, 112, 128, 192, 256)  # OpenSSL's security bits per level 1..5
+
+
+@functools.cache
+def client_security_level() -> int:
+    """The security level of the contexts the probe and the relay handshake with."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).security_level
+
+
+def judge_chain(
+    chain: Sequence[x509.Certificate], host: str, trust: TrustStore
+) -> tuple[CertificateInfo | None, list[str]]:
+    """The presented chain (leaf first) for ``host``: its facts and every reason it is not
+    acceptable for Strict (empty: the relay delivers under Enforced Strict)."""
+    if not chain:
+        return None, ["the server sent no certificate"]
+    info = analyse_certificate(chain[0], host, trust, chain[1:])
+    return info, info.problems
 
 
 def analyse_certificate(
     leaf: x509.Certificate,
     host: str,
     trust: TrustStore,
-    intermediates: list[x509.Certificate] | None = None,
+    intermediates: Sequence[x509.Certificate] | None = None,
     now: datetime | None = None,
 ) -> CertificateInfo:
-    """Check ``leaf`` (with any ``intermediates`` the server sent) for ``host`` at ``now``."""
-    now = now or datetime.now(UTC)
-    intermediates = intermediates or []
+    """Judge ``leaf`` (with the ``intermediates`` the server sent) for ``host`` at ``now``."""
+    when = now or datetime.now(UTC)
+    intermediates = list(intermediates or [])
     names = certificate_names(leaf)
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    hostname_match = match_hostname(names, host)
-    strict_error = _verify(trust.store, leaf, intermediates, host, now)
-    trusted = strict_error is None or _chains_to_anchor(leaf, intermediates, trust)
+    error, chain = _openssl_verify(trust.at(now), leaf, intermediates)
+    rejections = []
+    if error is not None:
+        code, depth, message, subject = error
+        said = code in _UNTRUSTED or (depth == 0 and code in (_EXPIRED, _NOT_YET_VALID))
+        if not said:
+            where = f" ({subject})" if depth else ""
+            rejections.append(f"certificate rejected: {message}{where}")
+    rejections += _security_level_problems(chain or [leaf, *intermediates], chain is not None)
     key_type, key_size = _key(leaf)
     return CertificateInfo(
         subject=leaf.subject.rfc4514_string(),
@@ -216,59 +264,110 @@ def analyse_certificate(
         names=tuple(names),
         not_before=not_before,
         not_after=not_after,
-        trusted=trusted,
+        trusted=error is None or error[0] not in _UNTRUSTED,
         self_signed=_self_signed(leaf),
-        hostname_match=hostname_match,
-        expired=now > not_after,
-        not_yet_valid=now < not_before,
+        hostname_match=match_hostname(names, host),
+        expired=when > not_after,
+        not_yet_valid=when < not_before,
         key_type=key_type,
         key_size=key_size,
         signature_algorithm=_signature_name(leaf),
-        rejection=strict_error,
+        rejections=tuple(dict.fromkeys(rejections)),
     )
 
 
-def _verify(
-    store: Store | None,
-    leaf: x509.Certificate,
-    intermediates: list[x509.Certificate],
-    host: str,
-    when: datetime,
-) -> str | None:
-    """None when the chain verifies for ``host`` at ``when``, else the verifier's message."""
-    if store is None:
-        return "no trusted CA certificates available"
-    ip = _ip(host)
-    subject: x509.verification.Subject = (
-        x509.IPAddress(ip) if ip is not None else x509.DNSName(host)
-    )
+def _openssl_verify(
+    store: crypto.X509Store, leaf: x509.Certificate, intermediates: list[x509.Certificate]
+) -> tuple[tuple[int, int, str, str] | None, list[x509.Certificate] | None]:
+    """(first error as code, depth, message, subject; or None) and the verified chain."""
+    context = crypto.X509StoreContext(
+        store, crypto.X509.from_cryptography(leaf),
+        [crypto.X509.from_cryptography(c) for c in intermediates])
     try:
-        verifier = PolicyBuilder().store(store).time(when).build_server_verifier(subject)
-        verifier.verify(leaf, intermediates)
-    except (VerificationError, ValueError) as exc:
-        return str(exc)
-    return None
+        verified = context.get_verified_chain()
+    except crypto.X509StoreContextError as exc:
+        code, depth, message = exc.errors
+        subject = exc.certificate.to_cryptography().subject.rfc4514_string()
+        return (code, depth, message, subject), None
+    return None, [c.to_cryptography() for c in verified]
 
 
-def _chains_to_anchor(
-    leaf: x509.Certificate, intermediates: list[x509.Certificate], trust: TrustStore
-) -> bool:
-    """Signatures alone lead from ``leaf`` to a trusted certificate (dates and names ignored).
+def _security_level_problems(chain: list[x509.Certificate], complete: bool) -> list[str]:
+    """OpenSSL's key-size and digest checks at the client's security level (its auth level).
 
-    Only explains a failed strict verification ("unknown CA" or not); the verdict itself
-    always comes from the full path validation in ``_verify``.
+    Every key counts (the anchor's too); every signature but the anchor's own. Without a
+    verified chain the presented one is checked (a self-signed top is taken as the anchor).
     """
-    current = leaf
-    for _ in range(len(intermediates) + 1):
-        for anchor in trust.by_subject.get(current.issuer, []):
-            if _issued_by(current, anchor):
-                return True
-        parent = next((c for c in intermediates
-                       if c.subject == current.issuer and _issued_by(current, c)), None)
-        if parent is None or parent == current:
-            return False
-        current = parent
-    return False
+    level = client_security_level()
+    if level <= 0:
+        return []
+    floor = _MIN_BITS[min(level, len(_MIN_BITS)) - 1]
+    anchored = complete or _self_signed(chain[-1])
+    out = []
+    for depth, cert in enumerate(chain):
+        is_anchor = anchored and depth == len(chain) - 1
+        if _key_bits(cert) < floor:
+            which = "EE" if depth == 0 else "CA"
+            out.append(f"certificate rejected: {which} certificate key too weak "
+                       f"({_key_text(cert)}, security level {level})")
+        if not is_anchor and _signature_bits(cert) < floor:
+            out.append(f"certificate rejected: CA signature digest algorithm too weak "
+                       f"({_signature_name(cert)} on {cert.subject.rfc4514_string()}, "
+                       f"security level {level})")
+    return out
+
+
+def _key_bits(cert: x509.Certificate) -> int:
+    """Security bits of the public key, as OpenSSL counts them."""
+    key_type, size = _key(cert)
+    if key_type in ("RSA", "DSA"):
+        size = size or 0
+        for bits, strength in ((15360, 256), (7680, 192), (3072, 128), (2048, 112), (1024, 80)):
+            if size >= bits:
+                return strength
+        return 0
+    if key_type == "Ed25519":
+        return 128
+    if key_type == "Ed448":
+        return 224
+    return (size or 0) // 2  # elliptic curves
+
+
+_DIGEST_BITS = {"md5": 39, "sha1": 63, "sha224": 112, "sha256": 128, "sha384": 192,
+                "sha512": 256, "sha3_224": 112, "sha3_256": 128, "sha3_384": 192,
+                "sha3_512": 256}
+
+
+def _signature_bits(cert: x509.Certificate) -> int:
+    oid = cert.signature_algorithm_oid
+    if oid == SignatureAlgorithmOID.ED25519:
+        return 128
+    if oid == SignatureAlgorithmOID.ED448:
+        return 224
+    digest = cert.signature_hash_algorithm
+    return _DIGEST_BITS.get(digest.name, 0) if digest is not None else 0
+
+
+def _key_text(cert: x509.Certificate) -> str:
+    key_type, size = _key(cert)
+    return f"{key_type} {size} bits" if size and key_type in ("RSA", "DSA") else key_type
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """subjectAltName DNS names and IPs; the subject CN only when there is no DNS name in a
+    subjectAltName, as OpenSSL's host check (and so the relay and Postfix) does."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        dns_names: list[str] = []
+        ips: list[str] = []
+    else:
+        dns_names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    if not dns_names:
+        dns_names = [str(cn.value)
+                     for cn in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return dns_names + ips
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -277,18 +376,6 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
-
-
-def certificate_names(cert: x509.Certificate) -> list[str]:
-    """subjectAltName DNS names and IPs; the CN only when there is no SAN (RFC 6125 §6.4.4)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return [str(cn.value) for cn in cns]
-    names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return names
 
 
 def _self_signed(cert: x509.Certificate) -> bool:

@@ -11,21 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from connectwiz.probe.certs import CertificateInfo, TrustStore, analyse_certificate
+from connectwiz.probe.certs import CertificateInfo, TrustStore, judge_chain
 from connectwiz.probe.results import HostResult, RcptReply, Status
-from connectwiz.probe.smtp import SmtpClient, SmtpProtocolError, StepTimeout
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
+from connectwiz.smtpclient import (
+    NeedsSmtpUtf8,
+    SmtpClient,
+    SmtpProtocolError,
+    StepTimeout,
+    server_name,
+)
 
-# Overall cap per host, in per-connection timeouts: two connections of a few steps each fit,
-# while a server that answers every step just inside the timeout cannot hold a batch for long.
+# Overall cap per host: the greeting wait plus this many per-step timeouts. Two connections of
+# a few steps each fit, while a server that answers every step just inside the timeout cannot
+# hold a batch for long.
 HOST_CAP_FACTOR = 3
 _VERSION_NAMES = {"TLSv1": "TLSv1.0"}  # what ssl calls TLS 1.0, spelt like the others
 
@@ -34,6 +41,7 @@ _VERSION_NAMES = {"TLSv1": "TLSv1.0"}  # what ssl calls TLS 1.0, spelt like the 
 class ProbeSettings:
     timeout: float
     trust: TrustStore
+    greeting_timeout: float = 30.0
     email: str | None = None
     mail_from: str = ""  # the null reverse-path: no bounce can ever be generated
 
@@ -55,6 +63,9 @@ class _Session:
     certificate: CertificateInfo | None = None
     rcpt: RcptReply | None = None
     chain: tuple[bytes, ...] = ()
+    problems: tuple[str, ...] = ()
+    # The chain presented to a client that sends no SNI (None: same as with SNI, or unknown).
+    without_sni: asyncio.Task[list[x509.Certificate] | None] | None = None
 
 
 async def probe_host(
@@ -68,15 +79,17 @@ async def probe_host(
     started = time.monotonic()
     session = _Session()
     address: str | None = addresses[0] if addresses else None
-    cap = settings.timeout * HOST_CAP_FACTOR
+    cap = settings.greeting_timeout + settings.timeout * HOST_CAP_FACTOR
+    warnings: tuple[str, ...] = ()
     try:
         if not addresses:
-            raise _Finding(Status.ERROR, f"no address found for {host}")
+            raise _Finding(Status.ERROR, _no_address(host))
         async with asyncio.timeout(cap):
             client, address = await _connect_any(addresses, port, settings.timeout)
-            status, reason = await _conversation(client, host, session, settings)
+            status, reason = await _conversation(client, host, address, port, session, settings)
             if status is None:  # no TLS 1.2+: learn what the server does offer
                 status, reason = await _legacy_probe(address, port, host, session, settings, reason)
+        warnings = await _sni_warnings(session, host, settings)
     except _Finding as finding:
         status, reason = finding.status, finding.reason
     except StepTimeout as exc:
@@ -87,13 +100,24 @@ async def probe_host(
         status, reason = Status.ERROR, str(exc)
     except OSError as exc:  # includes ssl.SSLError after the handshake
         status, reason = Status.ERROR, f"connection failed: {_os_reason(exc)}"
+    finally:
+        if session.without_sni is not None and not session.without_sni.done():
+            session.without_sni.cancel()
     return HostResult(
         host=host, address=address, port=port, preference=preference,
         status=status, reason=reason, starttls=session.starttls,
         tls_version=session.tls_version, cipher=session.cipher,
         certificate=session.certificate, rcpt=session.rcpt,
         elapsed_ms=round((time.monotonic() - started) * 1000), chain=session.chain,
+        warnings=warnings,
     )
+
+
+def _no_address(host: str) -> str:
+    if server_name(host) is None:  # an MX record naming an IP address
+        return (f"the MX record names an IP address ({host}), not a host name: RFC 5321 §5.1 "
+                "forbids that, and mail servers (the relay too) do not deliver to it")
+    return f"no address found for {host}"
 
 
 async def _connect_any(
@@ -110,9 +134,9 @@ async def _connect_any(
     raise _Finding(Status.ERROR, "cannot connect: " + "; ".join(failures))
 
 
-async def _open_session(client: SmtpClient, session: _Session) -> None:
+async def _open_session(client: SmtpClient, session: _Session, settings: ProbeSettings) -> None:
     """Greeting, EHLO and the STARTTLS command: everything before the handshake."""
-    greeting = await client.read_reply("waiting for the greeting")
+    greeting = await client.greeting(settings.greeting_timeout)
     if greeting.code != 220:
         raise _Finding(Status.ERROR, f"server refused the session: {greeting}")
     ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO")
@@ -128,25 +152,31 @@ async def _open_session(client: SmtpClient, session: _Session) -> None:
 
 
 async def _conversation(
-    client: SmtpClient, host: str, session: _Session, settings: ProbeSettings
+    client: SmtpClient, host: str, address: str, port: int, session: _Session,
+    settings: ProbeSettings,
 ) -> tuple[Status | None, str]:
     """The main attempt. Returns (None, handshake error) when TLS 1.2+ could not be set up."""
     async with _closing(client):
-        await _open_session(client, session)
+        await _open_session(client, session, settings)
         try:
             ssl_object = await client.starttls(
-                _probe_context(legacy=False), server_hostname=_sni(host)
+                _probe_context(legacy=False), host
             )
         except (ssl.SSLError, ConnectionError) as exc:
             client.abort()  # nothing sensible can follow a failed handshake on this connection
             return None, _ssl_reason(exc)
         _record_tls(session, ssl_object, host, settings)
+        if server_name(host) is not None:
+            # The relay sends SNI, Postfix by default does not: see what a client without it
+            # gets, on a second connection while this one finishes.
+            session.without_sni = asyncio.ensure_future(
+                _chain_without_sni(address, port, settings))
         ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
         if ehlo.code != 250:
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
         if settings.email:
             session.rcpt = await _rcpt_check(client, settings)
-    return classify(session.tls_version, session.certificate, host)
+    return classify(session.tls_version, session.problems, host)
 
 
 @contextlib.asynccontextmanager
@@ -175,28 +205,34 @@ def _record_tls(
     session.cipher = cipher[0] if cipher else None
     chain = peer_chain(ssl_object)
     session.chain = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
-    if chain:
-        session.certificate = analyse_certificate(chain[0], host, settings.trust, chain[1:])
+    info, problems = judge_chain(chain, host, settings.trust)
+    session.certificate, session.problems = info, tuple(problems)
 
 
 def classify(
-    tls_version: str | None, cert: CertificateInfo | None, host: str
+    tls_version: str | None, problems: Sequence[str], host: str
 ) -> tuple[Status, str]:
-    """The verdict for a completed handshake: strict only if TLS 1.2+ and every check passes."""
+    """The verdict for a completed handshake: strict only if TLS 1.2+ and the certificate
+    judgement (``judge_chain``, the one the relay enforces) found no problem."""
     version = tls_version or "unknown TLS version"
     if tls_version not in MODERN_VERSIONS:
         return Status.UNSUPPORTED, f"server negotiated {version}; TLS 1.2 or newer is required"
-    if cert is None:
-        return Status.RELAXED, f"{version}, but the server sent no certificate"
-    problems = cert.problems
     if problems:
         return Status.RELAXED, f"{version}, " + "; ".join(problems)
     return Status.STRICT, f"{version}, certificate trusted and valid for {host}"
 
 
 async def _rcpt_check(client: SmtpClient, settings: ProbeSettings) -> RcptReply:
-    """MAIL FROM and RCPT TO only, then RSET: the reply says whether the address is accepted."""
-    mail = await client.command(f"MAIL FROM:<{settings.mail_from}>", "after MAIL FROM")
+    """MAIL FROM and RCPT TO only, then RSET: the reply says whether the address is accepted.
+
+    An address that is not ASCII is only sent with SMTPUTF8; without it the reply has code 0
+    (nothing was sent) and says why.
+    """
+    assert settings.email is not None
+    try:
+        mail = await client.mail(settings.mail_from, [settings.email])
+    except NeedsSmtpUtf8 as exc:
+        return RcptReply(0, f"not checked: {exc}")
     if mail.code != 250:
         reply = RcptReply(mail.code, f"MAIL FROM refused: {mail.message}")
     else:
@@ -213,10 +249,10 @@ async def _legacy_probe(
     """Second connection, any TLS version: name what an old server offers."""
     client = await SmtpClient.connect(address, port, settings.timeout)
     async with _closing(client):
-        await _open_session(client, session)
+        await _open_session(client, session, settings)
         try:
             ssl_object = await client.starttls(
-                _probe_context(legacy=True), server_hostname=_sni(host)
+                _probe_context(legacy=True), host
             )
         except (ssl.SSLError, ConnectionError):
             client.abort()
@@ -234,13 +270,41 @@ def _probe_context(legacy: bool) -> ssl.SSLContext:
     return client_context(verify=False, legacy=legacy)
 
 
-def _sni(host: str) -> str | None:
-    """SNI carries host names only, never IP addresses (RFC 6066 §3)."""
+async def _chain_without_sni(
+    address: str, port: int, settings: ProbeSettings
+) -> list[x509.Certificate] | None:
+    """The chain presented to a client that sends no SNI; None when that cannot be learnt
+    within one greeting wait and one step (best effort: it never changes the verdict)."""
+    client: SmtpClient | None = None
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return None
+        async with asyncio.timeout(settings.greeting_timeout + settings.timeout):
+            client = await SmtpClient.connect(address, port, settings.timeout)
+            if (await client.greeting(settings.greeting_timeout)).code != 220:
+                return None
+            await client.ehlo(client.helo_name)
+            if "STARTTLS" not in client.extensions:
+                return None
+            if (await client.command("STARTTLS", "after STARTTLS")).code != 220:
+                return None
+            ssl_object = await client.starttls(_probe_context(legacy=False), "", sni=False)
+            return peer_chain(ssl_object)
+    except (TimeoutError, StepTimeout, SmtpProtocolError, OSError):
+        return None
+    finally:
+        if client is not None:
+            client.abort()  # only the handshake was wanted
+
+
+async def _sni_warnings(session: _Session, host: str, settings: ProbeSettings) -> tuple[str, ...]:
+    if session.without_sni is None or not session.chain:
+        return ()
+    chain = await session.without_sni
+    if not chain or chain[0].public_bytes(serialization.Encoding.DER) == session.chain[0]:
+        return ()
+    _, problems = judge_chain(chain, host, settings.trust)
+    verdict = "; ".join(problems) if problems else "also acceptable"
+    return (f"{host} presents another certificate to clients that send no SNI "
+            f"(Postfix unless smtp_tls_servername is set): {verdict}",)
 
 
 def _ssl_reason(exc: OSError) -> str:

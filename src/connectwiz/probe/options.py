@@ -15,7 +15,9 @@ class NetworkOptions:
     nameserver: tuple[str, int] | None = None  # None: the system resolver
     smtp_port: int = 25
     ca_file: Path | None = None
-    timeout: float = 10.0
+    timeout: float = 10.0  # per step: connect, each reply, the handshake
+    # The greeting alone: postscreen and tarpits greet after 10-30 s on purpose.
+    greeting_timeout: float = 30.0
     concurrency: int = 50
     https_port: int = 443  # where MTA-STS policies are fetched (mta-sts.<domain>)
 
@@ -48,6 +50,7 @@ def options_from(
     timeout: float | None = None,
     concurrency: int | None = None,
     https_port: int | None = None,
+    greeting_timeout: float | None = None,
 ) -> NetworkOptions:
     """Build options from explicit values, falling back to CONNECTWIZ_* variables, then defaults."""
     env = os.environ
@@ -61,6 +64,8 @@ def options_from(
         smtp_port=smtp_port if smtp_port is not None else _env_num("SMTP_PORT", int, 25),
         ca_file=ca_path,
         timeout=timeout if timeout is not None else _env_num("TIMEOUT", float, 10.0),
+        greeting_timeout=(greeting_timeout if greeting_timeout is not None
+                          else _env_num("GREETING_TIMEOUT", float, 30.0)),
         concurrency=concurrency if concurrency is not None else _env_num("CONCURRENCY", int, 50),
         https_port=https_port if https_port is not None else _env_num("HTTPS_PORT", int, 443),
     )
@@ -68,8 +73,8 @@ def options_from(
         raise UserError(f"--smtp-port {result.smtp_port}: expected 1 to 65535")
     if not 0 < result.https_port < 65536:
         raise UserError(f"--https-port {result.https_port}: expected 1 to 65535")
-    if result.timeout <= 0 or result.concurrency <= 0:
-        raise UserError("--timeout and --concurrency must be positive")
+    if result.timeout <= 0 or result.concurrency <= 0 or result.greeting_timeout <= 0:
+        raise UserError("--timeout, --greeting-timeout and --concurrency must be positive")
     return result
 
 

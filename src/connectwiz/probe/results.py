@@ -20,13 +20,8 @@ if TYPE_CHECKING:  # annotations only: keeps dnspython and cryptography out of t
 
 Status = ValidationStatus
 
-# Weakest first. A definite "no TLS" outranks "could not tell": both make the domain fail.
-_RANK = {Status.UNSUPPORTED: 0, Status.ERROR: 1, Status.RELAXED: 2, Status.STRICT: 3}
-
-
-def weakest(statuses: list[Status]) -> Status:
-    """The weakest status of a domain's hosts (``error`` when there are none)."""
-    return min(statuses, key=_RANK.__getitem__) if statuses else Status.ERROR
+# Weakest first, for the hosts the relay can reach (unreachable ones are skipped).
+_RANK = {Status.UNSUPPORTED: 0, Status.RELAXED: 1, Status.STRICT: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +85,9 @@ class HostResult:
     elapsed_ms: int = 0
     # DER certificates as presented, leaf first (for DANE matching; not part of the JSON).
     chain: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+    # What the verdict does not show (a different certificate without SNI); each names the
+    # host, and the target's ``warnings`` carry them.
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +114,7 @@ class TargetResult:
     reason: str
     elapsed_ms: int = 0
     hosts: tuple[HostResult, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = ()
     # What a domain publishes (None for routes, and for domains without a mail host).
     mta_sts: MtaStsResult | None = None
     tls_rpt: TlsRptResult | None = None
@@ -131,6 +130,7 @@ class TargetResult:
             "kind": self.kind,
             "status": str(self.status),
             "reason": self.reason,
+            "warnings": list(self.warnings),
             "elapsed_ms": self.elapsed_ms,
             "hosts": [h.to_json() for h in self.hosts],
             "mta_sts": self.mta_sts.to_json() if self.mta_sts else None,
@@ -139,12 +139,35 @@ class TargetResult:
         }
 
 
-def summarise(hosts: list[HostResult]) -> tuple[Status, str]:
-    """A target's status and reason from its hosts: the weakest host speaks for it."""
+def summarise(hosts: list[HostResult]) -> tuple[Status, str, tuple[str, ...]]:
+    """A target's status, reason and warnings from its hosts (most preferred first), as the
+    relay will deliver: it skips a host it cannot reach, and under Enforced TLS a host that
+    fails the check, so the best reachable host speaks for the target. Every weaker host
+    gets a warning saying what happens to mail while the better ones are down."""
     if not hosts:
-        return Status.ERROR, "no mail host to try"
-    status = weakest([h.status for h in hosts])
-    if len(hosts) == 1:
-        return status, hosts[0].reason
-    worst = next(h for h in hosts if h.status == status)
-    return status, f"{worst.host}: {worst.reason}"
+        return Status.ERROR, "no mail host to try", ()
+    reachable = [h for h in hosts if h.status != Status.ERROR]
+    if not reachable:
+        if len(hosts) == 1:
+            return Status.ERROR, hosts[0].reason, ()
+        return Status.ERROR, "no mail host reachable: " + "; ".join(
+            f"{h.host}: {h.reason}" for h in hosts), ()
+    best = max(reachable, key=lambda h: _RANK[h.status])
+    reason = best.reason if len(hosts) == 1 else f"{best.host}: {best.reason}"
+    better = [h.host for h in reachable if h.status == best.status]
+    warnings = []
+    for h in hosts:
+        if h.status == Status.ERROR:
+            warnings.append(f"{h.host} is not reachable now ({h.reason}); mail goes to "
+                            f"{_names(better)}")
+        elif h.status != best.status:
+            verb = "is" if len(better) == 1 else "are"
+            warnings.append(f"{h.host} is weaker ({h.status}: {h.reason}): while "
+                            f"{_names(better)} {verb} down, mail under Enforced TLS is "
+                            "deferred")
+        warnings.extend(h.warnings)
+    return best.status, reason, tuple(warnings)
+
+
+def _names(hosts: list[str]) -> str:
+    return hosts[0] if len(hosts) == 1 else ", ".join(hosts[:-1]) + " and " + hosts[-1]

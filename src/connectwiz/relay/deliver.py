@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
@@ -33,10 +33,14 @@ from connectwiz.policy.model import (
     PolicyModel,
 )
 from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.probe.certs import TrustStore, judge_chain, trust_store
 from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.probe.tls import client_context as tls_client_context
+from connectwiz.probe.tls import peer_chain
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.spool import QueueEntry, Recipient
+from connectwiz.smtpclient import NeedsSmtpUtf8, SmtpClient, SmtpProtocolError, StepTimeout
 
 _TLS_VERSIONS = {
     "1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1,
@@ -88,118 +92,23 @@ class Attempt:
 # -- TLS contexts ------------------------------------------------------------------------------
 
 
-def client_context(definition: DeliveryDefinition, ca_file: str | None) -> ssl.SSLContext | None:
-    """The TLS context a definition asks for; None means no TLS at all."""
+def client_context(definition: DeliveryDefinition) -> ssl.SSLContext | None:
+    """The TLS context a definition asks for; None means no TLS at all.
+
+    No context verifies in the handshake: under Enforced Strict the presented chain is judged
+    after it by ``probe.certs.judge_chain``, the judgement ``validate`` reports, so the
+    verdict and delivery cannot disagree.
+    """
     if definition.option is DeliveryOption.NONE:
         return None
-    enforced = definition.option is DeliveryOption.ENFORCED
-    strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
-    if strict:
-        ctx = ssl.create_default_context()
-        if ca_file:
-            ctx.load_verify_locations(cafile=ca_file)
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if enforced:
-            ctx.minimum_version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
-        else:
-            # Opportunistic: any TLS beats plaintext, so accept what the server has.
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
+    if definition.option is DeliveryOption.ENFORCED:
+        version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
+        return tls_client_context(verify=False, minimum=version)
+    # Opportunistic: any TLS beats plaintext, so accept what the server has.
+    return tls_client_context(verify=False, legacy=True)
 
 
-# -- a small SMTP client -----------------------------------------------------------------------
-
-
-class SmtpClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 timeout: float) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.timeout = timeout
-        self.extensions: set[str] = set()
-
-    @classmethod
-    async def connect(cls, address: str, port: int, timeout: float) -> SmtpClient:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port), timeout)
-        except (OSError, TimeoutError) as exc:
-            raise TempFailure(f"connection to {address}:{port} failed: {_describe(exc)}") from None
-        return cls(reader, writer, timeout)
-
-    async def reply(self) -> tuple[int, str]:
-        lines = []
-        while True:
-            try:
-                raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise TempFailure(f"lost connection: {_describe(exc)}") from None
-            if not raw:
-                raise TempFailure("connection closed by the server")
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if len(line) < 3 or not line[:3].isdigit():
-                raise TempFailure(f"bad SMTP reply {line[:80]!r}")
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                return int(line[:3]), f"{line[:3]} " + " / ".join(lines)
-
-    async def command(self, line: str) -> tuple[int, str]:
-        self.writer.write(line.encode("utf-8") + b"\r\n")
-        await self._drain()
-        return await self.reply()
-
-    async def _drain(self) -> None:
-        try:
-            await asyncio.wait_for(self.writer.drain(), self.timeout)
-        except (OSError, TimeoutError) as exc:
-            raise TempFailure(f"lost connection: {_describe(exc)}") from None
-
-    async def ehlo(self, name: str) -> None:
-        code, text = await self.command(f"EHLO {name}")
-        if code != 250:
-            code, text = await self.command(f"HELO {name}")
-            if code != 250:
-                raise TempFailure(f"HELO refused: {text}")
-            self.extensions = set()
-            return
-        self.extensions = {part.split()[0].upper()
-                           for part in text[4:].split(" / ")[1:] if part.strip()}
-
-    async def starttls(self, ctx: ssl.SSLContext, server_hostname: str) -> None:
-        await self.writer.start_tls(ctx, server_hostname=server_hostname,
-                                    ssl_handshake_timeout=self.timeout)
-
-    async def send_data(self, body: bytes) -> tuple[int, str]:
-        lines = body.split(b"\r\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        stuffed = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
-        self.writer.write(stuffed + b".\r\n")
-        await self._drain()
-        return await self.reply()
-
-    def tls(self) -> tuple[str | None, str | None]:
-        obj = self.writer.get_extra_info("ssl_object")
-        if obj is None:
-            return None, None
-        cipher = obj.cipher()
-        return obj.version(), cipher[0] if cipher else None
-
-    async def close(self) -> None:
-        try:
-            if not self.writer.is_closing():
-                self.writer.write(b"QUIT\r\n")
-                await asyncio.wait_for(self.writer.drain(), 1)
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 1)
-        except (OSError, TimeoutError, ssl.SSLError):
-            pass
+# -- one attempt at one host -------------------------------------------------------------------
 
 
 def _describe(exc: BaseException) -> str:
@@ -212,81 +121,115 @@ class _RetryPlain(TempFailure):
     """Opportunistic TLS failed at this host: the caller tries it once more in plaintext."""
 
 
-# -- one attempt at one host -------------------------------------------------------------------
-
-
 async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.SSLContext | None,
-                       mail_from: str, recipients: list[str], body: bytes, helo: str,
-                       timeout: float) -> Attempt:
-    """Try to hand ``body`` to one host. Never raises for SMTP or TLS trouble: the outcome
-    and per-recipient replies are in the returned Attempt."""
+                       mail_from: str, recipients: list[str], body: bytes | Path,
+                       helo: str, timeout: float, greeting_timeout: float | None = None,
+                       trust: TrustStore | None = None) -> Attempt:
+    """Try to hand ``body`` (the message, or the spool file holding it) to one host.
+
+    Never raises for SMTP or TLS trouble: the outcome and per-recipient replies are in the
+    returned Attempt. ``greeting_timeout`` (default ``timeout``) bounds the wait for the
+    greeting alone. ``trust`` (default: the system store) judges certificates under Enforced
+    Strict."""
     att = Attempt(target.host, target.address, target.port, definition.name,
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
                   list(recipients))
-    enforced = definition.option is DeliveryOption.ENFORCED
     client: SmtpClient | None = None
     try:
-        client = await SmtpClient.connect(target.address, target.port, timeout)
-        code, text = await client.reply()
-        att.reply = text
-        if code != 220:
-            raise TempFailure(f"greeting refused: {text}")
-        await client.ehlo(helo)
-        if ctx is not None:
-            if "STARTTLS" not in client.extensions:
-                if enforced:
-                    raise TempFailure("TLS required but the server does not offer STARTTLS")
-            else:
-                code, text = await client.command("STARTTLS")
-                if code != 220:
-                    if enforced:
-                        raise TempFailure(f"TLS required but STARTTLS was refused: {text}")
-                    raise _RetryPlain(f"STARTTLS refused: {text}")
-                try:
-                    await client.starttls(ctx, target.host)
-                except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError) as exc:
-                    if enforced:
-                        raise TempFailure(f"TLS required but the handshake failed: "
-                                          f"{_describe(exc)}") from None
-                    raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
-                att.tls_version, att.tls_cipher = client.tls()
-                att.certificate_verified = ctx.verify_mode == ssl.CERT_REQUIRED
-                await client.ehlo(helo)
-        code, text = await client.command(f"MAIL FROM:<{mail_from}>")
-        att.reply = text
-        if code != 250:
-            _fail(code, f"MAIL FROM refused: {text}")
-        accepted = []
-        for rcpt in recipients:
-            code, text = await client.command(f"RCPT TO:<{rcpt}>")
-            att.rcpt_replies[rcpt] = text
-            if code in (250, 251):
-                accepted.append(rcpt)
-        if not accepted:
-            codes = {int(t[:3]) // 100 for t in att.rcpt_replies.values()}
-            att.outcome = "permanent" if codes == {5} else "temporary"
-            att.reply = "every recipient refused"
-            return att
-        code, text = await client.command("DATA")
-        if code != 354:
-            _fail(code, f"DATA refused: {text}")
-        code, text = await client.send_data(body)
-        att.reply = text
-        if code != 250:
-            _fail(code, f"message refused: {text}")
-        for rcpt in accepted:
-            att.rcpt_replies[rcpt] = text
-        att.outcome = "delivered"
+        try:
+            client = await SmtpClient.connect(target.address, target.port, timeout)
+        except (OSError, StepTimeout) as exc:
+            raise TempFailure(f"connection to {target.address}:{target.port} failed: "
+                              f"{_describe(exc)}") from None
+        await _converse(client, att, target, definition, ctx, mail_from, recipients, body, helo,
+                        greeting_timeout or timeout, trust)
     except PermFailure as exc:
         att.outcome, att.error = "permanent", str(exc)
     except _RetryPlain as exc:
         att.outcome, att.error, att.retry_plain = "temporary", str(exc), True
     except TempFailure as exc:
         att.outcome, att.error = "temporary", str(exc)
+    except (SmtpProtocolError, StepTimeout) as exc:
+        att.outcome, att.error = "temporary", str(exc)
+    except (OSError, ssl.SSLError) as exc:
+        att.outcome, att.error = "temporary", f"lost connection: {_describe(exc)}"
     finally:
         if client is not None:
             await client.close()
     return att
+
+
+async def _converse(client: SmtpClient, att: Attempt, target: Target,
+                    definition: DeliveryDefinition, ctx: ssl.SSLContext | None, mail_from: str,
+                    recipients: list[str], body: bytes | Path,
+                    helo: str, greeting_timeout: float, trust: TrustStore | None) -> None:
+    enforced = definition.option is DeliveryOption.ENFORCED
+    strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
+    reply = await client.greeting(greeting_timeout)
+    att.reply = reply.transcript
+    if reply.code != 220:
+        raise TempFailure(f"greeting refused: {reply.transcript}")
+    reply = await client.ehlo(helo, helo_fallback=True)
+    if reply.code != 250:
+        raise TempFailure(f"HELO refused: {reply.transcript}")
+    if ctx is not None:
+        if "STARTTLS" not in client.extensions:
+            if enforced:
+                raise TempFailure("TLS required but the server does not offer STARTTLS")
+        else:
+            reply = await client.command("STARTTLS", "after STARTTLS")
+            if reply.code != 220:
+                if enforced:
+                    raise TempFailure(f"TLS required but STARTTLS was refused: "
+                                      f"{reply.transcript}")
+                raise _RetryPlain(f"STARTTLS refused: {reply.transcript}")
+            try:
+                ssl_object = await client.starttls(ctx, target.host)
+            except (ssl.SSLError, ssl.CertificateError, OSError, StepTimeout) as exc:
+                if enforced:
+                    raise TempFailure(f"TLS required but the handshake failed: "
+                                      f"{_describe(exc)}") from None
+                raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
+            att.tls_version, att.tls_cipher = client.tls()
+            if strict:
+                store = trust or trust_store(None)
+                _, problems = judge_chain(peer_chain(ssl_object), target.host, store)
+                if problems:
+                    raise TempFailure("TLS required but the certificate is not accepted: "
+                                      + "; ".join(problems))
+                att.certificate_verified = True
+            reply = await client.ehlo(helo, helo_fallback=True)
+            if reply.code != 250:
+                raise TempFailure(f"HELO over TLS refused: {reply.transcript}")
+    try:
+        reply = await client.mail(mail_from, recipients)
+    except NeedsSmtpUtf8 as exc:
+        # Postfix bounces such mail too (5.6.7): no host of this kind can ever take it.
+        raise PermFailure(f"SMTPUTF8 is required: {exc}") from None
+    att.reply = reply.transcript
+    if reply.code != 250:
+        _fail(reply.code, f"MAIL FROM refused: {reply.transcript}")
+    accepted = []
+    for rcpt in recipients:
+        reply = await client.command(f"RCPT TO:<{rcpt}>", "after RCPT TO")
+        att.rcpt_replies[rcpt] = reply.transcript
+        if reply.code in (250, 251):
+            accepted.append(rcpt)
+    if not accepted:
+        codes = {int(t[:3]) // 100 for t in att.rcpt_replies.values()}
+        att.outcome = "permanent" if codes == {5} else "temporary"
+        att.reply = "every recipient refused"
+        return
+    reply = await client.command("DATA", "after DATA")
+    if reply.code != 354:
+        _fail(reply.code, f"DATA refused: {reply.transcript}")
+    reply = await client.send_message(body)
+    att.reply = reply.transcript
+    if reply.code != 250:
+        _fail(reply.code, f"message refused: {reply.transcript}")
+    for rcpt in accepted:
+        att.rcpt_replies[rcpt] = reply.transcript
+    att.outcome = "delivered"
 
 
 def _fail(code: int, text: str) -> None:
@@ -366,14 +309,19 @@ class Deliverer:
         self.helo = helo
         self._contexts: dict[tuple[str, str, str], ssl.SSLContext | None] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self._trust: TrustStore | None = None
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
         if key not in self._contexts:
-            ca = str(self.options.ca_file) if self.options.ca_file else None
-            # Loading the system trust store reads files: keep it off the event loop.
-            self._contexts[key] = await asyncio.to_thread(client_context, definition, ca)
+            self._contexts[key] = await asyncio.to_thread(client_context, definition)
         return self._contexts[key]
+
+    async def _trust_store(self) -> TrustStore:
+        if self._trust is None:
+            # The system CA bundle plus --ca-file: read once, and off the event loop.
+            self._trust = await asyncio.to_thread(_loaded_trust, self.options)
+        return self._trust
 
     async def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
@@ -427,19 +375,20 @@ class Deliverer:
                 rcpt.status, rcpt.detail = status, str(exc)
             return attempts
         todo = list(group.recipients)
+        trust = await self._trust_store()
         for target, definition in targets:
             if not todo:
                 break
             ctx = await self._context(definition)
             att = await attempt_host(target, definition, ctx, entry.mail_from,
                                      [r.address for r in todo], body, self.helo,
-                                     self.options.timeout)
+                                     self.options.timeout, self.options.greeting_timeout, trust)
             if att.retry_plain:
                 attempts.append(att)
                 plain = DeliveryDefinition(definition.name, DeliveryOption.NONE)
                 att = await attempt_host(target, plain, None, entry.mail_from,
                                          [r.address for r in todo], body, self.helo,
-                                         self.options.timeout)
+                                         self.options.timeout, self.options.greeting_timeout)
                 att.definition, att.option = definition.name, str(definition.option)
             attempts.append(att)
             still = []
@@ -456,3 +405,9 @@ class Deliverer:
                     still.append(rcpt)
             todo = still
         return attempts
+
+
+def _loaded_trust(options: NetworkOptions) -> TrustStore:
+    trust = trust_store(options.ca_file)
+    _ = trust.store  # build the OpenSSL store now, in this thread
+    return trust
