@@ -60,11 +60,33 @@ INTENDED: dict[str, dict[str, str]] = {
     "rsa1024.example": {"posttls-finger": VERIFIED, "Postfix strict": DELIVERED},
 }
 
+# What validate's reason (or a warning) must say: the real cause, not a neighbouring one.
+CAUSE: dict[str, str] = {
+    "selfsigned.example": "self-signed",
+    "expired.example": "expired on",
+    "wrongname.example": "name mismatch: certificate is for not-this-host.example",
+    "nostarttls.example": "STARTTLS not offered",
+    "tls10.example": "only offers TLSv1.0",
+    "starttls454.example": "454",
+    "mixed.example": "mx3.mixed.example is weaker (unsupported",
+    "nointermediate.example": "unknown CA (CN=connectwiz lab intermediate CA",
+    "notyetvalid.example": "not valid before",
+    "sha1.example": "SHA1",
+    "clientauth.example": "purpose",
+    "rsa1024.example": "RSA 1024 bits",
+    "sni.example": "no SNI",
+    "hosted.example": "valid for mx.hoster.example",
+    "tenmx.example": "mx01.tenmx.example is not reachable",
+    "127.0.3.22": "valid for 127.0.3.22",
+}
+
 CASES: tuple[Case, ...] = (
     *(Case(_DEMO[name]) for name in _FROM_DEMO),
     *(Case(d, intended=INTENDED.get(d.name, {})) for d in CORPUS),
     *(Case(r, route=True) for r in CORPUS_ROUTES),
 )
+
+CASE_NAMES = frozenset(c.name for c in CASES)
 
 
 def docs_row(case: Case) -> str:

@@ -75,6 +75,7 @@ class Outcomes:
 
     seen: dict[str, dict[str, str]] = field(default_factory=dict)
     detail: dict[str, dict[str, str]] = field(default_factory=dict)
+    said: dict[str, str] = field(default_factory=dict)  # validate's reason and warnings
 
     def put(self, case: str, engine: str, outcome: str, detail: str) -> None:
         self.seen.setdefault(case, {})[engine] = outcome
@@ -127,6 +128,7 @@ def run_validate(lab: LabHandle, cases: tuple[Case, ...], out: Outcomes) -> None
         r = results[f"{c.name}:{lab.smtp_port}" if c.route else c.name]
         hosts = "; ".join(f"{h['host']} {h['status']}: {h['reason']}" for h in r["hosts"])
         out.put(c.name, "validate", r["status"], f"{r['reason']} [hosts: {hosts}]")
+        out.said[c.name] = "\n".join([r["reason"], *r.get("warnings", [])])
 
 
 # -- the relay -----------------------------------------------------------------------------

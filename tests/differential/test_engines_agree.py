@@ -19,7 +19,7 @@ from connectwiz.lab import LabHandle
 from connectwiz.probe.options import NetworkOptions
 from tests.interop.postfix import POSTFIX, UNSHARE
 
-from .cases import CASES, ENGINES, PEER_ENGINES, Case
+from .cases import CASE_NAMES, CASES, CAUSE, ENGINES, PEER_ENGINES, Case
 from .engines import (
     POSTTLS_FINGER,
     Outcomes,
@@ -74,6 +74,12 @@ CORE = tuple(e for e in ENGINES if e not in PEER_ENGINES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_validate_predicts_the_relay(outcomes: Outcomes, case: Case) -> None:
     _compare(outcomes, case, CORE)
+
+
+@pytest.mark.parametrize("name", list(CAUSE))
+def test_validate_names_the_real_cause(outcomes: Outcomes, name: str) -> None:
+    assert name in CASE_NAMES
+    assert CAUSE[name] in outcomes.said[name], outcomes.said[name]
 
 
 @pytest.mark.peer
