@@ -10,14 +10,13 @@ Postfix legs need Postfix and root, like tests/interop (they must not skip on CI
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
 from connectwiz.lab import LabHandle
 from connectwiz.probe.options import NetworkOptions
-from tests.interop.postfix import POSTFIX, UNSHARE
+from tests.interop.postfix import peer_missing
 
 from .cases import CASE_NAMES, CASES, CAUSE, ENGINES, PEER_ENGINES, Case
 from .engines import (
@@ -32,10 +31,9 @@ from .engines import (
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
-PEERS_MISSING = (
-    "Postfix is not installed (apt-get install postfix; .ci/run installs it on CI)"
-    if POSTFIX is None or POSTTLS_FINGER is None or UNSHARE is None
-    else "starting a Postfix instance needs root" if os.geteuid() != 0 else None)
+PEERS_MISSING = peer_missing() or (
+    "posttls-finger is not installed (it comes with postfix)" if POSTTLS_FINGER is None
+    else None)
 
 
 @pytest.fixture(scope="module")

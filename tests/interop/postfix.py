@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import random
 import re
 import shutil
@@ -35,6 +36,19 @@ from connectwiz.lab import LabHandle
 POSTFIX = shutil.which("postfix") or (
     "/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
 UNSHARE = shutil.which("unshare")
+
+
+def peer_missing() -> str | None:
+    """Why a private Postfix cannot run here, or None: Postfix, root (its master starts as
+    root) and a mount namespace (for its own /etc/resolv.conf) are needed."""
+    if POSTFIX is None:
+        return "Postfix is not installed (apt-get install postfix; .ci/run installs it on CI)"
+    if os.geteuid() != 0:
+        return "starting a Postfix instance needs root"
+    if UNSHARE is None or subprocess.run([UNSHARE, "-m", "true"], capture_output=True,
+                                         timeout=30, check=False).returncode != 0:
+        return "no mount namespace (unshare -m) for Postfix's private resolv.conf"
+    return None
 START_TIMEOUT = 30.0
 _REPLACED = ("smtp_tls_CAfile ", "smtp_tls_policy_maps ")
 

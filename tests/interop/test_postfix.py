@@ -2,14 +2,13 @@
 connectwiz's relay, against the same lab servers: the outcomes must agree.
 
 Everything runs on loopback; tests/interop/postfix.py explains how Postfix is kept away from
-the system resolver. Skipped only when Postfix is absent or we are not root (Postfix's master
-must start as root to switch to the postfix user).
+the system resolver. Skipped only when Postfix is absent, we are not root (Postfix's master
+must start as root to switch to the postfix user) or mount namespaces are not allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import smtplib
@@ -31,16 +30,15 @@ from connectwiz.relay.msglog import MessageRecord, read_record
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 
-from .postfix import POSTFIX, UNSHARE, PostfixInstance, lab_resolver, running
+from .postfix import PostfixInstance, lab_resolver, peer_missing, running
+
+PEER_MISSING = peer_missing()
 
 pytestmark = [
     pytest.mark.network,
     pytest.mark.peer,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(POSTFIX is None, reason="Postfix is not installed "
-                       "(apt-get install postfix; .ci/run installs it on CI)"),
-    pytest.mark.skipif(UNSHARE is None, reason="unshare (util-linux) is not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="starting a Postfix instance needs root"),
+    pytest.mark.skipif(PEER_MISSING is not None, reason=PEER_MISSING or ""),
 ]
 
 STRICT_OK, STRICT_BAD, RELAXED = "trusted.example", "selfsigned.example", "wrongname.example"
