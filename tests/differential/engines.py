@@ -163,11 +163,9 @@ async def _relay_case(lab: LabHandle, relay: Relay, spool: Path, mode: str, case
         client.close()
     msg_id = reply.rsplit(" ", 1)[-1]
     deadline = time.monotonic() + WAIT
-    while True:
+    while True:  # until the first attempt is decided (a later retry is a minute away)
         record = await asyncio.to_thread(read_record, spool, msg_id)
-        if record.status not in ("queued", ""):
-            break
-        if time.monotonic() > deadline:
+        if record.status not in ("queued", "") or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
     outcome = await asyncio.to_thread(_checked, lab, record.status, tag)
@@ -177,12 +175,18 @@ async def _relay_case(lab: LabHandle, relay: Relay, spool: Path, mode: str, case
 
 def _checked(lab: LabHandle, status: str, tag: str) -> str:
     """The engine's word for it, checked against the lab: "delivered" only if a lab server
-    really holds the message (a client fooled by injected replies says 250 for nothing)."""
+    really holds the message (a client fooled by injected replies says 250 for nothing),
+    "deferred" only if none does (nothing went out over a channel the policy refused)."""
     outcome = {"delivered": DELIVERED, "sent": DELIVERED, "deferred": DEFERRED}.get(status,
                                                                                    status)
-    if outcome == DELIVERED and not lab.wait_for(
-            lambda: any(tag.encode() in m.data for m in list(lab.messages)), timeout=10):
+
+    def landed() -> bool:
+        return any(tag.encode() in m.data for m in list(lab.messages))
+
+    if outcome == DELIVERED and not lab.wait_for(landed, timeout=10):
         return "claimed delivered, no lab server has it"
+    if outcome == DEFERRED and landed():
+        return "claimed deferred, a lab server has it"
     return outcome
 
 
