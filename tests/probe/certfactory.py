@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import warnings
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import crypto
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -54,14 +56,24 @@ def make_leaf(
     not_after: dt.datetime = NOW + 300 * DAY,
     key: object | None = None,
     ips: list[str] | None = None,
+    san: bool = True,
+    san_critical: bool = False,
+    digest: hashes.HashAlgorithm | None = None,
+    eku: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,),
+    cn: str | None = None,
 ) -> x509.Certificate:
-    """A server certificate for ``names``; self-signed when ``issuer`` is None."""
+    """A server certificate for ``names``; self-signed when ``issuer`` is None.
+
+    ``san=False``: no subjectAltName (the CN alone names the host); ``digest``: what the
+    issuer signs with (default SHA-256); ``eku``: the extended key usages; ``cn``: the
+    subject CN (default: the first name).
+    """
     key = key or _KEY
-    subject = _name(names[0] if names else "no-names")
+    subject = _name(cn or (names[0] if names else "no-names"))
     issuer_name = issuer[0].subject if issuer else subject
     signing_key = issuer[1] if issuer else key
-    san: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips or []]
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips or []]
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -70,13 +82,27 @@ def make_leaf(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
             signing_key.public_key()), critical=False)
     )
-    return builder.sign(signing_key, hashes.SHA256())
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=san_critical)
+    cert = builder.sign(signing_key, hashes.SHA256())
+    if digest is None:
+        return cert
+    return _resign(cert, signing_key, digest.name)
+
+
+def _resign(cert: x509.Certificate, key: object, digest: str) -> x509.Certificate:
+    """``cert`` signed again with ``digest``: cryptography refuses to sign with SHA-1, which
+    is exactly what a test of the weak-digest check needs, so OpenSSL signs (via pyOpenSSL)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        legacy = crypto.X509.from_cryptography(cert)
+        legacy.sign(crypto.PKey.from_cryptography_key(key), digest)
+    return legacy.to_cryptography()
 
 
 def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from connectwiz.probe.certs import TrustStore, analyse_certificate, match_hostname
 from connectwiz.probe.host import classify
@@ -133,6 +135,60 @@ def test_certificate_details():
     assert set(as_json) == {"subject", "issuer", "names", "not_before", "not_after", "trusted",
                             "self_signed", "hostname_match", "expired"}
     assert as_json["not_before"] == (NOW - 30 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- OpenSSL's judgement: what the relay and Postfix enforce (issue 11) --------------------
+
+
+def test_critical_subject_alt_name_with_a_subject_is_strict():
+    """RFC 5280 says SHOULD NOT; OpenSSL (the relay, Postfix) accepts it, so validate must."""
+    info = analyse(make_leaf([HOST], ROOT, san_critical=True))
+    assert info.problems == []
+    assert classify("TLSv1.3", info.problems, HOST)[0] == Status.STRICT
+
+
+def test_sha1_leaf_from_the_trusted_ca_names_the_weak_digest():
+    info = analyse(make_leaf([HOST], ROOT, digest=hashes.SHA1()))
+    assert info.trusted and not info.self_signed
+    assert len(info.problems) == 1
+    assert "CA signature digest algorithm too weak" in info.problems[0]
+    assert "ecdsa-with-SHA1" in info.problems[0] and "unknown CA" not in info.problems[0]
+
+
+def test_client_auth_only_certificate_is_an_unsuitable_purpose():
+    leaf = make_leaf([HOST], ROOT, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    info = analyse(leaf)
+    assert info.trusted and info.hostname_match
+    assert info.problems == ["certificate rejected: unsuitable certificate purpose"]
+
+
+def test_rsa_1024_leaf_key_is_too_weak():
+    info = analyse(make_leaf([HOST], ROOT, key=rsa_key(1024)))
+    assert info.trusted
+    assert info.problems == ["certificate rejected: EE certificate key too weak "
+                             "(RSA 1024 bits, security level 2)"]
+
+
+def test_common_name_is_used_only_without_a_dns_subject_alt_name():
+    """OpenSSL's host check, which the relay and Postfix use (docs/validate.md says so)."""
+    cn_only = analyse(make_leaf([HOST], ROOT, san=False))
+    assert cn_only.names == (HOST,) and cn_only.problems == []
+    # A SAN with only an IP address: the CN still names the host, as OpenSSL does.
+    ip_only = analyse(make_leaf([], ROOT, ips=["192.0.2.7"], cn=HOST))
+    assert ip_only.hostname_match and ip_only.problems == []
+    # Any DNS name in the SAN: the CN is ignored.
+    other = analyse(make_leaf(["mx.other.example"], ROOT, cn=HOST))
+    assert not other.hostname_match
+
+
+def test_expired_intermediate_is_named():
+    old = make_ca("Old Intermediate", issuer=ROOT)
+    leaf = make_leaf([HOST], old)
+    info = analyse(leaf, intermediates=[old[0]], store=STORE)
+    assert info.problems == []  # valid today
+    later = analyse_certificate(leaf, HOST, STORE, [old[0]], now=NOW + 4000 * DAY)
+    assert later.expired  # the leaf too; its own expiry is the one stated first
+    assert any("expired" in p for p in later.problems)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ dnspython queries over UDP and retries over TCP by itself when a reply is trunca
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from dataclasses import dataclass
 
 import dns.asyncresolver
@@ -73,8 +74,20 @@ async def resolve_mx(
             raise DnsError("no MX record and no address for the domain")
         return [MxHost(domain, 0, addresses)]
     names = [(r.exchange.to_text(omit_final_dot=True).lower(), r.preference) for r in records]
-    found = await asyncio.gather(*(resolve_addresses(n, options, resolver) for n, _ in names))
+    found = await asyncio.gather(*(_mx_addresses(n, options, resolver) for n, _ in names))
     return [MxHost(n, pref, addrs) for (n, pref), addrs in zip(names, found, strict=True)]
+
+
+async def _mx_addresses(
+    name: str, options: NetworkOptions, resolver: dns.asyncresolver.Resolver
+) -> tuple[str, ...]:
+    """An MX naming an IP address has none: RFC 5321 §5.1 requires a host name there, and
+    MTAs (the relay too) do not look the digits up as a name."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return await resolve_addresses(name, options, resolver)
+    return ()
 
 
 async def resolve_addresses(

@@ -84,9 +84,14 @@ async def probe_host(
     try:
         if not addresses:
             raise _Finding(Status.ERROR, _no_address(host))
+        if server_name(host) is not None:
+            # The relay sends SNI, Postfix by default none: learn what a client without it
+            # gets, on a second connection made alongside (a slow greeting is waited once).
+            session.without_sni = asyncio.ensure_future(
+                _chain_without_sni(addresses[0], port, settings))
         async with asyncio.timeout(cap):
             client, address = await _connect_any(addresses, port, settings.timeout)
-            status, reason = await _conversation(client, host, address, port, session, settings)
+            status, reason = await _conversation(client, host, session, settings)
             if status is None:  # no TLS 1.2+: learn what the server does offer
                 status, reason = await _legacy_probe(address, port, host, session, settings, reason)
         warnings = await _sni_warnings(session, host, settings)
@@ -152,8 +157,7 @@ async def _open_session(client: SmtpClient, session: _Session, settings: ProbeSe
 
 
 async def _conversation(
-    client: SmtpClient, host: str, address: str, port: int, session: _Session,
-    settings: ProbeSettings,
+    client: SmtpClient, host: str, session: _Session, settings: ProbeSettings
 ) -> tuple[Status | None, str]:
     """The main attempt. Returns (None, handshake error) when TLS 1.2+ could not be set up."""
     async with _closing(client):
@@ -166,11 +170,6 @@ async def _conversation(
             client.abort()  # nothing sensible can follow a failed handshake on this connection
             return None, _ssl_reason(exc)
         _record_tls(session, ssl_object, host, settings)
-        if server_name(host) is not None:
-            # The relay sends SNI, Postfix by default does not: see what a client without it
-            # gets, on a second connection while this one finishes.
-            session.without_sni = asyncio.ensure_future(
-                _chain_without_sni(address, port, settings))
         ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
         if ehlo.code != 250:
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")

@@ -1,0 +1,42 @@
+"""Delivery does what validate predicted, through the one SMTP client and the one certificate
+judgement (issue 11; issue 14 item 2): lab servers as the next hop, the relay in process."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectwiz.probe import Status, Target, validate_targets
+
+from .conftest import STRICT, body, lab_messages, make_model, send, token, wait_lab
+
+pytestmark = pytest.mark.network
+
+
+async def test_starttls_injection_never_turns_a_refusal_into_a_delivery(lab, relays) -> None:
+    """The server refuses the recipient (550); plaintext injected after its STARTTLS 220 says
+    250 ... "fake: queued". The relay must bounce, never log the message delivered."""
+    lab.add_sink(["inject.relay.example"], "starttlsinject")
+    r = await relays(make_model(lab, delivery={"inject.relay.example": STRICT}))
+    tag = token()
+    rcpt = f"rcpt-{tag}@inject.relay.example"
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [rcpt], body(tag))
+    record = await r.wait_status(msg_id, "bounced", "delivered")
+    assert record.status == "bounced"
+    assert all(a["outcome"] != "delivered" for a in record.attempts)
+    assert record.attempts[0]["rcpt_replies"][rcpt].startswith("550 5.1.1")
+
+
+async def test_critical_subject_alt_name_is_delivered_under_strict_as_validated(
+        lab, relays, lab_network_options) -> None:
+    lab.add_sink(["sancrit.relay.example"], "sancritical")
+    (verdict,) = await validate_targets([Target.domain("sancrit.relay.example")],
+                                        lab_network_options)
+    assert verdict.status == Status.STRICT, verdict.reason
+    r = await relays(make_model(lab, delivery={"sancrit.relay.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example",
+                        [f"rcpt-{tag}@sancrit.relay.example"], body(tag))
+    record = await r.wait_status(msg_id, "delivered", "deferred")
+    assert record.status == "delivered", record.attempts
+    assert record.attempts[-1]["certificate_verified"] is True
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
