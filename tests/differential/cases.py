@@ -25,6 +25,7 @@ BY_VERDICT: dict[str, tuple[str, ...]] = {
     "strict": ("strict", DELIVERED, DELIVERED, VERIFIED, DELIVERED, DELIVERED),
     "relaxed": ("relaxed", DEFERRED, DELIVERED, NOT_VERIFIED, DEFERRED, DELIVERED),
     "unsupported": ("unsupported", DEFERRED, DEFERRED, NO_TLS, DEFERRED, DEFERRED),
+    "error": ("error", DEFERRED, DEFERRED, NO_TLS, DEFERRED, DEFERRED),
 }
 
 
@@ -47,10 +48,11 @@ class Case:
 
 
 # The demo lab's domains that are also corpus shapes (self-signed, expired, wrong name, no
-# STARTTLS, TLS 1.0 only, 454, CNAME'd MX, three MX of mixed strength).
+# STARTTLS, TLS 1.0 only, 454, CNAME'd MX, three MX of mixed strength, a 421 greeting,
+# nothing listening).
 _FROM_DEMO = ("trusted.example", "selfsigned.example", "expired.example", "wrongname.example",
               "nostarttls.example", "tls10.example", "starttls454.example", "cname-mx.example",
-              "mixed.example")
+              "mixed.example", "greeting421.example", "refused.example")
 _DEMO = {d.name: d for d in DOMAINS}
 
 # Where an engine differs on purpose; docs/validate.md gives each reason (checked).
@@ -68,6 +70,8 @@ CAUSE: dict[str, str] = {
     "nostarttls.example": "STARTTLS not offered",
     "tls10.example": "only offers TLSv1.0",
     "starttls454.example": "454",
+    "greeting421.example": "421",
+    "refused.example": "connection refused",
     "mixed.example": "mx3.mixed.example is weaker (unsupported",
     "nointermediate.example": "unknown CA (CN=connectwiz lab intermediate CA",
     "notyetvalid.example": "not valid before",

@@ -7,7 +7,7 @@
 - ``posttls-finger``: one run per host, ``[address]:port`` plus the MX name as the match
   argument, ``-l secure`` (chain + that name, what the relay checks), SNI = the MX name; a
   domain takes the outcome of its first host that accepts a connection (unreachable hosts are
-  skipped, as every MTA does).
+  skipped, as every MTA does); no reachable host is "no TLS" too.
 - ``Postfix strict`` / ``Postfix relaxed``: two private Postfix instances with the tables
   exported from those same two models, doing real MX lookups against the lab; one message per
   case to each, outcome read from the Postfix log.
@@ -214,7 +214,7 @@ async def _finger_case(lab: LabHandle, case: Case, out: Outcomes) -> None:
                    "Untrusted": NOT_VERIFIED}.get(word or "", NO_TLS)
         out.put(case.name, "posttls-finger", outcome, "; ".join([*seen, f"{h.name}: {line}"]))
         return
-    out.put(case.name, "posttls-finger", "no connection", "; ".join(seen))
+    out.put(case.name, "posttls-finger", NO_TLS, "; ".join(seen) + " (no host reachable)")
 
 
 async def _finger_host(lab: LabHandle, name: str, address: str,
