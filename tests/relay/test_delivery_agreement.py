@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 
 from connectwiz.probe import Status, Target, validate_targets
+from connectwiz.probe.certs import trust_store
+from connectwiz.relay.deliver import Target as HostTarget
+from connectwiz.relay.deliver import attempt_host, client_context
 
 from .conftest import STRICT, body, lab_messages, make_model, send, token, wait_lab
 
@@ -40,3 +43,21 @@ async def test_critical_subject_alt_name_is_delivered_under_strict_as_validated(
     assert record.status == "delivered", record.attempts
     assert record.attempts[-1]["certificate_verified"] is True
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def test_non_ascii_recipient_without_smtputf8_is_refused_for_good(lab) -> None:
+    """The shared client never writes a non-ASCII command unannounced: the lab servers do not
+    offer SMTPUTF8, so the recipient fails permanently (as Postfix bounces it) and nothing
+    after EHLO over TLS is sent."""
+    host = "mx.trusted.example"
+    before = len(lab.sessions_to(host))
+    target = HostTarget(host, lab.address_of(host), lab.smtp_port)
+    att = await attempt_host(target, STRICT, client_context(STRICT), "alice@corp.example",
+                             ["prøbe@trusted.example"], b"Subject: x\r\n\r\nbody\r\n",
+                             "relay.corp.example", 5.0, trust=trust_store(lab.ca_file))
+    assert att.outcome == "permanent"
+    assert att.error == ("SMTPUTF8 is required: prøbe@trusted.example is not ASCII and the "
+                         "server does not offer SMTPUTF8")
+    assert await wait_lab(lab, lambda: all(s.closed for s in lab.sessions_to(host)))
+    (session,) = lab.sessions_to(host)[before:]
+    assert [c.split()[0] for c in session.commands] == ["EHLO", "STARTTLS", "EHLO", "QUIT"]
