@@ -3,9 +3,10 @@
 Certificates carry the extensions strict verifiers insist on (BasicConstraints, KeyUsage,
 ExtendedKeyUsage serverAuth, SubjectAltName, Subject/Authority Key Identifier), so the
 lab's "trusted" servers pass both ``ssl`` hostname checking and
-``cryptography.x509.verification`` (browser rules; ``issue(san_critical=True)`` is made to fail
-those while OpenSSL accepts it). Private keys are generated once per key type and
-reused for every leaf: signing is cheap, key generation (RSA especially) is not.
+``cryptography.x509.verification``. ``LeafShape`` makes the odd leaves of the differential
+corpus on purpose (``san_critical`` fails those browser rules while OpenSSL accepts it).
+Private keys are generated once per key type and reused for every leaf: signing is cheap,
+key generation (RSA especially) is not.
 """
 
 from __future__ import annotations
