@@ -98,3 +98,16 @@ def test_non_ascii_email_is_a_per_host_note_and_keeps_every_result(lab_cli_args,
     assert rcpt["code"] == 0
     assert rcpt["message"] == ("not checked: prøbe@partner.example is not ASCII and the "
                                "server does not offer SMTPUTF8")
+
+
+async def test_mx_whose_address_lookup_fails_is_skipped_not_fatal(lab, lab_network_options):
+    """One MX name answering SERVFAIL leaves the other hosts to try, as the relay tries them."""
+    lab.lab.zone.add_servfail("broken.servfailmx.truth.example.")
+    _add_mx(lab, "servfailmx.truth.example", "10 broken.servfailmx.truth.example.",
+            "20 mx.trusted.example.")
+    (result,) = await validate_targets([Target.domain("servfailmx.truth.example")],
+                                       lab_network_options)
+    assert result.status == Status.STRICT, result.reason
+    (warning,) = result.warnings
+    assert warning.startswith("broken.servfailmx.truth.example is not reachable now (DNS "
+                              "server failure (SERVFAIL)")

@@ -21,7 +21,8 @@ class FakeProbes:
         self.emails: list[tuple[int, str | None]] = []
         self.release = asyncio.Event()
 
-    async def __call__(self, host, addresses, port, preference, settings) -> HostResult:
+    async def __call__(self, host, addresses, port, preference, settings,
+                       lookup_error=None) -> HostResult:
         self.started.append((host, port))
         self.emails.append((port, settings.email))
         self.active += 1

@@ -99,7 +99,25 @@ def test_intermediate_sent_by_server_completes_the_chain():
     assert analyse(leaf, intermediates=[intermediate[0]]).problems == []
     without = analyse(leaf)
     assert not without.trusted
-    assert "unknown CA" in without.problems[0]
+    assert without.problems[0] == (
+        "certificate issued by an unknown CA (CN=Test Intermediate): neither in the trust "
+        "store nor sent by the server (a missing intermediate certificate?)")
+
+
+def test_unknown_ca_above_a_sent_intermediate_is_the_one_named():
+    other = make_ca("Other Root")
+    intermediate = make_ca("Sent Intermediate", issuer=other)
+    info = analyse(make_leaf([HOST], intermediate), intermediates=[intermediate[0]])
+    assert not info.trusted
+    assert info.problems == ["certificate issued by an unknown CA (CN=Other Root, which issued "
+                             "the intermediate CN=Sent Intermediate the server sent)"]
+
+
+def test_untrusted_root_sent_by_the_server_is_named():
+    other = make_ca("Sent Root")
+    info = analyse(make_leaf([HOST], other), intermediates=[other[0]])
+    assert info.problems == ["certificate chain ends in a root that is not trusted "
+                             "(CN=Sent Root)"]
 
 
 def test_no_trust_store_means_nothing_is_trusted():

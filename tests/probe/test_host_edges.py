@@ -152,3 +152,39 @@ async def test_trickling_server_hits_the_overall_cap(scripted, monkeypatch):
     result = await _probe(await scripted(script), settings)
     assert result.status == Status.ERROR
     assert result.reason == "timed out: no verdict within 1.5 s overall"
+
+
+async def test_non_ascii_email_goes_with_smtputf8_when_offered(scripted, lab):
+    """RFC 6531: MAIL FROM announces SMTPUTF8, then RCPT TO carries the address as UTF-8."""
+    from connectwiz.lab.smtp import server_context
+
+    cert, key = lab.ca.issue(["mx.odd.example"])
+    context = server_context(cert, key)
+    lines: list[bytes] = []
+
+    async def script(reader, writer):
+        writer.write(b"220 utf8 ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                offer = b"250-STARTTLS\r\n" if writer.get_extra_info("ssl_object") is None else b""
+                writer.write(b"250-utf8\r\n" + offer + b"250 SMTPUTF8\r\n")
+            elif verb == b"STAR":
+                writer.write(b"220 go ahead\r\n")
+                await writer.drain()
+                await writer.start_tls(context)
+                continue
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                await writer.drain()
+                return
+            else:
+                lines.append(line)
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+
+    settings = ProbeSettings(timeout=3.0, trust=trust_store(lab.ca_file), email="prøbe@odd.example")
+    result = await _probe(await scripted(script), settings)
+    assert result.status == Status.STRICT, result.reason
+    assert result.rcpt is not None and result.rcpt.code == 250
+    assert lines[:2] == [b"MAIL FROM:<> SMTPUTF8\r\n", "RCPT TO:<prøbe@odd.example>\r\n".encode()]

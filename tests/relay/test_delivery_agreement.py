@@ -61,3 +61,27 @@ async def test_non_ascii_recipient_without_smtputf8_is_refused_for_good(lab) -> 
     assert await wait_lab(lab, lambda: all(s.closed for s in lab.sessions_to(host)))
     (session,) = lab.sessions_to(host)[before:]
     assert [c.split()[0] for c in session.commands] == ["EHLO", "STARTTLS", "EHLO", "QUIT"]
+
+
+async def test_mx_whose_address_lookup_fails_is_skipped_on_delivery(lab, relays) -> None:
+    """validate calls such a domain strict (its other MX works); the relay delivers there."""
+    lab.lab.zone.add_servfail("broken.servfail.relay.example.")
+    for record in ("10 broken.servfail.relay.example.", "20 mx.trusted.example."):
+        lab.lab.zone.add("servfail.relay.example.", "MX", record)
+    r = await relays(make_model(lab, delivery={"servfail.relay.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example",
+                        [f"rcpt-{tag}@servfail.relay.example"], body(tag))
+    record = await r.wait_status(msg_id, "delivered", "deferred")
+    assert record.status == "delivered", record.events
+    assert record.attempts[-1]["host"] == "mx.trusted.example"
+
+
+async def test_delivery_waits_the_greeting_timeout_and_says_so(lab) -> None:
+    host = "mx.tarpit.example"  # accepts the connection, never greets
+    target = HostTarget(host, lab.address_of(host), lab.smtp_port)
+    att = await attempt_host(target, STRICT, client_context(STRICT), "alice@corp.example",
+                             ["bob@tarpit.example"], b"x\r\n", "relay.corp.example", 5.0,
+                             greeting_timeout=0.5)
+    assert att.outcome == "temporary"
+    assert att.error == "greeting not received within 0.5 s"

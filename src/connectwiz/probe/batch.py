@@ -130,7 +130,8 @@ class _Batch:
     async def _probe_now(self, mx: MxHost, port: int, email: str | None) -> HostResult:
         settings = replace(self.settings, email=email)
         async with self.slots:
-            return await probe_host(mx.name, mx.addresses, port, None, settings)
+            return await probe_host(mx.name, mx.addresses, port, None, settings,
+                                    mx.lookup_error)
 
     async def cancel_rest(self, tasks: list[asyncio.Future[TargetResult]]) -> None:
         pending = [t for t in (*tasks, *self.probes.values(), *self.tlsa.values())

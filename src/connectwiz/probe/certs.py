@@ -58,6 +58,8 @@ class CertificateInfo:
     # OpenSSL's reasons for refusing the chain that the facts above do not already say
     # (purpose, CA flags, a weak key or digest, an intermediate's dates ...).
     rejections: tuple[str, ...] = field(default=())
+    # Why no trusted chain was found, in words (which CA is unknown, whether it was sent).
+    untrusted: str | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -66,7 +68,7 @@ class CertificateInfo:
         if self.self_signed and not self.trusted:
             out.append(f"certificate is self-signed ({self.subject})")
         elif not self.trusted:
-            out.append(f"certificate issued by an unknown CA ({self.issuer})")
+            out.append(self.untrusted or f"certificate issued by an unknown CA ({self.issuer})")
         if self.expired:
             out.append(f"certificate expired on {_day(self.not_after)}")
         if self.not_yet_valid:
@@ -250,10 +252,12 @@ def analyse_certificate(
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     error, chain = _openssl_verify(trust.at(now), leaf, intermediates)
     rejections = []
+    untrusted = None
     if error is not None:
-        code, depth, message, subject = error
-        said = code in _UNTRUSTED or (depth == 0 and code in (_EXPIRED, _NOT_YET_VALID))
-        if not said:
+        code, depth, message, subject, issuer = error
+        if code in _UNTRUSTED:
+            untrusted = _untrusted_text(code, depth, message, subject, issuer)
+        elif not (depth == 0 and code in (_EXPIRED, _NOT_YET_VALID)):  # else: a fact says it
             where = f" ({subject})" if depth else ""
             rejections.append(f"certificate rejected: {message}{where}")
     rejections += _security_level_problems(chain or [leaf, *intermediates], chain is not None)
@@ -273,13 +277,30 @@ def analyse_certificate(
         key_size=key_size,
         signature_algorithm=_signature_name(leaf),
         rejections=tuple(dict.fromkeys(rejections)),
+        untrusted=untrusted,
     )
+
+
+def _untrusted_text(code: int, depth: int, message: str, subject: str, issuer: str) -> str:
+    """OpenSSL's "no trusted chain" error, saying which CA is missing and who sent what."""
+    if code in (2, 20):  # unable to get (local) issuer certificate
+        if depth == 0:
+            return (f"certificate issued by an unknown CA ({issuer}): neither in the trust "
+                    "store nor sent by the server (a missing intermediate certificate?)")
+        return (f"certificate issued by an unknown CA ({issuer}, which issued the "
+                f"intermediate {subject} the server sent)")
+    if code == 19:  # self-signed certificate in certificate chain
+        return f"certificate chain ends in a root that is not trusted ({subject})"
+    if code == 21:  # unable to verify the first certificate
+        return f"certificate issued by an unknown CA ({issuer})"
+    return f"certificate rejected: {message} ({subject})"
 
 
 def _openssl_verify(
     store: crypto.X509Store, leaf: x509.Certificate, intermediates: list[x509.Certificate]
-) -> tuple[tuple[int, int, str, str] | None, list[x509.Certificate] | None]:
-    """(first error as code, depth, message, subject; or None) and the verified chain."""
+) -> tuple[tuple[int, int, str, str, str] | None, list[x509.Certificate] | None]:
+    """(first error as code, depth, message, and that certificate's subject and issuer; or
+    None) and the verified chain."""
     context = crypto.X509StoreContext(
         store, crypto.X509.from_cryptography(leaf),
         [crypto.X509.from_cryptography(c) for c in intermediates])
@@ -287,8 +308,9 @@ def _openssl_verify(
         verified = context.get_verified_chain()
     except crypto.X509StoreContextError as exc:
         code, depth, message = exc.errors
-        subject = exc.certificate.to_cryptography().subject.rfc4514_string()
-        return (code, depth, message, subject), None
+        where = exc.certificate.to_cryptography()
+        return (code, depth, message, where.subject.rfc4514_string(),
+                where.issuer.rfc4514_string()), None
     return None, [c.to_cryptography() for c in verified]
 
 

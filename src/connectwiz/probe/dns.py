@@ -26,6 +26,9 @@ class MxHost:
     name: str  # lower case, no trailing dot
     preference: int  # 0 for the implicit MX of a domain without MX records
     addresses: tuple[str, ...]  # IPv4 first, then IPv6; empty when the name has none
+    # Why ``addresses`` is empty when the lookup failed (SERVFAIL, timeout): this host is
+    # skipped, as the relay skips it, while the domain's other hosts are still tried.
+    lookup_error: str | None = None
 
 
 class DnsError(Exception):
@@ -75,19 +78,28 @@ async def resolve_mx(
         return [MxHost(domain, 0, addresses)]
     names = [(r.exchange.to_text(omit_final_dot=True).lower(), r.preference) for r in records]
     found = await asyncio.gather(*(_mx_addresses(n, options, resolver) for n, _ in names))
-    return [MxHost(n, pref, addrs) for (n, pref), addrs in zip(names, found, strict=True)]
+    return [MxHost(n, pref, addrs, error)
+            for (n, pref), (addrs, error) in zip(names, found, strict=True)]
 
 
 async def _mx_addresses(
     name: str, options: NetworkOptions, resolver: dns.asyncresolver.Resolver
-) -> tuple[str, ...]:
-    """An MX naming an IP address has none: RFC 5321 §5.1 requires a host name there, and
-    MTAs (the relay too) do not look the digits up as a name."""
+) -> tuple[tuple[str, ...], str | None]:
+    """The addresses of one MX host, or none and why the lookup failed.
+
+    An MX naming an IP address has none: RFC 5321 §5.1 requires a host name there, and
+    MTAs (the relay too) do not look the digits up as a name.
+    """
     try:
         ipaddress.ip_address(name)
     except ValueError:
-        return await resolve_addresses(name, options, resolver)
-    return ()
+        pass
+    else:
+        return (), None
+    try:
+        return await resolve_addresses(name, options, resolver), None
+    except DnsError as exc:
+        return (), exc.reason
 
 
 async def resolve_addresses(

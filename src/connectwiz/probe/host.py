@@ -1,9 +1,11 @@
 """Probe one SMTP server: greeting, EHLO, STARTTLS, one TLS handshake, EHLO, (MAIL/RCPT/RSET), QUIT.
 
 The first handshake accepts any certificate (CERT_NONE) and requires TLS 1.2+, so one connection
-gives both the certificate details and the verdict. Only when that handshake fails is a second
-connection made with a legacy context, to name the old TLS version the server offers.
-Nothing here ever sends DATA.
+gives both the certificate details and the verdict (``certs.judge_chain``, the judgement the
+relay enforces). Only when that handshake fails is a second connection made with a legacy
+context, to name the old TLS version the server offers. Alongside the first connection, a
+bare handshake without SNI shows whether a client that sends none (Postfix by default) gets
+another certificate. Nothing here ever sends DATA.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ async def probe_host(
     port: int,
     preference: int | None,
     settings: ProbeSettings,
+    lookup_error: str | None = None,
 ) -> HostResult:
-    """Probe ``host`` on the first of ``addresses`` that accepts a connection."""
+    """Probe ``host`` on the first of ``addresses`` that accepts a connection
+    (``lookup_error``: why it has none, when its address lookup failed)."""
     started = time.monotonic()
     session = _Session()
     address: str | None = addresses[0] if addresses else None
@@ -83,7 +87,7 @@ async def probe_host(
     warnings: tuple[str, ...] = ()
     try:
         if not addresses:
-            raise _Finding(Status.ERROR, _no_address(host))
+            raise _Finding(Status.ERROR, lookup_error or _no_address(host))
         if server_name(host) is not None:
             # The relay sends SNI, Postfix by default none: learn what a client without it
             # gets, on a second connection made alongside (a slow greeting is waited once).
@@ -144,10 +148,10 @@ async def _open_session(client: SmtpClient, session: _Session, settings: ProbeSe
     greeting = await client.greeting(settings.greeting_timeout)
     if greeting.code != 220:
         raise _Finding(Status.ERROR, f"server refused the session: {greeting}")
-    ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO")
+    ehlo = await client.ehlo(client.helo_name)
     if ehlo.code != 250:
         raise _Finding(Status.UNSUPPORTED, f"EHLO rejected ({ehlo}): no STARTTLS possible")
-    if "STARTTLS" not in ehlo.keywords:
+    if "STARTTLS" not in client.extensions:
         raise _Finding(Status.UNSUPPORTED, "STARTTLS not offered")
     session.starttls = True
     reply = await client.command("STARTTLS", "after STARTTLS")
@@ -170,7 +174,7 @@ async def _conversation(
             client.abort()  # nothing sensible can follow a failed handshake on this connection
             return None, _ssl_reason(exc)
         _record_tls(session, ssl_object, host, settings)
-        ehlo = await client.command(f"EHLO {client.helo_name}", "after EHLO over TLS")
+        ehlo = await client.ehlo(client.helo_name)  # what is offered over TLS counts
         if ehlo.code != 250:
             raise _Finding(Status.ERROR, f"EHLO over TLS rejected: {ehlo}")
         if settings.email:

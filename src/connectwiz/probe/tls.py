@@ -39,11 +39,10 @@ def client_context(
         ctx.verify_mode = ssl.CERT_NONE
     if legacy:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        with warnings.catch_warnings():  # TLSv1 is deprecated: that is what we are detecting
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-    else:
-        ctx.minimum_version = minimum
+    # TLSv1/1.1 are deprecated: detecting them, or a policy's min_tls, may still ask for them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1 if legacy else minimum
     return ctx
 
 
