@@ -73,7 +73,8 @@ CAUSE: dict[str, str] = {
     "greeting421.example": "421",
     "refused.example": "connection refused",
     "mixed.example": "mx3.mixed.example is weaker (unsupported",
-    "nointermediate.example": "unknown CA (CN=connectwiz lab intermediate CA",
+    "nointermediate.example": "intermediate CA,O=connectwiz lab): neither in the trust store "
+                              "nor sent by the server",
     "notyetvalid.example": "not valid before",
     "sha1.example": "SHA1",
     "clientauth.example": "purpose",
