@@ -4,21 +4,28 @@
 
 The model has one secure policy per partner domain (100), ``--triggers`` content triggers
 with three conditions each and one bypass. Messages have 3 recipients and a ~20 kB
-multipart body (text + HTML). Figures are printed, never asserted.
+multipart body (text + HTML). The same decision is then timed with deeper conditions
+(a regular expression, a whole-word phrase, a 20-term dictionary) against the plain
+``contains`` conditions as baseline, and one RE2 pattern that backtracks catastrophically
+in Python's ``re`` over a 2 MB body. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.message import EmailMessage
 
+from connectwiz.policy.content import Examined, condition_matches
 from connectwiz.policy.model import (
     Applies,
     ConditionField,
+    ConditionKind,
     Organisation,
     PolicyModel,
     Scope,
@@ -28,20 +35,31 @@ from connectwiz.policy.model import (
     SecureTrigger,
 )
 from connectwiz.policy.secure import SecureIndex
-from connectwiz.relay.secure import add_banner, parse_content
+from connectwiz.relay.secure_content import add_banner, parse_content
 
 PARTNERS = [f"partner{i}.example" for i in range(100)]
 DOMAINS = [*PARTNERS, "other.example"]
 
 
-def model(triggers: int) -> PolicyModel:
+def deep(i: int) -> tuple[SecureCondition, ...]:
+    return (SecureCondition(ConditionField.SUBJECT, rf"\bproject[- ]{i}\b",
+                            kind=ConditionKind.MATCHES),
+            SecureCondition(ConditionField.BODY, f"codeword {i} applies", whole_word=True),
+            SecureCondition(ConditionField.BODY, "", kind=ConditionKind.DICTIONARY,
+                            whole_word=True, threshold=3,
+                            terms=tuple(f"term{i}x{t}" for t in range(20))))
+
+
+def model(triggers: int, conditions: Callable[[int], tuple[SecureCondition, ...]] | None = None
+          ) -> PolicyModel:
     return PolicyModel(
         organisation=Organisation(internal_domains=("corp.example",)),
         secure_policies=tuple(
             SecurePolicy(f"to {d}", "External Recipients", to=Scope(Applies.DOMAIN, (d,)))
             for d in PARTNERS),
         secure_triggers=tuple(
-            SecureTrigger(f"trigger {i}", "External Recipients", (
+            SecureTrigger(f"trigger {i}", "External Recipients", conditions(i) if conditions
+                          else (
                 SecureCondition(ConditionField.SUBJECT, f"project {i}"),
                 SecureCondition(ConditionField.BODY, f"codeword {i} applies"),
                 SecureCondition(ConditionField.HEADER, f"level-{i}", "X-Classification"),
@@ -81,15 +99,28 @@ def main() -> None:
           f"{elapsed / len(contents) * 1e6:.0f} us/message")
 
     at = datetime.now(UTC)
+    for label, idx in (("contains", index), ("deep", SecureIndex(model(args.triggers, deep)))):
+        start = time.perf_counter()
+        applied = 0
+        for content in contents:
+            rcpts = [f"r{rng.randrange(9)}@{rng.choice(DOMAINS)}"
+                     for _ in range(3)]
+            applied += idx.decide("alice@corp.example", None, rcpts, None, at, content).applies
+        elapsed = time.perf_counter() - start
+        print(f"decide, {label} conditions (3 recipients): "
+              f"{elapsed / len(contents) * 1e6:.0f} us/message, "
+              f"{len(contents) / elapsed:.0f} messages/s ({applied} applied)")
+
+    hostile = SecureCondition(ConditionField.BODY, "(a+)+$", kind=ConditionKind.MATCHES,
+                              case_sensitive=True)
     start = time.perf_counter()
-    applied = 0
-    for content in contents:
-        rcpts = [f"r{rng.randrange(9)}@{rng.choice(DOMAINS)}"
-                 for _ in range(3)]
-        applied += index.decide("alice@corp.example", None, rcpts, None, at, content).applies
-    elapsed = time.perf_counter() - start
-    print(f"decide (3 recipients): {elapsed / len(contents) * 1e6:.0f} us/message, "
-          f"{len(contents) / elapsed:.0f} messages/s ({applied} applied)")
+    condition_matches(hostile, Examined("", "a" * 2_000_000 + "b", (), ()))
+    print(f"(a+)+$ over 2 MB with RE2: {(time.perf_counter() - start) * 1000:.1f} ms")
+    for n in (20, 22, 24):
+        start = time.perf_counter()
+        re.search("(a+)+$", "a" * n + "b")
+        print(f"(a+)+$ over {n} bytes with Python re (baseline): "
+              f"{(time.perf_counter() - start) * 1000:.1f} ms")
 
     start = time.perf_counter()
     for body in bodies * 10:

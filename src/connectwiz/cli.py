@@ -20,7 +20,18 @@ class _Parser(argparse.ArgumentParser):
     _intermixing = False
 
     def error(self, message: str) -> None:  # argparse's default prints usage; keep it one line
-        self.exit(2, f"connectwiz: {message} (see connectwiz {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"connectwiz: {message} (see {self.prog} --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # said by the subcommand's parser, so that the hint names its --help
+            commands = next((a.choices for a in self._actions
+                             if isinstance(a, argparse._SubParsersAction)), {})
+            parser = commands.get(getattr(parsed, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -57,10 +68,24 @@ def _bundle_option(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
+def _config_option(p: argparse.ArgumentParser, section: str) -> None:
+    """``section``: the table of service.toml the command reads (relay/config.py)."""
+    p.add_argument("--config", metavar="FILE",
+                   help="service options in TOML (default: service.toml beside the bundle); "
+                        "command-line options override it")
+    p.set_defaults(config_section=section)
+
+
+def _metrics_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="connectwiz", description="Enforced TLS with your mail partners.")
     parser.add_argument("--version", action="version", version=f"connectwiz {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    parser.set_defaults(commands=sub.choices)  # for the config file (relay/config.py)
 
     p = sub.add_parser("wizard", help="the terminal wizard (default)")
     _bundle_option(p)
@@ -80,12 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", metavar="ADDR", help="also test RCPT TO for this address")
     p.add_argument("--route", action="append", default=[], metavar="HOST[:PORT]",
                    help="an inbound route (internal server) to validate; repeatable")
+    p.add_argument("--ssl-mode", choices=("legacy", "medium", "strong", "very_strong"),
+                   help="also check that each host negotiates TLS at this delivery SSL Mode")
     p.add_argument("targets", nargs="*", metavar="DOMAIN")
     _network_options(p)
 
     for name, what in (("domains", "DOMAIN"), ("routes", "HOST[:PORT]")):
         p = sub.add_parser(name, help=f"list, add or remove {name}")
-        p.add_argument("action", choices=("list", "add", "remove"))
+        p.add_argument("action", nargs="?", default="list", choices=("list", "add", "remove"),
+                       help="default: list")
         p.add_argument("items", nargs="*", metavar=what)
         p.add_argument("--json", action="store_true")
         if name == "domains":
@@ -94,9 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
         _bundle_option(p)
 
     p = sub.add_parser("org", help="show or set the organisation")
-    p.add_argument("action", choices=("show", "set"))
+    p.add_argument("action", nargs="?", default="show", choices=("show", "set"),
+                   help="default: show")
     p.add_argument("--internal-domain", action="append", metavar="D")
     p.add_argument("--authorized-outbound", action="append", metavar="CIDR")
+    p.add_argument("--json", action="store_true")
+    _bundle_option(p)
+
+    p = sub.add_parser("policies", help="list, show, add, enable, disable or remove policies "
+                                        "and definitions")
+    p.add_argument("action", choices=("list", "show", "add", "enable", "disable", "remove"))
+    p.add_argument("kind", nargs="?", choices=("delivery", "receipt", "secure", "bypass",
+                                               "definition", "secure-definition"))
+    p.add_argument("items", nargs="*", metavar="NAME|#N|KEY=VALUE",
+                   help="the entry's narrative or name, or #N from list; add: KEY=VALUE "
+                        "pairs (values in TOML, e.g. 'to={applies=\"domain\", "
+                        "specifically=[\"bank.example\"]}')")
     p.add_argument("--json", action="store_true")
     _bundle_option(p)
 
@@ -130,12 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _config_option(p, "relay")
+    _metrics_option(p)
+    p.add_argument("--check", action="store_true",
+                   help="check configuration, bundle, certificates and spool, then exit "
+                        "without listening")
     g = p.add_argument_group("relay limits and retries (Postfix-like defaults)")
     g.add_argument("--hostname", help="name in the banner, Received: and bounces")
     g.add_argument("--max-size", type=int, metavar="BYTES", help="message size limit (10240000)")
     g.add_argument("--max-recipients", type=int, metavar="N", help="recipients per message (1000)")
     g.add_argument("--max-connections", type=int, metavar="N", help="concurrent sessions (100)")
     g.add_argument("--idle-timeout", type=float, metavar="S", help="silent client limit (300)")
+    g.add_argument("--max-connections-per-client", type=int, metavar="N",
+                   help="concurrent sessions from one IP (50; authorised clients exempt)")
+    g.add_argument("--junk-command-limit", type=int, metavar="N",
+                   help="NOOP/RSET/VRFY/HELP/EXPN per session before 421 (100)")
+    g.add_argument("--session-deadline", type=float, metavar="S",
+                   help="longest SMTP session, however busy (3600)")
+    g.add_argument("--max-hops", type=int, metavar="N",
+                   help="Received: headers that mean a mail loop: 554 (50)")
+    g.add_argument("--queue-run-delay", type=float, metavar="S",
+                   help="rescan the queue for stray messages this often (300)")
+    g.add_argument("--destination-concurrency", type=int, metavar="N",
+                   help="deliveries in flight to one destination (20)")
     g.add_argument("--backoff-min", type=float, metavar="S", help="first retry delay (300)")
     g.add_argument("--backoff-max", type=float, metavar="S", help="longest retry delay (4000)")
     g.add_argument("--max-lifetime", type=float, metavar="S",
@@ -150,13 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default $XDG_CONFIG_HOME/connectwiz/secure.key, made 0600 on first use)")
     _network_options(p)
 
+    p = sub.add_parser("queue", help="list, show, flush, hold, release or delete queued mail")
+    p.add_argument("action", choices=("list", "show", "flush", "hold", "release", "delete"))
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--domain", metavar="D", help="only messages (recipients) at this domain")
+    p.add_argument("--deferred", action="store_true", help="list: deferred messages only")
+    p.add_argument("--headers", action="store_true", help="show: the message's headers too")
+    p.add_argument("--silent", action="store_true", help="delete: send the sender no bounce")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
+    p.add_argument("--hostname", help="name in bounces made while the relay is stopped")
+    _bundle_option(p)
+    _config_option(p, "relay")
+
+    p = sub.add_parser("install-units", help="write systemd units for the relay and the portal")
+    p.add_argument("--prefix", default="/", metavar="DIR",
+                   help="root to install under (default /: /etc/systemd/system, ...)")
+    p.add_argument("--executable", metavar="PATH",
+                   help="the connectwiz program the units start (default: this one)")
+
     p = sub.add_parser("log", help="receipt/delivery view of relayed messages")
     p.add_argument("--spool", metavar="DIR")
     p.add_argument("--json", action="store_true")
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
 
     p = sub.add_parser("secure", help="messages held for the Secure Messaging portal")
-    p.add_argument("action", choices=("list", "show", "extend", "revoke"))
+    p.add_argument("action", choices=("list", "show", "extend", "revoke", "unlock"))
     p.add_argument("message_id", nargs="?", metavar="ID")
     p.add_argument("--days", type=int, metavar="N", help="extend: days to add to the expiry")
     p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
@@ -182,7 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-cookies", action="store_true",
                    help="cookies without Secure, for tests on http://127.0.0.1 only")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _bundle_option(p)
+    _config_option(p, "portal")
+    _metrics_option(p)
     return parser
+
+
+def parse(args_list: list[str]) -> argparse.Namespace:
+    """Arguments, with the service config file's values as defaults for relay, portal and
+    queue (a UserError when the file is wrong)."""
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if getattr(args, "config_section", None) is None:
+        return args
+    from connectwiz.relay.config import apply_config  # only for the commands that use it
+
+    return apply_config(parser, args.commands, args_list, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,11 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0].startswith("-")
                          and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "wizard")
-    args = build_parser().parse_args(args_list)
     try:
-        module = importlib.import_module(f"connectwiz.commands.{args.command}")
+        args = parse(args_list)
+    except UserError as exc:
+        print(f"connectwiz: {exc}", file=sys.stderr)
+        return 2
+    try:
+        name = f"connectwiz.commands.{args.command.replace('-', '_')}"
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != f"connectwiz.commands.{args.command}":
+        if exc.name != name:
             raise
         print(f"connectwiz: '{args.command}' is not available in this build", file=sys.stderr)
         return 2

@@ -75,8 +75,8 @@ def test_each_delivery_option_maps_to_its_postfix_level():
         delivery("legacy none", NONE, to("legacy.example")),
     ))
     assert table(out.files[TLS_POLICY]) == {
-        "bank.example": "verify match=hostname protocols=>=TLSv1.2",
-        "shop.example": "encrypt protocols=>=TLSv1.3",
+        "bank.example": "verify match=hostname protocols=>=TLSv1.2 ciphers=high",
+        "shop.example": "encrypt protocols=>=TLSv1.3 ciphers=high",
         "news.example": "may protocols=>=TLSv1",
         "legacy.example": "none",
     }
@@ -125,7 +125,7 @@ def test_strict_checks_the_mx_host_name_with_sni_as_the_relay_does():
                                delivery("bank strict", STRICT, to("bank.example"))))
     main_cf = out.files[MAIN_CF]
     assert table(out.files[TLS_POLICY])["bank.example"] == \
-        "verify match=hostname protocols=>=TLSv1.2"
+        "verify match=hostname protocols=>=TLSv1.2 ciphers=high"
     assert setting(main_cf, "smtp_tls_security_level") == "verify"
     assert setting(main_cf, "smtp_tls_verify_cert_match") == "hostname"
     assert setting(main_cf, "smtp_tls_servername") == "hostname"
@@ -293,6 +293,7 @@ POSTMAP = shutil.which("postmap") or ("/usr/sbin/postmap" if Path("/usr/sbin/pos
                                       else None)
 
 
+@pytest.mark.peer
 @pytest.mark.skipif(POSTMAP is None, reason="Postfix is not installed (no postmap)")
 def test_postfix_looks_up_the_tables_as_intended(tmp_path):
     out = export_postfix(model(
@@ -310,7 +311,7 @@ def test_postfix_looks_up_the_tables_as_intended(tmp_path):
         return done.stdout.strip()
 
     assert query("bank.example", f"texthash:{tmp_path / TLS_POLICY}") == \
-        "verify match=hostname protocols=>=TLSv1.2"
+        "verify match=hostname protocols=>=TLSv1.2 ciphers=high"
     assert query("other.example", f"texthash:{tmp_path / TLS_POLICY}") == ""
     assert query("bank.example", f"texthash:{tmp_path / SENDER_TLS}") == \
         "reject_plaintext_session"

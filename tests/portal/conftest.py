@@ -8,7 +8,9 @@ import asyncio
 import io
 import re
 import secrets
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,8 @@ from aiosmtpd.smtp import SMTP
 
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, token_hash
+from connectwiz.relay.secure import HeldStore, load_secure_key, token_hash
+from connectwiz.relay.secure_content import header_addresses
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import relays  # noqa: F401 - a fixture, used by name
 
@@ -105,6 +108,26 @@ def mime(tag: str, *, html: str | None = None, attachment: tuple[str, str, bytes
     return msg.as_bytes(policy=email_policy.SMTP)
 
 
+def nested(depth: int) -> bytes:
+    """A message whose text part sits ``depth`` multiparts deep."""
+    head = (f"From: {SENDER}\r\nTo: {READER}\r\nSubject: Deep\r\nMIME-Version: 1.0\r\n")
+    opening = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'
+                      for i in range(depth))
+    closing = "".join(f"\r\n--b{i}--" for i in reversed(range(depth)))
+    return (head + opening + "Content-Type: text/plain\r\n\r\ninside" + closing + "\r\n").encode()
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A plain PNG, for the organisation's logo."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 DEFINITION = {"name": "Confidential 7d", "description": "", "allow_print": True,
               "allow_reply": True, "allow_reply_all": False, "expiry_days": 7,
               "max_extension_days": 0, "read_receipt": False, "routing": "external",
@@ -113,7 +136,7 @@ DEFINITION = {"name": "Confidential 7d", "description": "", "allow_print": True,
 
 def hold(spool: Path, body: bytes, *, recipients: tuple[str, ...] = (READER,),
          expires_in: timedelta = timedelta(days=7), key_file: Path | None = None,
-         **definition: Any) -> tuple[str, dict[str, str]]:
+         limit_in: timedelta | None = None, **definition: Any) -> tuple[str, dict[str, str]]:
     """Write a held message as the relay does; returns its id and each recipient's token."""
     store = HeldStore(Spool(spool), key_file)
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
@@ -122,10 +145,13 @@ def hold(spool: Path, body: bytes, *, recipients: tuple[str, ...] = (READER,),
     now = datetime.now(UTC)
     tokens = {r: secrets.token_urlsafe(32) for r in recipients}
     iso = lambda d: d.isoformat(timespec="seconds").replace("+00:00", "Z")  # noqa: E731
+    header_to, header_cc = header_addresses(body)
     record = {
         "version": 1, "id": held, "sender": SENDER, "header_from": SENDER,
+        "header_to": header_to, "header_cc": header_cc,
         "held_at": iso(now), "expires_at": iso(now + expires_in),
-        "initial_expires_at": iso(now + expires_in), "limit_at": iso(now + expires_in),
+        "initial_expires_at": iso(now + expires_in),
+        "limit_at": iso(now + (limit_in or expires_in)),
         "extended_days": 0, "max_retention_days": 365, "revoked_at": None,
         "definition": {**DEFINITION, **definition}, "reason": "test",
         "requested_by_client": None,
@@ -160,7 +186,8 @@ class PortalClient:
     async def sign_in(self, sink: Sink, held: str, token: str, address: str = READER) -> None:
         link = self.link(held, token)
         csrf = await self.csrf(link)
-        before = len([1 for _, rcpts, _ in sink.messages if address in rcpts])
+        before = len([1 for _, rcpts, data in sink.messages
+                      if address in rcpts and CODE.search(data)])
         resp = await self.client.post(link + "/code", data={"_csrf": csrf},
                                       allow_redirects=False)
         assert resp.status == 303, await resp.text()
@@ -183,6 +210,7 @@ async def portal_client(tmp_path: Path, sink: Sink) -> AsyncIterator[Callable[..
                               relay=("127.0.0.1", sink.port), insecure_cookies=True,
                               hostname="portal.test")
         logs = io.StringIO()
+        load_secure_key(overrides.get("key_file"))  # made by the relay's set-up, as in use
         portal = Portal(replace(config, **overrides), EventLog(json_lines=True, stream=logs))
         server = TestServer(portal.app)
         await server.start_server(access_log_class=portal.access_log_class())

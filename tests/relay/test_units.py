@@ -16,11 +16,11 @@ from connectwiz.relay.msglog import MessageLog, list_records, read_record
 from connectwiz.relay.receipt import (
     REPLY_STARTTLS_FIRST,
     TlsInfo,
-    routing_trick,
     strictest,
     tls_refusal,
 )
 from connectwiz.relay.settings import RelaySettings
+from connectwiz.relay.smtpd import routing_trick
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
 
 
@@ -50,51 +50,84 @@ def test_recover_puts_interrupted_deliveries_back_and_keeps_deferred(spool: Spoo
     a, b, c = _entry("A1"), _entry("B2"), _entry("C3")
     for e in (a, b, c):
         spool.accept(e, b"x\r\n")
-    spool.move("B2", "incoming", "active")  # crashed mid-delivery
-    spool.move("C3", "incoming", "active")
+    spool.claim("B2")  # crashed mid-delivery
+    spool.claim("C3")
     c.next_attempt = 123.0
     spool.defer(c)
-    ready, deferred = Spool(spool.root).recover()
-    assert sorted(e.id for e in ready) == ["A1", "B2"]
-    assert [e.next_attempt for e in deferred] == [123.0]
+    found = Spool(spool.root).recover()
+    assert sorted(e.id for e in found.ready) == ["A1", "B2"]
+    assert [e.next_attempt for e in found.deferred] == [123.0]
     assert spool.counts() == {"incoming": 2, "active": 0, "deferred": 1}
 
 
 def test_recover_prefers_the_later_state_when_a_crash_left_two(spool: Spool) -> None:
     e = _entry("D4")
     spool.accept(e, b"x\r\n")
-    spool.move("D4", "incoming", "active")
+    spool.claim("D4")
     e.recipients[0].status = "delivered"
     # active -> deferred writes the new file before unlinking the old: simulate the crash
     spool.write_atomic(spool.root / "deferred" / "D4.json", e.to_json())
-    ready, deferred = spool.recover()
-    assert ready == [] and [d.id for d in deferred] == ["D4"]
-    assert deferred[0].recipients[0].status == "delivered"
+    found = spool.recover()
+    assert found.ready == [] and [d.id for d in found.deferred] == ["D4"]
+    assert found.deferred[0].recipients[0].status == "delivered"
     assert not (spool.root / "active" / "D4.json").exists()
 
 
-def test_recover_removes_unacknowledged_bodies_and_temp_files(spool: Spool) -> None:
-    (spool.root / "messages" / "ORPHAN.eml").write_bytes(b"never acknowledged")
-    (spool.root / "tmp" / "half.json.1234").write_bytes(b"{")
+def test_recover_removes_unacknowledged_files_and_leftover_state(spool: Spool) -> None:
+    (spool.root / "tmp" / "ORPHAN.msg").write_bytes(b"CWZQ1 000000000000\nnever committed")
+    (spool.root / "active" / "GONE.json").write_bytes(_entry("GONE").to_json())  # finished
     spool.recover()
-    assert list((spool.root / "messages").iterdir()) == []
     assert list((spool.root / "tmp").iterdir()) == []
+    assert spool.counts() == {"incoming": 0, "active": 0, "deferred": 0}
 
 
-def test_recover_sets_aside_a_damaged_entry(spool: Spool) -> None:
-    (spool.root / "incoming" / "BAD.json").write_text("{not json")
-    ready, deferred = spool.recover()
-    assert ready == deferred == []
-    assert (spool.root / "incoming" / "BAD.json.corrupt").exists()
+def test_recover_quarantines_a_damaged_message_with_its_body(spool: Spool) -> None:
+    good, bad = _entry("GOOD"), _entry("BAD")
+    spool.accept(good, b"x\r\n")
+    spool.accept(bad, b"Subject: keep me\r\n\r\nacknowledged\r\n")
+    spool.write_atomic(spool.root / "deferred" / "BAD.json", b"{not json")
+    found = spool.recover()
+    assert [e.id for e in found.ready] == ["GOOD"] and found.deferred == []
+    assert [m for m, _ in found.quarantined] == ["BAD"]
+    corrupt = sorted(p.name for p in (spool.root / "corrupt").iterdir())
+    assert corrupt == ["BAD.deferred.json", "BAD.queue.msg"]
+    # The acknowledged message is kept, body and all, for a person to look at.
+    assert b"acknowledged" in (spool.root / "corrupt" / "BAD.queue.msg").read_bytes()
+    assert spool.recover().quarantined == [], "set aside once, never retried"
+
+
+def test_recover_quarantines_a_truncated_queue_file(spool: Spool) -> None:
+    e = _entry("TORN")
+    spool.accept(e, b"Subject: x\r\n\r\n" + b"y" * 1000)
+    path = spool.queue_path("TORN")
+    path.write_bytes(path.read_bytes()[:500])  # outside damage: the envelope is gone
+    found = spool.recover()
+    assert found.ready == [] and [m for m, _ in found.quarantined] == ["TORN"]
+    assert (spool.root / "corrupt" / "TORN.queue.msg").exists()
+
+
+def test_recover_imports_a_legacy_spool_and_sets_aside_an_entry_without_body(
+        spool: Spool) -> None:
+    (spool.root / "messages").mkdir()
+    old, lost = _entry("OLD"), _entry("LOST")
+    old.next_attempt = 99.0
+    (spool.root / "messages" / "OLD.eml").write_bytes(b"Subject: old\r\n\r\nbody\r\n")
+    (spool.root / "deferred" / "OLD.json").write_bytes(old.to_json())
+    (spool.root / "incoming" / "LOST.json").write_bytes(lost.to_json())  # body missing
+    found = spool.recover()
+    assert [e.id for e in found.deferred] == ["OLD"] and found.ready == []
+    assert spool.read_body("OLD") == b"Subject: old\r\n\r\nbody\r\n"
+    assert (spool.root / "corrupt" / "LOST.incoming.json").exists()
+    assert not (spool.root / "messages").exists()
 
 
 def test_finish_forgets_body_but_not_log(spool: Spool) -> None:
     e = _entry()
     spool.accept(e, b"x\r\n")
     MessageLog(spool.root).append(e.id, "received", result="accepted", recipients=[])
-    spool.move(e.id, "incoming", "active")
+    assert spool.claim(e.id) is not None
     spool.finish(e.id)
-    assert not spool.body_path(e.id).exists()
+    assert not spool.queue_path(e.id).exists()
     assert spool.counts() == {"incoming": 0, "active": 0, "deferred": 0}
     assert read_record(spool.root, e.id).received["result"] == "accepted"
 
@@ -288,3 +321,18 @@ def test_message_status_from_the_recipients_fates(spool: Spool) -> None:
     log.append("P3", "received", result="530 5.7.0 Must issue a STARTTLS command first",
                recipients=[a])
     assert read_record(spool.root, "P3").status == "refused"
+
+
+def test_a_spool_that_cannot_be_created_is_one_line_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from connectwiz.cli import main
+
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text("schema_version = 1\n")
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    spool = tmp_path / "afile" / "spool"
+    assert main(["relay", "--bundle", str(bundle), "--spool", str(spool),
+                 "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("connectwiz: cannot create the spool") and err.count("\n") == 1
+    assert "Traceback" not in err

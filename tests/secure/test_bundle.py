@@ -203,3 +203,19 @@ def test_empty_condition_list_is_refused(tmp_path: Path) -> None:
                       "conditions = []")
     exc = error(text, tmp_path)
     assert exc.key == "secure_triggers[0].conditions" and "non-empty" in str(exc)
+
+
+def test_organisation_name_and_logo_for_the_portal_round_trip(tmp_path: Path) -> None:
+    text = V2.replace('internal_domains = ["corp.example"]\n',
+                      'internal_domains = ["corp.example"]\nname = "Corp Bank"\n'
+                      'logo = "branding/logo.png"\n')
+    m = load(text, tmp_path).model
+    assert (m.organisation.name, m.organisation.logo) == ("Corp Bank", "branding/logo.png")
+    again = Bundle.from_model(m, tmp_path / "copy.toml")
+    again.save()
+    assert Bundle.load(tmp_path / "copy.toml").model == m
+    # Unset, they are not written: existing bundles round-trip unchanged.
+    assert "name" not in model_data(load(V2, tmp_path).model)["organisation"]
+    assert "must be a string" in str(error(V2.replace(
+        'internal_domains = ["corp.example"]\n',
+        'internal_domains = ["corp.example"]\nname = 7\n'), tmp_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from connectwiz.cli import build_parser, main
 from connectwiz.commands.relay import settings_from
 from connectwiz.errors import UserError
 from connectwiz.probe.options import NetworkOptions
+from tests.portal.conftest import READER, hold, mime
 from tests.secure.test_bundle import V2
 
 
@@ -95,6 +97,8 @@ def test_bad_portal_url_is_refused(url: str) -> None:
     (["show"], "needs the ID"),
     (["list", "ABC"], "takes no ID"),
     (["show", "../etc"], "not a held message id"),
+    (["unlock", "ABC", "--days", "3"], "--days is only for secure extend"),
+    (["unlock"], "needs the ID"),
 ])
 def test_secure_command_usage_errors(tmp_path: Path, capsys, argv: list[str],
                                      problem: str) -> None:
@@ -114,3 +118,32 @@ def test_a_damaged_record_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     (tmp_path / "secure" / "ABC" / "record.json").write_text("{not json")
     assert main(["secure", "list", "--spool", str(tmp_path)]) == 2
     assert "damaged" in capsys.readouterr().err
+
+
+def test_secure_show_names_a_locked_link_and_unlock_or_extend_unlocks_it(tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    spool = tmp_path / "spool"
+    held, _ = hold(spool, mime("lock"), expires_in=timedelta(days=3))
+    record_path = spool / "secure" / held / "record.json"
+    record = json.loads(record_path.read_text())
+    record["limit_at"] = "2999-01-01T00:00:00Z"
+    record["recipients"][0].update(wrong_codes=9, locked_at="2026-12-01T10:00:00Z")
+    record_path.write_text(json.dumps(record))
+    assert main(["secure", "show", held, "--spool", str(spool)]) == 0
+    out = capsys.readouterr().out
+    assert f"Recipient   {READER}" in out
+    assert "locked 2026-12-01T10:00:00Z after 9 wrong codes; secure unlock" in out
+    expires = record["expires_at"]
+    assert main(["secure", "unlock", held, "--spool", str(spool), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    [slot] = shown["recipients"]
+    assert slot["locked_at"] is None and slot["wrong_codes"] == 0
+    assert shown["expires_at"] == expires  # unlocking does not extend
+    # extend unlocks too.
+    record = json.loads(record_path.read_text())
+    record["recipients"][0].update(wrong_codes=9, locked_at="2026-12-01T10:00:00Z")
+    record_path.write_text(json.dumps(record))
+    assert main(["secure", "extend", held, "--days", "1", "--spool", str(spool), "--json"]) == 0
+    [slot] = json.loads(capsys.readouterr().out)["recipients"]
+    assert slot["locked_at"] is None and slot["wrong_codes"] == 0

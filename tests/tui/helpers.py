@@ -18,7 +18,12 @@ from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
 from connectwiz.bundle import Bundle
-from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
+from connectwiz.policy.model import (
+    EncryptionMode,
+    LastValidation,
+    PolicyModel,
+    ValidationStatus,
+)
 from connectwiz.probe.certs import CertificateInfo
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.results import HostResult, RcptReply, TargetResult
@@ -35,9 +40,11 @@ def fixed_clock() -> datetime:
     return NOW
 
 
-def wizard(path: Path, options: NetworkOptions | None = None, *, hint: str = "") -> WizardApp:
+def wizard(path: Path, options: NetworkOptions | None = None, *,
+           hint: str | Callable[[PolicyModel], str] = "", scratch: bool = False) -> WizardApp:
     """The app as the CLI builds it, with the test clock, no blink and no animations."""
-    app = make_app(path, options or NetworkOptions(), clock=fixed_clock, hint=hint, blink=False)
+    app = make_app(path, options or NetworkOptions(), clock=fixed_clock, hint=hint,
+                   scratch=scratch, blink=False)
     app.animation_level = "none"
     app.NOTIFICATION_TIMEOUT = 600  # a slow run must not let a toast vanish from a picture
     return app

@@ -24,7 +24,6 @@ from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.probing import TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.domains import DomainsScreen
-from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
 from connectwiz.tui.state import Risks
 from connectwiz.tui.widgets import key_of
@@ -37,6 +36,7 @@ from tests.tui.helpers import (
     domain_result,
     host_result,
     route_result,
+    summary_drawn,
     wait_for,
     wizard,
 )
@@ -83,15 +83,15 @@ async def test_finish_lists_risky_domains_by_group_and_go_back_saves_nothing(
         await wait_for(pilot, lambda: isinstance(app.screen, FinishWarningDialog),
                        what="finish warning")
         assert app.screen.risks == Risks(
-            unsupported=("nostarttls.example",), failed=("nullmx.example",),
+            unsupported=("nostarttls.example",), no_mail=("nullmx.example",),
             not_validated=("new.example",), too_strict=("selfsigned.example",))
         shown = text_of(app, "#risks")
         for line in ("Do not support TLS (1): nostarttls.example",
-                     "Could not be validated (1): nullmx.example",
+                     "Accept no mail (null MX) (1): nullmx.example",
                      "Never validated (1): new.example",
                      "enforced Strict (1): selfsigned.example",
                      "deferred, then bounced", "remove it (d)", "press r on its row",
-                     "validate it again (v)"):
+                     "there is nothing to enforce", "validate it (v;"):
             assert line in shown
         await pilot.press("enter")  # the default button is Go back
         await wait_for(pilot, lambda: isinstance(app.screen, DomainsScreen), what="back")
@@ -112,7 +112,8 @@ async def test_finish_anyway_saves_and_the_summary_warns(bundle_path: Path) -> N
         await wait_for(pilot, lambda: isinstance(app.screen, FinishWarningDialog),
                        what="finish warning")
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        # Drawn, not only pushed: the save runs in a thread, the summary fills in on mount.
+        await wait_for(pilot, lambda: summary_drawn(app, "domains"), what="summary drawn")
         assert app.screen.query_one("#warnings").display
         warnings = text_of(app, "#warnings")
         assert "Not supporting TLS (1): nostarttls.example" in warnings
@@ -129,7 +130,7 @@ async def test_finish_without_risks_saves_at_once_without_warnings(bundle_path: 
         await pilot.press("down", "r")  # selfsigned.example: enforce Relaxed, as it passes
         assert app.state.risks().empty
         await pilot.press("f")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "2 domains"), what="summary drawn")
         assert not app.screen.query_one("#warnings").display
 
 
@@ -258,7 +259,7 @@ async def test_quit_is_in_the_footer_of_every_screen_within_80_columns(
         await pilot.press("escape", "f")
         check()  # the Finish warning
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "domain"), what="summary drawn")
         check()
     assert seen == ["StartScreen", "OrgDialog", "RoutesScreen", "DomainsScreen",
                     "AddDomainsScreen", "FinishWarningDialog", "FinishScreen"]

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
-from connectwiz.tui.widgets import Cells, ListTable, sync_rows
+from connectwiz.tui.list_table import Cells, ListTable, sync_rows
 
 ROWS: list[tuple[str, Cells]] = [
     ("a", ("trusted.example", Text("Strict"), Text("✔ Supports TLS (Strict)", style="green"))),

@@ -189,9 +189,14 @@ def model_text(model: PolicyModel) -> str:
         table = tomlkit.table()
         for key in ("internal_domains", "authorized_outbound"):
             table.add(key, _value(org[key]))
+        for key in ("name", "logo"):  # the portal's branding, only when set
+            if org.get(key):
+                table.add(key, org[key])
         if org["address_groups"]:
             table.add("address_groups", _value(org["address_groups"]))
         doc.append("organisation", table)
+    if "directory" in data:
+        doc.append("directory", make_table(data["directory"]))
     for section in ("inbound_routes", "external_domains", "delivery_definitions"):
         if data[section]:
             doc.append(section, AoT([make_table(x) for x in data[section]]))

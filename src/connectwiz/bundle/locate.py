@@ -107,3 +107,72 @@ class Locator:
                             return no
             return line
         return None
+
+
+
+_CLOSING = {"[": "]", "{": "}"}
+_HEADER = re.compile(r"[ \t]*\[")
+_TOML_POS = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
+def toml_error(text: str, message: str) -> tuple[int | None, str]:
+    """The line to report for a TOML parser's ``message`` about ``text``, and the problem
+    in words. An unclosed array or inline table is reported where it was opened; a problem
+    at the end of the document at its last line."""
+    m = _TOML_POS.search(message)
+    problem = message[: m.start()] if m else message
+    if m is None:
+        return None, problem
+    if m[1] is None:  # at end of document
+        line, end = len(text.rstrip().splitlines()) or 1, len(text)
+    else:
+        line = int(m[1])
+        end = sum(len(x) for x in text.splitlines(keepends=True)[: line - 1]) + int(m[2]) - 1
+        problem += f" (column {m[2]})"
+    found = unclosed_bracket(text, end)
+    if found is not None:
+        opened, kind = found
+        return opened, f"{kind} opened on this line is not closed (noticed at line {line})"
+    return line, problem
+
+
+def unclosed_bracket(text: str, end: int) -> tuple[int, str] | None:
+    """The line and kind ("array" or "inline table") of the innermost ``[`` or ``{`` value
+    still open at offset ``end``, or None. A TOML parser notices the missing ``]`` only
+    where the next thing cannot be part of the value (often lines later, or at the end of
+    the document); the admin needs the line where it was opened."""
+    stack: list[tuple[str, int]] = []
+    line, i, end = 1, 0, min(end, len(text))
+    while i < end:
+        c = text[i]
+        if (i == 0 or text[i - 1] == "\n") and not stack and _HEADER.match(text, i):
+            i = _line_end(text, i)  # a [table] header, not an array
+        elif c == "\n":
+            line += 1
+            i += 1
+        elif c == "#":
+            i = _line_end(text, i)
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(quote)
+            while j < len(text) and not text.startswith(quote, j):
+                if text[j] == "\n" and len(quote) == 1:
+                    break  # an unterminated one-line string: the parser says so itself
+                j += 2 if text[j] == "\\" and c == '"' else 1
+            line += text.count("\n", i, j)
+            i = j if j >= len(text) or text[j] == "\n" else j + len(quote)
+        else:
+            if c in _CLOSING:
+                stack.append((c, line))
+            elif stack and c == _CLOSING[stack[-1][0]]:
+                stack.pop()
+            i += 1
+    if not stack:
+        return None
+    opener, opened = stack[-1]
+    return opened, "array" if opener == "[" else "inline table"
+
+
+def _line_end(text: str, i: int) -> int:
+    j = text.find("\n", i)
+    return len(text) if j < 0 else j

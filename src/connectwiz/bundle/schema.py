@@ -11,25 +11,34 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.directory.snapshot import attribute_pair
 from connectwiz.policy import domains
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.content import InvalidPattern, compile_pattern
 from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     DEFAULT_RETENTION_DAYS,
+    DEFAULT_SUBJECT_TAG,
+    DEFAULT_TAG_DEFINITION,
     Applies,
     BasedOn,
     BypassOption,
+    ClientCertificatePin,
     ConditionField,
+    ConditionKind,
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
+    DirectorySettings,
     EncryptionMode,
     ExternalDomain,
     InboundRoute,
@@ -39,18 +48,23 @@ from connectwiz.policy.model import (
     PolicyModel,
     ReceiptOption,
     ReceiptPolicy,
+    Requesters,
     Scope,
     SecureBypass,
     SecureCondition,
     SecureDefinition,
     SecurePolicy,
+    SecureRouting,
     SecureSettings,
     SecureTrigger,
+    SslMode,
     TriggerMatch,
     ValidationStatus,
     Validity,
 )
 from connectwiz.policy.secure import BUILTIN_DEFINITIONS
+from connectwiz.policy.sslmode import LEVELS, TLS_ORDER
+from connectwiz.policy.wording import Wording, problems
 
 SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
 SECURE_SCHEMA_VERSION = 2  # the Secure Messaging sections need this
@@ -58,30 +72,45 @@ LATEST_SCHEMA_VERSION = SECURE_SCHEMA_VERSION
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 TOP_KEYS = (
-    "schema_version", "organisation", "inbound_routes", "external_domains",
+    "schema_version", "organisation", "directory", "inbound_routes", "external_domains",
     "delivery_definitions", "delivery_policies", "receipt_policies",
     "secure_messaging", "secure_definitions", "secure_policies", "secure_triggers",
     "secure_bypass",
 )
 SECURE_KEYS = TOP_KEYS[-5:]
-ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups")
+DIRECTORY_KEYS = ("url", "base_dn", "bind_dn", "password_env", "user_filter", "mail_attribute",
+                  "group_filter", "group_name_attribute", "attributes", "refresh_seconds",
+                  "timeout_seconds")
+_DIRECTORY_DEFAULTS = DirectorySettings("", "")
+ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups", "name",
+                     "logo")
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
 DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
 VALIDATION_KEYS = ("status", "at", "reason")
-DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed")
+DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed", "ssl_mode")
 VALIDITY_KEYS = ("enabled", "start", "end", "override", "bidirectional", "source_ips")
 DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "managed")
-RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
+RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed",
+                "client_certificate")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
-SECURE_SETTINGS_KEYS = ("max_retention_days",)
+WORDING_TEXT_KEYS = ("notification_subject", "notification_text", "code_subject", "code_text",
+                     "default_banner")
+WORDING_COLOUR_KEYS = ("accent_colour", "bar_colour")
+SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition",
+                        *WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS)
 SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
-                          "expiry_days", "max_extension_days", "read_receipt", "banner")
+                          "expiry_days", "max_extension_days", "read_receipt", "banner",
+                          "may_request", "routing")
+REQUESTER_KEYS = ("groups", "domains", "addresses")
 SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to", *VALIDITY_KEYS)
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
                        *VALIDITY_KEYS)
 SECURE_BYPASS_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS)
-CONDITION_KEYS = ("subject_contains", "body_contains", "header", "equals")
+# A condition's main key (exactly one) and its modifiers.
+_CONDITION_MAIN = ("subject_contains", "body_contains", "subject_matches", "body_matches",
+                   "header", "attachment_name", "attachment_type", "dictionary")
+CONDITION_KEYS = (*_CONDITION_MAIN, "equals", "whole_word", "case_sensitive", "in", "threshold")
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -153,6 +182,7 @@ class _Validator:
         self._locator: Locator | None = None
         self._domains: dict[str, str] = {}  # memo: the same domain appears in several lists
         self.groups: dict[str, tuple[str, ...]] = {}
+        self.directory: DirectorySettings | None = None
 
     def fail(self, path: KeyPath, problem: str, value: object = None) -> NoReturn:
         if self._locator is None:
@@ -308,11 +338,64 @@ class _Validator:
             self.unique(addrs, (*groups_path, name))
             groups[name] = tuple(addrs)
         self.groups = groups
+        name = " ".join(self.typed(t, "name", p, str, "").split())  # one line on the page
+        if len(name) > 100:
+            self.fail((*p, "name"), "must be at most 100 characters (it heads every portal page)")
         return Organisation(
             internal_domains=self.domains(t, "internal_domains", p),
             authorized_outbound=self.networks(t, "authorized_outbound", p),
             address_groups=groups,
+            name=name,
+            logo=self.typed(t, "logo", p, str, "").strip(),
         )
+
+    # Directory (directory/ldap.py reads it) -----------------------------------------------
+
+    def directory_settings(self, data: dict[str, Any]) -> DirectorySettings | None:
+        if "directory" not in data:
+            return None
+        p: KeyPath = ("directory",)
+        t = self.table(data["directory"], p, DIRECTORY_KEYS, ("url", "base_dn"))
+        url = self.typed(t, "url", p, str, "").strip()
+        if not url.lower().startswith(("ldap://", "ldaps://")):
+            self.fail((*p, "url"), "must start with ldap:// or ldaps://", url)
+        text = {k: self.typed(t, k, p, str, "").strip()
+                for k in DIRECTORY_KEYS if k in t and k not in
+                ("url", "attributes", "refresh_seconds", "timeout_seconds")}
+        for key in ("base_dn", "mail_attribute", "group_name_attribute", "user_filter",
+                    "group_filter"):
+            if key in text and not text[key]:
+                self.fail((*p, key), "must not be empty")
+        for key in ("user_filter", "group_filter"):
+            if key in text and not (text[key].startswith("(") and text[key].endswith(")")):
+                self.fail((*p, key), "must be an LDAP filter in parentheses, e.g. (mail=*)",
+                          text[key])
+        attributes = [a.strip() for a in self.strings(t, "attributes", p)]
+        for i, name in enumerate(attributes):
+            if not name or not name.replace("-", "").isalnum():
+                self.fail((*p, "attributes", i), f"{name!r} is not an LDAP attribute name")
+        self.unique([a.lower() for a in attributes], (*p, "attributes"))
+        numbers = {}
+        for key, low in (("refresh_seconds", 10), ("timeout_seconds", 1)):
+            numbers[key] = self.typed(t, key, p, int, getattr(_DIRECTORY_DEFAULTS, key))
+            if numbers[key] < low:
+                self.fail((*p, key), f"must be at least {low}", numbers[key])
+        return DirectorySettings(url=url, attributes=tuple(attributes), **text, **numbers)
+
+    def attribute(self, text: str, p: KeyPath) -> str:
+        """An address_attribute entry: ``name=value``, ``name`` one the directory reads."""
+        if self.directory is None:
+            self.fail(p, "address_attribute needs a [directory] section to read attributes "
+                         "from", text)
+        try:
+            name, value = attribute_pair(text)
+        except ValueError as exc:
+            self.fail(p, str(exc), text)
+        known = {a.lower(): a for a in self.directory.attributes}
+        if name.lower() not in known:
+            self.fail(p, f"attribute {name!r} is not in directory.attributes"
+                         + _suggest(name, list(known.values()) or ["(none listed)"]), text)
+        return f"{known[name.lower()]}={value}"
 
     def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
         self.table(t, p, ROUTE_KEYS, ("host",))
@@ -351,6 +434,7 @@ class _Validator:
                                         EncryptionMode.STRICT),
             min_tls=min_tls,
             managed=self.flag(t, "managed", p),
+            ssl_mode=self.ssl_mode(t, p, min_tls),
         )
 
     def scope(self, t: dict[str, Any], side: str, p: KeyPath) -> Scope:
@@ -363,7 +447,8 @@ class _Validator:
         based_on = self.choice(s, "based_on", sp, BasedOn, BasedOn.ENVELOPE)
         entries = self.strings(s, "specifically", sp)
         lp = (*sp, "specifically")
-        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP)
+        keyed = applies in (Applies.DOMAIN, Applies.INDIVIDUAL, Applies.ADDRESS_GROUP,
+                            Applies.ADDRESS_ATTRIBUTE)
         if keyed and not entries:
             self.fail(lp if "specifically" in s else (*sp, "applies"),
                       f"applies = '{applies}' needs at least one entry in 'specifically'")
@@ -373,10 +458,14 @@ class _Validator:
             items = [self.domain(e, (*lp, i)) for i, e in enumerate(entries)]
         elif applies is Applies.INDIVIDUAL:
             items = [self.address(e, (*lp, i)) for i, e in enumerate(entries)]
+        elif applies is Applies.ADDRESS_ATTRIBUTE:
+            items = [self.attribute(e, (*lp, i)) for i, e in enumerate(entries)]
         else:
             items = list(entries)
             for i, name in enumerate(items):
-                if name not in self.groups:
+                # Without a directory every group must be the bundle's; with one, a name the
+                # bundle does not define is a directory group (checked when it is read).
+                if name not in self.groups and self.directory is None:
                     self.fail((*lp, i), f"unknown address group {name!r}"
                               + _suggest(name, list(self.groups) or ["(none defined)"]), name)
         self.unique(items, lp)
@@ -421,7 +510,47 @@ class _Validator:
             to=self.scope(t, "to", p),
             validity=self.validity(t, p),
             managed=self.flag(t, "managed", p),
+            client_certificate=self.client_certificate(t, p),
         )
+
+    # SSL Mode and pinned client certificates (issue 18) ---------------------------------
+
+    def ssl_mode(self, t: dict[str, Any], p: KeyPath, min_tls: str) -> SslMode | None:
+        if "ssl_mode" not in t:
+            return None  # Strong, or Legacy for an older min_tls: see sslmode.default_mode
+        mode = self.choice(t, "ssl_mode", p, SslMode, SslMode.STRONG)
+        floor = LEVELS[mode].min_tls
+        if TLS_ORDER.index(min_tls) < TLS_ORDER.index(floor):
+            self.fail((*p, "min_tls"), f"'{min_tls}' is older than ssl_mode = '{mode}' allows "
+                                       f"(TLS {floor} or newer); raise min_tls or choose "
+                                       f"ssl_mode = 'legacy'")
+        return mode
+
+    def client_certificate(self, t: dict[str, Any], p: KeyPath) -> ClientCertificatePin | None:
+        """A PEM file (relative to the bundle's folder) holding the certificate(s) a sending
+        server must present: its own, or the CA that issued it."""
+        if "client_certificate" not in t:
+            return None
+        # Imported here: most bundles pin nothing, and every command loads a bundle.
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        key = (*p, "client_certificate")
+        name = self.typed(t, "client_certificate", p, str, "").strip()
+        if not name:
+            self.fail(key, "must name a PEM certificate file (relative to the bundle's folder)")
+        folder = Path(self.source).parent if not self.source.startswith("<") else Path()
+        try:
+            pem = (folder / name).read_bytes()
+        except OSError as exc:
+            self.fail(key, f"cannot read {name!r} (relative to the bundle's folder): "
+                           f"{exc.strerror or exc}")
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            self.fail(key, f"{name!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return ClientCertificatePin(name, tuple(
+            c.public_bytes(serialization.Encoding.DER) for c in certs))
 
     # Secure Messaging (schema v2) ---------------------------------------------------------
 
@@ -438,7 +567,52 @@ class _Validator:
         t = self.table(data.get("secure_messaging", {}), p, SECURE_SETTINGS_KEYS)
         days = self.count(t, "max_retention_days", p, DEFAULT_RETENTION_DAYS, 1)
         assert days is not None
-        return SecureSettings(max_retention_days=days)
+        tag = self.text(t, "subject_tag", p, DEFAULT_SUBJECT_TAG).strip()
+        if re.search(r"[\[\]:,\s]", tag):
+            self.fail((*p, "subject_tag"), "must be one word without brackets, ':' or ',' "
+                                           "(\"\" switches subject tags off)", tag)
+        return SecureSettings(max_retention_days=days, subject_tag=tag,
+                              tag_definition=self.text(t, "tag_definition", p,
+                                                       DEFAULT_TAG_DEFINITION),
+                              wording=self.wording(t, p))
+
+    def wording(self, t: dict[str, Any], p: KeyPath) -> Wording:
+        default = Wording()
+        found: dict[str, str] = {}
+        for key in WORDING_COLOUR_KEYS:
+            if key in t:
+                value = self.text(t, key, p).strip().lower()
+                if not re.fullmatch(r"#[0-9a-f]{3}|#[0-9a-f]{6}", value):
+                    self.fail((*p, key), "must be a colour like \"#1f5fbf\"", value)
+                found[key] = value
+        for key in WORDING_TEXT_KEYS:
+            if key in t:
+                field_name = "banner" if key == "default_banner" else key
+                value = self.text(t, key, p, getattr(default, field_name))
+                problem = problems(field_name, value)
+                if problem:
+                    self.fail((*p, key), problem, value)
+                found[field_name] = value
+        return Wording(**found)
+
+    def requesters(self, t: dict[str, Any], p: KeyPath) -> Requesters:
+        if "may_request" not in t:
+            return Requesters()
+        rp = (*p, "may_request")
+        r = self.table(t["may_request"], rp, REQUESTER_KEYS)
+        groups = self.strings(r, "groups", rp)
+        for i, name in enumerate(groups):
+            if name not in self.groups and self.directory is None:  # else the directory's
+                self.fail((*rp, "groups", i), f"unknown address group {name!r}"
+                          + _suggest(name, list(self.groups) or ["(none defined)"]), name)
+        domains = [self.domain(d, (*rp, "domains", i))
+                   for i, d in enumerate(self.strings(r, "domains", rp))]
+        addresses = [self.address(a, (*rp, "addresses", i))
+                     for i, a in enumerate(self.strings(r, "addresses", rp))]
+        who = Requesters(tuple(groups), tuple(domains), tuple(addresses))
+        if who.everyone:
+            self.fail(rp, "lists nobody; leave may_request out to let everyone request it")
+        return who
 
     def secure_definition(self, t: dict[str, Any], p: KeyPath) -> SecureDefinition:
         self.table(t, p, SECURE_DEFINITION_KEYS, ("name",))
@@ -467,6 +641,8 @@ class _Validator:
             max_extension_days=self.count(t, "max_extension_days", p, 0, 0) or 0,
             read_receipt=self.flag(t, "read_receipt", p, False),
             banner=banner,
+            requesters=self.requesters(t, p),
+            routing=self.choice(t, "routing", p, SecureRouting, SecureRouting.EXTERNAL),
         )
 
     def one_way(self, t: dict[str, Any], p: KeyPath) -> Validity:
@@ -498,15 +674,25 @@ class _Validator:
             validity=self.one_way(t, p),
         )
 
+    # Content conditions (policy/content.py evaluates them) ------------------------------
+
     def condition(self, c: object, p: KeyPath) -> SecureCondition:
         t = self.table(c, p, CONDITION_KEYS)
-        kinds = [k for k in ("subject_contains", "body_contains", "header") if k in t]
+        kinds = [k for k in _CONDITION_MAIN if k in t]
         if len(kinds) != 1:
-            self.fail(p, "a condition is one of: { subject_contains = \"...\" }, "
-                         "{ body_contains = \"...\" }, { header = \"Name\", equals = \"...\" }")
+            self.fail(p, "a condition is one of: " + ", ".join(
+                f"{{ {k} = ... }}" for k in _CONDITION_MAIN) + " (header goes with equals)")
         kind = kinds[0]
         if (kind == "header") != ("equals" in t):
             self.fail(p, "'header' and 'equals' go together")
+        for key in ("in", "threshold"):
+            if key in t and kind != "dictionary":
+                self.fail((*p, key), "only a dictionary condition takes it")
+        if "whole_word" in t and not (kind.endswith("_contains") or kind == "dictionary"):
+            self.fail((*p, "whole_word"), "only *_contains and dictionary conditions take it")
+        case = self.flag(t, "case_sensitive", p)
+        if kind == "dictionary":
+            return self.dictionary(t, p, case)
         value = self.typed(t, "equals" if kind == "header" else kind, p, str, "")
         if not value.strip():
             self.fail((*p, kind), "must not be empty")
@@ -515,8 +701,32 @@ class _Validator:
             if not header or any(ch.isspace() or ch == ":" for ch in header):
                 self.fail((*p, "header"), f"{header!r} is not a header name")
             return SecureCondition(ConditionField.HEADER, value, header)
-        field = ConditionField.SUBJECT if kind == "subject_contains" else ConditionField.BODY
-        return SecureCondition(field, value)
+        if kind.startswith("attachment_"):
+            return SecureCondition(ConditionField(kind), value, case_sensitive=case)
+        field = ConditionField(kind.partition("_")[0])
+        if kind.endswith("_matches"):
+            try:
+                compile_pattern(value, case)
+            except InvalidPattern as exc:
+                self.fail((*p, kind), str(exc), value)
+            return SecureCondition(field, value, kind=ConditionKind.MATCHES, case_sensitive=case)
+        return SecureCondition(field, value, whole_word=self.flag(t, "whole_word", p),
+                               case_sensitive=case)
+
+    def dictionary(self, t: dict[str, Any], p: KeyPath, case: bool) -> SecureCondition:
+        terms = [" ".join(term.split()) for term in self.strings(t, "dictionary", p)]
+        if not terms or not all(terms):
+            self.fail((*p, "dictionary"), "must be a non-empty list of non-empty terms")
+        self.unique(terms if case else [term.casefold() for term in terms], (*p, "dictionary"))
+        threshold = self.typed(t, "threshold", p, int, 1)
+        if threshold < 1:
+            self.fail((*p, "threshold"), "must be a whole number of at least 1", threshold)
+        where = self.typed(t, "in", p, str, "body")
+        if where not in ("subject", "body"):
+            self.fail((*p, "in"), 'must be "subject" or "body"', where)
+        return SecureCondition(ConditionField(where), "", kind=ConditionKind.DICTIONARY,
+                               whole_word=self.flag(t, "whole_word", p, True),
+                               case_sensitive=case, terms=tuple(terms), threshold=threshold)
 
     def secure_trigger(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]
                        ) -> SecureTrigger:
@@ -556,8 +766,13 @@ class _Validator:
                           f"secure definition name {d.name!r} is used twice")
             names.append(d.name)
             definitions.append(d)
+        settings = self.secure_settings(data)
+        if settings.tag_definition not in names:
+            self.fail(("secure_messaging", "tag_definition"),
+                      f"no secure definition is named {settings.tag_definition!r}"
+                      + _suggest(settings.tag_definition, names))
         return {
-            "secure_settings": self.secure_settings(data),
+            "secure_settings": settings,
             "secure_definitions": tuple(definitions),
             "secure_policies": tuple(
                 self.secure_policy(t, ("secure_policies", i), names)
@@ -575,6 +790,7 @@ class _Validator:
     def model(self, data: dict[str, Any]) -> PolicyModel:
         self.schema_version(data)
         self.table(data, (), TOP_KEYS)
+        self.directory = self.directory_settings(data)
         org = self.organisation(data)
 
         routes: list[InboundRoute] = []
@@ -623,7 +839,7 @@ class _Validator:
         )
         self.managed(domains, definitions, delivery, receipt)
         return PolicyModel(org, tuple(routes), tuple(domains), tuple(definitions.values()),
-                           delivery, receipt, **self.secure(data))
+                           delivery, receipt, **self.secure(data), directory=self.directory)
 
     def schema_version(self, data: dict[str, Any]) -> None:
         if "schema_version" not in data:
@@ -766,6 +982,8 @@ def domain_data(d: ExternalDomain, json_safe: bool = False) -> dict[str, Any]:
 def definition_data(d: DeliveryDefinition) -> dict[str, Any]:
     out: dict[str, Any] = {"name": d.name, "option": d.option.value,
                            "encryption_mode": d.encryption_mode.value, "min_tls": d.min_tls}
+    if d.ssl_mode is not None:
+        out["ssl_mode"] = d.ssl_mode.value
     if d.managed:
         out["managed"] = True
     return out
@@ -782,6 +1000,8 @@ def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, 
     out: dict[str, Any] = {"narrative": p.narrative, "option": p.option.value}
     if p.managed:
         out["managed"] = True
+    if p.client_certificate is not None:
+        out["client_certificate"] = p.client_certificate.file
     return _scoped(out, p, json_safe)
 
 
@@ -795,13 +1015,43 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
                max_extension_days=d.max_extension_days, read_receipt=d.read_receipt)
     if d.banner is not None:
         out["banner"] = d.banner
+    if d.routing is not SecureRouting.EXTERNAL:
+        out["routing"] = d.routing.value
+    if not d.requesters.everyone:
+        who = d.requesters
+        out["may_request"] = {k: list(v) for k, v in (
+            ("groups", who.groups), ("domains", who.domains), ("addresses", who.addresses)) if v}
     return out
 
 
-def _condition_data(c: SecureCondition) -> dict[str, str]:
+def _wording_data(w: Wording) -> dict[str, str]:
+    """Only what differs from connectwiz's own wording, so the defaults can improve."""
+    default = Wording()
+    out = {}
+    for key in (*WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS):
+        field_name = "banner" if key == "default_banner" else key
+        if getattr(w, field_name) != getattr(default, field_name):
+            out[key] = getattr(w, field_name)
+    return out
+
+
+def _condition_data(c: SecureCondition) -> dict[str, Any]:
     if c.field is ConditionField.HEADER:
         return {"header": c.header, "equals": c.value}
-    return {f"{c.field.value}_contains": c.value}
+    out: dict[str, Any]
+    if c.field in (ConditionField.ATTACHMENT_NAME, ConditionField.ATTACHMENT_TYPE):
+        out = {c.field.value: c.value}
+    elif c.kind is ConditionKind.DICTIONARY:
+        out = {"dictionary": list(c.terms), "in": c.field.value, "threshold": c.threshold}
+        if not c.whole_word:
+            out["whole_word"] = False
+    else:
+        out = {f"{c.field.value}_{c.kind.value}": c.value}
+        if c.whole_word:
+            out["whole_word"] = True
+    if c.case_sensitive:
+        out["case_sensitive"] = True
+    return out
 
 
 def _scoped(out: dict[str, Any],
@@ -825,7 +1075,10 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             head["definition"] = p.definition
         policies.append(_scoped(head, p, json_safe))
     return {
-        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days},
+        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days,
+                             "subject_tag": model.secure_settings.subject_tag,
+                             "tag_definition": model.secure_settings.tag_definition,
+                             **_wording_data(model.secure_settings.wording)},
         "secure_definitions": [secure_definition_data(d) for d in model.secure_definitions],
         "secure_policies": policies,
         "secure_triggers": [
@@ -835,6 +1088,16 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
         "secure_bypass": [_scoped({"narrative": b.narrative, "option": b.option.value}, b,
                                   json_safe) for b in model.secure_bypass],
     }
+
+
+def directory_data(d: DirectorySettings) -> dict[str, Any]:
+    """The [directory] section: url and base_dn, then whatever differs from the defaults."""
+    out: dict[str, Any] = {"url": d.url, "base_dn": d.base_dn}
+    for key in DIRECTORY_KEYS[2:]:
+        value = getattr(d, key)
+        if value != getattr(_DIRECTORY_DEFAULTS, key):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
@@ -848,7 +1111,11 @@ def model_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             "internal_domains": list(org.internal_domains),
             "authorized_outbound": [str(n) for n in org.authorized_outbound],
             "address_groups": {k: list(v) for k, v in org.address_groups.items()},
+            # Written only when set, so bundles without them round-trip unchanged.
+            **({"name": org.name} if org.name else {}),
+            **({"logo": org.logo} if org.logo else {}),
         },
+        **({"directory": directory_data(model.directory)} if model.directory else {}),
         "inbound_routes": [route_data(r, json_safe) for r in model.inbound_routes],
         "external_domains": [domain_data(d, json_safe) for d in model.external_domains],
         "delivery_definitions": [definition_data(d) for d in model.delivery_definitions],

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from tomlkit.exceptions import TOMLKitError
 from connectwiz.atomic import write_atomic
 from connectwiz.bundle import document as d
 from connectwiz.bundle.errors import BundleError
+from connectwiz.bundle.locate import toml_error
 from connectwiz.bundle.schema import (
     build_model,
     check_port,
@@ -35,7 +35,7 @@ from connectwiz.bundle.schema import (
     normalize_host,
     parse_network,
 )
-from connectwiz.bundle.split import Document, split_document
+from connectwiz.bundle.split import Document, SplitDocument, split_document
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import (
@@ -44,8 +44,6 @@ from connectwiz.policy.model import (
     LastValidation,
     PolicyModel,
 )
-
-_TOMLLIB_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
 def parse_text(text: str, source: str) -> PolicyModel:
@@ -57,12 +55,8 @@ def _parse(text: str, source: str) -> tuple[dict[str, Any], PolicyModel]:
     try:
         data = tomli.loads(text)  # tomllib's parser, compiled: twice as fast at 10k domains
     except tomli.TOMLDecodeError as exc:
-        message = str(exc)
-        m = _TOMLLIB_POS.search(message)
-        line = int(m[1]) if m else None
-        problem = message[: m.start()] if m else message
-        col = f" (column {m[2]})" if m else ""
-        raise BundleError(f"not valid TOML: {problem}{col}", file=source, line=line) from None
+        line, problem = toml_error(text, str(exc))
+        raise BundleError(f"not valid TOML: {problem}", file=source, line=line) from None
     return data, build_model(data, source, lambda: text)
 
 
@@ -470,6 +464,22 @@ class Bundle:
         org = doc["organisation"] if "organisation" in doc else d.add_table(doc, "organisation")
         for key, items in values.items():
             org[key] = d.array(items)
+
+    # Policies and definitions (bundle.policies decides what; these only edit) -----------
+
+    def append_entry(self, section: str, data: dict[str, Any]) -> None:
+        """Append a ``[[section]]`` entry (a v1 bundle becomes v2 for a Secure Messaging one)."""
+        doc = self._edited()
+        if section.startswith("secure_") and int(doc.get("schema_version", 1)) < 2:
+            # schema_version heads the file: in a split document it is in the head part.
+            (doc.head if isinstance(doc, SplitDocument) else doc)["schema_version"] = 2
+        d.append_entry(doc, section, d.make_table(data))
+
+    def set_entry_key(self, section: str, index: int, key: str, value: Any) -> None:
+        self._edited()[section][index][key] = value
+
+    def delete_entry(self, section: str, index: int) -> None:
+        d.delete_entries(self._edited(), section, [index])
 
 
 def route_key(host: str, port: int) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import sys
 from datetime import UTC, datetime
 
 from connectwiz.errors import UserError
@@ -74,8 +75,18 @@ def run(args: argparse.Namespace) -> int:
     ctx = context_from_args(args)  # bad input is reported before the bundle is read
     content = content_from_args(args)
     model = Bundle.load(resolve_bundle_path(args.bundle)).model
+    directory = None
+    if model.directory is not None:
+        from connectwiz.directory.ldap import DirectoryCache, DirectoryError
+
+        directory = DirectoryCache(model.directory)
+        try:
+            directory.refresh()
+        except DirectoryError as exc:
+            print(f"warning: directory not read ({exc}); directory groups and address "
+                  f"attributes match nobody below", file=sys.stderr)
     try:
-        result = explain(model, ctx, content)
+        result = explain(model, ctx, content, directory)
     except ValueError as exc:  # e.g. a policy naming a definition the bundle lacks
         raise UserError(f"{args.bundle or 'bundle'}: {exc}") from None
     if args.json:

@@ -65,6 +65,10 @@ def describe(record: MessageRecord) -> list[str]:
         if e.get("event") == "secure":
             applied = f"applies, {e.get('definition')!r}" if e.get("applied") else "not applied"
             out += [f"Secure Messaging  {applied}", f"  Why         {e.get('reason')}"]
+    for e in record.events:
+        if e.get("event") == "quarantined":
+            out += [f"Quarantined {e.get('at')}  {e.get('reason')}",
+                    f"  Kept in     {e.get('folder')} (nothing is retried or deleted)"]
     for n, a in enumerate(record.attempts, 1):
         if a.get("tls_version"):
             verified = "certificate verified" if a.get("certificate_verified") else \

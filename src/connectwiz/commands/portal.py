@@ -8,7 +8,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from connectwiz.bundle import Bundle
+from connectwiz.bundle.paths import resolve_bundle_path
 from connectwiz.errors import UserError
+from connectwiz.policy.wording import Wording
 from connectwiz.portal.app import Portal, PortalConfig, tls_context
 from connectwiz.probe.options import parse_host_port
 from connectwiz.relay.events import EventLog
@@ -23,9 +26,15 @@ def config_from(args: argparse.Namespace) -> PortalConfig:
             or any(c.isspace() for c in public_url):
         raise UserError(f"--public-url {public_url!r}: give an http(s) URL, "
                         "e.g. https://mail.example.com/secure")
-    if args.insecure_cookies and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+    local = url.hostname in ("127.0.0.1", "localhost", "::1")
+    if args.insecure_cookies and not local:
         raise UserError("--insecure-cookies is only for http://127.0.0.1 tests; "
                         f"--public-url {public_url} needs Secure cookies")
+    if url.scheme == "http" and not local:
+        raise UserError(f"--public-url {public_url}: recipients must open https:// (browsers "
+                        "drop the portal's Secure cookies on http://, so every form would "
+                        "fail); serve TLS with --tls-cert or a reverse proxy")
+    organisation, logo, wording = _branding(args.bundle)
     return PortalConfig(
         spool=Path(args.spool) if args.spool else default_spool(),
         public_url=public_url,
@@ -34,7 +43,23 @@ def config_from(args: argparse.Namespace) -> PortalConfig:
         insecure_cookies=args.insecure_cookies,
         behind_proxy=args.behind_proxy,
         hostname=hostname,
+        organisation=organisation,
+        logo=logo,
+        wording=wording,
     )
+
+
+def _branding(bundle: str | None) -> tuple[str, Path | None, Wording]:
+    """The organisation's name, logo and wording (texts, colours) from the bundle (the
+    relay's), when there is one: pages without them look like phishing to a first-time
+    recipient. A logo path is relative to the bundle's folder."""
+    path = resolve_bundle_path(bundle)
+    if bundle is None and not path.exists():
+        return "", None, Wording()
+    model = Bundle.load(path).model
+    org = model.organisation
+    logo = (path.parent / org.logo) if org.logo else None
+    return org.name, logo, model.secure_settings.wording
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +75,19 @@ def run(args: argparse.Namespace) -> int:
                         "give the relay's --spool")
     ssl_context = tls_context(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert \
         else None
-    portal = Portal(config, EventLog(json_lines=args.log_json))
-    asyncio.run(portal.serve_until_signalled(host, port, ssl_context))
+    log = EventLog(json_lines=args.log_json)
+    portal = Portal(config, log)
+    exporter = None
+    if args.metrics:
+        from connectwiz.metrics import MetricsServer, PortalMetrics  # only when asked for
+
+        metrics = PortalMetrics()
+        log.subscribe(metrics.observe)  # the portal's events are the metrics' only source
+        exporter = MetricsServer(args.metrics, metrics.registry)
+        log("metrics", host=exporter.address[0], port=exporter.address[1], path="/metrics")
+    try:
+        asyncio.run(portal.serve_until_signalled(host, port, ssl_context))
+    finally:
+        if exporter is not None:
+            exporter.close()
     return 0

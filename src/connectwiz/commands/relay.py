@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectwiz.bundle import Bundle
 from connectwiz.bundle.paths import resolve_bundle_path
@@ -19,11 +20,18 @@ from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
 
+if TYPE_CHECKING:
+    from connectwiz.metrics import MetricsServer
+
 _LIMITS = {  # CLI option -> RelaySettings field
     "max_size": "max_message_size", "max_recipients": "max_recipients",
     "max_connections": "max_connections", "idle_timeout": "idle_timeout",
     "backoff_min": "backoff_min", "backoff_max": "backoff_max",
     "max_lifetime": "max_lifetime", "shutdown_grace": "shutdown_grace",
+    "max_connections_per_client": "max_connections_per_client",
+    "junk_command_limit": "junk_command_limit", "session_deadline": "session_deadline",
+    "max_hops": "max_hops", "queue_run_delay": "queue_run_delay",
+    "destination_concurrency": "destination_concurrency",
 }
 
 
@@ -62,8 +70,11 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
                             f"e.g. https://mail.example.com/secure")
         values["portal_url"] = portal
     secure_key = getattr(args, "secure_key", None)
+    if secure_key or portal is not None:
+        # Made (or checked) now, not at the first hold: the portal only reads the key and
+        # refuses to start without it.
+        load_secure_key(Path(secure_key) if secure_key else None)
     if secure_key:
-        load_secure_key(Path(secure_key))  # a missing or unsafe key fails now, not at hold time
         values["secure_key"] = secure_key
     settings = RelaySettings(**values)  # type: ignore[arg-type]
     if settings.backoff_max < settings.backoff_min:
@@ -72,6 +83,10 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        from connectwiz.relay.check import run_check
+
+        return run_check(args, settings_from)
     bundle_path = resolve_bundle_path(args.bundle)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UserError("--tls-cert and --tls-key go together")
@@ -101,5 +116,22 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
     )
-    asyncio.run(relay.serve_until_signalled())
+    exporter = start_metrics(args.metrics, log, relay.spool.root)
+    try:
+        asyncio.run(relay.serve_until_signalled())
+    finally:
+        if exporter is not None:
+            exporter.close()
     return 0
+
+
+def start_metrics(listen: str | None, log: EventLog, spool: Path) -> MetricsServer | None:
+    if not listen:
+        return None
+    from connectwiz.metrics import MetricsServer, RelayMetrics  # prometheus-client: only if used
+
+    metrics = RelayMetrics(spool)
+    log.subscribe(metrics.observe)
+    exporter = MetricsServer(listen, metrics.registry)
+    log("metrics", host=exporter.address[0], port=exporter.address[1], path="/metrics")
+    return exporter

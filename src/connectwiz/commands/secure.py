@@ -1,4 +1,5 @@
-"""``connectwiz secure list|show|extend|revoke``: messages held for the Secure Messaging portal."""
+"""``connectwiz secure list|show|extend|revoke|unlock``: messages held for the Secure Messaging
+portal."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from typing import Any
 
 from connectwiz.errors import UserError
 from connectwiz.relay.msglog import read_record
-from connectwiz.relay.secure import HeldStore, extend_held, held_status, revoke_held
+from connectwiz.relay.secure import (
+    HeldStore,
+    extend_held,
+    held_status,
+    revoke_held,
+    unlock_recipients,
+)
 from connectwiz.relay.spool import Spool, default_spool
 
 
@@ -27,7 +34,9 @@ def _public(record: dict[str, Any], spool: Path, now: datetime) -> dict[str, Any
             notes.append({"id": note_id, "status": status})
         recipients.append({"address": r["address"], "notifications": notes,
                            "first_viewed_at": r.get("first_viewed_at"),
-                           "read_receipt_sent": r.get("read_receipt_sent", False)})
+                           "read_receipt_sent": r.get("read_receipt_sent", False),
+                           "wrong_codes": r.get("wrong_codes", 0),
+                           "locked_at": r.get("locked_at")})
     out = {k: v for k, v in record.items() if k != "recipients"}
     out["status"] = held_status(record, now)
     out["recipients"] = recipients
@@ -57,6 +66,9 @@ def _show(rec: dict[str, Any]) -> list[str]:
         notes = ", ".join(f"{n['id']} {n['status']}" for n in r["notifications"]) or "none"
         viewed = r["first_viewed_at"] or "not yet"
         lines.append(f"  Recipient   {r['address']}: notification {notes}; viewed {viewed}")
+        if r["locked_at"]:
+            lines.append(f"              locked {r['locked_at']} after {r['wrong_codes']} wrong "
+                         "codes; secure unlock (or extend) unlocks it")
     for addr in rec.get("delivered_with_banner", []):
         lines.append(f"  Internal    {addr}: delivered to the mailbox with the banner")
     return lines
@@ -84,15 +96,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.message_id:
         raise UserError(f"secure {args.action} needs the ID of a held message (see secure list)")
     held_id = args.message_id.strip().upper()
+    if args.days is not None and args.action != "extend":
+        raise UserError("--days is only for secure extend")
     if args.action == "extend":
         if args.days is None:
             raise UserError("secure extend needs --days N")
         record = extend_held(store, held_id, args.days, now)
     elif args.action == "revoke":
         record = revoke_held(store, held_id, now)
+    elif args.action == "unlock":  # a link the portal locked after too many wrong codes
+        record = store.update(held_id, unlock_recipients)
     else:
-        if args.days is not None:
-            raise UserError("--days is only for secure extend")
         record = store.read(held_id)
     shown = _public(record, spool, now)
     print(json.dumps(shown, indent=2) if args.json else "\n".join(_show(shown)))

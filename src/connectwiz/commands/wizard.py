@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from connectwiz.bundle.paths import resolve_bundle_path
+from connectwiz.errors import UserError
 from connectwiz.probe.options import options_from
-from connectwiz.tui import make_app
+
+
+def require_terminal() -> None:
+    """Without a terminal (a pipeline, cron) Textual would write escape codes and wait for
+    keys that never come: refuse in one line instead."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError("the wizard needs a terminal; use `domains`, `routes`, `validate` "
+                        "for scripts")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -14,5 +23,11 @@ def run(args: argparse.Namespace) -> int:
                            ca_file=args.ca_file, timeout=args.timeout,
                            greeting_timeout=args.greeting_timeout,
                            concurrency=args.concurrency, https_port=args.https_port)
-    make_app(resolve_bundle_path(args.bundle), options).run()  # BundleError: one line, exit 2
+    path = resolve_bundle_path(args.bundle)
+
+    from connectwiz.tui import make_app  # Textual loads in ~0.3 s: not before it is needed
+
+    app = make_app(path, options)  # a broken bundle: BundleError, one line, exit 2
+    require_terminal()
+    app.run()
     return 0

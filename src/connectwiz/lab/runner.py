@@ -240,7 +240,8 @@ class Lab:
         if ctx is None:
             cert_path, key = self._issue_for(profile.cert, names, hosts[0].address)
             ctx = server_context(cert_path, key, tls10_only=profile.tls10_only,
-                                 legacy_crypto=profile.legacy_crypto)
+                                 legacy_crypto=profile.legacy_crypto,
+                                 tls12_ciphers=profile.tls12_ciphers)
             if profile.cert == "sni":
                 # The lab-CA certificate only for a client that names the host; anyone else
                 # (no SNI, another name) gets one for another name.
@@ -267,8 +268,8 @@ class Lab:
         if kind == "notyetvalid":
             return self.ca.issue(names, not_before=now + dt.timedelta(days=30),
                                  not_after=now + dt.timedelta(days=400))
-        if kind == "rsa1024":
-            return self.ca.issue(names, key_type="rsa1024")
+        if kind in ("rsa", "rsa1024"):  # rsa: RSA key exchange needs an RSA key
+            return self.ca.issue(names, key_type=kind)
         if kind == "ipsan":
             return self.ca.issue([], shape=LeafShape(ips=(address,)))
         return self.ca.issue(names, shape=CORPUS_CERTS.get(kind, LeafShape()))

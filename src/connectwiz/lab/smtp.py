@@ -32,12 +32,14 @@ class SmtpProfile:
     """How one lab server behaves. ``cert`` is applied by the lab when it issues certificates."""
 
     name: str
-    # trusted | selfsigned | expired | wrongname | ownkey, or a corpus shape (runner.CORPUS_CERTS)
+    # trusted | selfsigned | expired | wrongname | ownkey | rsa, or a corpus shape
+    # (runner.CORPUS_CERTS)
     cert: str = "trusted"
     # offer | none | refuse454 | inject (STARTTLS_INJECTION rides in the 220's packet)
     starttls: str = "offer"
     tls10_only: bool = False
     legacy_crypto: bool = False  # OpenSSL security level 0: serve a SHA-1 or RSA-1024 leaf
+    tls12_ciphers: str = ""  # TLS 1.2 at most, with only these (OpenSSL) ciphers
     greeting: str = "normal"  # normal | multiline | 421 | tarpit
     slow: bool = False  # wait the lab's greeting_delay before greeting
     reject_rcpt: bool = False
@@ -81,6 +83,8 @@ STARTTLS_INJECTION = ("250 2.0.0 injected", "250 2.0.0 injected", "250 2.0.0 inj
                       "354 injected", "250 2.0.0 fake: queued")
 PROFILES.update({p.name: p for p in (
     SmtpProfile("starttlsinject", starttls="inject", reject_rcpt=True),
+    # TLS 1.2 with RSA key exchange and CBC only: what SSL Mode "very_strong" refuses.
+    SmtpProfile("rsakx", cert="rsa", tls12_ciphers="AES128-SHA:AES256-SHA"),
 )})
 
 
@@ -150,13 +154,16 @@ class Recorder:
 
 
 def server_context(cert: Path, key: Path, *, tls10_only: bool = False,
-                   legacy_crypto: bool = False) -> ssl.SSLContext:
+                   legacy_crypto: bool = False, tls12_ciphers: str = "") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if tls10_only or legacy_crypto:
         # OpenSSL 3 refuses TLS 1.0, SHA-1 signatures and 1024-bit keys at the default
         # security level, even to load them; the lab needs the old things.
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     ctx.load_cert_chain(cert, key)
+    if tls12_ciphers:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(tls12_ciphers)
     if tls10_only:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)

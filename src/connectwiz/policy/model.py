@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from connectwiz.policy.wording import Wording
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -25,6 +27,16 @@ class DeliveryOption(StrEnum):
 class EncryptionMode(StrEnum):
     STRICT = "strict"
     RELAXED = "relaxed"
+
+
+class SslMode(StrEnum):
+    """How strong a TLS session Enforced TLS delivery accepts; ``policy.sslmode`` maps each
+    level to TLS versions and an OpenSSL cipher list (Postfix's low/medium/high)."""
+
+    LEGACY = "legacy"
+    MEDIUM = "medium"
+    STRONG = "strong"
+    VERY_STRONG = "very_strong"
 
 
 class ReceiptOption(StrEnum):
@@ -47,6 +59,7 @@ class Applies(StrEnum):
     EXTERNAL = "external"
     DOMAIN = "domain"
     ADDRESS_GROUP = "address_group"
+    ADDRESS_ATTRIBUTE = "address_attribute"  # specifically: "attribute=value" (directory)
     INDIVIDUAL = "individual"
 
 
@@ -84,6 +97,8 @@ class DeliveryDefinition:
     encryption_mode: EncryptionMode = EncryptionMode.STRICT
     min_tls: str = "1.2"  # "1.0" | "1.1" | "1.2" | "1.3"
     managed: bool = False  # created by connectwiz for its managed policies; removed when unused
+    # Enforced TLS only, as in Postfix. None: not set, Strong (Legacy when min_tls < 1.2).
+    ssl_mode: SslMode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +112,16 @@ class DeliveryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCertificatePin:
+    """The sending server must present a certificate that is one of ``certificates`` (its
+    own, often self-signed) or directly issued by one of them (a CA). DER, as loaded from
+    ``file`` (relative to the bundle's folder)."""
+
+    file: str
+    certificates: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptPolicy:
     narrative: str
     option: ReceiptOption = ReceiptOption.OPPORTUNISTIC
@@ -104,6 +129,7 @@ class ReceiptPolicy:
     to: Scope = Scope()
     validity: Validity = Validity()
     managed: bool = False
+    client_certificate: ClientCertificatePin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +162,26 @@ class Organisation:
     internal_domains: tuple[str, ...] = ()
     authorized_outbound: tuple[IPNetwork, ...] = ()
     address_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    name: str = ""  # shown on every Secure Messaging portal page ("" = none)
+    logo: str = ""  # portal logo, PNG or JPEG, relative to the bundle's folder ("" = none)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySettings:
+    """An LDAP directory that address groups and address attributes are read from
+    (directory/ldap.py). The bind password comes from the environment, never the bundle."""
+
+    url: str  # ldap://host[:port] or ldaps://host[:port]
+    base_dn: str
+    bind_dn: str = ""  # "" = anonymous bind
+    password_env: str = ""  # the environment variable holding the bind password
+    user_filter: str = "(mail=*)"
+    mail_attribute: str = "mail"
+    group_filter: str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
+    group_name_attribute: str = "cn"
+    attributes: tuple[str, ...] = ()  # user attributes address_attribute scopes may name
+    refresh_seconds: int = 300
+    timeout_seconds: int = 10
 
 
 class SecureRouting(StrEnum):
@@ -143,6 +189,19 @@ class SecureRouting(StrEnum):
 
     EXTERNAL = "external"  # external recipients only; internal ones get it with a banner
     ALL = "all"  # internal recipients too (unless the sender's client asked, see secure.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Requesters:
+    """Who may ask for a definition by header or subject tag; nobody listed: everyone."""
+
+    groups: tuple[str, ...] = ()  # address group names
+    domains: tuple[str, ...] = ()  # the domain or any of its subdomains
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def everyone(self) -> bool:
+        return not (self.groups or self.domains or self.addresses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +219,7 @@ class SecureDefinition:
     banner: str | None = None  # for internal recipients; None: the default, "": no banner
     routing: SecureRouting = SecureRouting.EXTERNAL  # only the built-in All Recipients: ALL
     builtin: bool = False
+    requesters: Requesters = Requesters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,16 +234,31 @@ class SecurePolicy:
 
 
 class ConditionField(StrEnum):
-    SUBJECT = "subject"  # contains, case-insensitive
-    BODY = "body"  # contains, case-insensitive
+    SUBJECT = "subject"
+    BODY = "body"
     HEADER = "header"  # the named header equals the value, case-insensitive
+    ATTACHMENT_NAME = "attachment_name"  # a glob on an attachment's file name
+    ATTACHMENT_TYPE = "attachment_type"  # a glob on an attachment's MIME type
+
+
+class ConditionKind(StrEnum):
+    """How a subject/body condition looks at the text (policy/content.py evaluates them)."""
+
+    CONTAINS = "contains"  # the value as a phrase
+    MATCHES = "matches"  # a regular expression (RE2 syntax: linear time on any input)
+    DICTIONARY = "dictionary"  # ``terms``: at least ``threshold`` occurrences in all
 
 
 @dataclass(frozen=True, slots=True)
 class SecureCondition:
     field: ConditionField
-    value: str
+    value: str  # the phrase, pattern or glob; "" for a dictionary
     header: str = ""  # the header's name, for ConditionField.HEADER
+    kind: ConditionKind = ConditionKind.CONTAINS
+    whole_word: bool = False  # a phrase or term only between non-word characters
+    case_sensitive: bool = False
+    terms: tuple[str, ...] = ()  # for ConditionKind.DICTIONARY
+    threshold: int = 1  # for ConditionKind.DICTIONARY
 
 
 class TriggerMatch(StrEnum):
@@ -220,11 +295,16 @@ class SecureBypass:
 
 
 DEFAULT_RETENTION_DAYS = 365
+DEFAULT_SUBJECT_TAG = "secure"
+DEFAULT_TAG_DEFINITION = "External Recipients"  # the built-in (policy/secure.py)
 
 
 @dataclass(frozen=True, slots=True)
 class SecureSettings:
     max_retention_days: int = DEFAULT_RETENTION_DAYS  # caps "never expire" and extensions
+    subject_tag: str = DEFAULT_SUBJECT_TAG  # senders write [secure] or [secure:...]; "": off
+    tag_definition: str = DEFAULT_TAG_DEFINITION  # what a tag without a name asks for
+    wording: Wording = field(default_factory=Wording)  # texts and portal colours
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +322,7 @@ class PolicyModel:
     secure_policies: tuple[SecurePolicy, ...] = ()
     secure_triggers: tuple[SecureTrigger, ...] = ()
     secure_bypass: tuple[SecureBypass, ...] = ()
+    directory: DirectorySettings | None = None
 
     @property
     def uses_secure_messaging(self) -> bool:

@@ -8,15 +8,18 @@ Rules (docs/policy-selection.md has the admin's version):
   source IP ranges, the client's IP is inside one of them.
 * Among candidates in effect, override policies beat the others; then the most specific wins,
   comparing (From level, To level) lexicographically: the From side decides, the To side
-  breaks a tie. Levels: individual 4 > domain 3 > address group 2 > internal/external 1 >
-  everyone 0. A remaining tie goes to the policy earlier in the bundle.
+  breaks a tie. Levels: individual 4 > domain 3 > address group or address attribute 2 >
+  internal/external 1 > everyone 0. A remaining tie goes to the policy earlier in the bundle.
 * No candidate in effect: delivery uses :data:`DEFAULT_DELIVERY` (opportunistic TLS), receipt
   uses opportunistic TLS.
 
 Scopes: ``internal`` matches the organisation's internal domains *and their subdomains*;
 ``domain`` matches exactly the listed domains (a subdomain has its own MX hosts, which were
 not validated, so it is not covered implicitly). ``address_group`` and ``individual`` compare
-whole addresses. The null sender matches only ``everyone``. Every ``applies`` value is
+whole addresses; ``address_group`` names a group of the bundle or, failing that, of the
+directory, and ``address_attribute`` looks the address's attributes up in the directory
+(connectwiz.directory.ldap: a cached snapshot, never a query per message).
+The null sender matches only ``everyone``. Every ``applies`` value is
 accepted on both sides, since a Bi-Directional policy evaluates its To scope against the
 sender anyway (connectwiz.bundle.schema checks the rest of a scope when a bundle loads).
 
@@ -32,8 +35,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from connectwiz.directory.snapshot import attribute_pair
 from connectwiz.policy.addresses import Address, canonical_address, canonical_domain
 from connectwiz.policy.model import (
     Applies,
@@ -52,6 +56,9 @@ from connectwiz.policy.model import (
     Validity,
 )
 
+if TYPE_CHECKING:  # ldap3 loads only where a directory is read
+    from connectwiz.directory.ldap import DirectoryCache
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_DELIVERY = DeliveryDefinition(
@@ -67,6 +74,7 @@ SPECIFICITY: Mapping[Applies, int] = {
     Applies.INTERNAL: 1,
     Applies.EXTERNAL: 1,
     Applies.ADDRESS_GROUP: 2,
+    Applies.ADDRESS_ATTRIBUTE: 2,
     Applies.DOMAIN: 3,
     Applies.INDIVIDUAL: 4,
 }
@@ -75,6 +83,7 @@ _LEVEL_NAME: Mapping[Applies, str] = {
     Applies.INTERNAL: "internal",
     Applies.EXTERNAL: "external",
     Applies.ADDRESS_GROUP: "address group",
+    Applies.ADDRESS_ATTRIBUTE: "address attribute",
     Applies.DOMAIN: "domain",
     Applies.INDIVIDUAL: "individual address",
 }
@@ -124,6 +133,7 @@ class Candidate(Generic[P]):
     why: str
     swapped: bool = False  # matched only with sender and recipient swapped (Bi-Directional)
     sender: str = ""  # the sender address that matched (header or envelope, per based_on)
+    matched: str = ""  # which address groups or attributes matched, for explain
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,23 +185,43 @@ def _address_groups(model: PolicyModel) -> dict[str, frozenset[str]]:
 
 
 class _ScopeMatcher:
-    """One compiled Emails From / Emails To scope."""
+    """One compiled Emails From / Emails To scope. Bundle groups compile to index keys;
+    directory groups and attributes are looked up in the directory cache's current snapshot
+    at match time (a refresh changes them without rebuilding the index)."""
 
-    __slots__ = ("applies", "internal", "keys")
+    __slots__ = ("applies", "attributes", "directory", "directory_groups", "internal", "keys",
+                 "static_groups")
 
     def __init__(
-        self, scope: Scope, internal: _InternalDomains, groups: Mapping[str, frozenset[str]]
+        self, scope: Scope, internal: _InternalDomains, groups: Mapping[str, frozenset[str]],
+        directory: DirectoryCache | None = None,
     ) -> None:
         self.applies = scope.applies
         self.internal = internal
+        self.directory = directory
+        self.static_groups = {g: groups[g] for g in scope.specifically if g in groups} \
+            if scope.applies is Applies.ADDRESS_GROUP else {}
+        self.directory_groups: tuple[str, ...] = ()
+        self.attributes: tuple[tuple[str, str], ...] = ()
         if scope.applies is Applies.DOMAIN:
             self.keys = frozenset(canonical_domain(d) for d in scope.specifically)
         elif scope.applies is Applies.INDIVIDUAL:
             self.keys = frozenset(canonical_address(a).text for a in scope.specifically) - {""}
         elif scope.applies is Applies.ADDRESS_GROUP:
-            self.keys = frozenset().union(*(groups.get(g, ()) for g in scope.specifically))
+            # A name the bundle defines is the bundle's group; any other is the directory's.
+            self.keys = frozenset().union(*self.static_groups.values())
+            self.directory_groups = tuple(g for g in scope.specifically if g not in groups)
+        elif scope.applies is Applies.ADDRESS_ATTRIBUTE:
+            self.keys = frozenset()
+            self.attributes = tuple(attribute_pair(a) for a in scope.specifically)
         else:
             self.keys = frozenset()
+
+    @property
+    def indexable(self) -> bool:
+        """Whether every address this scope matches is in ``keys``."""
+        return self.applies in _KEYED_BY_DOMAIN or (
+            self.applies in _KEYED_BY_ADDRESS and not self.directory_groups)
 
     def matches(self, address: Address) -> bool:
         applies = self.applies
@@ -201,10 +231,38 @@ class _ScopeMatcher:
         if applies is Applies.DOMAIN:
             return address.domain in self.keys
         if applies in _KEYED_BY_ADDRESS:
-            return address.text in self.keys
+            return address.text in self.keys or bool(self._directory_groups(address))
+        if applies is Applies.ADDRESS_ATTRIBUTE:
+            return bool(self._attributes(address))
         if address.domain is None:
             return False
         return (address.domain in self.internal) == (applies is Applies.INTERNAL)
+
+    def _directory_groups(self, address: Address) -> list[str]:
+        if not self.directory_groups or self.directory is None or not address.text:
+            return []
+        snapshot = self.directory.snapshot
+        return [g for g in self.directory_groups if address.text in snapshot.members(g)]
+
+    def _attributes(self, address: Address) -> list[str]:
+        if self.directory is None or not address.text:
+            return []
+        snapshot = self.directory.snapshot
+        return [f"{a}={v}" for a, v in self.attributes if snapshot.has(address.text, a, v)]
+
+    def describe(self, address: Address) -> str:
+        """Which group or attribute made this scope match ``address`` ('' for other scopes),
+        for explain."""
+        if self.applies is Applies.ADDRESS_GROUP:
+            found = [f"bundle group {g!r}" for g, members in self.static_groups.items()
+                     if address.text in members]
+            found += [f"directory group {g!r}" for g in self._directory_groups(address)]
+            return f"<{address.text}> is in " + " and ".join(found) if found else ""
+        if self.applies is Applies.ADDRESS_ATTRIBUTE:
+            found = self._attributes(address)
+            return f"<{address.text}> has directory attribute " + " and ".join(found) \
+                if found else ""
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +339,10 @@ class _Selector(Generic[P]):
         policies: Sequence[P],
         internal: _InternalDomains,
         groups: Mapping[str, frozenset[str]],
+        directory: DirectoryCache | None = None,
     ) -> None:
         self._prepared: list[_Prepared[P]] = []
-        self._general: list[int] = []  # both scopes everyone/internal/external
+        self._general: list[int] = []  # neither scope indexable (see _ScopeMatcher.indexable)
         # (side, key kind) -> key -> policy indexes; each keyed policy is filed under one side.
         self._index: dict[tuple[str, str], dict[str, list[int]]] = {
             (side, kind): {} for side in ("from", "to") for kind in ("domain", "address")
@@ -292,12 +351,12 @@ class _Selector(Generic[P]):
             prepared = _Prepared(
                 policy,
                 i + 1,
-                _ScopeMatcher(policy.from_, internal, groups),
-                _ScopeMatcher(policy.to, internal, groups),
+                _ScopeMatcher(policy.from_, internal, groups, directory),
+                _ScopeMatcher(policy.to, internal, groups, directory),
             )
             self._prepared.append(prepared)
             for side, matcher in (("to", prepared.to), ("from", prepared.from_)):
-                if matcher.applies in _KEYED_BY_DOMAIN or matcher.applies in _KEYED_BY_ADDRESS:
+                if matcher.indexable:
                     kind = "domain" if matcher.applies in _KEYED_BY_DOMAIN else "address"
                     table = self._index[side, kind]
                     for key in matcher.keys:
@@ -314,18 +373,31 @@ class _Selector(Generic[P]):
                 yield from by_domain.get(address.domain, ())
             yield from by_address.get(address.text, ())
 
-    def _match(self, prepared: _Prepared[P], addrs: _Addresses) -> tuple[bool, str] | None:
+    def _match(self, prepared: _Prepared[P], addrs: _Addresses) -> tuple[bool, Address] | None:
         """(swapped, sender that matched), or None. As addressed is tried before swapped."""
         senders = addrs.senders(prepared.policy.from_.based_on)
         if prepared.to.matches(addrs.recipient):
             for sender in senders:
                 if prepared.from_.matches(sender):
-                    return False, sender.text
+                    return False, sender
         if prepared.policy.validity.bidirectional and prepared.from_.matches(addrs.recipient):
             for sender in senders:
                 if prepared.to.matches(sender):
-                    return True, sender.text
+                    return True, sender
         return None
+
+    def _explained(self, prepared: _Prepared[P], addrs: _Addresses
+                   ) -> tuple[bool, str, str] | None:
+        """:meth:`_match` as Candidate fields: (swapped, sender, which groups or attributes
+        matched)."""
+        match = self._match(prepared, addrs)
+        if match is None:
+            return None
+        swapped, sender = match
+        sides = ((prepared.to, sender), (prepared.from_, addrs.recipient)) if swapped else \
+            ((prepared.from_, sender), (prepared.to, addrs.recipient))
+        found = [m.describe(a) for m, a in sides]
+        return swapped, sender.text, "; ".join(f for f in found if f)
 
     def every_match(
         self, ctx: MessageContext, keep: Callable[[int, P], bool]
@@ -348,11 +420,11 @@ class _Selector(Generic[P]):
         for side in ("to", "from"):
             found.update(self._lookup(side, (addrs.recipient, *senders)))
 
-        in_effect: list[tuple[_Prepared[P], tuple[bool, str]]] = []
+        in_effect: list[tuple[_Prepared[P], tuple[bool, str, str]]] = []
         idle: list[Candidate[P]] = []
         for i in sorted(found):
             prepared = self._prepared[i]
-            match = self._match(prepared, addrs)
+            match = self._explained(prepared, addrs)
             if match is None:
                 continue
             blocked = _not_in_effect(prepared.validity, ctx)
@@ -385,6 +457,8 @@ class _Selector(Generic[P]):
         reason = f"{kind} policy {_label(winner)} applies: {ranked[0].why}"
         if winner_match[0]:
             reason += " (Bi-Directional: matched with sender and recipient swapped)"
+        if winner_match[2]:
+            reason += f"; {winner_match[2]}"
         return winner, reason, (*ranked, *idle)
 
 
@@ -415,7 +489,9 @@ def _loss_reason(loser: _Prepared[P], winner: _Prepared[P]) -> str:
 class PolicyIndex:
     """Built once per loaded model; answers per message without scanning every policy."""
 
-    def __init__(self, model: PolicyModel) -> None:
+    def __init__(self, model: PolicyModel, directory: DirectoryCache | None = None) -> None:
+        """``directory``: where address groups the bundle does not define and address
+        attributes come from (None: they match nobody)."""
         self.model = model
         self._internal = _InternalDomains(model.organisation.internal_domains)
         groups = _address_groups(model)
@@ -426,8 +502,8 @@ class PolicyIndex:
                     f"delivery policy #{i} {policy.narrative!r} names unknown definition "
                     f"{policy.definition!r}"
                 )
-        self._delivery = _Selector(model.delivery_policies, self._internal, groups)
-        self._receipt = _Selector(model.receipt_policies, self._internal, groups)
+        self._delivery = _Selector(model.delivery_policies, self._internal, groups, directory)
+        self._receipt = _Selector(model.receipt_policies, self._internal, groups, directory)
 
     def is_internal(self, address_or_domain: str) -> bool:
         """True for an address or domain in an internal domain or one of its subdomains."""

@@ -184,15 +184,17 @@ class CodeBook:
 
 # -- content ---------------------------------------------------------------------------------
 
-_SAFE_NAME = re.compile(r"[^\w.()+-]+")
+_SAFE_NAME = re.compile(r"[^\w .()+-]+")
 
 
 def safe_filename(name: str | None, fallback: str = "attachment") -> str:
     """A download name with no path, control characters or quotes; never empty, never
-    hidden (leading dot), at most 120 characters with the extension kept."""
+    hidden (leading dot), at most 120 characters with the extension kept. Spaces stay
+    (single ones): "Statement March.pdf" is what the sender attached."""
     name = unicodedata.normalize("NFC", name or "")
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = _SAFE_NAME.sub("_", name).strip("._") or fallback
+    name = " ".join(name.split())  # every kind of whitespace, incl. line breaks: one space
+    name = _SAFE_NAME.sub("_", name).strip("._ ") or fallback
     if len(name) > 120:
         stem, dot, ext = name.rpartition(".")
         name = (stem[: 119 - len(ext)] + "." + ext) if dot and len(ext) <= 10 else name[:120]
@@ -203,10 +205,61 @@ def ascii_filename(name: str) -> str:
     return name.encode("ascii", "replace").decode().replace("?", "_")
 
 
-def sanitize_html(markup: str) -> str:
-    """The message's HTML as the portal shows it: nh3's default allow-list (no script,
-    style, event handlers, forms or frames), links made noopener noreferrer."""
-    return nh3.clean(markup, link_rel="noopener noreferrer")
+_SRCLESS_IMG = re.compile(r"<img(?![^>]*\ssrc=)[^>]*>")
+_TABLE = re.compile(r"<(/?)table\b[^>]*>")
+
+
+def sanitize_html(markup: str) -> tuple[str, int]:
+    """The message's HTML as the portal shows it, and how many remote images it left out:
+    nh3's default allow-list (no script, style, event handlers, forms or frames), links
+    made noopener noreferrer, images only from ``data:`` (a remote one would tell its
+    server that, when and where the message was read; the CSP blocks them anyway, which
+    would leave broken-image boxes), top-level tables wrapped so they scroll sideways."""
+    remote = 0
+
+    def keep(tag: str, attribute: str, value: str) -> str | None:
+        nonlocal remote
+        if tag == "img" and attribute == "src" and not value.startswith("data:"):
+            remote += 1
+            return None
+        return value
+
+    cleaned = nh3.clean(markup, link_rel="noopener noreferrer", attribute_filter=keep)
+    return _wrap_tables(_SRCLESS_IMG.sub("", cleaned)), remote
+
+
+def _wrap_tables(markup: str) -> str:
+    """Each outermost ``<table>`` in a ``<div class="table-wrap">`` (the scrolling box with
+    the sideways cue). ``markup`` is nh3's output, so tags are well formed and balanced."""
+    out, depth, at = [], 0, 0
+    for m in _TABLE.finditer(markup):
+        closing = bool(m.group(1))
+        if not closing and depth == 0:
+            out += [markup[at:m.start()], '<div class="table-wrap">', m.group(0)]
+            at = m.end()
+        elif closing and depth == 1:
+            out += [markup[at:m.end()], "</div>"]
+            at = m.end()
+        depth = max(0, depth + (-1 if closing else 1))
+    out.append(markup[at:])
+    return "".join(out)
+
+
+_URL = re.compile(r"\bhttps?://[^\s<>\"'\x00-\x1f]+", re.IGNORECASE)
+
+
+def linkify(text: str) -> list[tuple[str, str | None]]:
+    """``text`` cut into (piece, link) pairs: a link for each http(s) URL (trailing
+    punctuation left out), None for the text between. The template escapes both."""
+    pieces: list[tuple[str, str | None]] = []
+    at = 0
+    for m in _URL.finditer(text):
+        url = m.group(0).rstrip(".,;:!?)]}'")
+        pieces.append((text[at:m.start()], None))
+        pieces.append((url, url))
+        at = m.start() + len(url)
+    pieces.append((text[at:], None))
+    return [p for p in pieces if p[0]]
 
 
 def mask_address(address: str) -> str:

@@ -17,7 +17,10 @@ for that host, and the message is deferred when no host does better.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +36,7 @@ from connectwiz.policy.model import (
     PolicyModel,
 )
 from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.policy.sslmode import effective_min_tls, level_of
 from connectwiz.probe.certs import TrustStore, judge_chain, trust_store
 from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.options import NetworkOptions
@@ -84,6 +88,7 @@ class Attempt:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
+    elapsed_s: float = 0.0  # connect to close, for the latency metrics
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,8 +107,11 @@ def client_context(definition: DeliveryDefinition) -> ssl.SSLContext | None:
     if definition.option is DeliveryOption.NONE:
         return None
     if definition.option is DeliveryOption.ENFORCED:
-        version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
-        return tls_client_context(verify=False, minimum=version)
+        # The SSL Mode sets the ciphers and the oldest TLS version (with min_tls if newer).
+        version = _TLS_VERSIONS[effective_min_tls(definition)]
+        ctx = tls_client_context(verify=False, minimum=version)
+        ctx.set_ciphers(level_of(definition).ciphers)
+        return ctx
     # Opportunistic: any TLS beats plaintext, so accept what the server has.
     return tls_client_context(verify=False, legacy=True)
 
@@ -135,6 +143,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
                   list(recipients))
     client: SmtpClient | None = None
+    started = time.monotonic()
     try:
         try:
             client = await SmtpClient.connect(target.address, target.port, timeout)
@@ -156,6 +165,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     finally:
         if client is not None:
             await client.close()
+        att.elapsed_s = round(time.monotonic() - started, 4)
     return att
 
 
@@ -309,7 +319,20 @@ class Deliverer:
         self.helo = helo
         self._contexts: dict[tuple[str, str, str], ssl.SSLContext | None] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
+        # The relay's own listening sockets (host, port): never a delivery target.
+        self.own_addresses: set[tuple[str, int]] = set()
         self._trust: TrustStore | None = None
+
+    def is_own(self, target: Target) -> bool:
+        """True when ``target`` is this relay: a next hop that would loop the mail back."""
+        for host, port in self.own_addresses:
+            if target.port != port:
+                continue
+            if host in ("0.0.0.0", "::"):
+                return _is_local_address(target.address)
+            if parse_ip(host) == parse_ip(target.address):
+                return True
+        return False
 
     async def _context(self, definition: DeliveryDefinition) -> ssl.SSLContext | None:
         key = (str(definition.option), str(definition.encryption_mode), definition.min_tls)
@@ -374,6 +397,15 @@ class Deliverer:
             for rcpt in group.recipients:
                 rcpt.status, rcpt.detail = status, str(exc)
             return attempts
+        mine = [t for t, _ in targets if self.is_own(t)]
+        targets = [(t, d) for t, d in targets if not self.is_own(t)]
+        if mine and not targets:
+            where = group.domain or "the inbound routes"
+            for rcpt in group.recipients:
+                rcpt.status = "failed"
+                rcpt.detail = (f"mail for {where} loops back to myself "
+                               f"({mine[0].address}:{mine[0].port})")
+            return attempts
         todo = list(group.recipients)
         trust = await self._trust_store()
         for target, definition in targets:
@@ -405,6 +437,15 @@ class Deliverer:
                     still.append(rcpt)
             todo = still
         return attempts
+
+
+def _is_local_address(address: str) -> bool:
+    """An address of this machine: one a socket can bind to."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return True
+    return False
 
 
 def _loaded_trust(options: NetworkOptions) -> TrustStore:

@@ -10,7 +10,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
 from connectwiz.policy.secure import REQUEST_HEADER
-from connectwiz.relay.secure import strip_header
+from connectwiz.relay.secure_content import strip_header
 from connectwiz.relay.spool import QueueEntry, Recipient
 
 
@@ -21,6 +21,8 @@ def _status(rcpt: Recipient, expired: bool) -> str:
         words = part.split()
         if len(words) > 1 and words[0][:1] == "5" and words[1][:2] == "5.":
             return words[1]
+    if "loops back to myself" in rcpt.detail:
+        return "5.4.6"  # routing loop detected
     if "null MX" in rcpt.detail:
         return "5.1.10"  # RFC 7505: the domain accepts no mail
     if "NXDOMAIN" in rcpt.detail:

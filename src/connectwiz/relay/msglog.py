@@ -6,8 +6,10 @@ One JSON-lines file per message (``<spool>/log/<id>.jsonl``), appended with fsyn
 - ``attempt``: one delivery attempt to one host: host, IP, port, TLS version/cipher,
   certificate verified, definition applied, SMTP reply, outcome
 - ``delivered`` / ``deferred`` / ``bounced`` / ``expired``: what became of recipients
+- ``deleted``: recipients an administrator removed from the queue (``connectwiz queue``)
 - ``secure``: Secure Messaging applied (or, when the client asked, why not): definition, why
 - ``held``: recipients held for the Secure Messaging portal, with their notifications' ids
+- ``quarantined``: the queue file was damaged and set aside in ``<spool>/corrupt/``
 
 A crash can leave a torn last line; readers skip lines that do not parse.
 """
@@ -32,12 +34,15 @@ class MessageLog:
     def __init__(self, spool_root: Path) -> None:
         self.dir = Path(spool_root) / "log"
 
-    def append(self, msg_id: str, event: str, **fields: Any) -> None:
+    def append(self, msg_id: str, event: str, durable: bool = True, **fields: Any) -> None:
         """Blocking (fsync): call from a worker thread."""
-        self.append_many(msg_id, [{"event": event, **fields}])
+        self.append_many(msg_id, [{"event": event, **fields}], durable)
 
-    def append_many(self, msg_id: str, records: list[dict[str, Any]]) -> None:
-        """Several events with one fsync. Each record needs an ``event`` key."""
+    def append_many(self, msg_id: str, records: list[dict[str, Any]],
+                    durable: bool = True) -> None:
+        """Several events with one fsync (none with ``durable=False``: the line survives
+        the process being killed, not the machine losing power). Each record needs an
+        ``event`` key."""
         at = _now()
         data = b"".join((json.dumps({"at": at, **r}, default=str) + "\n").encode()
                         for r in records)
@@ -47,9 +52,22 @@ class MessageLog:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data  # a crash tore the last line: do not glue onto it
             os.write(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def sync(self, msg_id: str) -> None:
+        """fsync what ``durable=False`` appends left in the page cache."""
+        fd = os.open(self.dir / f"{msg_id}.jsonl", os.O_RDONLY)
+        try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def has_event(self, msg_id: str, event: str) -> bool:
+        path = self.dir / f"{msg_id}.jsonl"
+        return path.is_file() and any(e.get("event") == event for e in _read(path).events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +85,14 @@ class MessageRecord:
 
     @property
     def status(self) -> str:
-        """delivered | bounced | deferred | queued | refused, from the recipients' fates."""
+        """delivered | bounced | deferred | queued | refused | deleted | held | quarantined,
+        from the recipients' fates."""
+        if any(e.get("event") == "quarantined" for e in self.events):
+            return "quarantined"  # set aside for a person: nothing more happens by itself
         fates: dict[str, str] = {}
         for e in self.events:
             kind = e.get("event")
-            if kind in ("delivered", "bounced", "deferred", "expired", "held"):
+            if kind in ("delivered", "bounced", "deferred", "expired", "held", "deleted"):
                 for rcpt in e.get("recipients", []):
                     fates[rcpt] = "bounced" if kind == "expired" else kind
         received = self.received or {}
@@ -84,6 +105,8 @@ class MessageRecord:
             return "deferred"
         if "bounced" in fates.values():
             return "bounced" if "delivered" not in fates.values() else "partly bounced"
+        if "deleted" in fates.values():
+            return "deleted"  # by the administrator, with or without a bounce
         if "held" in fates.values():
             return "held"  # some or all recipients read it in the Secure Messaging portal
         return "delivered"

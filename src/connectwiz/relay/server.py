@@ -10,26 +10,39 @@ still in the spool and is picked up again on the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from connectwiz.directory.ldap import DirectoryCache, DirectoryError
 from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
 from connectwiz.policy.secure import SecureIndex
 from connectwiz.policy.select import PolicyIndex
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.clientcert import pinned_certificates
 from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.queuectl import ControlServer
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.spool import (
+    DamagedQueueFile,
+    QueueEntry,
+    QueueWriter,
+    Recipient,
+    Spool,
+    new_message_id,
+)
 from connectwiz.relay.tlscert import ensure_self_signed
 
 
@@ -65,12 +78,29 @@ class Relay:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
+        self._destinations = DestinationLimits(self.settings.destination_concurrency)
         self._queued: set[str] = set()  # ids waiting in _ready or being delivered
         self._stopping = False
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._handler: ReceiptHandler | None = None
+        self._tls_files: tuple[str, str] | None = None  # (cert, key) once started
+        self._tls_pins: tuple[bytes, ...] = ()  # client certificates the context trusts
+        self._tls_context: ssl.SSLContext | None = None
+        self._rescan: asyncio.Task[None] | None = None
+        self._directory: DirectoryCache | None = None
+        self._directory_task: asyncio.Task[None] | None = None
+        # Spool I/O has its own threads: fsyncs never queue behind other blocking work
+        # (trust store loads, parsing) on the default executor, nor the other way round.
+        self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
+                                      self._control_settle, self.log)
         self.address: tuple[str, int] = listen
+
+    def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """Run blocking spool I/O on the spool executor (submitted at once)."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._spool_io, functools.partial(fn, *args, **kwargs))
 
     # -- policy --------------------------------------------------------------------------------
 
@@ -78,13 +108,54 @@ class Relay:
         """Load the bundle and build its indexes in a worker thread (a large bundle takes a
         while), then swap all three at once: a model an index rejects is never half-applied."""
 
-        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex]:
+        def load() -> tuple[PolicyModel, PolicyIndex, SecureIndex, DirectoryCache | None, str]:
             model = self.load_policy()
-            return model, PolicyIndex(model), SecureIndex(model)
+            directory, error = self._directory, ""
+            if model.directory is None:
+                directory = None
+            elif directory is None or directory.settings != model.directory:
+                # New or changed [directory]: read it before the policy takes effect, so the
+                # first messages do not see empty directory groups.
+                directory = DirectoryCache(model.directory)
+                try:
+                    directory.refresh()
+                except DirectoryError as exc:
+                    error = str(exc)
+            return (model, PolicyIndex(model, directory), SecureIndex(model, directory),
+                    directory, error)
 
-        model, index, secure_index = await asyncio.to_thread(load)
+        model, index, secure_index, directory, error = await asyncio.to_thread(load)
         self._model, self._index, self._secure_index = model, index, secure_index
+        if directory is not self._directory and directory is not None:
+            self._log_directory(directory, error)
+        self._directory = directory
         return model
+
+    def _log_directory(self, directory: DirectoryCache, error: str) -> None:
+        if error:
+            self.log("directory-failed", reason=error,
+                     note="directory groups and attributes keep their last known members"
+                          if directory.snapshot.loaded_at else
+                          "directory groups and attributes match nobody until a read succeeds")
+        else:
+            snapshot = directory.snapshot
+            self.log("directory-read", url=directory.settings.url, groups=len(snapshot.groups),
+                     addresses=len(snapshot.attributes))
+
+    async def _directory_loop(self) -> None:
+        """Re-read the directory every ``refresh_seconds`` in a worker thread: selection
+        only ever reads the cache, so a slow directory never holds up a message."""
+        while not self._stopping:
+            directory = self._directory
+            await asyncio.sleep(directory.settings.refresh_seconds if directory else 60)
+            if directory is None or directory is not self._directory:
+                continue  # none, or a reload replaced it (and read it) meanwhile
+            error = ""
+            try:
+                await asyncio.to_thread(directory.refresh)
+            except DirectoryError as exc:
+                error = str(exc)
+            self._log_directory(directory, error)
 
     async def reload(self) -> bool:
         try:
@@ -93,8 +164,15 @@ class Relay:
             self.log("reload-refused", reason=str(exc) or type(exc).__name__,
                      note="the previous policy stays in force")
             return False
+        if self._tls_files and pinned_certificates(model) != self._tls_pins:
+            # New sessions ask for (and trust) the newly pinned client certificates.
+            self._tls_context = await asyncio.to_thread(self._server_context, model)
         self.log("reloaded", **_policy_summary(model))
         return True
+
+    def _server_context(self, model: PolicyModel) -> ssl.SSLContext:
+        self._tls_pins = pinned_certificates(model)
+        return server_context(*self._tls_files, self._tls_pins)
 
     # -- start / stop --------------------------------------------------------------------------
 
@@ -115,34 +193,53 @@ class Relay:
         if cert is None or key is None:
             cert, key, created = await asyncio.to_thread(
                 ensure_self_signed, self.spool.root / "tls", self.settings.hostname)
-            if created:
-                self.log("tls-cert-generated", cert=str(cert), key=str(key),
-                         note="self-signed; pass --tls-cert/--tls-key to use your own")
+            # Every start, not only the first: partners under Enforced TLS - Strict (and
+            # Postfix at "secure") refuse to send to a certificate no CA vouches for.
+            self.log("warning", reason=f"STARTTLS uses a self-signed certificate for "
+                     f"{self.settings.hostname} ({'made now' if created else 'made earlier'}; "
+                     f"{cert}): senders that verify certificates will not deliver here",
+                     fix="pass --tls-cert FULLCHAIN.pem --tls-key KEY.pem (a certificate "
+                         "for the name in your MX record, from a public CA such as Let's "
+                         "Encrypt), or set tls_cert/tls_key in service.toml")
+        self._tls_files = (str(cert), str(key))
         try:
-            tls_context = server_context(str(cert), str(key))
+            self._tls_context = self._server_context(model)
         except (OSError, ssl.SSLError) as exc:
             raise UserError(f"cannot use TLS certificate {cert} / key {key}: {exc}") from None
-        ready, deferred = await asyncio.to_thread(self.spool.recover)
+        found = await self._io(self.spool.recover)
+        for msg_id, why in found.quarantined:
+            await self._io(self.msglog.append, msg_id, "quarantined", reason=why,
+                           folder=str(self.spool.root / "corrupt"))
+            self.log("quarantined", id=msg_id, reason=why,
+                     folder=str(self.spool.root / "corrupt"))
+        await self._io(self._repair_log, found.ready + found.deferred)
+        ready, deferred = found.ready, found.deferred
         self._handler = ReceiptHandler(ReceiptContext(
             settings=self.settings, model=lambda: self._model, index=lambda: self._index,
-            store=self._store, record_refusal=self._record_refusal, log=self.log))
+            spool=self.spool, io=self._io, store=self._store,
+            record_refusal=self._record_refusal, log=self.log))
         loop = asyncio.get_running_loop()
         handler = self._handler
         host, port = self.listen
         try:
             self._server = await loop.create_server(
-                lambda: handler.protocol(tls_context), host, port)
+                lambda: handler.protocol(self._tls_context), host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
+        self.deliverer.own_addresses = {s.getsockname()[:2] for s in self._server.sockets}
         self._workers = [asyncio.create_task(self._worker())
                          for _ in range(self.settings.delivery_workers)]
         for entry in ready:
             self._enqueue(entry.id)
         for entry in deferred:
             self._schedule(entry.id, entry.next_attempt - time.time())
+        self._rescan = asyncio.create_task(self._rescan_loop())
+        self._directory_task = asyncio.create_task(self._directory_loop())
+        await self._control.start()
         self.log("listening", host=self.address[0], port=self.address[1],
-                 spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred))
+                 spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
+                 quarantined=len(found.quarantined) or None)
 
     async def stop(self) -> None:
         if self._stopping:
@@ -152,6 +249,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
+        await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
@@ -163,12 +261,15 @@ class Relay:
             proto.close()
         if self._busy:
             await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
-        for task in self._workers:
+        tasks = [*self._workers,
+                 *(t for t in (self._rescan, self._directory_task) if t is not None)]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        counts = await asyncio.to_thread(self.spool.counts)
+        counts = await self._io(self.spool.counts)
+        self._spool_io.shutdown(wait=True)
         self.spool.unlock()
         self.log("stopped", **counts)
         self._stopped.set()
@@ -197,23 +298,65 @@ class Relay:
 
     # -- receipt callbacks ---------------------------------------------------------------------
 
-    async def _store(self, entry: QueueEntry, body: bytes, record: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._store_sync, entry, body, record)
+    async def _store(self, writer: QueueWriter, entry: QueueEntry,
+                     record: dict[str, Any]) -> None:
+        await self._io(self._store_sync, writer, entry, record)
         self.log("received", id=entry.id, client=record["client_ip"], mail_from=entry.mail_from,
                  rcpts=len(entry.recipients), tls=record["tls_version"] or "none",
                  cipher=record["tls_cipher"], receipt=record.get("receipt_option"),
                  policy=record.get("policy"), size=record["size"])
         self._enqueue(entry.id)
 
-    def _store_sync(self, entry: QueueEntry, body: bytes, record: dict[str, Any]) -> None:
-        self.spool.accept(entry, body)
-        self.msglog.append(entry.id, "received", **record)
+    def _store_sync(self, writer: QueueWriter, entry: QueueEntry, record: dict[str, Any]) -> None:
+        """The queue file is the commit (one fsync, the folder's shared); the log line
+        follows without an fsync of its own: should it be lost in a crash, ``_repair_log``
+        writes it again from the copy inside the queue file. If the log cannot be written
+        at all, the message is taken back so that the 451 is true."""
+        writer.commit(entry)
+        try:
+            self.msglog.append(entry.id, "received", durable=False, **record)
+        except OSError:
+            self.spool.unqueue(entry.id)
+            raise
 
-    async def _record_refusal(self, record: dict[str, Any]) -> None:
-        msg_id = new_message_id()
-        await asyncio.to_thread(self.msglog.append, msg_id, "received", **record)
+    def _repair_log(self, entries: list[QueueEntry]) -> None:
+        for entry in entries:
+            record = entry.extra.get("received")
+            if record and not self.msglog.has_event(entry.id, "received"):
+                self.msglog.append(entry.id, "received", **record)
+
+    async def _record_refusal(self, msg_id: str, record: dict[str, Any]) -> None:
+        await self._io(self.msglog.append, msg_id, "received", **record)
         self.log("refused", id=msg_id, client=record["client_ip"], reason=record["result"],
                  policy=record.get("policy"))
+
+    async def _rescan_loop(self) -> None:
+        """Every ``queue_run_delay``: pick up messages no timer or worker knows about (a
+        claim that failed, a deferred message whose timer was lost), like Postfix's
+        periodic queue scan."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.queue_run_delay)
+            try:
+                incoming, deferred = await self._io(self._scan)
+            except OSError as exc:
+                self.log("error", reason=f"queue scan failed: {exc}")
+                continue
+            now = time.time()
+            for msg_id in incoming:
+                if msg_id not in self._queued:
+                    self._enqueue(msg_id)
+            for msg_id, due in deferred:
+                if msg_id not in self._queued and msg_id not in self._timers:
+                    self._schedule(msg_id, due - now)
+
+    def _scan(self) -> tuple[list[str], list[tuple[str, float]]]:
+        deferred = []
+        for msg_id in self.spool.ids("deferred"):
+            try:
+                deferred.append((msg_id, self.spool.read_entry("deferred", msg_id).next_attempt))
+            except (OSError, DamagedQueueFile):
+                continue  # gone meanwhile, or left for the next start's recovery
+        return self.spool.ids("incoming"), deferred
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -222,6 +365,25 @@ class Relay:
         if msg_id not in self._queued and not self._stopping:
             self._queued.add(msg_id)
             self._ready.put_nowait(msg_id)
+
+    def _control_take(self, msg_id: str) -> bool:
+        """``connectwiz queue`` (relay/queuectl.py) wants to change a message: refused while
+        a worker has it or it waits for one; otherwise no timer or rescan hands it to a
+        worker until ``_control_settle``."""
+        if msg_id in self._queued or self._stopping:
+            return False
+        self._queued.add(msg_id)
+        handle = self._timers.pop(msg_id, None)
+        if handle is not None:
+            handle.cancel()
+        return True
+
+    def _control_settle(self, msg_id: str, delay: float | None) -> None:
+        """The change is made: retry after ``delay`` seconds (0: now), or, with None, not
+        at all (held or deleted)."""
+        self._queued.discard(msg_id)
+        if delay is not None:
+            self._schedule(msg_id, delay)
 
     def _schedule(self, msg_id: str, delay: float) -> None:
         if self._stopping:
@@ -245,27 +407,22 @@ class Relay:
             finally:
                 self._busy.discard(task)
                 self._queued.discard(msg_id)
+                self._control.released(msg_id)  # a hold or delete that waited for this
 
     async def _park(self, msg_id: str) -> None:
         """After an unexpected error: keep the message and try again much later."""
         try:
-            await asyncio.to_thread(self.spool.move, msg_id, "active", "deferred")
+            await self._io(self.spool.move, msg_id, "active", "deferred")
         except OSError:
             return  # not in active (already moved on) or the disk is failing: restart recovers
         self._schedule(msg_id, self.settings.backoff_max)
 
-    def _claim(self, msg_id: str) -> tuple[QueueEntry, bytes] | None:
-        for state in ("incoming", "deferred"):
-            try:
-                # Not fsync'd: after a crash, incoming and active are recovered alike.
-                self.spool.move(msg_id, state, "active", durable=False)
-            except FileNotFoundError:
-                continue
-            return self.spool.read_entry("active", msg_id), self.spool.read_body(msg_id)
-        return None
-
     async def _process(self, msg_id: str) -> None:
-        claimed = await asyncio.to_thread(self._claim, msg_id)
+        try:
+            claimed = await self._io(self.spool.claim, msg_id)
+        except DamagedQueueFile as exc:
+            await self._io(self._quarantine, msg_id, str(exc))
+            return
         if claimed is None:
             return
         entry, body = claimed
@@ -280,13 +437,14 @@ class Relay:
             if plan.applied and plan.portal(entry):
                 await self._hold(entry, bodies[""], plan)
         groups = group_recipients(entry, model, index, plan.variant if plan else None)
-        for n, group in enumerate(groups, 1):
-            attempts = await self.deliverer.deliver_group(entry, bodies[group.variant], group,
-                                                          model)
-            # Progress must be on disk before the next group, so a crash does not repeat
-            # it; after the last group the final state change records it anyway.
-            await asyncio.to_thread(self._record_group, entry, group.policy, attempts,
-                                    group.recipients, n < len(groups))
+        for group in groups:
+            async with self._destinations.slot((group.kind, group.domain)):
+                attempts = await self.deliverer.deliver_group(entry, bodies[group.variant],
+                                                              group, model)
+            if await self._io(self._record_group, entry, group.policy, attempts,
+                              group.recipients):
+                self.log("done", id=entry.id, attempts=entry.attempts)
+                return
         now = time.time()
         pending = entry.pending()
         expired = bool(pending) and now - entry.received_at >= self.settings.max_lifetime
@@ -296,20 +454,20 @@ class Relay:
                 rcpt.detail = (f"gave up after {entry.attempts} attempts over "
                                f"{_duration(now - entry.received_at)}; last error: "
                                f"{rcpt.detail or 'none recorded'}")
-            await asyncio.to_thread(self.msglog.append, entry.id, "expired",
-                                    recipients=[r.address for r in pending])
+            await self._io(self.msglog.append, entry.id, "expired",
+                           recipients=[r.address for r in pending])
         if entry.failed():
             await self._bounce(entry, body, expired)
         pending = entry.pending()
         if pending:
             delay = self.settings.backoff(entry.attempts)
             entry.next_attempt = now + delay
-            await asyncio.to_thread(self._defer_sync, entry, pending)
+            await self._io(self._defer_sync, entry, pending)
             self.log("deferred", id=entry.id, rcpts=len(pending), retry_in_s=round(delay, 3),
                      reason=pending[0].detail)
             self._schedule(entry.id, delay)
         else:
-            await asyncio.to_thread(self.spool.finish, entry.id)
+            await self._io(self.spool.finish, entry.id)
             self.log("done", id=entry.id, attempts=entry.attempts)
 
     async def _hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> None:
@@ -321,22 +479,42 @@ class Relay:
         for note_id in notes:
             self._enqueue(note_id)
 
+    def _quarantine(self, msg_id: str, why: str) -> None:
+        moved = self.spool.quarantine(msg_id)
+        folder = str(self.spool.root / "corrupt")
+        self.msglog.append(msg_id, "quarantined", reason=why, folder=folder, files=moved)
+        self.log("quarantined", id=msg_id, reason=why, folder=folder)
+
     def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
-                      recipients: list[Recipient], save: bool) -> None:
+                      recipients: list[Recipient]) -> bool:
+        """Record one destination's attempts; True when that finished the message.
+
+        A remote 250 is made durable first (the queue state), the log after it: a kill in
+        between then costs a log line that the kernel still writes, not a second delivery
+        (the window for duplicates is one state fsync, not a log fsync too)."""
         records: list[dict[str, Any]] = []
         for att in attempts:
             records.append({"event": "attempt", "policy": policy, **att.as_record()})
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
-                     outcome=att.outcome, reply=att.error or att.reply)
+                     outcome=att.outcome, reply=att.error or att.reply,
+                     elapsed_s=att.elapsed_s)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
         if records:
-            self.msglog.append_many(entry.id, records)
-        if save:
-            self.spool.update_active(entry)
+            self.msglog.append_many(entry.id, records, durable=False)
+        finished = False
+        if done:
+            if not entry.pending() and not entry.failed():
+                self.spool.finish(entry.id)
+                finished = True
+            else:
+                self.spool.update_active(entry)
+        if records:
+            self.msglog.sync(entry.id)
+        return finished
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
         self.msglog.append(entry.id, "deferred", recipients=[r.address for r in pending],
@@ -348,21 +526,21 @@ class Relay:
         addresses = [r.address for r in failed]
         reason = failed[0].detail
         if not entry.mail_from or entry.is_bounce:
-            await asyncio.to_thread(self.msglog.append, entry.id, "bounced",
-                                    recipients=addresses, reason=reason,
-                                    note="null sender: no bounce for a bounce")
+            await self._io(self.msglog.append, entry.id, "bounced",
+                           recipients=addresses, reason=reason,
+                           note="null sender: no bounce for a bounce")
             self.log("bounced", id=entry.id, rcpts=len(failed), reason=reason, dsn="none")
         else:
             dsn = build_dsn(entry, failed, body, self.settings.hostname, expired)
             bounce = QueueEntry(id=new_message_id(), mail_from="",
                                 recipients=[Recipient(entry.mail_from)],
                                 received_at=time.time(), is_bounce=True)
-            await asyncio.to_thread(self._store_bounce, entry, bounce, dsn, addresses, reason)
+            await self._io(self._store_bounce, entry, bounce, dsn, addresses, reason)
             self.log("bounced", id=entry.id, rcpts=len(failed), reason=reason, dsn=bounce.id)
             self._enqueue(bounce.id)
         for rcpt in failed:
             rcpt.status = "bounced"
-        await asyncio.to_thread(self.spool.update_active, entry)
+        await self._io(self.spool.update_active, entry)
 
     def _store_bounce(self, entry: QueueEntry, bounce: QueueEntry, dsn: bytes,
                       addresses: list[str], reason: str) -> None:
@@ -380,6 +558,29 @@ class Relay:
         """Wait until nothing is queued for immediate delivery (deferred entries may remain)."""
         while self._queued:
             await asyncio.sleep(0.02)
+
+
+class DestinationLimits:
+    """At most ``limit`` deliveries in flight to one destination (a domain, or the inbound
+    routes), like Postfix's default_destination_concurrency_limit: a destination is not
+    flooded, and a crash interrupts fewer deliveries to it (fewer duplicates)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
+        self._users: dict[tuple[str, str], int] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, destination: tuple[str, str]) -> AsyncIterator[None]:
+        sem = self._slots.setdefault(destination, asyncio.Semaphore(self.limit))
+        self._users[destination] = self._users.get(destination, 0) + 1
+        try:
+            async with sem:
+                yield
+        finally:
+            self._users[destination] -= 1
+            if not self._users[destination]:  # forget idle destinations
+                del self._users[destination], self._slots[destination]
 
 
 def _duration(seconds: float) -> str:

@@ -16,10 +16,19 @@ class RelaySettings:
     max_recipients: int = 1000  # RCPT TO per message
     max_connections: int = 100  # concurrent SMTP sessions; more get 421
     idle_timeout: float = 300.0  # seconds a client may stay silent
+    # Per-client bounds on receipt (Postfix: smtpd_client_connection_count_limit,
+    # smtpd_junk_command_limit, hopcount_limit; the deadline has no Postfix equivalent).
+    max_connections_per_client: int = 50  # concurrent sessions from one IP, 421 above
+    junk_command_limit: int = 100  # NOOP/RSET/VRFY/HELP/EXPN per session, then 421
+    session_deadline: float = 3600.0  # seconds any session may last in all
+    max_hops: int = 50  # Received: headers (ours included); 554 5.4.0 at this many
+    queue_run_delay: float = 300.0  # seconds between rescans of the queue for strays
     backoff_min: float = 300.0  # first retry after a temporary failure
     backoff_max: float = 4000.0  # retries never wait longer than this
     max_lifetime: float = 5 * 86400.0  # then the message bounces
     delivery_workers: int = 50  # messages delivered at once (--concurrency)
+    # Deliveries in flight to one destination (Postfix default_destination_concurrency_limit).
+    destination_concurrency: int = 20
     shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
     portal_url: str = ""  # Secure Messaging links start with this; "" = https://<hostname>/secure
     secure_key: str = ""  # key file for held content; "" = $XDG_CONFIG_HOME/connectwiz/secure.key

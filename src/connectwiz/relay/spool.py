@@ -1,20 +1,27 @@
-"""The durable queue. Every method does blocking file I/O: call it from a worker thread.
+"""The durable queue. Every method does blocking file I/O: call it from the spool executor.
 
 Layout of a spool directory::
 
-    messages/<id>.eml     the message as received (written once, never changed)
-    incoming/<id>.json    queue entry: envelope and per-recipient state, waiting for a worker
-    active/<id>.json      being delivered right now
+    queue/<id>.msg        the queue file: the message as received and its envelope, written
+                          once at receipt (one file, one fsync) and never changed
+    incoming/<id>.json    (optional) progress of a message waiting for a worker
+    active/<id>.json      being delivered right now: envelope and per-recipient state
     deferred/<id>.json    waiting for its next attempt (``next_attempt``)
+    corrupt/              damaged queue files set aside, with everything that belonged to them
     log/<id>.jsonl        receipt/delivery view (see msglog.py)
     tmp/                  files being written; never read
 
-Every file is written to ``tmp/``, fsync'd, renamed into place and the directory fsync'd,
-so after a crash each file is either complete or absent. The body is stored before the
-queue entry, so an entry always has its body; a body without an entry was never
-acknowledged and is removed by ``recover``. State changes are renames; a change that has
-to rewrite the entry (active → deferred) writes the new file before unlinking the old
-one, and ``recover`` keeps the later state when it finds both.
+A queue file without a state file is a new message waiting for a worker. A state file
+holds the envelope as delivery changed it (recipients delivered, attempts, next attempt);
+it wins over the copy in the queue file. Receipt writes the queue file in ``tmp/``,
+fsyncs it, renames it into ``queue/`` and fsyncs the folder (one folder fsync serves every
+message renamed before it started: group commit). Only then may the relay answer 250.
+State changes are renames, or a new state file written before the old one is unlinked;
+``recover`` keeps the later state when it finds two.
+
+Queue file format: ``CWZQ1 <body length, 12 digits>\\n``, the body, the envelope as JSON.
+The fixed-size first line is written last, so a file that was never completed says
+``CWZQ1 000000000000`` and is recognised as damaged.
 """
 
 from __future__ import annotations
@@ -24,15 +31,18 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from connectwiz.errors import UserError
 
 STATES = ("incoming", "active", "deferred")
 _STATE_RANK = {"incoming": 0, "active": 1, "deferred": 2}
+_MAGIC = b"CWZQ1 "
+_HEAD_LEN = len(_MAGIC) + 12 + 1
 
 
 @dataclass(slots=True)
@@ -72,6 +82,11 @@ class QueueEntry:
         return cls(**raw)
 
 
+class DamagedQueueFile(ValueError):
+    """A queue or state file that cannot be read back: outside damage (they are written
+    atomically), set aside in ``corrupt/`` rather than retried or deleted."""
+
+
 def default_spool() -> Path:
     """``$XDG_STATE_HOME/connectwiz/spool`` (``~/.local/state`` when unset)."""
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -91,15 +106,107 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class GroupSync:
+    """fsync of one folder shared by every thread whose rename came before it started:
+    concurrent receipts wait for one folder fsync instead of one each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._issued = 0  # tickets handed out (one per rename to make durable)
+        self._done = 0  # every ticket up to this one is durable
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._issued += 1
+            ticket = self._issued
+            while self._done < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                covers = self._issued  # renames up to here happened before this fsync
+                self._cond.release()
+                try:
+                    _fsync_dir(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._done = max(self._done, covers)
+
+
+class QueueWriter:
+    """A queue file being received. ``add`` collects bytes in memory (no I/O, call it
+    anywhere); ``flush`` writes them out, ``commit`` makes the file durable and visible,
+    ``abort`` throws it away: run those three in the spool executor. A small message is
+    never flushed: its file is opened, written and committed in one call."""
+
+    def __init__(self, spool: Spool, msg_id: str) -> None:
+        self.spool = spool
+        self.msg_id = msg_id
+        self.tmp = spool.root / "tmp" / f"{msg_id}.msg"
+        self._file: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self.pending_size = 0
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self._pending.append(data)
+        self.pending_size += len(data)
+        self.size += len(data)
+
+    def flush(self) -> None:
+        if self._file is None:
+            self._file = open(self.tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+            os.chmod(self.tmp, 0o600)
+            self._file.write(_MAGIC + b"0" * 12 + b"\n")  # completed by commit
+        self._file.writelines(self._pending)
+        self._pending.clear()
+        self.pending_size = 0
+
+    def commit(self, entry: QueueEntry) -> None:
+        """Envelope, length, fsync, rename into ``queue/``, folder fsync. On error the
+        message is not queued (nothing is left behind) and the error propagates."""
+        try:
+            self.flush()
+            assert self._file is not None
+            self._file.write(entry.to_json())
+            self._file.seek(0)
+            self._file.write(_MAGIC + b"%012d\n" % self.size)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.spool.queue_path(self.msg_id))
+        except BaseException:
+            self.abort()
+            raise
+        self.spool.queue_sync.sync()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        if self._file is not None:
+            self._file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock_fd: int | None = None
+        self.queue_sync = GroupSync(self.root / "queue")
 
     def create(self) -> None:
-        for name in ("tmp", "messages", "log", *STATES):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o700)  # mail content and keys live here
+        """Make the folders; a spool that cannot be created is a one-line UserError."""
+        try:
+            for name in ("tmp", "queue", "log", "corrupt", *STATES):
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o700)  # mail content and keys live here
+        except OSError as exc:
+            where = exc.filename or self.root
+            raise UserError(f"cannot create the spool {self.root}: {where}: "
+                            f"{exc.strerror or exc}") from None
 
     def lock(self) -> None:
         """Claim the spool for this process; two relays on one spool would deliver twice.
@@ -120,9 +227,11 @@ class Spool:
             os.close(fd)  # closing the descriptor drops the flock
             self._lock_fd = None
 
-    # -- primitive ---------------------------------------------------------------------------
+    # -- primitives --------------------------------------------------------------------------
 
-    def write_atomic(self, dest: Path, data: bytes) -> None:
+    def write_atomic(self, dest: Path, data: bytes, durable: bool = True) -> None:
+        """Temp file, fsync, rename, folder fsync. ``durable=False`` skips both fsyncs where
+        losing the file in a crash is harmless."""
         tmp = self.root / "tmp" / f"{dest.name}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -130,45 +239,97 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing half-written
             raise
-        _fsync_dir(dest.parent)
+        if durable:
+            _fsync_dir(dest.parent)
 
     def _entry_path(self, state: str, msg_id: str) -> Path:
         return self.root / state / f"{msg_id}.json"
 
-    def body_path(self, msg_id: str) -> Path:
-        return self.root / "messages" / f"{msg_id}.eml"
+    def queue_path(self, msg_id: str) -> Path:
+        return self.root / "queue" / f"{msg_id}.msg"
+
+    def _read_queue_file(self, msg_id: str, want_body: bool, path: Path | None = None
+                         ) -> tuple[QueueEntry, bytes]:
+        with open(path or self.queue_path(msg_id), "rb") as f:
+            head = f.read(_HEAD_LEN)
+            length = head[len(_MAGIC):-1]
+            size = os.fstat(f.fileno()).st_size
+            if (not head.startswith(_MAGIC) or not length.isdigit()
+                    or _HEAD_LEN + int(length) >= size):
+                raise DamagedQueueFile(f"{msg_id}: queue file damaged (bad length line)")
+            body = f.read(int(length)) if want_body else b""
+            f.seek(_HEAD_LEN + int(length))
+            try:
+                entry = QueueEntry.from_json(f.read())
+            except (ValueError, TypeError, KeyError) as exc:
+                raise DamagedQueueFile(f"{msg_id}: queue file damaged ({exc})") from None
+        if entry.id != msg_id:
+            raise DamagedQueueFile(f"{msg_id}: queue file holds message {entry.id}")
+        return entry, body
+
+    def read_queue_file(self, path: Path, msg_id: str) -> tuple[QueueEntry, bytes]:
+        """A queue file outside ``queue/`` (on hold: relay/queuectl.py): envelope and body."""
+        return self._read_queue_file(msg_id, want_body=True, path=path)
 
     # -- queue operations --------------------------------------------------------------------
 
+    def open_message(self, msg_id: str) -> QueueWriter:
+        return QueueWriter(self, msg_id)
+
     def accept(self, entry: QueueEntry, body: bytes) -> None:
         """Store a new message durably. Only after this returns may the relay answer 250."""
-        self.write_atomic(self.body_path(entry.id), body)
-        try:
-            self.write_atomic(self._entry_path("incoming", entry.id), entry.to_json())
-        except BaseException:
-            self.body_path(entry.id).unlink(missing_ok=True)
-            raise
+        writer = self.open_message(entry.id)
+        writer.add(body)
+        writer.commit(entry)
 
     def read_body(self, msg_id: str) -> bytes:
-        return self.body_path(msg_id).read_bytes()
+        return self._read_queue_file(msg_id, want_body=True)[1]
 
     def read_entry(self, state: str, msg_id: str) -> QueueEntry:
-        return QueueEntry.from_json(self._entry_path(state, msg_id).read_bytes())
+        """The envelope as delivery last saved it (the state file), else as received."""
+        try:
+            data = self._entry_path(state, msg_id).read_bytes()
+        except FileNotFoundError:
+            return self._read_queue_file(msg_id, want_body=False)[0]
+        try:
+            return QueueEntry.from_json(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DamagedQueueFile(f"{msg_id}: {state} entry damaged ({exc})") from None
 
-    def move(self, msg_id: str, src: str, dst: str, durable: bool = True) -> None:
-        """Rename between states. ``durable=False`` skips the directory fsyncs where losing
-        the rename in a crash is harmless (recovery treats both states alike)."""
+    def claim(self, msg_id: str) -> tuple[QueueEntry, bytes] | None:
+        """Take a waiting message for delivery (its state becomes active); None when it is
+        gone or already taken."""
+        if not self.queue_path(msg_id).exists():
+            for state in ("incoming", "deferred"):
+                self._entry_path(state, msg_id).unlink(missing_ok=True)
+            return None
+        for state in ("incoming", "deferred"):
+            try:
+                # Not fsync'd: after a crash, incoming and active are recovered alike.
+                os.replace(self._entry_path(state, msg_id), self._entry_path("active", msg_id))
+            except FileNotFoundError:
+                continue
+            body = self._read_queue_file(msg_id, want_body=True)[1]
+            return self.read_entry("active", msg_id), body
+        if self._entry_path("active", msg_id).exists():
+            return None
+        entry, body = self._read_queue_file(msg_id, want_body=True)
+        self.write_atomic(self._entry_path("active", msg_id), entry.to_json(), durable=False)
+        return entry, body
+
+    def move(self, msg_id: str, src: str, dst: str) -> None:
+        """Rename a state file, durably."""
         os.replace(self._entry_path(src, msg_id), self._entry_path(dst, msg_id))
-        if durable:
-            _fsync_dir(self.root / dst)
-            _fsync_dir(self.root / src)
+        _fsync_dir(self.root / dst)
+        _fsync_dir(self.root / src)
 
     def update_active(self, entry: QueueEntry) -> None:
         """Record progress (e.g. recipients delivered) so a crash does not repeat it."""
@@ -181,49 +342,123 @@ class Spool:
 
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
-        self._entry_path("active", msg_id).unlink()
-        _fsync_dir(self.root / "active")  # else a crash could deliver the message again
-        # Not fsync'd: a body that reappears after a crash has no entry; recover removes it.
-        self.body_path(msg_id).unlink(missing_ok=True)
+        self.queue_path(msg_id).unlink()
+        self.queue_sync.sync()  # else a crash could deliver the message again
+        # Not fsync'd: a state file that reappears after a crash has no queue file; recover
+        # removes it.
+        self._entry_path("active", msg_id).unlink(missing_ok=True)
 
-    def recover(self) -> tuple[list[QueueEntry], list[QueueEntry]]:
-        """After a start or crash: (entries to deliver now, deferred entries).
+    def unqueue(self, msg_id: str) -> None:
+        """Take back a message that was committed but must not be acknowledged."""
+        self.queue_path(msg_id).unlink(missing_ok=True)
+        self.queue_sync.sync()
 
-        Anything that was in ``active`` goes back to ``incoming``: its delivery was
-        interrupted and is tried again (at-least-once). Bodies without an entry are removed.
+    def quarantine(self, msg_id: str) -> list[str]:
+        """Set a damaged message aside in ``corrupt/``: its queue file and state files, so
+        a person can look at it; nothing is deleted. Returns the files moved."""
+        moved = []
+        for path in [self.queue_path(msg_id), *(self._entry_path(s, msg_id) for s in STATES),
+                     self.root / "messages" / f"{msg_id}.eml"]:
+            if path.exists():
+                dest = self.root / "corrupt" / f"{msg_id}.{path.parent.name}{path.suffix}"
+                os.replace(path, dest)
+                moved.append(dest.name)
+        _fsync_dir(self.root / "corrupt")
+        return moved
+
+    def recover(self) -> Recovery:
+        """After a start or crash: what to deliver now, what is deferred, what was set aside.
+
+        A message that was active goes back to incoming: its delivery was interrupted and
+        is tried again (at-least-once). State files without a queue file belong to finished
+        messages and are removed; so are temp files.
         """
+        for path in (self.root / "tmp").iterdir():
+            path.unlink(missing_ok=True)
+        result = Recovery()
+        self._import_legacy(result)
+        queued = {p.stem for p in (self.root / "queue").glob("*.msg")}
         found: dict[str, str] = {}
         for state in STATES:
             for path in (self.root / state).glob("*.json"):
                 msg_id = path.stem
                 prev = found.get(msg_id)
-                if prev is None or _STATE_RANK[state] > _STATE_RANK[prev]:
+                if msg_id not in queued:
+                    path.unlink(missing_ok=True)
+                elif prev is None or _STATE_RANK[state] > _STATE_RANK[prev]:
                     if prev is not None:
                         self._entry_path(prev, msg_id).unlink(missing_ok=True)
                     found[msg_id] = state
                 else:
                     path.unlink(missing_ok=True)
-        for path in (self.root / "tmp").iterdir():
-            path.unlink(missing_ok=True)
-        for path in (self.root / "messages").glob("*.eml"):
-            if path.stem not in found:
-                path.unlink(missing_ok=True)
-        ready: list[QueueEntry] = []
-        deferred: list[QueueEntry] = []
-        for msg_id, state in sorted(found.items()):
-            if state == "active":
-                self.move(msg_id, "active", "incoming")
-                state = "incoming"
+        for msg_id in sorted(queued):
+            state = found.get(msg_id, "incoming")
             try:
+                if state == "active":
+                    self._recover_active(msg_id)
+                    state = "incoming"
+                self._read_queue_file(msg_id, want_body=False)  # the body must be there too
                 entry = self.read_entry(state, msg_id)
-            except (ValueError, TypeError, KeyError):
-                # Written atomically, so this is outside damage: keep the file for a human.
-                with contextlib.suppress(OSError):
-                    self._entry_path(state, msg_id).rename(
-                        self.root / state / f"{msg_id}.json.corrupt")
+            except DamagedQueueFile as exc:
+                result.quarantined.append((msg_id, str(exc)))
+                self.quarantine(msg_id)
                 continue
-            (deferred if state == "deferred" else ready).append(entry)
-        return ready, deferred
+            (result.deferred if state == "deferred" else result.ready).append(entry)
+        return result
+
+    def _recover_active(self, msg_id: str) -> None:
+        path = self._entry_path("active", msg_id)
+        try:
+            QueueEntry.from_json(path.read_bytes())
+        except (ValueError, TypeError, KeyError):
+            # The claim writes active without fsync: torn by the crash, so the queue
+            # file's copy is the truth (anything saved later was written atomically).
+            path.unlink()
+            return
+        self.move(msg_id, "active", "incoming")
+
+    def _import_legacy(self, result: Recovery) -> None:
+        """Spools written before queue files (``messages/ID.eml`` + ``STATE/ID.json``): turn
+        each message into a queue file so nothing acknowledged is stranded by an upgrade.
+        An entry whose body is missing is set aside, never retried."""
+        legacy = self.root / "messages"
+        if not legacy.is_dir():
+            return
+        for state in STATES:
+            for path in sorted((self.root / state).glob("*.json")):
+                msg_id = path.stem
+                body = legacy / f"{msg_id}.eml"
+                if self.queue_path(msg_id).exists():
+                    continue
+                try:
+                    entry = QueueEntry.from_json(path.read_bytes())
+                    data = body.read_bytes()
+                except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+                    why = ("message body missing" if isinstance(exc, FileNotFoundError)
+                           else f"{state} entry damaged ({exc})")
+                    result.quarantined.append((msg_id, why))
+                    self.quarantine(msg_id)
+                    continue
+                self.accept(entry, data)
+                body.unlink()
+        for body in legacy.glob("*.eml"):
+            body.unlink()  # a body without an entry was never acknowledged
+        with contextlib.suppress(OSError):
+            legacy.rmdir()
+
+    def ids(self, state: str) -> list[str]:
+        """Messages in a state; incoming counts queue files without a later state."""
+        if state != "incoming":
+            return [p.stem for p in (self.root / state).glob("*.json")]
+        later = {p.stem for s in ("active", "deferred") for p in (self.root / s).glob("*.json")}
+        return [p.stem for p in (self.root / "queue").glob("*.msg") if p.stem not in later]
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(1 for _ in (self.root / s).glob("*.json")) for s in STATES}
+        return {s: len(self.ids(s)) for s in STATES}
+
+
+@dataclass(slots=True)
+class Recovery:
+    ready: list[QueueEntry] = field(default_factory=list)
+    deferred: list[QueueEntry] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (id, why)

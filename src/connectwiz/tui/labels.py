@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from connectwiz.policy.domains import display_domain
 from connectwiz.policy.model import EncryptionMode, LastValidation, ValidationStatus
-from connectwiz.probe.published import publication_lines
-from connectwiz.probe.results import TargetResult
+
+if TYPE_CHECKING:
+    from connectwiz.probe.results import TargetResult
 
 GOOD = "bold green"
 BAD = "bold red"
@@ -76,6 +78,8 @@ def when(last: LastValidation | None) -> str:
 
 def result_details(result: TargetResult) -> str:
     """The More section: every host tried, what TLS it spoke, its certificate, its replies."""
+    from connectwiz.probe.published import publication_lines  # not needed for the first frame
+
     lines: list[str] = []
     if not result.hosts:
         lines.append(f"No mail host to try: {result.reason}")
@@ -117,3 +121,4 @@ def pretty_path(path: Path) -> str:
         except ValueError:
             continue
     return str(path)
+

@@ -6,14 +6,16 @@ Edits go to the Bundle's in-memory document; nothing reaches the disk until Fini
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectwiz.atomic import write_atomic
 from connectwiz.bundle import Bundle
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
+from connectwiz.policy.domains import display_domain
 from connectwiz.policy.model import (
     EncryptionMode,
     ExternalDomain,
@@ -23,23 +25,30 @@ from connectwiz.policy.model import (
     ValidationStatus,
 )
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.probe.results import TargetResult
+
+if TYPE_CHECKING:
+    from connectwiz.probe.results import TargetResult
 
 Clock = Callable[[], datetime]
 RouteKey = tuple[str, int]
 SUPPORTED = (ValidationStatus.STRICT, ValidationStatus.RELAXED)
+NULL_MX = "null MX"  # in the probe's reason when a domain publishes that it accepts no mail
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def email_problem(text: str) -> str | None:
-    """Why ``text`` is not a usable test address, or None when it is."""
+def email_problem(text: str, domains: Collection[str] = ()) -> str | None:
+    """Why ``text`` is not a usable test address (at one of ``domains``, when given), or
+    None when it is."""
     if not text.strip():
         return "enter an e-mail address"
     try:
-        normalize_address(text)
+        address = normalize_address(text)
     except InvalidAddress as exc:
         return f"{text.strip()!r} is not a usable e-mail address: {exc.reason}"
+    if domains and address.rpartition("@")[2] not in domains:
+        shown = " or ".join(display_domain(d) for d in domains)
+        return f"use an address at {shown}"
     return None
 
 
@@ -71,13 +80,15 @@ class Risks:
     while Strict is enforced."""
 
     unsupported: tuple[str, ...] = ()
+    no_mail: tuple[str, ...] = ()  # they publish a null MX: they accept no mail at all
     failed: tuple[str, ...] = ()  # the last validation could not reach a verdict
     not_validated: tuple[str, ...] = ()
     too_strict: tuple[str, ...] = ()  # validated Relaxed, enforced Strict
 
     @property
     def empty(self) -> bool:
-        return not (self.unsupported or self.failed or self.not_validated or self.too_strict)
+        return not (self.unsupported or self.no_mail or self.failed or self.not_validated
+                    or self.too_strict)
 
 
 @dataclass
@@ -85,7 +96,10 @@ class WizardState:
     bundle: Bundle
     options: NetworkOptions
     clock: Clock = utc_now
-    hint: str = ""  # shown on the Start screen (the demo suggests lab domains)
+    # Shown on the Start screen (the demo suggests lab domains), drawn from the model as it
+    # is now when it depends on it.
+    hint: str | Callable[[PolicyModel], str] = ""
+    scratch: bool = False  # the bundle is deleted on exit (the demo's): say so, export elsewhere
     loaded: PolicyModel = field(init=False)
     saved_text: str = field(init=False)  # the bundle as last read or written
     route_results: dict[RouteKey, TargetResult] = field(default_factory=dict)
@@ -96,6 +110,9 @@ class WizardState:
     def __post_init__(self) -> None:
         self.loaded = self.bundle.model
         self.saved_text = self.bundle.to_toml()
+
+    def hint_text(self) -> str:
+        return self.hint if isinstance(self.hint, str) else self.hint(self.model)
 
     @property
     def model(self) -> PolicyModel:
@@ -145,6 +162,13 @@ class WizardState:
         if result is not None:
             return ValidationStatus(result.status)
         return domain.last_validation.status if domain.last_validation else None
+
+    def reason(self, domain: ExternalDomain) -> str:
+        """The reason of this session's verdict, else of the one stored in the bundle."""
+        result = self.domain_results.get(domain.domain)
+        if result is not None:
+            return result.reason
+        return domain.last_validation.reason if domain.last_validation else ""
 
     def add_domains(self, domains: Iterable[str]) -> None:
         self.bundle.add_domains(list(domains), at=self.clock())
@@ -203,14 +227,18 @@ class WizardState:
     def risks(self) -> Risks:
         groups: dict[ValidationStatus | None, list[str]] = {}
         strict_only: list[str] = []
+        no_mail: list[str] = []
         for domain in self.model.external_domains:
             status = self.domain_status(domain)
             if too_strict(domain, status):
                 strict_only.append(domain.domain)
+            elif status is ValidationStatus.ERROR and NULL_MX in self.reason(domain):
+                no_mail.append(domain.domain)
             elif status not in SUPPORTED:
                 groups.setdefault(status, []).append(domain.domain)
         return Risks(
             unsupported=tuple(groups.get(ValidationStatus.UNSUPPORTED, ())),
+            no_mail=tuple(no_mail),
             failed=tuple(groups.get(ValidationStatus.ERROR, ())),
             not_validated=tuple(groups.get(None, ())),
             too_strict=tuple(strict_only),

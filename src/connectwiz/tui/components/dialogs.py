@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -11,12 +12,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Input, Label, Static
+from textual.widgets import Button, Footer, Label, Static
 
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.probe import Target
 from connectwiz.probe.options import parse_host_port
+from connectwiz.tui.editors import Input
 from connectwiz.tui.state import email_problem
 from connectwiz.tui.widgets import no_blink
 
@@ -42,6 +44,10 @@ class Dialog(ModalScreen[R]):
     def on_mount(self) -> None:
         no_blink(self)
 
+    @on(Input.Changed)
+    def _edited(self) -> None:
+        self.error("")  # an error about the old text is not about the new one
+
     def action_cancel(self) -> None:
         self.dismiss(None)
 
@@ -50,7 +56,8 @@ class Dialog(ModalScreen[R]):
         self.action_cancel()  # the Cancel button does what Escape does
 
     def error(self, message: str) -> None:
-        self.query_one(".error", Static).update(message)
+        for widget in self.query(".error").results(Static):
+            widget.update(message)
 
 
 class ConfirmDialog(Dialog[bool]):
@@ -64,6 +71,14 @@ class ConfirmDialog(Dialog[bool]):
     def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
         super().__init__()
         self.question, self.yes, self.no = question, yes, no
+        # The footer names the answers as the buttons do (y Remove, esc Keep). This edits
+        # the instance's own BindingsMap (a Textual 8.2.8 internal; tests/tui/test_keys.py
+        # checks the footer).
+        labels = {"yes": yes, "no": no}
+        bindings = self._bindings.key_to_bindings
+        for key, found in bindings.items():
+            bindings[key] = [replace(b, description=labels.get(b.id or "", b.description))
+                             for b in found]
 
     def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -83,9 +98,11 @@ class ConfirmDialog(Dialog[bool]):
 class EmailDialog(Dialog[str | None]):
     """Asks the address to test with; checked here, before any probe starts."""
 
-    def __init__(self, title: str, explain: str, default: str = "", ok: str = "Test") -> None:
+    def __init__(self, title: str, explain: str, default: str = "", ok: str = "Test",
+                 domains: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.title_text, self.explain, self.default, self.ok = title, explain, default, ok
+        self.domains = domains  # when given, the address must be at one of them
 
     def body(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -101,7 +118,7 @@ class EmailDialog(Dialog[str | None]):
     @on(Button.Pressed, "#ok")
     def _submit(self) -> None:
         text = self.query_one("#email", Input).value.strip()
-        problem = email_problem(text)
+        problem = email_problem(text, self.domains)
         if problem:
             self.error(problem)
         else:

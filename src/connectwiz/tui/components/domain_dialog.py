@@ -8,13 +8,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, Collapsible, Input, Label, Static
+from textual.widgets import Button, Collapsible, Label, Static
 
-from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.components.dialogs import Dialog
+from connectwiz.tui.editors import Input
 from connectwiz.tui.labels import TESTING, domain_verdict, result_details
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.state import WizardState, email_problem, too_strict
@@ -22,6 +22,7 @@ from connectwiz.tui.widgets import key_of
 
 
 class DomainValidateDialog(ProbeRunner, Dialog[None]):
+    AUTO_FOCUS = "#email"  # not the scroll container: Enter and typing go to the address
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="cancel"),
         Binding("ctrl+t", "validate", "Validate", id="validate"),
@@ -51,6 +52,7 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
                 yield Button("Cancel", id="cancel")
 
     def on_mount(self) -> None:
+        super().on_mount()
         self.query_one("#more").display = False
         result = self.state.domain_results.get(self.domain)
         if result is not None:
@@ -67,9 +69,7 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
         if self.probing:
             return
         email = self.query_one("#email", Input).value.strip()
-        problem = email_problem(email)
-        if problem is None and not self._at_domain(email):
-            problem = f"use an address at {self.domain}"
+        problem = email_problem(email, (self.domain,))
         if problem:
             self.error(problem)
             return
@@ -78,12 +78,6 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
         self.query_one("#verdict", Static).update(TESTING)
         self.query_one("#more").display = False
         self.start_probe({self.domain: Target.domain(self.domain)}, email)
-
-    def _at_domain(self, email: str) -> bool:
-        try:
-            return normalize_domain(email.rpartition("@")[2]) == self.domain
-        except InvalidDomain:
-            return False
 
     def action_cancel(self) -> None:
         """Cancel stops a running test first; pressed again it closes the dialog."""

@@ -10,7 +10,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Footer, Header, Static, TextArea
+from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from connectwiz.policy.domains import (
     MAX_BATCH,
@@ -19,6 +19,7 @@ from connectwiz.policy.domains import (
     display_domain,
     parse_domain_batch,
 )
+from connectwiz.tui.editors import TextArea
 from connectwiz.tui.labels import BAD, GOOD
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.widgets import key_of
@@ -28,6 +29,8 @@ class AddDomainsScreen(WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "continue", "Continue", id="continue"),
         Binding("a", "add", "Add", id="add"),
+        # When Add is dimmed, `a` reaches this one instead: it says why nothing was added.
+        Binding("a", "add_blocked", id="add_blocked", show=False),
         Binding("d,delete", "remove", "Remove line", id="remove"),
         Binding("e", "edit", "Edit text", id="edit"),
         Binding("escape", "cancel", "Cancel", id="cancel"),
@@ -119,9 +122,20 @@ class AddDomainsScreen(WizardScreen):
         if action == "add":
             if not self.reviewing:
                 return False
-            ready = self.lines and all(line.accepted for line in self.lines)
-            return True if ready else None
+            return True if self._ready() else None
+        if action == "add_blocked":
+            return self.reviewing and not self._ready()
         return True
+
+    def _ready(self) -> bool:
+        return bool(self.lines) and all(line.accepted for line in self.lines)
+
+    def action_add_blocked(self) -> None:
+        rejected = sum(1 for line in self.lines if not line.accepted)
+        why = (f"{rejected} line(s) have errors: remove them ({key_of(self, 'remove')}) "
+               f"or edit the text ({key_of(self, 'edit')}) first." if rejected else
+               f"Nothing to add: edit the text ({key_of(self, 'edit')}).")
+        self.notify(why, severity="warning")
 
     @on(Button.Pressed, "#continue")
     def action_continue(self) -> None:
@@ -152,8 +166,8 @@ class AddDomainsScreen(WizardScreen):
 
     @on(Button.Pressed, "#add")
     def action_add(self) -> None:
-        if self.check_action("add", ()) is not True:
-            self.notify("Remove the lines with errors first.", severity="warning")
+        if self.check_action("add", ()) is not True:  # the Add button, pressed anyway
+            self.action_add_blocked()
             return
         domains = [line.domain for line in self.lines if line.domain is not None]
         self.state.add_domains(domains)

@@ -25,12 +25,13 @@ from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, shown_domain, when
+from connectwiz.tui.list_table import Cells, ListTable, sync_rows, update_row
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.base import WizardScreen
 from connectwiz.tui.screens.finish import FinishScreen
-from connectwiz.tui.state import too_strict
-from connectwiz.tui.widgets import Cells, ListTable, key_of, sync_rows, update_row
+from connectwiz.tui.state import NULL_MX, too_strict
+from connectwiz.tui.widgets import key_of
 
 COLUMNS = ("domain", "mode", "status", "at")
 
@@ -67,9 +68,10 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         Binding("d,delete", "remove", "Remove", id="remove"),
         Binding("r", "mode('relaxed')", "Relaxed", id="relaxed"),
         Binding("r", "mode('strict')", "Strict", id="strict"),
-        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("f", "finish", "Finish", id="finish"),
-        Binding("b", "back", "Back", id="back"),
+        Binding("b,escape", "back", "Back", id="back"),
+        # Back is off while a test runs: Esc then reaches Cancel.
+        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
     ]
 
     def __init__(self) -> None:
@@ -82,8 +84,9 @@ class DomainsScreen(ProbeRunner, WizardScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("Step 2 of 3 · External domains", classes="step-title")
-        yield Static("Mail to these domains is delivered with Enforced TLS (Strict) and mail "
-                     "from them is received with Enforced TLS.", classes="explain")
+        yield Static("Mail to these domains is delivered with Enforced TLS in the Mode shown "
+                     "(Strict or Relaxed); mail from them is received with Enforced TLS.",
+                     classes="explain")
         yield ListTable(id="domains", cursor_type="row", zebra_stripes=True)
         yield ProgressBar(id="progress", show_eta=False)
         yield Static(id="detail")
@@ -136,9 +139,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                         style="yellow")
         else:
             text = Text(f"{len(domains)} domain(s). {display_domain(domain.domain)}: ")
-            result = self.state.domain_results.get(domain.domain)
-            last = domain.last_validation
-            reason = result.reason if result else (last.reason if last else "")
+            reason = self.state.reason(domain)
             status = self.state.domain_status(domain)
             if status is None:
                 text.append(f"not validated yet ({key_of(self, 'validate')}).", style=MUTED)
@@ -147,6 +148,9 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                 if self._too_strict(domain):
                     text.append(f"\nStrict checks would refuse its servers: press "
                                 f"{key_of(self, 'relaxed')} to enforce Relaxed.", style="yellow")
+                elif NULL_MX in reason:
+                    text.append(f"\nIt accepts no mail: remove it ({key_of(self, 'remove')}).",
+                                style="yellow")
         self.query_one("#detail", Static).update(text)
         # Redrawing the footer on every cursor move is what scrolling would pay for; only the
         # Relaxed/Strict keys depend on the highlighted row.

@@ -16,11 +16,12 @@ from textual.widgets import Footer, Header, Static
 from connectwiz.tui.components.dialogs import ExportDialog
 from connectwiz.tui.labels import BAD, GOOD, MUTED, mode_label, pretty_path, shown_names
 from connectwiz.tui.screens.base import WizardScreen
+from connectwiz.tui.widgets import Listing, key_of
 
 
 class FinishScreen(WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("e", "edit", "Edit", id="edit"),
+        Binding("e,escape", "edit", "Edit", id="edit"),
         Binding("x", "export", "Export", id="export"),
         # Not in the footer: the App's Ctrl+Q Quit is shown on every screen.
         Binding("q", "app.quit", "Quit", id="quit", show=False),
@@ -31,9 +32,9 @@ class FinishScreen(WizardScreen):
         yield Static("Step 3 of 3 · Summary", classes="step-title")
         with VerticalScroll(id="summary"):
             yield Static(id="policies")
-            yield Static(id="warnings")
-            yield Static(id="routes")
-            yield Static(id="changes")
+            yield Listing(id="warnings")
+            yield Listing(id="routes", aligned=True)
+            yield Listing(id="changes")
             yield Static(id="saved")
         yield Footer(compact=True)
 
@@ -47,48 +48,45 @@ class FinishScreen(WizardScreen):
         ))
 
         self._warnings()
-        routes = Text("Inbound routes\n", style="bold")
-        for route in model.inbound_routes:
-            routes.append(f"  {route.host}:{route.port}  ")
-            routes.append(mode_label(route.encryption_mode),
-                          style=GOOD if route.encryption_mode else BAD)
-            routes.append("\n")
-        if not model.inbound_routes:
-            routes.append("  none\n", style=MUTED)
-        self.query_one("#routes", Static).update(routes)
+        routes = model.inbound_routes
+        self.query_one("#routes", Listing).show(
+            Text("Inbound routes", style="bold"),
+            [(f"{r.host}:{r.port}", Text(mode_label(r.encryption_mode),
+                                         style=GOOD if r.encryption_mode else BAD))
+             for r in routes],
+            None if routes else Text("  none", style=MUTED))
 
         changes = state.changes()
-        text = Text("Changes since the bundle was opened\n", style="bold")
-        if changes.empty:
-            text.append("  none\n", style=MUTED)
-        for label, items in (
-            ("Domains added", changes.domains_added),
-            ("Domains removed", changes.domains_removed),
-            ("Routes added", tuple(f"{h}:{p}" for h, p in changes.routes_added)),
-            ("Routes removed", tuple(f"{h}:{p}" for h, p in changes.routes_removed)),
-            ("Encryption mode changed", changes.modes_changed),
-        ):
-            if items:
-                text.append(f"  {label} ({len(items)}): {shown_names(items)}\n")
-        self.query_one("#changes", Static).update(text)
-        self.query_one("#saved", Static).update(
-            Text.assemble(("Saved to ", "bold"), pretty_path(state.path)))
+        self.query_one("#changes", Listing).show(
+            Text("Changes since the bundle was opened", style="bold"),
+            [(f"{label} ({len(items)}):", shown_names(items)) for label, items in (
+                ("Domains added", changes.domains_added),
+                ("Domains removed", changes.domains_removed),
+                ("Routes added", tuple(f"{h}:{p}" for h, p in changes.routes_added)),
+                ("Routes removed", tuple(f"{h}:{p}" for h, p in changes.routes_removed)),
+                ("Encryption mode changed", changes.modes_changed),
+            ) if items],
+            Text("  none", style=MUTED) if changes.empty else None)
+        saved = Text.assemble(("Saved to ", "bold"), pretty_path(state.path))
+        if state.scratch:
+            saved.append(f"\n  a scratch copy, deleted when the demo ends: export it "
+                         f"({key_of(self, 'export')}) to keep it", style="yellow")
+        self.query_one("#saved", Static).update(saved)
         super().redraw()
 
     def _warnings(self) -> None:
         """What was saved although mail to it would be deferred, then bounced."""
         risks = self.state.risks()
-        text = Text("Warnings: mail to these may be deferred, then bounced\n", style="bold yellow")
-        for label, items in (
-            ("Not supporting TLS", risks.unsupported),
-            ("Could not be validated", risks.failed),
-            ("Never validated", risks.not_validated),
-            ("Strict, but only Relaxed passes", risks.too_strict),
-        ):
-            if items:
-                text.append(f"  {label} ({len(items)}): {shown_names(items)}\n")
-        warnings = self.query_one("#warnings", Static)
-        warnings.update(text)
+        warnings = self.query_one("#warnings", Listing)
+        warnings.show(
+            Text("Warnings: mail to these may be deferred, then bounced", style="bold yellow"),
+            [(f"{label} ({len(items)}):", shown_names(items)) for label, items in (
+                ("Not supporting TLS", risks.unsupported),
+                ("Accepting no mail (null MX): remove them", risks.no_mail),
+                ("Could not be validated", risks.failed),
+                ("Never validated", risks.not_validated),
+                ("Strict, but only Relaxed passes", risks.too_strict),
+            ) if items])
         warnings.display = not risks.empty
 
     def action_edit(self) -> None:
@@ -108,5 +106,7 @@ class FinishScreen(WizardScreen):
             if choice is not None:
                 self._export(*choice)
 
-        default = Path(pretty_path(self.state.path.with_suffix(".json")))
+        # A scratch bundle's folder is deleted on exit: propose the working directory.
+        where = Path.cwd() / "bundle.json" if self.state.scratch else self.state.path
+        default = Path(pretty_path(where.with_suffix(".json")))
         self.app.push_screen(ExportDialog(default), done)

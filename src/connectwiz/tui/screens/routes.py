@@ -31,9 +31,10 @@ class RoutesScreen(ProbeRunner, WizardScreen):
         Binding("e", "edit", "Edit", id="edit"),
         Binding("d,delete", "remove", "Remove", id="remove"),
         Binding("v", "validate", "Validate", id="validate"),
-        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
         Binding("n", "next", "Next", id="next"),
-        Binding("b", "back", "Back", id="back"),
+        Binding("b,escape", "back", "Back", id="back"),
+        # Back is off while a test runs: Esc then reaches Cancel.
+        Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
     ]
 
     def __init__(self) -> None:
@@ -198,7 +199,8 @@ class RoutesScreen(ProbeRunner, WizardScreen):
             "Validate inbound routes",
             "An address at one of your internal domains, used to test that each route "
             "accepts it. No e-mail is sent.",
-            self.state.route_email or self._default_email(), ok="Test"), done)
+            self.state.route_email or self._default_email(), ok="Test",
+            domains=self.state.model.organisation.internal_domains), done)
 
     def _default_email(self) -> str:
         domains = self.state.model.organisation.internal_domains

@@ -9,16 +9,28 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from connectwiz.bundle.policies import counts as policy_counts
 from connectwiz.errors import UserError
 from connectwiz.policy.model import ValidationStatus
-from connectwiz.tui.components.dialogs import OrgDialog
 from connectwiz.tui.labels import GOOD, MUTED, mode_label, pretty_path
 from connectwiz.tui.screens.base import WizardScreen
-from connectwiz.tui.screens.routes import RoutesScreen
+from connectwiz.tui.widgets import Listing
 
 _SHOWN_ROUTES = 4
+
+
+class PreparingScreen(Screen[None]):
+    """Drawn while the App's state is prepared in a thread (the demo starts its lab)."""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="start"):
+            yield Static("Start · what this bundle holds", classes="step-title")
+            yield Static("Starting the lab…", classes="explain")
+        yield Footer(compact=True)
 
 
 class StartScreen(WizardScreen):
@@ -33,8 +45,9 @@ class StartScreen(WizardScreen):
             yield Static("Start · what this bundle holds", classes="step-title")
             yield Static(id="bundle")
             yield Static(id="organisation")
-            yield Static(id="routes")
+            yield Listing(id="routes", aligned=True)
             yield Static(id="domains")
+            yield Static(id="policies")
             yield Static(id="hint")
         yield Footer(compact=True)
 
@@ -42,7 +55,9 @@ class StartScreen(WizardScreen):
         state, model = self.state, self.state.model
         exists = state.path.exists()
         bundle = Text.assemble(("Bundle  ", "bold"), pretty_path(state.path))
-        if not exists:
+        if state.scratch:
+            bundle.append("  (scratch: deleted when the demo ends)", style=MUTED)
+        elif not exists:
             bundle.append("  (new: nothing is written until Finish)", style=MUTED)
         self.query_one("#bundle", Static).update(bundle)
 
@@ -54,17 +69,18 @@ class StartScreen(WizardScreen):
             ", ".join(str(n) for n in org.authorized_outbound) or "(none)",
         ))
 
-        routes = Text.assemble(("Inbound routes", "bold"), f" ({len(model.inbound_routes)})")
-        for route in model.inbound_routes[:_SHOWN_ROUTES]:
-            routes.append(f"\n  {route.host}:{route.port}  ")
-            routes.append(mode_label(route.encryption_mode),
-                          style=GOOD if route.encryption_mode else MUTED)
-        if len(model.inbound_routes) > _SHOWN_ROUTES:
-            routes.append(f"\n  … and {len(model.inbound_routes) - _SHOWN_ROUTES} more")
-        if not model.inbound_routes:
-            routes.append("\n  none yet: add your internal mail servers in the next step",
-                          style=MUTED)
-        self.query_one("#routes", Static).update(routes)
+        routes = model.inbound_routes
+        tail = Text()
+        if len(routes) > _SHOWN_ROUTES:
+            tail = Text(f"  … and {len(routes) - _SHOWN_ROUTES} more")
+        elif not routes:
+            tail = Text("  none yet: add your internal mail servers in the next step",
+                        style=MUTED)
+        self.query_one("#routes", Listing).show(
+            Text.assemble(("Inbound routes", "bold"), f" ({len(routes)})"),
+            [(f"{r.host}:{r.port}", Text(mode_label(r.encryption_mode),
+                                         style=GOOD if r.encryption_mode else MUTED))
+             for r in routes[:_SHOWN_ROUTES]], tail)
 
         counts = Counter(state.domain_status(d) for d in model.external_domains)
         parts = [f"{counts[s]} {label}" for s, label in (
@@ -78,15 +94,29 @@ class StartScreen(WizardScreen):
                        style="" if parts else MUTED)
         self.query_one("#domains", Static).update(domains)
 
+        n = policy_counts(model)
+        self.query_one("#policies", Static).update(Text.assemble(
+            ("Policies", "bold"), ("  (edit with: connectwiz policies)", MUTED), "\n",
+            f"  {n['delivery']} delivery, {n['receipt']} receipt, {n['secure']} secure, "
+            f"{n['bypass']} bypass; definitions: {n['definition']} delivery, "
+            f"{n['secure-definition']} secure",
+        ))
+
         hint = self.query_one("#hint", Static)
-        hint.update(Text(state.hint, style="italic"))
-        hint.display = bool(state.hint)
+        text = state.hint_text()
+        hint.update(Text(text, style="italic"))
+        hint.display = bool(text)
         super().redraw()
 
     def action_start(self) -> None:
+        # The later steps (and their dialogs) load here, not before the first frame.
+        from connectwiz.tui.screens.routes import RoutesScreen
+
         self.app.push_screen(RoutesScreen())
 
     def action_organisation(self) -> None:
+        from connectwiz.tui.components.dialogs import OrgDialog
+
         org = self.state.model.organisation
 
         def done(result: tuple[list[str], list[str]] | None) -> None:

@@ -1,0 +1,1 @@
+"""Directories that address groups and address attributes are read from."""
