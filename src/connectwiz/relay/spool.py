@@ -187,8 +187,13 @@ class QueueWriter:
     def abort(self) -> None:
         self._pending.clear()
         if self._file is not None:
-            self._file.close()
-            self.tmp.unlink(missing_ok=True)
+            try:
+                # On a full disk close() fails too (it flushes what is buffered): the
+                # half-written file must go all the same.
+                with contextlib.suppress(OSError):
+                    self._file.close()
+            finally:
+                self.tmp.unlink(missing_ok=True)
 
 
 class Spool:
