@@ -1,11 +1,14 @@
 """A private Postfix instance on loopback for interop tests.
 
 Wiring, and why: Postfix resolves with the libc resolver (the port 53 of /etc/resolv.conf),
-which is not on loopback here and must never be queried. So DNS is switched off
-(``smtp_dns_support_level = disabled``) and a test-only ``transport_maps`` sends each lab
-domain to its MX's IP literal and the lab's SMTP port. Postfix keys TLS policy lookups on the
-next hop, which then is ``[ip]:port`` instead of the domain, so the test copy of the exported
-``tls_policy`` has its keys rewritten the same way; the policy itself (level, ``match=`` names,
+which is not on loopback here and must never be queried. So the instance runs in its own
+mount namespace (``unshare -m``) where /etc/resolv.conf is a bind-mounted file naming a lab
+name server on port 53 of a loopback address (``lab_resolver``): Postfix does real MX and
+address lookups of lab names, as in production, and ``match=hostname`` sees the MX host
+name. A test-only ``transport_maps`` only changes the port: ``domain smtp:domain:PORT``
+(still an MX lookup), because every lab server listens on the lab's port, not 25. Postfix
+keys TLS policy lookups on that next hop, ``domain:PORT``, so the test copy of the exported
+``tls_policy`` has its keys rewritten the same way; the policy itself (level, ``match=``,
 ``protocols=``) is left exactly as exported. The exported main.cf snippet is used as is except
 for two settings the test replaces (commented out, then set after it): the lab CA instead of
 the system store, and the rewritten policy table.
@@ -17,16 +20,35 @@ The instance has its own config, queue and data directories in a temporary folde
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import random
 import re
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from connectwiz.lab import LabHandle
 
 POSTFIX = shutil.which("postfix") or (
     "/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
+UNSHARE = shutil.which("unshare")
+
+
+def peer_missing() -> str | None:
+    """Why a private Postfix cannot run here, or None: Postfix, root (its master starts as
+    root) and a mount namespace (for its own /etc/resolv.conf) are needed."""
+    if POSTFIX is None:
+        return "Postfix is not installed (apt-get install postfix; .ci/run installs it on CI)"
+    if os.geteuid() != 0:
+        return "starting a Postfix instance needs root"
+    if UNSHARE is None or subprocess.run([UNSHARE, "-m", "true"], capture_output=True,
+                                         timeout=30, check=False).returncode != 0:
+        return "no mount namespace (unshare -m) for Postfix's private resolv.conf"
+    return None
 START_TIMEOUT = 30.0
 _REPLACED = ("smtp_tls_CAfile ", "smtp_tls_policy_maps ")
 
@@ -63,27 +85,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_resolvers: dict[int, str] = {}
+
+
+def lab_resolver(lab: LabHandle) -> str:
+    """A loopback address whose port 53 serves the lab zone (started once per lab)."""
+    if id(lab) not in _resolvers:
+        for _ in range(50):  # 127.53.x.y: away from the lab's own 127.0.x.y addresses
+            host = f"127.53.{random.randrange(256)}.{random.randrange(1, 255)}"
+            try:
+                lab.add_nameserver(host, 53)
+            except OSError as exc:  # another test run holds this one
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            _resolvers[id(lab)] = host
+            break
+        else:
+            raise RuntimeError("no loopback address free for a lab name server on port 53")
+    return _resolvers[id(lab)]
+
+
 class PostfixInstance:
-    def __init__(self, root: Path, exported: Path, routes: dict[str, tuple[str, int]],
-                 ca_file: Path, *, rekey: dict[str, str] | None = None,
+    def __init__(self, root: Path, exported: Path, domains: Iterable[str], smtp_port: int,
+                 ca_file: Path, resolver: str, *, next_hops: dict[str, str] | None = None,
                  extra: tuple[str, ...] = ()) -> None:
         """``exported``: the folder ``connectwiz export --format postfix`` wrote;
-        ``routes``: lab domain -> (MX address, port); ``rekey``: more policy keys to rewrite
-        (an inbound route's ``[host]:port`` to its ``[address]:port``); ``extra``: main.cf
-        lines added last."""
+        ``domains``: recipient domains delivered by MX lookup to the lab's ``smtp_port``;
+        ``resolver``: where the lab zone is served on port 53 (``lab_resolver``);
+        ``next_hops``: more transport entries, domain -> next hop as exported
+        (``[host]:port`` of an inbound route); ``extra``: main.cf lines added last."""
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.conf = root / "conf"
         self.port = free_port()
         self.maillog = root / "maillog"
+        self.resolv_conf = root / "resolv.conf"
+        self.resolv_conf.write_text(f"nameserver {resolver}\noptions timeout:2 attempts:2\n")
         tables = self.conf / "connectwiz"
         tables.mkdir(parents=True)
         for item in exported.iterdir():
             shutil.copy(item, tables / item.name)
-        hops = {domain: f"[{address}]:{port}" for domain, (address, port) in routes.items()}
+        hops = {domain: f"{domain}:{smtp_port}" for domain in domains}
         (self.conf / "transport").write_text(
-            "".join(f"{d}\tsmtp:{hop}\n" for d, hop in hops.items()))
-        (tables / "tls_policy.lab").write_text(_rekey(
-            (tables / "tls_policy").read_text(), {**hops, **(rekey or {})}))
+            "".join(f"{d}\tsmtp:{hop}\n" for d, hop in {**hops, **(next_hops or {})}.items()))
+        (tables / "tls_policy.lab").write_text(_rekey((tables / "tls_policy").read_text(), hops))
         (self.conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
         snippet = "\n".join(
             f"# replaced by the test: {line}" if line.startswith(_REPLACED) else line
@@ -104,8 +150,6 @@ class PostfixInstance:
             "biff = no",
             f"maillog_file = {self.maillog}",
             f"maillog_file_prefixes = {root}",
-            "smtp_dns_support_level = disabled",
-            "smtp_host_lookup = native",
             f"transport_maps = texthash:{self.conf / 'transport'}",
             "smtp_connect_timeout = 5s",
             "queue_run_delay = 300s",
@@ -129,7 +173,13 @@ class PostfixInstance:
                               text=True, timeout=timeout, check=False)
 
     def start(self) -> None:
-        done = self.postfix("start")
+        # The master (and every daemon it forks) lives in a mount namespace of its own, where
+        # /etc/resolv.conf names the lab; nothing outside the namespace sees the bind mount.
+        assert POSTFIX is not None and UNSHARE is not None
+        done = subprocess.run(
+            [UNSHARE, "-m", "sh", "-c", 'mount --bind "$1" /etc/resolv.conf && '
+             'exec "$2" -c "$3" start', "sh", str(self.resolv_conf), POSTFIX, str(self.conf)],
+            capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"postfix start failed: {done.stderr or done.stdout}\n"
                                f"{self.log()}")

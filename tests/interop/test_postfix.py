@@ -2,14 +2,13 @@
 connectwiz's relay, against the same lab servers: the outcomes must agree.
 
 Everything runs on loopback; tests/interop/postfix.py explains how Postfix is kept away from
-the system resolver. Skipped only when Postfix is absent or we are not root (Postfix's master
-must start as root to switch to the postfix user).
+the system resolver. Skipped only when Postfix is absent, we are not root (Postfix's master
+must start as root to switch to the postfix user) or mount namespaces are not allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import smtplib
@@ -31,19 +30,21 @@ from connectwiz.relay.msglog import MessageRecord, read_record
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 
-from .postfix import POSTFIX, PostfixInstance, running
+from .postfix import PostfixInstance, lab_resolver, peer_missing, running
+
+PEER_MISSING = peer_missing()
 
 pytestmark = [
     pytest.mark.network,
     pytest.mark.peer,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(POSTFIX is None, reason="Postfix is not installed "
-                       "(apt-get install postfix; .ci/run installs it on CI)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="starting a Postfix instance needs root"),
+    pytest.mark.skipif(PEER_MISSING is not None, reason=PEER_MISSING or ""),
 ]
 
 STRICT_OK, STRICT_BAD, RELAXED = "trusted.example", "selfsigned.example", "wrongname.example"
-PARTNERS = (STRICT_OK, STRICT_BAD, RELAXED)
+# A partner whose MX lives in another domain: mx.hoster.example, certificate for that name only.
+HOSTED = "hosted.example"
+PARTNERS = (STRICT_OK, STRICT_BAD, RELAXED, HOSTED)
 FAST = RelaySettings(hostname="relay.corp.example", backoff_min=30, backoff_max=60,
                      delivery_workers=4, shutdown_grace=2, idle_timeout=5)
 
@@ -58,7 +59,7 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bundle") / "bundle.toml"
     _cli("org", "set", "--bundle", str(path), "--internal-domain", "corp.example",
          "--authorized-outbound", "127.0.0.0/8")
-    _cli("domains", "add", "--bundle", str(path), STRICT_OK, STRICT_BAD)
+    _cli("domains", "add", "--bundle", str(path), STRICT_OK, STRICT_BAD, HOSTED)
     _cli("domains", "add", "--bundle", str(path), "--relaxed", RELAXED)
     return path
 
@@ -68,11 +69,11 @@ def postfix(lab: LabHandle, bundle_path: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostfixInstance]:
     exported = tmp_path_factory.mktemp("export") / "postfix"
     _cli("export", "--bundle", str(bundle_path), "--format", "postfix", "-o", str(exported))
-    routes = {d: (lab.address_of(f"mx.{d}"), lab.smtp_port) for d in PARTNERS}
     # Not under pytest's tmp folder: that is private to root, and Postfix's own user must
     # reach its data directory.
     root = Path(tempfile.mkdtemp(prefix="connectwiz-postfix-"))
-    instance = PostfixInstance(root, exported, routes, Path(lab.ca_file))
+    instance = PostfixInstance(root, exported, PARTNERS, lab.smtp_port, Path(lab.ca_file),
+                               lab_resolver(lab))
     try:
         with running(instance):  # stops Postfix even when a test fails
             yield instance
@@ -135,7 +136,7 @@ async def test_strict_domain_is_delivered_with_verified_tls_by_both(lab, postfix
     await asyncio.to_thread(_send_to_postfix, postfix.port, tag, STRICT_OK)
     mx = lab.address_of(f"mx.{STRICT_OK}")
     await asyncio.to_thread(
-        postfix.wait_log, rf"Verified TLS connection established to {mx}\[{mx}\]")
+        postfix.wait_log, rf"Verified TLS connection established to mx\.{STRICT_OK}\[{mx}\]")
     await asyncio.to_thread(postfix.wait_log, rf"to=<rcpt-{tag}@{STRICT_OK}>.*status=sent")
 
     msg_id = await _send_to_relay(relay.port, f"{tag}r", STRICT_OK)
@@ -144,6 +145,27 @@ async def test_strict_domain_is_delivered_with_verified_tls_by_both(lab, postfix
 
     assert await asyncio.to_thread(lab.wait_for, lambda: len(_lab_got(lab, tag)) == 2, 10)
     assert all(m.tls_version in ("TLSv1.2", "TLSv1.3") for m in _lab_got(lab, tag))
+
+
+async def test_strict_partner_hosted_elsewhere_is_delivered_verified_by_both(
+        lab, postfix, relay) -> None:
+    """hosted.example's MX is mx.hoster.example, whose certificate names only itself: the
+    relay verifies the MX host name, and so must the exported Postfix (verify
+    match=hostname). The old export, secure match=hosted.example:.hosted.example, deferred
+    this mail while the relay delivered it."""
+    tag = secrets.token_hex(6)
+    assert "verify match=hostname" in (postfix.conf / "connectwiz" / "tls_policy").read_text()
+    await asyncio.to_thread(_send_to_postfix, postfix.port, tag, HOSTED)
+    mx = lab.address_of("mx.hoster.example")
+    await asyncio.to_thread(postfix.wait_log,
+                            rf"Verified TLS connection established to mx\.hoster\.example\[{mx}\]")
+    await asyncio.to_thread(postfix.wait_log, rf"to=<rcpt-{tag}@{HOSTED}>.*status=sent")
+
+    msg_id = await _send_to_relay(relay.port, f"{tag}r", HOSTED)
+    record = await _relay_status(relay.spool, msg_id, "delivered")
+    assert record.attempts[-1]["certificate_verified"] is True
+    assert await asyncio.to_thread(lab.wait_for, lambda: len(_lab_got(lab, tag)) == 2, 10)
+    assert {m.server for m in _lab_got(lab, tag)} == {"mx.hoster.example"}
 
 
 async def test_strict_domain_with_a_failing_certificate_is_deferred_by_both(

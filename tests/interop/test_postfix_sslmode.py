@@ -10,7 +10,6 @@ refused without it (check_ccert_access in a restriction class).
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import smtplib
@@ -28,15 +27,15 @@ from connectwiz.cli import main as cli_main
 from connectwiz.lab import LabHandle
 from tests.probe.certfactory import make_leaf
 
-from .postfix import POSTFIX, PostfixInstance, running
+from .postfix import PostfixInstance, lab_resolver, peer_missing, running
+
+PEER_MISSING = peer_missing()
 
 pytestmark = [
     pytest.mark.network,
     pytest.mark.peer,
     pytest.mark.timeout(180),
-    pytest.mark.skipif(POSTFIX is None, reason="Postfix is not installed "
-                       "(apt-get install postfix; .ci/run installs it on CI)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="starting a Postfix instance needs root"),
+    pytest.mark.skipif(PEER_MISSING is not None, reason=PEER_MISSING or ""),
 ]
 
 STRONG, VERY_STRONG = "strong.sslmode-pf.example", "verystrong.sslmode-pf.example"
@@ -84,11 +83,11 @@ def postfix(lab: LabHandle, client_cert: tuple[Path, Path],
          "client_certificate=partner.pem")
     exported = tmp_path_factory.mktemp("export") / "postfix"
     _cli("export", "--bundle", str(bundle), "--format", "postfix", "-o", str(exported))
-    routes = {d: (lab.address_of(d), lab.smtp_port) for d in (STRONG, VERY_STRONG)}
     root = Path(tempfile.mkdtemp(prefix="connectwiz-postfix-"))
     server_cert, server_key = _pair(folder, "postfix.interop.test", ExtendedKeyUsageOID.SERVER_AUTH)
     extra = (f"smtpd_tls_cert_file = {server_cert}", f"smtpd_tls_key_file = {server_key}")
-    instance = PostfixInstance(root, exported, routes, Path(lab.ca_file), extra=extra)
+    instance = PostfixInstance(root, exported, (STRONG, VERY_STRONG), lab.smtp_port,
+                               Path(lab.ca_file), lab_resolver(lab), extra=extra)
     try:
         with running(instance):
             yield instance

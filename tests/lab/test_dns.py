@@ -17,7 +17,7 @@ import dns.resolver
 import pytest
 
 from connectwiz.lab.dns import DNSServer
-from connectwiz.lab.zones import BIG_MX_COUNT, DOMAINS, ROUTES, build_zone
+from connectwiz.lab.zones import BIG_MX_COUNT, CORPUS, DOMAINS, ROUTES, build_zone
 
 pytestmark = pytest.mark.network
 
@@ -151,8 +151,8 @@ async def test_garbage_is_survived(server: DNSServer) -> None:
 
 
 def test_every_lab_host_resolves_in_the_zone() -> None:
-    zone = build_zone(DOMAINS, ROUTES)
-    for d in (*DOMAINS, *ROUTES):
+    zone = build_zone(DOMAINS + CORPUS, ROUTES)
+    for d in (*DOMAINS, *CORPUS, *ROUTES):
         for h in d.hosts:
             name = dns.name.from_text(h.name)
             assert zone.exists(name), h.name

@@ -11,6 +11,8 @@ import dns.resolver
 import pytest
 
 from connectwiz.lab import (
+    CORPUS,
+    CORPUS_ROUTES,
     DOMAINS,
     ROUTES,
     Lab,
@@ -24,15 +26,17 @@ pytestmark = pytest.mark.network
 
 
 def test_domain_table_is_consistent() -> None:
-    names = [d.name for d in (*DOMAINS, *ROUTES)]
+    everything = (*DOMAINS, *CORPUS, *ROUTES, *CORPUS_ROUTES)
+    names = [d.name for d in everything]
     assert len(names) == len(set(names))
-    for d in (*DOMAINS, *ROUTES):
+    for d in everything:
         assert d.expected in ("strict", "relaxed", "unsupported", "error"), d
-        assert normalize_domain(d.name) == d.name  # what validate reports as "target"
+        if d not in CORPUS_ROUTES:  # those are IP addresses
+            assert normalize_domain(d.name) == d.name  # what validate reports as "target"
         assert d.reason and d.description
         if d.expected != "error":
             assert d.hosts, f"{d.name} needs a host to reach"
-    addresses = [h.address for d in (*DOMAINS, *ROUTES) for h in d.hosts
+    addresses = [h.address for d in everything for h in d.hosts
                  if not h.name.endswith(".big.example")]  # big.example: many names, one server
     assert len(addresses) == len(set(addresses)), "one address per lab host"
     assert {d.display for d in DOMAINS} >= {"bücher.example"}
@@ -81,7 +85,7 @@ def test_shared_lab_fixture(lab: LabHandle) -> None:
     assert info["smtp_port"] == lab.smtp_port > 0
     assert info["ca_file"] == str(lab.ca_file) and lab.ca_file.is_file()
     assert lab.routes == [(r.name, lab.smtp_port) for r in ROUTES]
-    assert set(lab.domains) == {d.name for d in DOMAINS}
+    assert set(lab.domains) == {d.name for d in (*DOMAINS, *CORPUS)}
 
 
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="::1 cannot be bound on this host")

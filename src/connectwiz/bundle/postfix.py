@@ -4,9 +4,10 @@ Files (all plain text; every table line is preceded by a comment naming its bund
 
 * ``tls_policy`` for ``smtp_tls_policy_maps``: one line per destination domain, and one per
   validated inbound route keyed by its next hop ``[host]:port``.
-  opportunistic -> ``may``, enforced+relaxed -> ``encrypt``, enforced+strict -> ``secure``
-  with ``match=``, none -> ``none``; the definition's minimum TLS -> ``protocols=>=TLSvX``;
-  its SSL Mode -> ``ciphers=`` (and ``exclude=``) on encrypt/secure (policy.sslmode).
+  opportunistic -> ``may``, enforced+relaxed -> ``encrypt``, enforced+strict ->
+  ``verify match=hostname`` (what the relay checks: chain + the MX host name found in DNS),
+  none -> ``none``; the definition's minimum TLS -> ``protocols=>=TLSvX``; its SSL Mode ->
+  ``ciphers=`` (and ``exclude=``) on encrypt/verify (policy.sslmode).
 * ``sender_tls`` for ``check_sender_access``: receipt policies by sender domain or address,
   ``reject_plaintext_session`` for enforced receipt.
 * ``client_tls.cidr`` for ``check_client_access``: receipt policies by client network.
@@ -27,7 +28,6 @@ relay is not enough" lists the rules.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -116,25 +116,22 @@ def _delivery(model: PolicyModel, warnings: list[str]) -> tuple[list[str], _Entr
         source = f"{label}, definition {definition.name!r}"
         if policy.to.applies == Applies.DOMAIN:
             for domain in policy.to.specifically:
-                value = _level(definition, domain)
+                value = _level(definition)
                 by_domain.setdefault(domain, []).append(
                     _Entry(domain, value, source, policy.validity.override))
         else:  # everyone / external: the default for every destination
             strength = 1 if policy.to.applies == Applies.EXTERNAL else 0
-            defaults.append(_Entry("", _level(definition, None), source,
+            defaults.append(_Entry("", _level(definition), source,
                                    policy.validity.override, strength))
     for domain, entries in by_domain.items():
         winner = _winner(entries)
         lines.append(f"# {domain}: from {winner.source}" + _lost(entries, winner))
-        if winner.value.startswith("secure"):
-            lines.append("#   the bundle does not record MX names: match= accepts certificates "
-                         f"for {domain} or a name under it (Postfix's own nexthop:dot-nexthop)")
         lines.append(f"{domain}\t{winner.value}")
-    lines += _routes(model, warnings)
+    lines += _routes(model)
     return lines, (_winner(defaults) if defaults else None)
 
 
-def _routes(model: PolicyModel, warnings: list[str]) -> list[str]:
+def _routes(model: PolicyModel) -> list[str]:
     """Inbound routes, keyed by the next hop a transport_maps entry names: [host]:port."""
     lines = []
     for route in model.inbound_routes:
@@ -148,22 +145,9 @@ def _routes(model: PolicyModel, warnings: list[str]) -> list[str]:
                      f"(applies when transport_maps sends internal mail to {hop})")
         if route.encryption_mode == EncryptionMode.RELAXED:
             lines.append(f"{hop}\tencrypt protocols=>=TLSv1.2")
-        elif _is_ip(route.host):
-            warnings.append(f"{label} is strict, but Postfix checks certificate names, not IP "
-                            "addresses: exported as encrypt (TLS required, certificate not "
-                            "verified)")
-            lines.append(f"{hop}\tencrypt protocols=>=TLSv1.2")
-        else:
+        else:  # an IP address too: Postfix matches an explicit address to IP subjectAltNames
             lines.append(f"{hop}\tsecure match={route.host} protocols=>=TLSv1.2")
     return lines
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _delivery_problems(policy: DeliveryPolicy, definition: DeliveryDefinition | None) -> list[str]:
@@ -185,7 +169,7 @@ def _delivery_problems(policy: DeliveryPolicy, definition: DeliveryDefinition | 
     return problems
 
 
-def _level(definition: DeliveryDefinition, domain: str | None) -> str:
+def _level(definition: DeliveryDefinition) -> str:
     if definition.option == DeliveryOption.NONE:
         return "none"
     if definition.option == DeliveryOption.OPPORTUNISTIC:
@@ -193,7 +177,10 @@ def _level(definition: DeliveryDefinition, domain: str | None) -> str:
     elif definition.encryption_mode == EncryptionMode.RELAXED:
         level = "encrypt"
     else:
-        level = f"secure match={domain}:.{domain}" if domain else "secure"
+        # As the relay: the certificate must chain to a trusted CA and name the MX host the
+        # DNS lookup gave (so a partner hosted at mx.hoster.example works). `secure`'s
+        # default, nexthop:dot-nexthop, would demand the partner's own domain instead.
+        level = "verify match=hostname"
     minimum = effective_min_tls(definition)
     version = "1" if minimum == "1.0" else minimum  # Postfix: TLSv1
     ciphers = f" {level_of(definition).postfix}" if level != "may" else ""
@@ -363,7 +350,12 @@ def _main_cf(header: list[str], default: _Entry | None, everyone: _Entry | None,
         f"smtp_tls_mandatory_ciphers = {found.get('ciphers', 'high')}",
         *([f"smtp_tls_mandatory_exclude_ciphers = {found['exclude']}"] if "exclude" in found
           else []),
-        "# secure/encrypt verify against this CA bundle (the system store)",
+        "# verify checks the chain and the MX host name, as connectwiz's relay does",
+        "smtp_tls_verify_cert_match = hostname",
+        "# SNI = the MX host name, as the relay sends: a server that picks its certificate",
+        "# by SNI shows both the same one",
+        "smtp_tls_servername = hostname",
+        "# verify/secure check against this CA bundle (the system store)",
         "smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt",
         "smtp_tls_loglevel = 1",
         "",

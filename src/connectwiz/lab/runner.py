@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from connectwiz.lab.ca import LabCA, spki_sha256
+from connectwiz.lab.ca import LabCA, LeafShape, spki_sha256
 from connectwiz.lab.dns import DNSServer, Zone
 from connectwiz.lab.https import PolicyServer
 from connectwiz.lab.smtp import (
@@ -37,6 +37,8 @@ from connectwiz.lab.zones import (
     BENCH_SUFFIX,
     CNAME_ALIAS,
     CNAME_TARGET,
+    CORPUS,
+    CORPUS_ROUTES,
     DOMAINS,
     MTA_STS_PAGES,
     REFUSED_PROFILE,
@@ -50,6 +52,18 @@ from connectwiz.lab.zones import (
 )
 
 WRONG_NAME = "not-this-host.example"  # what the "wrongname" profile's certificate names
+_ALL_ROUTES = ROUTES + CORPUS_ROUTES
+
+# The differential corpus's certificate shapes (SmtpProfile.cert -> how the leaf departs from
+# a well-formed one); wildcard, notyetvalid, rsa1024, ipsan and sni are built in _issue_for.
+CORPUS_CERTS: dict[str, LeafShape] = {
+    "sancritical": LeafShape(san_critical=True),
+    "cnonly": LeafShape(cn_only=True),
+    "nointermediate": LeafShape(intermediate="missing"),
+    "intermediate": LeafShape(intermediate="sent"),
+    "sha1": LeafShape(sha1=True),
+    "clientauth": LeafShape(client_auth_only=True),
+}
 _SINK_FIRST = 100  # sinks added at run time get 127.0.0.100 upward
 
 
@@ -75,15 +89,17 @@ class Lab:
         self.recorder = Recorder()
         self.ca = LabCA(self.directory / "ca")
         self.ca_file: Path = self.ca.ca_file
-        all_domains = DOMAINS + ((V6_DOMAIN,) if ipv6 else ()) + bench_domains(extra_slow_domains)
+        all_domains = (DOMAINS + CORPUS + ((V6_DOMAIN,) if ipv6 else ())
+                       + bench_domains(extra_slow_domains))
         self.domains: dict[str, LabDomain] = {d.name: d for d in all_domains}
-        self.expected_routes: dict[str, LabDomain] = {r.name: r for r in ROUTES}
-        self.zone: Zone = build_zone(all_domains, ROUTES)
+        self.expected_routes: dict[str, LabDomain] = {r.name: r for r in ROUTES}  # the demo's
+        self.zone: Zone = build_zone(all_domains, _ALL_ROUTES)
         self.dns = DNSServer([self.zone], port=dns_port)
         self.smtp_port = smtp_port
         self.servers: dict[str, SMTPServer] = {}  # by address
         self._hosts: dict[str, LabHost] = {}
         self._sinks = 0
+        self._extra_dns: list[DNSServer] = []
         self._build_servers(all_domains)
         sts_cert, sts_key = self.ca.issue([f"mta-sts.{d}" for d in MTA_STS_PAGES])
         self.policy_server = PolicyServer(STS_ADDRESS, https_port,
@@ -156,9 +172,18 @@ class Lab:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers.values()),
                              self.policy_server.stop(), return_exceptions=True)
+        for extra in self._extra_dns:
+            await extra.stop()
         await self.dns.stop()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    async def add_nameserver(self, host: str, port: int) -> None:
+        """Serve the lab zone on ``host:port`` too: a peer that resolves only through
+        /etc/resolv.conf (Postfix, posttls-finger) needs a name server on port 53."""
+        server = DNSServer([self.zone], host=host, port=port)
+        await server.start()
+        self._extra_dns.append(server)
 
     async def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         """A new server with ``profile`` (default: trusted, accepts everything) for ``names``.
@@ -180,7 +205,7 @@ class Lab:
 
     def _build_servers(self, domains: tuple[LabDomain, ...]) -> None:
         by_address: dict[str, list[LabHost]] = {}
-        for h in (h for d in (*domains, *ROUTES) for h in d.hosts):
+        for h in (h for d in (*domains, *_ALL_ROUTES) for h in d.hosts):
             self._hosts[h.name] = h
             if h.profile != REFUSED_PROFILE:
                 by_address.setdefault(h.address, []).append(h)
@@ -213,30 +238,41 @@ class Lab:
             names.append(CNAME_TARGET)
         cert_path = None
         if ctx is None:
-            now = dt.datetime.now(dt.UTC)
-            if profile.cert == "selfsigned":
-                cert_path, key = self.ca.self_signed(names)
-            elif profile.cert == "expired":
-                cert_path, key = self.ca.issue(names, not_before=now - dt.timedelta(days=400),
-                                               not_after=now - dt.timedelta(days=30))
-            elif profile.cert == "wrongname":
-                cert_path, key = self.ca.issue([WRONG_NAME])
-            elif profile.cert == "ownkey":
-                cert_path, key = self.ca.issue(names, key_label="dane")
-            elif profile.cert == "sancritical":
-                cert_path, key = self.ca.issue(names, san_critical=True)
-            elif profile.cert == "rsa":  # RSA key exchange needs an RSA key
-                cert_path, key = self.ca.issue(names, key_type="rsa")
-            else:
-                cert_path, key = self.ca.issue(names)
+            cert_path, key = self._issue_for(profile.cert, names, hosts[0].address)
             ctx = server_context(cert_path, key, tls10_only=profile.tls10_only,
+                                 legacy_crypto=profile.legacy_crypto,
                                  tls12_ciphers=profile.tls12_ciphers)
             if profile.cert == "sni":
+                # The lab-CA certificate only for a client that names the host; anyone else
+                # (no SNI, another name) gets one for another name.
                 ctx = _by_sni(ctx, names, server_context(*self.ca.issue([WRONG_NAME])))
         server = SMTPServer(profile, names[0], hosts[0].address, self.smtp_port, ctx,
                             self.recorder, self.greeting_delay, cert_path)
         self.servers[hosts[0].address] = server
         return server
+
+    def _issue_for(self, kind: str, names: list[str], address: str) -> tuple[Path, Path]:
+        """The certificate (and key) a server whose profile says ``cert=kind`` presents."""
+        now = dt.datetime.now(dt.UTC)
+        if kind == "selfsigned":
+            return self.ca.self_signed(names)
+        if kind == "expired":
+            return self.ca.issue(names, not_before=now - dt.timedelta(days=400),
+                                 not_after=now - dt.timedelta(days=30))
+        if kind == "wrongname":
+            return self.ca.issue([WRONG_NAME])
+        if kind == "ownkey":
+            return self.ca.issue(names, key_label="dane")
+        if kind == "wildcard":
+            return self.ca.issue(["*." + n.split(".", 1)[1] for n in names])
+        if kind == "notyetvalid":
+            return self.ca.issue(names, not_before=now + dt.timedelta(days=30),
+                                 not_after=now + dt.timedelta(days=400))
+        if kind in ("rsa", "rsa1024"):  # rsa: RSA key exchange needs an RSA key
+            return self.ca.issue(names, key_type=kind)
+        if kind == "ipsan":
+            return self.ca.issue([], shape=LeafShape(ips=(address,)))
+        return self.ca.issue(names, shape=CORPUS_CERTS.get(kind, LeafShape()))
 
     async def _start_smtp(self) -> None:
         servers = list(self.servers.values())
@@ -299,6 +335,10 @@ class LabHandle:
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate()`` is true (checked whenever a session changes)."""
         return self.lab.recorder.wait_for(predicate, timeout)
+
+    def add_nameserver(self, host: str, port: int) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self.lab.add_nameserver(host, port), self._loop).result(timeout=30)
 
     def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         return asyncio.run_coroutine_threadsafe(

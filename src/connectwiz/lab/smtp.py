@@ -32,10 +32,13 @@ class SmtpProfile:
     """How one lab server behaves. ``cert`` is applied by the lab when it issues certificates."""
 
     name: str
-    # trusted | selfsigned | expired | wrongname | ownkey | sancritical | sni | rsa
+    # trusted | selfsigned | expired | wrongname | ownkey | rsa, or a corpus shape
+    # (runner.CORPUS_CERTS)
     cert: str = "trusted"
-    starttls: str = "offer"  # offer | none | refuse454 | inject
+    # offer | none | refuse454 | inject (STARTTLS_INJECTION rides in the 220's packet)
+    starttls: str = "offer"
     tls10_only: bool = False
+    legacy_crypto: bool = False  # OpenSSL security level 0: serve a SHA-1 or RSA-1024 leaf
     tls12_ciphers: str = ""  # TLS 1.2 at most, with only these (OpenSSL) ciphers
     greeting: str = "normal"  # normal | multiline | 421 | tarpit
     slow: bool = False  # wait the lab's greeting_delay before greeting
@@ -56,6 +59,20 @@ PROFILES: dict[str, SmtpProfile] = {p.name: p for p in (
     SmtpProfile("rejectrcpt", reject_rcpt=True),
     SmtpProfile("multiline", greeting="multiline"),
     SmtpProfile("ownkey", cert="ownkey"),  # trusted, with a key no other lab host shares
+    # --- the differential corpus (zones.CORPUS): one certificate or protocol shape each ---
+    SmtpProfile("sancritical", cert="sancritical"),
+    SmtpProfile("wildcard", cert="wildcard"),
+    SmtpProfile("cnonly", cert="cnonly"),
+    SmtpProfile("nointermediate", cert="nointermediate"),
+    SmtpProfile("intermediate", cert="intermediate"),
+    SmtpProfile("notyetvalid", cert="notyetvalid"),
+    SmtpProfile("sha1", cert="sha1", legacy_crypto=True),
+    SmtpProfile("clientauth", cert="clientauth"),
+    SmtpProfile("ipsan", cert="ipsan"),
+    SmtpProfile("rsa1024", cert="rsa1024", legacy_crypto=True),
+    SmtpProfile("sni", cert="sni"),
+    SmtpProfile("starttls_inject", starttls="inject"),
+    # --- end of the differential corpus ---
 )}
 
 # -- Shapes on which validate and delivery used to disagree (issue 11; used with add_sink) --
@@ -65,11 +82,7 @@ PROFILES: dict[str, SmtpProfile] = {p.name: p for p in (
 STARTTLS_INJECTION = ("250 2.0.0 injected", "250 2.0.0 injected", "250 2.0.0 injected",
                       "354 injected", "250 2.0.0 fake: queued")
 PROFILES.update({p.name: p for p in (
-    SmtpProfile("sancritical", cert="sancritical"),  # lab CA, subjectAltName marked critical
     SmtpProfile("starttlsinject", starttls="inject", reject_rcpt=True),
-    # Trusted certificate only for clients that send SNI; without SNI a certificate for
-    # another name (a server that picks its certificate by SNI).
-    SmtpProfile("sni", cert="sni"),
     # TLS 1.2 with RSA key exchange and CBC only: what SSL Mode "very_strong" refuses.
     SmtpProfile("rsakx", cert="rsa", tls12_ciphers="AES128-SHA:AES256-SHA"),
 )})
@@ -141,15 +154,17 @@ class Recorder:
 
 
 def server_context(cert: Path, key: Path, *, tls10_only: bool = False,
-                   tls12_ciphers: str = "") -> ssl.SSLContext:
+                   legacy_crypto: bool = False, tls12_ciphers: str = "") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if tls10_only or legacy_crypto:
+        # OpenSSL 3 refuses TLS 1.0, SHA-1 signatures and 1024-bit keys at the default
+        # security level, even to load them; the lab needs the old things.
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     ctx.load_cert_chain(cert, key)
     if tls12_ciphers:
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_ciphers(tls12_ciphers)
     if tls10_only:
-        # OpenSSL 3 refuses TLS 1.0 at the default security level; the lab needs the old thing.
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1

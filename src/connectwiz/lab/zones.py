@@ -143,6 +143,80 @@ DOMAINS: tuple[LabDomain, ...] = (
               "the name server never answers queries for this name"),
 )
 
+# --- The differential corpus (tests/differential, docs/validate.md "Engines compared") ----
+# Server shapes on which validate, the relay, posttls-finger and Postfix must agree. They live
+# on 127.0.3.x, apart from the demo's domains above. ``expected`` is what the relay enforces
+# (OpenSSL's judgement: Python's ssl and Postfix use the same library).
+
+
+def _corpus_addr(n: int) -> str:
+    return f"127.0.3.{n}"
+
+
+def _corpus_mx(domain: str, n: int, profile: str) -> tuple[LabHost, ...]:
+    return (LabHost(f"mx.{domain}", _corpus_addr(n), profile, 10),)
+
+
+HOSTED_MX = "mx.hoster.example"  # serves hosted.example; its certificate names only itself
+TEN_MX_WORKING = 3  # tenmx.example: the third of ten MX hosts is the only one listening
+
+CORPUS: tuple[LabDomain, ...] = (
+    LabDomain("sancritical.example", STRICT, "san_critical",
+              "lab-CA certificate whose subjectAltName is marked critical (subject not empty; "
+              "RFC 5280 says SHOULD NOT, OpenSSL accepts it)",
+              _corpus_mx("sancritical.example", 10, "sancritical")),
+    LabDomain("wildcard.example", STRICT, "wildcard",
+              "certificate for *.wildcard.example only",
+              _corpus_mx("wildcard.example", 11, "wildcard")),
+    LabDomain("cnonly.example", STRICT, "cn_only",
+              "certificate without subjectAltName: the MX name is only the subject CN",
+              _corpus_mx("cnonly.example", 12, "cnonly")),
+    LabDomain("nointermediate.example", RELAXED, "missing_intermediate",
+              "leaf signed by the lab intermediate CA, which the server does not send",
+              _corpus_mx("nointermediate.example", 13, "nointermediate")),
+    LabDomain("intermediate.example", STRICT, "intermediate_sent",
+              "leaf signed by the lab intermediate CA, sent after the leaf",
+              _corpus_mx("intermediate.example", 14, "intermediate")),
+    LabDomain("notyetvalid.example", RELAXED, "not_yet_valid",
+              "lab-CA certificate valid from 30 days from now",
+              _corpus_mx("notyetvalid.example", 15, "notyetvalid")),
+    LabDomain("sha1.example", RELAXED, "sha1_leaf",
+              "lab-CA certificate signed with SHA-1 (too weak for OpenSSL's default level)",
+              _corpus_mx("sha1.example", 16, "sha1")),
+    LabDomain("clientauth.example", RELAXED, "eku_client_auth",
+              "lab-CA certificate whose extended key usage is clientAuth only",
+              _corpus_mx("clientauth.example", 17, "clientauth")),
+    LabDomain("rsa1024.example", RELAXED, "rsa_1024",
+              "lab-CA certificate with a 1024-bit RSA key (too small for OpenSSL's default "
+              "level)",
+              _corpus_mx("rsa1024.example", 18, "rsa1024")),
+    LabDomain("sni.example", STRICT, "sni_dependent",
+              "the right certificate only when SNI names the MX; without SNI one for another "
+              "name",
+              _corpus_mx("sni.example", 19, "sni")),
+    LabDomain("inject.example", STRICT, "starttls_injection",
+              "trusted TLS, but the 220 to STARTTLS carries fake plaintext replies in the "
+              "same packet (must be discarded)",
+              _corpus_mx("inject.example", 20, "starttls_inject")),
+    LabDomain("hosted.example", STRICT, "hosted_mx",
+              f"MX {HOSTED_MX}, outside the domain; the certificate names only {HOSTED_MX}",
+              (LabHost(HOSTED_MX, _corpus_addr(21), "trusted", 10),)),
+    LabDomain("tenmx.example", STRICT, "ten_mx_one_working",
+              f"ten MX hosts; only number {TEN_MX_WORKING} (preference "
+              f"{TEN_MX_WORKING * 10}) listens, trusted",
+              tuple(LabHost(f"mx{i:02d}.tenmx.example", _corpus_addr(30 + i),
+                            "trusted" if i == TEN_MX_WORKING else REFUSED_PROFILE, i * 10)
+                    for i in range(1, 11))),
+)
+
+# An inbound route given as an IP address, whose certificate names that address (IP SAN).
+CORPUS_ROUTES: tuple[LabDomain, ...] = (
+    LabDomain(_corpus_addr(22), STRICT, "ip_san",
+              "route by IP address; the certificate has the address as an IP subjectAltName",
+              (LabHost(_corpus_addr(22), _corpus_addr(22), "ipsan"),)),
+)
+# --- end of the differential corpus ------------------------------------------------------
+
 # Opt-in (Lab(ipv6=True)): not every host has a usable ::1.
 V6_DOMAIN = LabDomain("v6.example", STRICT, "ipv6",
                       "the MX host has only an AAAA record (::1), trusted TLS",
@@ -232,7 +306,8 @@ def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) ->
                 zone.add(f"{h.name}.", "AAAA" if ":" in h.address else "A", h.address)
     for r in routes:
         for h in r.hosts:
-            zone.add(f"{h.name}.", "A", h.address)
+            if h.name != h.address:  # a route named by its IP address needs no record
+                zone.add(f"{h.name}.", "A", h.address)
     zone.add("corp.example.", "MX", "10 mail.corp.example.")
     zone.add("trusted.example.", "TXT", '"v=spf1 -all"')
     for name in MTA_STS_PAGES:
