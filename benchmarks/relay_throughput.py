@@ -373,23 +373,10 @@ async def relay_running(side: Side, sink: Sink, workdir: Path,
 # -- Postfix -----------------------------------------------------------------------------------
 
 
-class NamespacedPostfix(PostfixInstance):
-    """Postfix started in a private mount namespace whose /etc/resolv.conf names the lab DNS."""
-
-    def postfix(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        if args[:1] != ("start",):
-            return super().postfix(*args, timeout=timeout)
-        resolv = self.root / "resolv.conf"
-        resolv.write_text(f"nameserver {DNS_HOST}\noptions attempts:1\n")
-        script = f'mount --bind "{resolv}" /etc/resolv.conf && exec "$@"'
-        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                               script, "sh", str(POSTFIX), "-c", str(self.conf), "start"],
-                              capture_output=True, text=True, timeout=timeout, check=False)
-
-    def master_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
-        return None
+def master_pid(instance: PostfixInstance) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((instance.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -401,16 +388,14 @@ async def postfix_running(side: Side, sink: Sink, workdir: Path) -> AsyncIterato
         (exported / name).write_text(text)
     cert, key = await asyncio.to_thread(sink.ask, "issue", ["postfix.bench.example"])
     root = Path(tempfile.mkdtemp(prefix="connectwiz-postfix-bench-"))
-    instance = NamespacedPostfix(
-        root, exported, {}, sink.ca_file,
-        extra=(f"smtpd_tls_cert_file = {cert}", f"smtpd_tls_key_file = {key}",
-               # The test wiring switches DNS off; here Postfix resolves like the relay.
-               "smtp_dns_support_level = enabled", "smtp_host_lookup = dns"))
-    # What an admin writes next to the export: internal mail to the route, by name.
-    (instance.conf / "transport").write_text(
-        f"corp.example\tsmtp:[{ROUTE}]:{sink.smtp_port}\n")
+    # Postfix resolves the route's name through the lab DNS, as the relay does; the transport
+    # entry is what an admin writes next to the export: internal mail to the route, by name.
+    instance = PostfixInstance(
+        root, exported, (), sink.smtp_port, sink.ca_file, DNS_HOST,
+        next_hops={"corp.example": f"[{ROUTE}]:{sink.smtp_port}"},
+        extra=(f"smtpd_tls_cert_file = {cert}", f"smtpd_tls_key_file = {key}"))
     side.port = instance.port
-    sampler = MemorySampler(instance.master_pid)
+    sampler = MemorySampler(lambda: master_pid(instance))
     try:
         await asyncio.to_thread(instance.start)
         yield
