@@ -68,10 +68,24 @@ def _bundle_option(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
 
 
+def _config_option(p: argparse.ArgumentParser, section: str) -> None:
+    """``section``: the table of service.toml the command reads (relay/config.py)."""
+    p.add_argument("--config", metavar="FILE",
+                   help="service options in TOML (default: service.toml beside the bundle); "
+                        "command-line options override it")
+    p.set_defaults(config_section=section)
+
+
+def _metrics_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="connectwiz", description="Enforced TLS with your mail partners.")
     parser.add_argument("--version", action="version", version=f"connectwiz {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    parser.set_defaults(commands=sub.choices)  # for the config file (relay/config.py)
 
     p = sub.add_parser("wizard", help="the terminal wizard (default)")
     _bundle_option(p)
@@ -143,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    _config_option(p, "relay")
+    _metrics_option(p)
+    p.add_argument("--check", action="store_true",
+                   help="check configuration, bundle, certificates and spool, then exit "
+                        "without listening")
     g = p.add_argument_group("relay limits and retries (Postfix-like defaults)")
     g.add_argument("--hostname", help="name in the banner, Received: and bounces")
     g.add_argument("--max-size", type=int, metavar="BYTES", help="message size limit (10240000)")
@@ -174,6 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key encrypting held Secure Messaging content, kept outside the spool "
                         "(default $XDG_CONFIG_HOME/connectwiz/secure.key, made 0600 on first use)")
     _network_options(p)
+
+    p = sub.add_parser("queue", help="list, show, flush, hold, release or delete queued mail")
+    p.add_argument("action", choices=("list", "show", "flush", "hold", "release", "delete"))
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--domain", metavar="D", help="only messages (recipients) at this domain")
+    p.add_argument("--deferred", action="store_true", help="list: deferred messages only")
+    p.add_argument("--headers", action="store_true", help="show: the message's headers too")
+    p.add_argument("--silent", action="store_true", help="delete: send the sender no bounce")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
+    p.add_argument("--hostname", help="name in bounces made while the relay is stopped")
+    _bundle_option(p)
+    _config_option(p, "relay")
+
+    p = sub.add_parser("install-units", help="write systemd units for the relay and the portal")
+    p.add_argument("--prefix", default="/", metavar="DIR",
+                   help="root to install under (default /: /etc/systemd/system, ...)")
+    p.add_argument("--executable", metavar="PATH",
+                   help="the connectwiz program the units start (default: this one)")
 
     p = sub.add_parser("log", help="receipt/delivery view of relayed messages")
     p.add_argument("--spool", metavar="DIR")
@@ -208,7 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cookies without Secure, for tests on http://127.0.0.1 only")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     _bundle_option(p)
+    _config_option(p, "portal")
+    _metrics_option(p)
     return parser
+
+
+def parse(args_list: list[str]) -> argparse.Namespace:
+    """Arguments, with the service config file's values as defaults for relay, portal and
+    queue (a UserError when the file is wrong)."""
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if getattr(args, "config_section", None) is None:
+        return args
+    from connectwiz.relay.config import apply_config  # only for the commands that use it
+
+    return apply_config(parser, args.commands, args_list, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,11 +269,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0].startswith("-")
                          and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "wizard")
-    args = build_parser().parse_args(args_list)
     try:
-        module = importlib.import_module(f"connectwiz.commands.{args.command}")
+        args = parse(args_list)
+    except UserError as exc:
+        print(f"connectwiz: {exc}", file=sys.stderr)
+        return 2
+    try:
+        name = f"connectwiz.commands.{args.command.replace('-', '_')}"
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != f"connectwiz.commands.{args.command}":
+        if exc.name != name:
             raise
         print(f"connectwiz: '{args.command}' is not available in this build", file=sys.stderr)
         return 2

@@ -72,6 +72,19 @@ def run(args: argparse.Namespace) -> int:
                         "give the relay's --spool")
     ssl_context = tls_context(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert \
         else None
-    portal = Portal(config, EventLog(json_lines=args.log_json))
-    asyncio.run(portal.serve_until_signalled(host, port, ssl_context))
+    log = EventLog(json_lines=args.log_json)
+    portal = Portal(config, log)
+    exporter = None
+    if args.metrics:
+        from connectwiz.metrics import MetricsServer, PortalMetrics  # only when asked for
+
+        metrics = PortalMetrics()
+        log.subscribe(metrics.observe)  # the portal's events are the metrics' only source
+        exporter = MetricsServer(args.metrics, metrics.registry)
+        log("metrics", host=exporter.address[0], port=exporter.address[1], path="/metrics")
+    try:
+        asyncio.run(portal.serve_until_signalled(host, port, ssl_context))
+    finally:
+        if exporter is not None:
+            exporter.close()
     return 0

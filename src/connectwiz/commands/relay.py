@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectwiz.bundle import Bundle
 from connectwiz.bundle.paths import resolve_bundle_path
@@ -18,6 +19,9 @@ from connectwiz.relay.secure import load_secure_key
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
+
+if TYPE_CHECKING:
+    from connectwiz.metrics import MetricsServer
 
 _LIMITS = {  # CLI option -> RelaySettings field
     "max_size": "max_message_size", "max_recipients": "max_recipients",
@@ -79,6 +83,10 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        from connectwiz.relay.check import run_check
+
+        return run_check(args, settings_from)
     bundle_path = resolve_bundle_path(args.bundle)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UserError("--tls-cert and --tls-key go together")
@@ -108,5 +116,22 @@ def run(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
     )
-    asyncio.run(relay.serve_until_signalled())
+    exporter = start_metrics(args.metrics, log, relay.spool.root)
+    try:
+        asyncio.run(relay.serve_until_signalled())
+    finally:
+        if exporter is not None:
+            exporter.close()
     return 0
+
+
+def start_metrics(listen: str | None, log: EventLog, spool: Path) -> MetricsServer | None:
+    if not listen:
+        return None
+    from connectwiz.metrics import MetricsServer, RelayMetrics  # prometheus-client: only if used
+
+    metrics = RelayMetrics(spool)
+    log.subscribe(metrics.observe)
+    exporter = MetricsServer(listen, metrics.registry)
+    log("metrics", host=exporter.address[0], port=exporter.address[1], path="/metrics")
+    return exporter

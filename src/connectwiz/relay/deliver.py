@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +87,7 @@ class Attempt:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
+    elapsed_s: float = 0.0  # connect to close, for the latency metrics
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +139,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
                   list(recipients))
     client: SmtpClient | None = None
+    started = time.monotonic()
     try:
         try:
             client = await SmtpClient.connect(target.address, target.port, timeout)
@@ -158,6 +161,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     finally:
         if client is not None:
             await client.close()
+        att.elapsed_s = round(time.monotonic() - started, 4)
     return att
 
 

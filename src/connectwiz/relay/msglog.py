@@ -6,6 +6,7 @@ One JSON-lines file per message (``<spool>/log/<id>.jsonl``), appended with fsyn
 - ``attempt``: one delivery attempt to one host: host, IP, port, TLS version/cipher,
   certificate verified, definition applied, SMTP reply, outcome
 - ``delivered`` / ``deferred`` / ``bounced`` / ``expired``: what became of recipients
+- ``deleted``: recipients an administrator removed from the queue (``connectwiz queue``)
 - ``secure``: Secure Messaging applied (or, when the client asked, why not): definition, why
 - ``held``: recipients held for the Secure Messaging portal, with their notifications' ids
 - ``quarantined``: the queue file was damaged and set aside in ``<spool>/corrupt/``
@@ -84,14 +85,14 @@ class MessageRecord:
 
     @property
     def status(self) -> str:
-        """delivered | bounced | deferred | queued | refused | quarantined, from the
-        recipients' fates."""
+        """delivered | bounced | deferred | queued | refused | deleted | held | quarantined,
+        from the recipients' fates."""
         if any(e.get("event") == "quarantined" for e in self.events):
             return "quarantined"  # set aside for a person: nothing more happens by itself
         fates: dict[str, str] = {}
         for e in self.events:
             kind = e.get("event")
-            if kind in ("delivered", "bounced", "deferred", "expired", "held"):
+            if kind in ("delivered", "bounced", "deferred", "expired", "held", "deleted"):
                 for rcpt in e.get("recipients", []):
                     fates[rcpt] = "bounced" if kind == "expired" else kind
         received = self.received or {}
@@ -104,6 +105,8 @@ class MessageRecord:
             return "deferred"
         if "bounced" in fates.values():
             return "bounced" if "delivered" not in fates.values() else "partly bounced"
+        if "deleted" in fates.values():
+            return "deleted"  # by the administrator, with or without a bounce
         if "held" in fates.values():
             return "held"  # some or all recipients read it in the Secure Messaging portal
         return "delivered"

@@ -30,6 +30,7 @@ from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.queuectl import ControlServer
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
@@ -88,6 +89,8 @@ class Relay:
         # Spool I/O has its own threads: fsyncs never queue behind other blocking work
         # (trust store loads, parsing) on the default executor, nor the other way round.
         self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
+                                      self._control_settle, self.log)
         self.address: tuple[str, int] = listen
 
     def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
@@ -216,6 +219,7 @@ class Relay:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
         self._directory_task = asyncio.create_task(self._directory_loop())
+        await self._control.start()
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None)
@@ -228,6 +232,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
+        await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
@@ -344,6 +349,25 @@ class Relay:
             self._queued.add(msg_id)
             self._ready.put_nowait(msg_id)
 
+    def _control_take(self, msg_id: str) -> bool:
+        """``connectwiz queue`` (relay/queuectl.py) wants to change a message: refused while
+        a worker has it or it waits for one; otherwise no timer or rescan hands it to a
+        worker until ``_control_settle``."""
+        if msg_id in self._queued or self._stopping:
+            return False
+        self._queued.add(msg_id)
+        handle = self._timers.pop(msg_id, None)
+        if handle is not None:
+            handle.cancel()
+        return True
+
+    def _control_settle(self, msg_id: str, delay: float | None) -> None:
+        """The change is made: retry after ``delay`` seconds (0: now), or, with None, not
+        at all (held or deleted)."""
+        self._queued.discard(msg_id)
+        if delay is not None:
+            self._schedule(msg_id, delay)
+
     def _schedule(self, msg_id: str, delay: float) -> None:
         if self._stopping:
             return
@@ -366,6 +390,7 @@ class Relay:
             finally:
                 self._busy.discard(task)
                 self._queued.discard(msg_id)
+                self._control.released(msg_id)  # a hold or delete that waited for this
 
     async def _park(self, msg_id: str) -> None:
         """After an unexpected error: keep the message and try again much later."""
@@ -456,7 +481,8 @@ class Relay:
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
-                     outcome=att.outcome, reply=att.error or att.reply)
+                     outcome=att.outcome, reply=att.error or att.reply,
+                     elapsed_s=att.elapsed_s)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})

@@ -256,8 +256,9 @@ class Spool:
     def queue_path(self, msg_id: str) -> Path:
         return self.root / "queue" / f"{msg_id}.msg"
 
-    def _read_queue_file(self, msg_id: str, want_body: bool) -> tuple[QueueEntry, bytes]:
-        with open(self.queue_path(msg_id), "rb") as f:
+    def _read_queue_file(self, msg_id: str, want_body: bool, path: Path | None = None
+                         ) -> tuple[QueueEntry, bytes]:
+        with open(path or self.queue_path(msg_id), "rb") as f:
             head = f.read(_HEAD_LEN)
             length = head[len(_MAGIC):-1]
             size = os.fstat(f.fileno()).st_size
@@ -273,6 +274,10 @@ class Spool:
         if entry.id != msg_id:
             raise DamagedQueueFile(f"{msg_id}: queue file holds message {entry.id}")
         return entry, body
+
+    def read_queue_file(self, path: Path, msg_id: str) -> tuple[QueueEntry, bytes]:
+        """A queue file outside ``queue/`` (on hold: relay/queuectl.py): envelope and body."""
+        return self._read_queue_file(msg_id, want_body=True, path=path)
 
     # -- queue operations --------------------------------------------------------------------
 
