@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
 
+    p = sub.add_parser("tlsrpt", help="TLS reports (RFC 8460) the relay sent or will send")
+    p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
+    p.add_argument("--day", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday)")
+    p.add_argument("--domain", metavar="D", help="only the report for this policy domain")
+
     p = sub.add_parser("secure", help="messages held for the Secure Messaging portal")
     p.add_argument("action", choices=("list", "show", "extend", "revoke", "unlock"))
     p.add_argument("message_id", nargs="?", metavar="ID")

@@ -88,6 +88,9 @@ class Attempt:
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
     elapsed_s: float = 0.0  # connect to close, for the latency metrics
+    # TLS-RPT (relay/tlsrpt.py): which published policy applied, and the domain reported to.
+    policy_type: str = "no-policy-found"  # sts | tlsa | no-policy-found
+    policy_domain: str = ""
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +140,7 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     Strict."""
     att = Attempt(target.host, target.address, target.port, definition.name,
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
-                  list(recipients))
+                  list(recipients), policy_domain=_domain(recipients[0]) if recipients else "")
     client: SmtpClient | None = None
     started = time.monotonic()
     try:

@@ -43,6 +43,7 @@ from connectwiz.relay.spool import (
     new_message_id,
 )
 from connectwiz.relay.tlscert import ensure_self_signed
+from connectwiz.relay.tlsrpt import TlsRptRecorder, TlsRptSender, TlsRptStore, queue_local
 
 
 class Relay:
@@ -92,6 +93,10 @@ class Relay:
         self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
                                       self._control_settle, self.log)
         self.address: tuple[str, int] = listen
+        store = TlsRptStore(Path(spool_dir))
+        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname)
+        self.tlsrpt_sender = TlsRptSender(store, self.options, self._queue_local, self.log)
+        self._tlsrpt_task: asyncio.Task[None] | None = None
 
     def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Run blocking spool I/O on the spool executor (submitted at once)."""
@@ -220,6 +225,7 @@ class Relay:
         self._rescan = asyncio.create_task(self._rescan_loop())
         self._directory_task = asyncio.create_task(self._directory_loop())
         await self._control.start()
+        self._tlsrpt_task = asyncio.create_task(self.tlsrpt_sender.run(self.tlsrpt))
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None)
@@ -244,14 +250,15 @@ class Relay:
             proto.close()
         if self._busy:
             await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
-        tasks = [*self._workers,
-                 *(t for t in (self._rescan, self._directory_task) if t is not None)]
+        tasks = [*self._workers, *(t for t in (self._rescan, self._directory_task,
+                                                self._tlsrpt_task) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         counts = await self._io(self.spool.counts)
+        await self._io(self.tlsrpt.flush)
         self._spool_io.shutdown(wait=True)
         self.spool.unlock()
         self.log("stopped", **counts)
@@ -483,6 +490,7 @@ class Relay:
                      cipher=att.tls_cipher, verified=att.certificate_verified,
                      outcome=att.outcome, reply=att.error or att.reply,
                      elapsed_s=att.elapsed_s)
+        self.tlsrpt.count(attempts)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
@@ -534,6 +542,12 @@ class Relay:
                            policy=f"delivery status notification for {entry.id}")
         self.msglog.append(entry.id, "bounced", recipients=addresses, reason=reason,
                            dsn=bounce.id)
+
+    async def _queue_local(self, mail_from: str, rcpts: list[str], data: bytes,
+                           note: str) -> None:
+        """A message the relay writes itself (a TLS report), queued like received mail."""
+        self._enqueue(await self._io(queue_local, self.spool, self.msglog, mail_from, rcpts,
+                                     data, note))
 
     # -- for tests and the benchmark -----------------------------------------------------------
 
