@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wizard", help="the terminal wizard (default)")
     _bundle_option(p)
+    p.add_argument("--spool", metavar="DIR",
+                   help="the relay's spool, whose message log Mail flow reads (default: per-user)")
     _network_options(p)
 
     p = sub.add_parser("demo", help="the lab and the wizard wired to it: no set-up needed")

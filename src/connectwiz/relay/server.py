@@ -490,7 +490,6 @@ class Relay:
                      cipher=att.tls_cipher, verified=att.certificate_verified,
                      outcome=att.outcome, reply=att.error or att.reply,
                      elapsed_s=att.elapsed_s)
-        self.tlsrpt.count(attempts)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:
             records.append({"event": "delivered", "recipients": done})
@@ -505,6 +504,7 @@ class Relay:
                 self.spool.update_active(entry)
         if records:
             self.msglog.sync(entry.id)
+        self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
         return finished
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
