@@ -182,3 +182,20 @@ def test_tlsrpt_command_bad_input_is_one_line(tmp_path, capsys) -> None:
                      "--domain", "x.example"]) == 2
     assert "no TLS sessions to x.example counted on 2026-01-01" in capsys.readouterr().err
     assert cli_main(["tlsrpt", "--spool", str(tmp_path / "nope")]) == 2
+
+
+def test_damaged_count_file_does_not_stop_counting(tmp_path) -> None:
+    """Counting runs inside delivery bookkeeping: a damaged file is started over, not raised."""
+    from connectwiz.relay.deliver import Attempt
+    from connectwiz.relay.tlsrpt import TlsRptRecorder
+
+    store = TlsRptStore(tmp_path)
+    store.dir.mkdir()
+    (store.dir / f"{_today()}.json").write_text("{not json")
+    recorder = TlsRptRecorder(store, "relay.example")
+    ok = Attempt("mx.a.example", "127.0.0.1", 25, "Opportunistic TLS", "opportunistic",
+                 "relaxed", "1.2", ["x@a.example"], tls_version="TLSv1.3", reply="220 hi",
+                 outcome="delivered", policy_domain="a.example")
+    recorder.count([ok])
+    recorder.flush()
+    assert store.counts(_today())["domains"]["a.example"]["success"] == 1

@@ -155,7 +155,11 @@ class TlsRptRecorder:
     def _add(self, day: str, record: dict[str, Any], kind: str) -> None:
         counts = self._days.get(day)
         if counts is None:
-            counts = self._days[day] = self.store.counts(day) or {
+            try:
+                counts = self.store.counts(day)
+            except UserError:
+                counts = {}  # a damaged count file must never hold up delivery: start over
+            counts = self._days[day] = counts or {
                 "day": day, "submitter": self.submitter, "domains": {}}
         entry = counts["domains"].setdefault(record["policy_domain"], {
             "policy-type": record.get("policy_type") or "no-policy-found",
