@@ -3,11 +3,13 @@ relay's own MessageLog and Attempt records), its actions, and its pictures at 80
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from connectwiz.bundle import Bundle
@@ -16,6 +18,7 @@ from connectwiz.relay import queuectl
 from connectwiz.relay.deliver import Attempt
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool
+from connectwiz.tui.components.domain_dialog import DomainValidateDialog
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.screens.domains import DomainsScreen
 from connectwiz.tui.screens.mailflow import MailFlowScreen
@@ -58,8 +61,8 @@ def write_spool(root: Path) -> Path:
                   {"event": "delivered", "recipients": [rcpt]}])
     rcpt = "carol@expired.example"
     failed = _attempt(rcpt, "mx.expired.example", error=EXPIRED_ERROR, outcome="temporary")
-    _message(log, DEFERRED_ID, rcpt, 2, [
-        failed, failed, {"event": "deferred", "recipients": [rcpt], "reason": EXPIRED_ERROR}])
+    deferred = {"event": "deferred", "recipients": [rcpt], "reason": EXPIRED_ERROR}
+    _message(log, DEFERRED_ID, rcpt, 2, [failed, deferred, failed, deferred])
     rcpt = "dan@nostarttls.example"
     no_tls = "TLS required but the server does not offer STARTTLS"
     _message(log, "20261120T000000-BOUNCE", rcpt, 48, [
@@ -117,7 +120,7 @@ async def test_counts_per_domain_from_the_log(bundle_path: Path, tmp_path: Path)
         assert trusted.day == {"delivered": 3, "deferred": 0, "bounced": 0}
         assert trusted.week == {"delivered": 4, "deferred": 0, "bounced": 0}
         expired = flows["expired.example"]
-        assert expired.day == {"delivered": 0, "deferred": 1, "bounced": 0}  # once, not twice
+        assert expired.day == {"delivered": 0, "deferred": 1, "bounced": 0}  # deferred twice: one recipient
         assert expired.last_failure == f"certificate-expired: {EXPIRED_ERROR}"
         assert [d.id for d in expired.deferred] == [DEFERRED_ID]
         assert expired.deferred[0].attempts == 2
@@ -137,6 +140,11 @@ async def test_key_on_a_domain_opens_mail_flow_there(bundle_path: Path, tmp_path
         screen = await _loaded(pilot)
         selected = screen.selected()
         assert selected is not None and selected.domain == "expired.example"
+        await pilot.press("v")  # validate again: the domain's validation dialog
+        await wait_for(pilot, lambda: isinstance(app.screen, DomainValidateDialog)
+                       and app.screen.domain == "expired.example", what="validate dialog")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="back on mail flow")
         await pilot.press("b")
         assert isinstance(app.screen, DomainsScreen)
 
@@ -205,3 +213,42 @@ def test_snapshot_mail_flow_empty(snap_compare: Any, bundle_path: Path, tmp_path
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+@pytest.mark.network
+async def test_retry_now_makes_the_running_relay_try_again(lab, lab_network_options,
+                                                           bundle_path: Path,
+                                                           tmp_path: Path) -> None:
+    """End to end: a real relay defers mail to a lab domain whose certificate expired (and
+    would not retry for an hour); t on its row has the relay try it again at once."""
+    from dataclasses import replace
+
+    from connectwiz.relay.events import EventLog
+    from connectwiz.relay.msglog import read_record
+    from connectwiz.relay.server import Relay
+    from tests.relay.conftest import FAST, STRICT, body, make_model, send
+
+    spool = tmp_path / "relay-spool"
+    relay = Relay(lambda: make_model(lab, delivery={"expired.example": STRICT}), spool,
+                  ("127.0.0.1", 0), options=lab_network_options,
+                  settings=replace(FAST, backoff_min=3600, backoff_max=3600),
+                  log=EventLog(json_lines=True, stream=io.StringIO()))
+    await relay.start()
+    try:
+        msg_id = await send(relay.address[1], "a@corp.example", ["x@expired.example"],
+                            body("retry"))
+
+        def attempts() -> int:
+            record = read_record(spool, msg_id)
+            return len(record.attempts) if record.status == "deferred" else 0
+
+        app = _app(_bundle(bundle_path), spool)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: attempts() == 1, what="the first attempt")
+            await pilot.press("m")
+            screen = await _loaded(pilot)
+            assert [d.id for d in screen.flows[0].deferred] == [msg_id]
+            await pilot.press("t")
+            await wait_for(pilot, lambda: attempts() == 2, what="the relay trying again")
+    finally:
+        await relay.stop()
