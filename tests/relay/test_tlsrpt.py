@@ -38,7 +38,7 @@ async def _counts(r) -> dict:
 
 
 def _types(counts: dict, domain: str) -> set[str]:
-    entry = counts["domains"][domain]
+    entry = counts["domains"][domain]["no-policy-found"]
     return ({f["result-type"] for f in entry["failures"].values()}
             | ({"success"} if entry["success"] else set()))
 
@@ -92,18 +92,19 @@ async def test_sessions_counted_by_result_type_and_kept_across_restart(lab, rela
     assert _types(counts, "nostarttls.example") == {"starttls-not-supported"}
     # Opportunistic to a TLS 1.0-only server: TLS was negotiated, the session succeeded.
     assert _types(counts, "tls10.example") == {"success"}
-    failure = next(iter(counts["domains"]["expired.example"]["failures"].values()))
+    failure = next(iter(
+        counts["domains"]["expired.example"]["no-policy-found"]["failures"].values()))
     assert failure["receiving-mx-hostname"] == "mx.expired.example"
     assert failure["receiving-ip"] == lab.address_of("mx.expired.example")
     assert failure["sending-mta-ip"] == "127.0.0.1"
-    assert counts["domains"]["trusted.example"]["policy-type"] == "no-policy-found"
+    assert list(counts["domains"]["trusted.example"]) == ["no-policy-found"]
 
     await r.relay.stop()  # counts are on disk; a new relay on the spool adds to them
     r2 = await relays(model, ONE_TRY, spool=r.spool)
     await send(r2.port, f"a-{tag}@corp.example", [f"v-{tag}@trusted.example"], body(tag + "b"))
     await r2.wait_status(await _last_id(r2, f"v-{tag}@trusted.example"), "delivered")
     counts = await _counts(r2)
-    assert counts["domains"]["trusted.example"]["success"] == 2
+    assert counts["domains"]["trusted.example"]["no-policy-found"]["success"] == 2
 
 
 async def _last_id(r, rcpt: str) -> str:
@@ -198,4 +199,32 @@ def test_damaged_count_file_does_not_stop_counting(tmp_path) -> None:
                  outcome="delivered", policy_domain="a.example")
     recorder.count([ok])
     recorder.flush()
-    assert store.counts(_today())["domains"]["a.example"]["success"] == 1
+    assert store.counts(_today())["domains"]["a.example"]["no-policy-found"]["success"] == 1
+
+
+def test_policy_types_of_one_day_are_separate_policies(tmp_path) -> None:
+    """When delivery applies a published policy (sts, tlsa) part of the day, the report has
+    one ``policies`` item per type, each with its own counts."""
+    from connectwiz.relay.deliver import Attempt
+    from connectwiz.relay.tlsrpt import TlsRptRecorder, build_report
+
+    store = TlsRptStore(tmp_path)
+    recorder = TlsRptRecorder(store, "relay.example")
+
+    def attempt(policy_type: str, error: str = "") -> Attempt:
+        return Attempt("mx.a.example", "127.0.0.1", 25, "Enforced TLS - Strict", "enforced",
+                       "strict", "1.2", ["x@a.example"], tls_version="TLSv1.3",
+                       reply="220 hi", outcome="temporary" if error else "delivered",
+                       error=error, policy_type=policy_type, policy_domain="a.example")
+
+    recorder.count([attempt("no-policy-found"), attempt("sts"),
+                    attempt("sts", "TLS required but the certificate is not accepted: "
+                                   "name mismatch: certificate is for other.example")])
+    recorder.flush()
+    report = build_report(store.counts(_today()), "a.example")
+    VALIDATOR.validate(report)
+    summaries = {p["policy"]["policy-type"]: p["summary"] for p in report["policies"]}
+    assert summaries == {
+        "no-policy-found": {"total-successful-session-count": 1,
+                            "total-failure-session-count": 0},
+        "sts": {"total-successful-session-count": 1, "total-failure-session-count": 1}}

@@ -120,7 +120,8 @@ async def test_counts_per_domain_from_the_log(bundle_path: Path, tmp_path: Path)
         assert trusted.day == {"delivered": 3, "deferred": 0, "bounced": 0}
         assert trusted.week == {"delivered": 4, "deferred": 0, "bounced": 0}
         expired = flows["expired.example"]
-        assert expired.day == {"delivered": 0, "deferred": 1, "bounced": 0}  # deferred twice: one recipient
+        # deferred twice, but one recipient
+        assert expired.day == {"delivered": 0, "deferred": 1, "bounced": 0}
         assert expired.last_failure == f"certificate-expired: {EXPIRED_ERROR}"
         assert [d.id for d in expired.deferred] == [DEFERRED_ID]
         assert expired.deferred[0].attempts == 2

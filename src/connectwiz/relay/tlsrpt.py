@@ -161,9 +161,11 @@ class TlsRptRecorder:
                 counts = {}  # a damaged count file must never hold up delivery: start over
             counts = self._days[day] = counts or {
                 "day": day, "submitter": self.submitter, "domains": {}}
-        entry = counts["domains"].setdefault(record["policy_domain"], {
-            "policy-type": record.get("policy_type") or "no-policy-found",
-            "success": 0, "failures": {}})
+        # One entry per policy type: a domain whose policy changes within the day gets one
+        # "policies" item per type in its report (RFC 8460 §4.4).
+        policies = counts["domains"].setdefault(record["policy_domain"], {})
+        entry = policies.setdefault(record.get("policy_type") or "no-policy-found",
+                                    {"success": 0, "failures": {}})
         if kind == "success":
             entry["success"] += 1
         else:
@@ -196,18 +198,20 @@ class TlsRptRecorder:
 def build_report(counts: dict[str, Any], domain: str) -> dict[str, Any]:
     """The RFC 8460 §4.4 JSON report of one domain for one day of counts."""
     day, submitter = counts["day"], counts["submitter"]
-    entry = counts["domains"][domain]
-    failures = [{k: v for k, v in f.items() if v != ""}
-                for f in sorted(entry["failures"].values(),
-                                key=lambda f: (f["result-type"], f["receiving-mx-hostname"]))]
-    total_failed = sum(f["failed-session-count"] for f in failures)
-    policy: dict[str, Any] = {
-        "policy": {"policy-type": entry["policy-type"], "policy-domain": domain},
-        "summary": {"total-successful-session-count": entry["success"],
-                    "total-failure-session-count": total_failed},
-    }
-    if failures:
-        policy["failure-details"] = failures
+    policies = []
+    for policy_type, entry in sorted(counts["domains"][domain].items()):
+        failures = [{k: v for k, v in f.items() if v != ""}
+                    for f in sorted(entry["failures"].values(),
+                                    key=lambda f: (f["result-type"], f["receiving-mx-hostname"]))]
+        policy: dict[str, Any] = {
+            "policy": {"policy-type": policy_type, "policy-domain": domain},
+            "summary": {"total-successful-session-count": entry["success"],
+                        "total-failure-session-count":
+                            sum(f["failed-session-count"] for f in failures)},
+        }
+        if failures:
+            policy["failure-details"] = failures
+        policies.append(policy)
     return {
         "organization-name": submitter,
         "date-range": {"start-datetime": f"{day}T00:00:00Z",
@@ -216,7 +220,7 @@ def build_report(counts: dict[str, Any], domain: str) -> dict[str, Any]:
         # One report per day, domain and submitter: the id says which, so a report printed
         # by ``connectwiz tlsrpt`` is the one that was sent.
         "report-id": f"{day}T00:00:00Z_{domain}@{submitter}",
-        "policies": [policy],
+        "policies": policies,
     }
 
 
@@ -245,11 +249,11 @@ def report_email(report: dict[str, Any], domain: str, to: list[str]) -> bytes:
     msg["Message-ID"] = make_msgid(domain=submitter)
     msg["TLS-Report-Domain"] = domain
     msg["TLS-Report-Submitter"] = submitter
-    summary = report["policies"][0]["summary"]
+    success = sum(p["summary"]["total-successful-session-count"] for p in report["policies"])
+    failed = sum(p["summary"]["total-failure-session-count"] for p in report["policies"])
     msg.set_content(
         f"SMTP TLS report for {domain}, {report['date-range']['start-datetime'][:10]} (UTC):\n"
-        f"{summary['total-successful-session-count']} successful and "
-        f"{summary['total-failure-session-count']} failed TLS sessions from {submitter}.\n"
+        f"{success} successful and {failed} failed TLS sessions from {submitter}.\n"
         "The attached file is the report in the format of RFC 8460.\n")
     msg.add_attachment(report_gzip(report), maintype="application", subtype="tlsrpt+gzip",
                        filename=report_filename(report, domain))
