@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from connectwiz.errors import UserError
 from connectwiz.relay.tlsrpt import result_type
@@ -27,8 +27,7 @@ _FATE_OF = {"delivered": "delivered", "deferred": "deferred", "bounced": "bounce
             "expired": "bounced"}
 
 
-@dataclass(frozen=True, slots=True)
-class Deferred:
+class Deferred(NamedTuple):
     """A message waiting for another attempt at one domain."""
 
     id: str
@@ -49,10 +48,11 @@ class DomainFlow:
     deferred: list[Deferred] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _FileFacts:
+class _FileFacts(NamedTuple):
     """What one log file contributes: (domain, fate, at) per recipient and fate, the last
-    TLS failure per domain, and the deferred entries if the message is deferred now."""
+    TLS failure per domain, and the deferred entries if the message is deferred now.
+    Tuples of strings only: the garbage collector stops tracking them, so 100,000 files
+    of facts do not make its full collections (which hold up the wizard) long."""
 
     fates: tuple[tuple[str, str, str], ...]
     failures: tuple[tuple[str, str, str], ...]  # domain, at, text
