@@ -35,7 +35,7 @@ from connectwiz.policy.model import (
     SecureTrigger,
 )
 from connectwiz.policy.secure import SecureIndex
-from connectwiz.relay.secure import add_banner, parse_content
+from connectwiz.relay.secure_content import add_banner, parse_content
 
 PARTNERS = [f"partner{i}.example" for i in range(100)]
 DOMAINS = [*PARTNERS, "other.example"]

@@ -56,8 +56,8 @@ def lab_cli_args(lab: LabHandle, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """On CI, a test marked ``peer`` (it needs a real Postfix, Chromium or slapd) must not skip:
-    .ci/run installs those peers, so a skip there means the install step broke and
+    """On CI, a test marked ``peer`` (it needs a real Postfix, Chromium, slapd or strace) must
+    not skip: .ci/run installs those peers, so a skip there means the install step broke and
     the interop coverage silently vanished."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--email", metavar="ADDR", help="also test RCPT TO for this address")
     p.add_argument("--route", action="append", default=[], metavar="HOST[:PORT]",
                    help="an inbound route (internal server) to validate; repeatable")
+    p.add_argument("--ssl-mode", choices=("legacy", "medium", "strong", "very_strong"),
+                   help="also check that each host negotiates TLS at this delivery SSL Mode")
     p.add_argument("targets", nargs="*", metavar="DOMAIN")
     _network_options(p)
 
@@ -126,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: show")
     p.add_argument("--internal-domain", action="append", metavar="D")
     p.add_argument("--authorized-outbound", action="append", metavar="CIDR")
+    p.add_argument("--json", action="store_true")
+    _bundle_option(p)
+
+    p = sub.add_parser("policies", help="list, show, add, enable, disable or remove policies "
+                                        "and definitions")
+    p.add_argument("action", choices=("list", "show", "add", "enable", "disable", "remove"))
+    p.add_argument("kind", nargs="?", choices=("delivery", "receipt", "secure", "bypass",
+                                               "definition", "secure-definition"))
+    p.add_argument("items", nargs="*", metavar="NAME|#N|KEY=VALUE",
+                   help="the entry's narrative or name, or #N from list; add: KEY=VALUE "
+                        "pairs (values in TOML, e.g. 'to={applies=\"domain\", "
+                        "specifically=[\"bank.example\"]}')")
     p.add_argument("--json", action="store_true")
     _bundle_option(p)
 

@@ -75,8 +75,9 @@ def test_each_delivery_option_maps_to_its_postfix_level():
         delivery("legacy none", NONE, to("legacy.example")),
     ))
     assert table(out.files[TLS_POLICY]) == {
-        "bank.example": "secure match=bank.example:.bank.example protocols=>=TLSv1.2",
-        "shop.example": "encrypt protocols=>=TLSv1.3",
+        "bank.example": "secure match=bank.example:.bank.example protocols=>=TLSv1.2 "
+                        "ciphers=high",
+        "shop.example": "encrypt protocols=>=TLSv1.3 ciphers=high",
         "news.example": "may protocols=>=TLSv1",
         "legacy.example": "none",
     }
@@ -278,6 +279,7 @@ POSTMAP = shutil.which("postmap") or ("/usr/sbin/postmap" if Path("/usr/sbin/pos
                                       else None)
 
 
+@pytest.mark.peer
 @pytest.mark.skipif(POSTMAP is None, reason="Postfix is not installed (no postmap)")
 def test_postfix_looks_up_the_tables_as_intended(tmp_path):
     out = export_postfix(model(
@@ -295,7 +297,7 @@ def test_postfix_looks_up_the_tables_as_intended(tmp_path):
         return done.stdout.strip()
 
     assert query("bank.example", f"texthash:{tmp_path / TLS_POLICY}") == \
-        "secure match=bank.example:.bank.example protocols=>=TLSv1.2"
+        "secure match=bank.example:.bank.example protocols=>=TLSv1.2 ciphers=high"
     assert query("other.example", f"texthash:{tmp_path / TLS_POLICY}") == ""
     assert query("bank.example", f"texthash:{tmp_path / SENDER_TLS}") == \
         "reject_plaintext_session"

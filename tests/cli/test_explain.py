@@ -78,7 +78,7 @@ def test_text_output_names_winner_definition_and_losers(capsys, bundle):
     code, out, err = _explain(capsys, bundle, "--from", "ceo@example.com",
                               "--to", "Bob@Partner.Example", "--at", "2026-06-01T12:00:00Z")
     assert code == 0 and err == ""
-    assert "Delivery: Enforced TLS - Strict (enforced, strict, TLS 1.2+)" in out
+    assert "Delivery: Enforced TLS - Strict (enforced, strict, TLS 1.2+, SSL Mode strong)" in out
     assert "#1 'Enforced TLS to partner' applies" in out
     assert "#2 'Board: no TLS (paused)': disabled" in out
     assert "#3 'Everyone': lost - less specific" in out

@@ -20,7 +20,7 @@ def test_default_explanation_json_is_serialisable_and_complete():
     assert data["delivery"]["policy"] is None and data["delivery"]["default"] is True
     assert data["delivery"]["definition"] == {
         "name": "Default (Opportunistic TLS)", "option": "opportunistic",
-        "encryption_mode": "relaxed", "min_tls": "1.2",
+        "encryption_mode": "relaxed", "min_tls": "1.2", "ssl_mode": "strong",
     }
     assert data["receipt"]["option"] == "opportunistic" and data["receipt"]["candidates"] == []
 

@@ -26,7 +26,8 @@ from aiosmtpd.smtp import SMTP
 
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, header_addresses, load_secure_key, token_hash
+from connectwiz.relay.secure import HeldStore, load_secure_key, token_hash
+from connectwiz.relay.secure_content import header_addresses
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import relays  # noqa: F401 - a fixture, used by name
 
@@ -135,7 +136,7 @@ DEFINITION = {"name": "Confidential 7d", "description": "", "allow_print": True,
 
 def hold(spool: Path, body: bytes, *, recipients: tuple[str, ...] = (READER,),
          expires_in: timedelta = timedelta(days=7), key_file: Path | None = None,
-         **definition: Any) -> tuple[str, dict[str, str]]:
+         limit_in: timedelta | None = None, **definition: Any) -> tuple[str, dict[str, str]]:
     """Write a held message as the relay does; returns its id and each recipient's token."""
     store = HeldStore(Spool(spool), key_file)
     (spool / "tmp").mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,8 @@ def hold(spool: Path, body: bytes, *, recipients: tuple[str, ...] = (READER,),
         "version": 1, "id": held, "sender": SENDER, "header_from": SENDER,
         "header_to": header_to, "header_cc": header_cc,
         "held_at": iso(now), "expires_at": iso(now + expires_in),
-        "initial_expires_at": iso(now + expires_in), "limit_at": iso(now + expires_in),
+        "initial_expires_at": iso(now + expires_in),
+        "limit_at": iso(now + (limit_in or expires_in)),
         "extended_days": 0, "max_retention_days": 365, "revoked_at": None,
         "definition": {**DEFINITION, **definition}, "reason": "test",
         "requested_by_client": None,

@@ -140,3 +140,15 @@ def test_portal_pages_carry_the_bundles_organisation_name_and_logo(tmp_path: Pat
     bundle.write_text(f'schema_version = 1\n[organisation]\nname = "{"x" * 101}"\n')
     with pytest.raises(UserError, match="at most 100 characters"):
         config_from(args)
+
+
+def test_portal_takes_the_wording_from_the_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text('schema_version = 2\n[organisation]\ninternal_domains = ["corp.example"]\n'
+                      '[secure_messaging]\naccent_colour = "#aa0000"\n'
+                      'code_subject = "Your {organisation} code"\n')
+    args = build_parser().parse_args(["portal", "--bundle", str(bundle), "--spool",
+                                      str(tmp_path / "spool"), "--public-url",
+                                      "http://127.0.0.1/secure", "--insecure-cookies"])
+    wording = config_from(args).wording
+    assert wording.accent_colour == "#aa0000" and wording.code_subject == "Your {organisation} code"

@@ -321,6 +321,8 @@ async def test_read_receipt_sent_once_on_first_view(portal_client, sink) -> None
     receipts = sink.to(SENDER)
     assert len(receipts) == 1 and receipts[0]["Subject"] == "Read: Statement t19"
     assert READER in receipts[0].get_content()
+    # It points the sender at their own page in the portal.
+    assert "http://127.0.0.1/secure/sender" in receipts[0].get_content()
     assert sink.messages[-1][0] == "<>"
     slot = record(pc.spool, held)["recipients"][0]
     assert slot["read_receipt_sent"] is True

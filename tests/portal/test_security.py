@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import stat
 from pathlib import Path
@@ -17,6 +21,7 @@ from connectwiz.portal.security import (
     CodeResult,
     RateLimiter,
     Signer,
+    ascii_filename,
     csrf_ok,
     csrf_token,
     derive_key,
@@ -235,3 +240,87 @@ def test_idle_keys_and_stale_codes_are_forgotten() -> None:
 def test_header_values_the_portal_writes_have_no_line_breaks(brk: str) -> None:
     value = clean(f"Pay{brk}Bcc: x@evil.example  now")
     assert value == "Pay Bcc: x@evil.example now" and len(value.splitlines()) == 1
+# -- edges found by scripts/mutation-check ---------------------------------------------------
+
+def _signed(body: dict | list) -> str:
+    """A cookie made without Signer: HMAC-SHA256 over the base64url body, no padding."""
+    text = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
+    mac = hmac.new(KEY, text.encode(), hashlib.sha256).digest()
+    return f"{text}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def test_the_mac_covers_the_body_and_bodies_are_checked() -> None:
+    clock = Clock()
+    signer = Signer(KEY, clock)
+    assert signer.loads(_signed({"v": {"h": "X"}, "x": clock.now + 60})) == {"h": "X"}
+    genuine = signer.dumps({"h": "ABC"}, ttl=60)
+    forged_body = _signed({"v": {"h": "EVIL"}, "x": clock.now + 60}).split(".")[0]
+    assert signer.loads(f"{forged_body}.{genuine.split('.')[1]}") is None
+    for body in ([1], {"v": "text", "x": clock.now + 60}, {"v": {}, "x": "later"}, {"v": {}}):
+        assert signer.loads(_signed(body)) is None, body
+    assert "=" not in genuine  # cookie values carry no base64 padding
+
+
+def test_lone_surrogates_are_refused_not_raised() -> None:
+    assert not csrf_ok(KEY, "n", "\ud800")
+    assert Signer(KEY).loads("abc.\udfff") is None
+
+
+def test_derived_keys_are_stable() -> None:
+    """Known answer: a change would void every cookie and code the portal has handed out."""
+    assert derive_key(KEY, "cookie").hex() == (
+        "cde427cced7f07334ff122a8eb9dee32cc2e90c23a44177ce57e6395610a9aa6")
+
+
+def test_rate_limit_window_edges_and_retry_after_the_oldest() -> None:
+    clock = Clock()
+    limit = RateLimiter(2, 60, clock)
+    assert limit.allow("a")
+    clock.now += 10
+    assert limit.allow("a") and not limit.allow("a")
+    assert limit.retry_after("a") == pytest.approx(50)  # the oldest leaves first
+    clock.now += 50  # exactly one window after the first event
+    assert limit.allow("a")
+
+
+def test_forgetting_idle_keys_keeps_the_limited_ones() -> None:
+    """A flood of new keys (IP addresses) must not reset the limit of a busy one."""
+    clock = Clock()
+    limit = RateLimiter(1, 60, clock)
+    assert limit.allow("victim") and not limit.allow("victim")
+    for n in range(10_001):
+        limit.allow(f"ip{n}")
+    assert not limit.allow("victim")
+
+
+def test_codes_use_the_whole_range_and_unknown_subjects_have_no_attempts() -> None:
+    book = CodeBook(KEY, clock=Clock())
+    codes = [book.issue(f"s{n}") for n in range(200)]
+    assert max(int(c) for c in codes) >= 1000 and len(set(codes)) > 150
+    assert book.attempts_left("nobody") == 0
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("Xmas  list.txtX", "Xmas list.txtX"),  # spaces kept, runs folded to one
+    ("x" * 121, "x" * 120),
+    ("x" * 300, "x" * 120),
+    ("a.b" + "x" * 300 + ".pdf", "a.b" + "x" * 113 + ".pdf"),
+    ("x" * 200 + "." + "y" * 50, ("x" * 200 + "." + "y" * 50)[:120]),
+    ("x" * 200 + ".abcdefghij", "x" * 109 + ".abcdefghij"),
+    ("x" * 200 + ".abcdefghijk", "x" * 120),
+])
+def test_safe_filename_truncation(name: str, expected: str) -> None:
+    assert safe_filename(name) == expected
+
+
+def test_header_filename_is_ascii_and_links_open_without_referrer() -> None:
+    assert ascii_filename("Überweisung März?.pdf") == "_berweisung M_rz_.pdf"
+    out, _ = sanitize_html('<a href="https://x.example/">x</a>')
+    assert 'rel="noopener noreferrer"' in out
+    assert mask_address("a@b@bank.example") == "a****@bank.example"
+
+
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=4))
+def test_any_value_round_trips(value: dict[str, str]) -> None:
+    signer = Signer(KEY)
+    assert signer.loads(signer.dumps(value, ttl=60)) == value

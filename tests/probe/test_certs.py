@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from connectwiz.probe.certs import TrustStore, analyse_certificate, match_hostname
@@ -232,3 +235,86 @@ def test_expired_intermediate_is_named():
 def test_rfc6125_name_matching(names, host, expected):
     assert match_hostname(names, host) is expected
 
+
+
+def test_expired_leaf_under_a_sent_intermediate_is_still_a_known_ca():
+    """When strict verification fails for another reason, the chain through the intermediate
+    the server sent still counts as trusted: the report names the expiry, not "unknown CA"."""
+    intermediate = make_ca("Test Intermediate", issuer=ROOT)
+    leaf = make_leaf([HOST], intermediate, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
+    other = make_ca("Unrelated Intermediate", issuer=ROOT)
+    info = analyse(leaf, intermediates=[other[0], intermediate[0]])
+    assert info.trusted and info.expired
+    assert len(info.problems) == 1 and "expired" in info.problems[0]
+    assert not analyse(leaf, intermediates=[other[0]]).trusted
+
+
+def test_a_ca_with_the_right_name_but_another_key_is_not_the_issuer():
+    impostor = make_ca("Test Root")  # same subject as ROOT, its own key
+    leaf = make_leaf([HOST], ROOT)
+    info = analyse(leaf, store=TrustStore((impostor[0],)))
+    assert not info.trusted and "unknown CA" in info.problems[0]
+    # Issuer and subject equal, but signed by another key: not self-signed.
+    same_name = make_ca("Test Root", issuer=ROOT)
+    assert not analyse(same_name[0]).self_signed
+
+
+def test_a_ca_certificate_served_as_leaf_is_judged_as_openssl_judges_it():
+    """Trusted, in date, and its CN (no SAN) names the host. OpenSSL (`openssl verify -purpose
+    sslserver -verify_hostname`, and so the relay and Postfix) accepts a CA certificate as
+    the server's own: so does the verdict. With an empty store the report says why not."""
+    as_leaf = make_ca(HOST, issuer=ROOT)[0]
+    info = analyse(as_leaf)
+    assert info.names == (HOST,) and info.hostname_match and info.trusted
+    assert info.problems == [] and info.rejections == ()
+    untrusted = analyse(as_leaf, store=TrustStore(()))
+    assert not untrusted.trusted and "unknown CA (CN=Test Root)" in untrusted.problems[0]
+
+
+def test_validity_bounds_are_inclusive():
+    leaf = make_leaf([HOST], ROOT)
+    at_end = analyse_certificate(leaf, HOST, STORE, now=leaf.not_valid_after_utc)
+    at_start = analyse_certificate(leaf, HOST, STORE, now=leaf.not_valid_before_utc)
+    assert not at_end.expired and not at_start.not_yet_valid
+    assert not analyse_certificate(leaf, HOST, STORE).expired  # now defaults to the clock
+
+
+def test_dates_are_utc_whatever_the_local_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: a different calendar day
+    time.tzset()
+    try:
+        end = NOW.replace(hour=23, minute=30) - 30 * DAY
+        info = analyse(make_leaf([HOST], ROOT, not_before=NOW - 400 * DAY, not_after=end))
+        assert f"certificate expired on {end:%Y-%m-%d}" in info.problems
+        assert info.to_json()["not_after"] == f"{end:%Y-%m-%dT%H:%M:%S}Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_host_and_name_forms_that_still_match():
+    assert match_hostname(["MX.EXAMPLE.BOX"], "mx.example.box.")
+    assert match_hostname(["mx.example.box."], "MX.EXAMPLE.BOX")
+    assert match_hostname(["2001:db8::1"], "[2001:db8::1]")
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    (ed25519.Ed25519PrivateKey.generate(), ("Ed25519", 256)),
+    (ed448.Ed448PrivateKey.generate(), ("Ed448", 456)),
+    (dsa.generate_private_key(2048), ("DSA", 2048)),
+])
+def test_key_types_are_named(key, expected):
+    info = analyse(make_leaf([HOST], ROOT, key=key))
+    assert (info.key_type, info.key_size) == expected
+
+
+def test_an_impostor_intermediate_or_a_loop_does_not_make_a_known_ca():
+    intermediate = make_ca("Test Intermediate", issuer=ROOT)
+    impostor = make_ca("Test Intermediate")  # same name, self-signed, another key
+    leaf = make_leaf([HOST], intermediate, not_before=NOW - 400 * DAY, not_after=NOW - 30 * DAY)
+    assert analyse(leaf, intermediates=[impostor[0], intermediate[0]]).trusted
+    # A and B sign each other: following issuers goes round without reaching an anchor.
+    key_a, key_b = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    a = make_ca("A", issuer=make_ca("B", key=key_b), key=key_a)
+    b = make_ca("B", issuer=a, key=key_b)
+    assert not analyse(make_leaf([HOST], a), intermediates=[a[0], b[0]]).trusted

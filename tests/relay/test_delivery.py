@@ -273,6 +273,23 @@ async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, re
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
 
 
+@pytest.mark.parametrize("definition", [STRICT, RELAXED], ids=["strict", "relaxed"])
+async def test_enforced_defers_when_starttls_is_refused_with_454(lab, relays,
+                                                                 definition) -> None:
+    """The plaintext fallback above is for Opportunistic only: under Enforced TLS a 454 to
+    STARTTLS is a temporary failure, on the first attempt and on every retry."""
+    r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", definition)
+    record = await r.wait_status(msg_id, "deferred", "delivered")
+    assert record.status == "deferred"
+    assert "454" in record.attempts[0]["error"]
+    deadline = asyncio.get_running_loop().time() + 10
+    while len((await r.record(msg_id)).attempts) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "no retry"
+        await asyncio.sleep(0.05)
+    assert (await r.wait_status(msg_id, "deferred", "delivered")).status == "deferred"
+    assert not _sent_anything(lab, tag), "enforced TLS must never fall back to plaintext"
+
+
 @pytest.mark.parametrize("domain, status", [("nxdomain.example", "5.1.2"),
                                             ("nullmx.example", "5.1.10")])
 async def test_domain_that_takes_no_mail_bounces_at_once(lab, relays, domain: str,

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,12 @@ class RelayProcess:
         await self.wait_exit()
 
 
-async def start_relay(lab, bundle: Path, spool: Path, *extra: str) -> RelayProcess:
+async def start_relay(lab, bundle: Path, spool: Path, *extra: str,
+                      wrapper: Sequence[str] = ()) -> RelayProcess:
+    """``wrapper``: a command the relay runs under (e.g. strace and its options)."""
     host, port = lab.nameserver
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
+        *wrapper, sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
         "--listen", "127.0.0.1:0", "--spool", str(spool), "--log-json",
         "--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
         "--ca-file", str(lab.ca_file), "--timeout", "30", "--hostname", "relay.corp.example",

@@ -149,6 +149,31 @@ async def test_open_relay_attempt_is_refused_with_554(lab, relays) -> None:
     await send(r.port, "alice@corp.example", ["x@trusted.example"], body(token()))
 
 
+@pytest.mark.parametrize("sender", ["ceo@corp.example", "it@mail.corp.example"])
+async def test_forged_internal_sender_does_not_open_the_relay(lab, relays, sender) -> None:
+    """Authorisation comes from the client's address only: an outsider claiming an internal
+    envelope sender (anyone can type one) may not relay out."""
+    r = await relays(make_model(lab, authorized="127.0.0.1/32"))
+    tag = token()
+    exc = await _refused(r.port, sender, f"victim-{tag}@trusted.example", None,
+                         source="127.0.0.2")
+    assert exc.code == 554 and "Relay access denied" in exc.message
+    # With an internal recipient beside it, only the internal one is accepted and delivered.
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False,
+                             timeout=10, source_address=("127.0.0.2", 0))
+    await client.connect()
+    try:
+        refused, _ = await client.sendmail(
+            sender, [f"victim-{tag}@trusted.example", f"bob-{tag}@corp.example"], body(tag))
+    finally:
+        client.close()
+    assert refused[f"victim-{tag}@trusted.example"][0] == 554
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert lab_messages(lab, tag)[0].rcpt_tos == (f"bob-{tag}@corp.example",)
+    await r.relay.stop()  # nothing else queued: every delivery has ended
+    assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"bob-{tag}@corp.example",)]
+
+
 @pytest.mark.parametrize("rcpt", [
     "<@relay.example,@trusted.example:victim@other.example>",
     "<victim%other.example@corp.example>",

@@ -10,13 +10,8 @@ from email.message import EmailMessage
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectwiz.relay.secure import (
-    add_banner,
-    notification,
-    parse_content,
-    strip_header,
-    token_hash,
-)
+from connectwiz.relay.secure import notification, token_hash
+from connectwiz.relay.secure_content import add_banner, parse_content, strip_header
 
 
 def _mime(plain: str, html: str | None = None, attachment: bytes | None = None) -> bytes:

@@ -294,3 +294,23 @@ def test_reasons_are_ordered_client_policies_triggers_across_recipients() -> Non
                headers=(("X-Connectwiz-Secure", "Loose 90d"),))
     assert [r.source for r in d.reasons] == [Source.CLIENT, Source.POLICY, Source.TRIGGER]
     assert d.definition == LOOSE_DEF and "client asked" in d.reason
+
+
+def test_each_trigger_is_judged_on_its_own_conditions() -> None:
+    """A trigger that does not match must not hide a later one that does."""
+    m = model(secure_triggers=(
+        trigger("iban", SecureCondition(ConditionField.BODY, "iban"), definition="Loose 90d"),
+        trigger("confidential", SUBJECT_CONFIDENTIAL),
+    ))
+    d = decide(m, BANK, subject="Confidential", body="nothing to see")
+    assert [(r.definition, r.position) for r in d.reasons] == [("Strict 7d", 2)]
+
+
+def test_trigger_dates_are_checked_against_the_message_time() -> None:
+    m = model(secure_triggers=(
+        trigger("ended", SUBJECT_CONFIDENTIAL, definition="Loose 90d",
+                validity=Validity(end=AT - timedelta(days=1))),
+        trigger("running", SUBJECT_CONFIDENTIAL, validity=Validity(start=AT - timedelta(days=1))),
+    ))
+    d = decide(m, BANK, subject="confidential")
+    assert [r.definition for r in d.reasons] == ["Strict 7d"]

@@ -10,6 +10,8 @@ import asyncio
 import hashlib
 import json
 import re
+import signal
+import sys
 from dataclasses import replace
 from email import message_from_bytes
 from email import policy as email_policy
@@ -31,6 +33,7 @@ from connectwiz.policy.model import (
 from connectwiz.relay.secure import HeldStore, find_recipient
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab
+from tests.relay.test_process import BUNDLE, start_relay
 
 pytestmark = pytest.mark.network
 
@@ -182,57 +185,85 @@ async def test_bypass_delivers_to_the_external_recipient_as_usual(lab, relays) -
     assert not (r.spool / "secure" / msg_id).exists()
 
 
-async def test_held_message_survives_a_crash_and_restart(lab, relays, tmp_path: Path) -> None:
-    """The relay dies after writing the held record, before queuing the notification; after
-    a restart the record is intact and the recipient is notified with a working link."""
-    model = replace(make_model(lab), secure_policies=(
-        SecurePolicy("external", "External Recipients", to=EXTERNAL),))
-    slow = replace(SETTINGS, backoff_min=60, backoff_max=60)  # no retry before the restart
-    spool = tmp_path / "restart-spool"
-    first = await relays(model, slow, spool=spool)
-    real = first.relay.secure._queue_notification
-    calls = []
+# Runs the relay (argv after ours) and SIGKILLs it at the first file it opens for writing,
+# outside secure/, once a held record (secure/<id>/record.json) has been renamed into place:
+# the moment between writing the record and queuing the notification. Audit hooks see the
+# process's own file operations, so this needs no knowledge of the relay's functions.
+KILL_AFTER_RECORD = """\
+import os, runpy, signal, sys
+SECURE = os.path.join({spool!r}, "secure") + os.sep
+armed = False
+def hook(event, args):
+    global armed
+    if event == "os.rename" and str(args[1]).startswith(SECURE) \\
+            and str(args[1]).endswith("record.json"):
+        armed = True
+    elif event == "open" and armed and not str(args[0]).startswith(SECURE) and (
+            args[2] & (os.O_WRONLY | os.O_RDWR) or any(c in (args[1] or "") for c in "wax+")):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+assert sys.argv[2:4] == ["-m", "connectwiz"], sys.argv
+sys.argv = ["connectwiz", *sys.argv[4:]]
+runpy.run_module("connectwiz", run_name="__main__", alter_sys=True)
+"""
 
-    def dies_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError("simulated crash")
-        return real(*args, **kwargs)
+SECURE_POLICY = """
+[[secure_policies]]
+narrative = "External mail is secure"
+definition = "External Recipients"
+to = { applies = "external" }
+"""
 
-    first.relay.secure._queue_notification = dies_once
+
+async def test_held_message_survives_a_kill_9_and_restart(lab, tmp_path: Path) -> None:
+    """The relay process is killed (SIGKILL) after writing the held record, before queuing
+    the notification; after a restart the record is intact and the recipient is notified
+    with a working link, once."""
+    bundle, spool, killer = tmp_path / "bundle.toml", tmp_path / "spool", tmp_path / "kill.py"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port)
+                      .replace("schema_version = 1", "schema_version = 2") + SECURE_POLICY)
+    killer.write_text(KILL_AFTER_RECORD.format(spool=str(spool)))
+    portal = ("--portal-url", PORTAL)
+    first = await start_relay(lab, bundle, spool, *portal,
+                              wrapper=[sys.executable, str(killer)])
     tag = token()
     teller = f"teller-{tag}@trusted.example"
-    msg_id = await send(first.port, f"alice-{tag}@corp.example", [teller], message(tag))
-
-    def parked() -> bool:
-        return (spool / "deferred" / f"{msg_id}.json").exists()
-    deadline = asyncio.get_running_loop().time() + 10
-    while not parked():
-        assert asyncio.get_running_loop().time() < deadline, "never parked"
-        await asyncio.sleep(0.05)
-    await first.relay.stop()
+    try:
+        msg_id = await send(first.port, f"alice-{tag}@corp.example", [teller], message(tag))
+        await first.wait_exit()
+    finally:
+        await first.kill()
+    assert first.proc.returncode == -signal.SIGKILL, first.stderr_lines
     before = record(spool, msg_id)
     assert len(before["recipients"][0]["token_sha256"]) == 1
     assert not [m for m in list(lab.messages) if teller in m.rcpt_tos]
 
-    second = await relays(model, slow, spool=spool)
-    await second.wait_status(msg_id, "held")
-    note = await notification_for(lab, teller)
-    _, link_token = LINK.search(text_of(note)).groups()
-    after = record(spool, msg_id)
-    assert after["held_at"] == before["held_at"] and after["expires_at"] == before["expires_at"]
-    hashes = after["recipients"][0]["token_sha256"]
-    assert hashes[0] == before["recipients"][0]["token_sha256"][0]
-    assert hashlib.sha256(link_token.encode()).hexdigest() in hashes
-    assert (spool / "secure" / msg_id / "message.enc").is_file()
-    assert not [m for m in lab_messages(lab, f"payload {tag}") if teller in m.rcpt_tos]
-
-    # A clean restart after that holds nothing again and sends no second notification.
-    notes = after["recipients"][0]["notifications"]
-    await second.wait_status(notes[-1], "delivered")
-    await second.relay.stop()
-    third = await relays(model, slow, spool=spool)
-    await third.relay.idle()
+    second = await start_relay(lab, bundle, spool, *portal)
+    try:
+        assert (await second.wait_event("listening"))["recovered"] == 1
+        note = await notification_for(lab, teller)
+        _, link_token = LINK.search(text_of(note)).groups()
+        await second.wait_event("done")
+        after = record(spool, msg_id)
+        assert after["held_at"] == before["held_at"]
+        assert after["expires_at"] == before["expires_at"]
+        hashes = after["recipients"][0]["token_sha256"]
+        assert hashes[0] == before["recipients"][0]["token_sha256"][0]
+        assert hashlib.sha256(link_token.encode()).hexdigest() in hashes
+        assert (spool / "secure" / msg_id / "message.enc").is_file()
+        assert not [m for m in lab_messages(lab, f"payload {tag}") if teller in m.rcpt_tos]
+        # A clean restart after that holds nothing again and sends no second notification.
+        second.proc.send_signal(signal.SIGTERM)
+        assert await second.wait_exit() == 0
+    finally:
+        await second.kill()
+    third = await start_relay(lab, bundle, spool, *portal)
+    try:
+        listening = await third.wait_event("listening")
+        assert (listening["recovered"], listening["deferred"]) == (0, 0)
+    finally:
+        third.proc.send_signal(signal.SIGTERM)
+        assert await third.wait_exit() == 0
     assert record(spool, msg_id) == after
     assert len([m for m in list(lab.messages) if teller in m.rcpt_tos]) == 1
 

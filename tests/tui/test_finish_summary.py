@@ -8,8 +8,7 @@ from textual.widgets import Static
 
 from connectwiz.policy.model import EncryptionMode
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
-from connectwiz.tui.screens.finish import FinishScreen
-from tests.tui.helpers import ROUTES, Setup, wait_for, wizard
+from tests.tui.helpers import ROUTES, Setup, summary_drawn, wait_for, wizard
 
 
 async def test_summary_and_warning_show_international_names_decoded(bundle_path: Path) -> None:
@@ -23,7 +22,7 @@ async def test_summary_and_warning_show_international_names_decoded(bundle_path:
         assert "Never validated (1): bücher.example" in str(
             app.screen.query_one("#risks", Static).render())
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "1 domain"), what="summary drawn")
         for selector in ("#warnings", "#changes"):
             shown = str(app.screen.query_one(selector, Static).render())
             assert "(1): bücher.example" in shown and "xn--" not in shown

@@ -24,7 +24,6 @@ from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.probing import TargetValidated
 from connectwiz.tui.screens.add_domains import AddDomainsScreen
 from connectwiz.tui.screens.domains import DomainsScreen
-from connectwiz.tui.screens.finish import FinishScreen
 from connectwiz.tui.screens.routes import RoutesScreen
 from connectwiz.tui.state import Risks
 from connectwiz.tui.widgets import key_of
@@ -37,6 +36,7 @@ from tests.tui.helpers import (
     domain_result,
     host_result,
     route_result,
+    summary_drawn,
     wait_for,
     wizard,
 )
@@ -112,7 +112,8 @@ async def test_finish_anyway_saves_and_the_summary_warns(bundle_path: Path) -> N
         await wait_for(pilot, lambda: isinstance(app.screen, FinishWarningDialog),
                        what="finish warning")
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        # Drawn, not only pushed: the save runs in a thread, the summary fills in on mount.
+        await wait_for(pilot, lambda: summary_drawn(app, "domains"), what="summary drawn")
         assert app.screen.query_one("#warnings").display
         warnings = text_of(app, "#warnings")
         assert "Not supporting TLS (1): nostarttls.example" in warnings
@@ -129,7 +130,7 @@ async def test_finish_without_risks_saves_at_once_without_warnings(bundle_path: 
         await pilot.press("down", "r")  # selfsigned.example: enforce Relaxed, as it passes
         assert app.state.risks().empty
         await pilot.press("f")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "2 domains"), what="summary drawn")
         assert not app.screen.query_one("#warnings").display
 
 
@@ -258,7 +259,7 @@ async def test_quit_is_in_the_footer_of_every_screen_within_80_columns(
         await pilot.press("escape", "f")
         check()  # the Finish warning
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, FinishScreen), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "domain"), what="summary drawn")
         check()
     assert seen == ["StartScreen", "OrgDialog", "RoutesScreen", "DomainsScreen",
                     "AddDomainsScreen", "FinishWarningDialog", "FinishScreen"]

@@ -17,7 +17,17 @@ from textual.pilot import Pilot
 from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.probing import ProbeRunner, TargetValidated
-from tests.tui.helpers import DOMAIN_RESULTS, ROUTE_RESULTS, ROUTES, SIZES, Setup, paste, wizard
+from tests.tui.helpers import (
+    DOMAIN_RESULTS,
+    ROUTE_RESULTS,
+    ROUTES,
+    SIZES,
+    Setup,
+    paste,
+    summary_drawn,
+    wait_for,
+    wizard,
+)
 
 BOTH = pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
 HINT = "Demo: add lab domains such as trusted.example, selfsigned.example, nullmx.example."
@@ -53,6 +63,12 @@ def feed(results: dict[Any, TargetResult]) -> Step:
         await pilot.pause()
 
     return run
+
+
+async def summary(pilot: Pilot[Any]) -> None:
+    """Wait for the summary to be drawn: Finish saves in a thread, and until the save ends
+    the summary is not there and its keys do nothing."""
+    await wait_for(pilot, lambda: summary_drawn(pilot.app, "domain"), what="summary drawn")
 
 
 def pending(keys: list[Hashable]) -> Step:
@@ -221,7 +237,8 @@ def test_finish(snap_compare: Any, bundle_path: Path, size: str) -> None:
 
 def test_export_dialog(snap_compare: Any, bundle_path: Path) -> None:
     app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
-    assert snap_compare(app, run_before=steps(to_domains, press("f", "a", "x")))
+    assert snap_compare(app, run_before=steps(to_domains, press("f", "a"), summary,
+                                              press("x")))
 
 
 def test_quit_with_unsaved_changes_asks(snap_compare: Any, bundle_path: Path) -> None:

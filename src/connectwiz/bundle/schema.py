@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from connectwiz.bundle.errors import BundleError
@@ -25,9 +27,12 @@ from connectwiz.policy.content import InvalidPattern, compile_pattern
 from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
     DEFAULT_RETENTION_DAYS,
+    DEFAULT_SUBJECT_TAG,
+    DEFAULT_TAG_DEFINITION,
     Applies,
     BasedOn,
     BypassOption,
+    ClientCertificatePin,
     ConditionField,
     ConditionKind,
     DeliveryDefinition,
@@ -43,18 +48,23 @@ from connectwiz.policy.model import (
     PolicyModel,
     ReceiptOption,
     ReceiptPolicy,
+    Requesters,
     Scope,
     SecureBypass,
     SecureCondition,
     SecureDefinition,
     SecurePolicy,
+    SecureRouting,
     SecureSettings,
     SecureTrigger,
+    SslMode,
     TriggerMatch,
     ValidationStatus,
     Validity,
 )
 from connectwiz.policy.secure import BUILTIN_DEFINITIONS
+from connectwiz.policy.sslmode import LEVELS, TLS_ORDER
+from connectwiz.policy.wording import Wording, problems
 
 SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
 SECURE_SCHEMA_VERSION = 2  # the Secure Messaging sections need this
@@ -77,15 +87,22 @@ ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups"
 ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
 DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
 VALIDATION_KEYS = ("status", "at", "reason")
-DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed")
+DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed", "ssl_mode")
 VALIDITY_KEYS = ("enabled", "start", "end", "override", "bidirectional", "source_ips")
 DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "managed")
-RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed")
+RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed",
+                "client_certificate")
 FROM_KEYS = ("based_on", "applies", "specifically")
 TO_KEYS = ("applies", "specifically")
-SECURE_SETTINGS_KEYS = ("max_retention_days",)
+WORDING_TEXT_KEYS = ("notification_subject", "notification_text", "code_subject", "code_text",
+                     "default_banner")
+WORDING_COLOUR_KEYS = ("accent_colour", "bar_colour")
+SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition",
+                        *WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS)
 SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
-                          "expiry_days", "max_extension_days", "read_receipt", "banner")
+                          "expiry_days", "max_extension_days", "read_receipt", "banner",
+                          "may_request", "routing")
+REQUESTER_KEYS = ("groups", "domains", "addresses")
 SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to", *VALIDITY_KEYS)
 SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
                        *VALIDITY_KEYS)
@@ -417,6 +434,7 @@ class _Validator:
                                         EncryptionMode.STRICT),
             min_tls=min_tls,
             managed=self.flag(t, "managed", p),
+            ssl_mode=self.ssl_mode(t, p, min_tls),
         )
 
     def scope(self, t: dict[str, Any], side: str, p: KeyPath) -> Scope:
@@ -492,7 +510,47 @@ class _Validator:
             to=self.scope(t, "to", p),
             validity=self.validity(t, p),
             managed=self.flag(t, "managed", p),
+            client_certificate=self.client_certificate(t, p),
         )
+
+    # SSL Mode and pinned client certificates (issue 18) ---------------------------------
+
+    def ssl_mode(self, t: dict[str, Any], p: KeyPath, min_tls: str) -> SslMode | None:
+        if "ssl_mode" not in t:
+            return None  # Strong, or Legacy for an older min_tls: see sslmode.default_mode
+        mode = self.choice(t, "ssl_mode", p, SslMode, SslMode.STRONG)
+        floor = LEVELS[mode].min_tls
+        if TLS_ORDER.index(min_tls) < TLS_ORDER.index(floor):
+            self.fail((*p, "min_tls"), f"'{min_tls}' is older than ssl_mode = '{mode}' allows "
+                                       f"(TLS {floor} or newer); raise min_tls or choose "
+                                       f"ssl_mode = 'legacy'")
+        return mode
+
+    def client_certificate(self, t: dict[str, Any], p: KeyPath) -> ClientCertificatePin | None:
+        """A PEM file (relative to the bundle's folder) holding the certificate(s) a sending
+        server must present: its own, or the CA that issued it."""
+        if "client_certificate" not in t:
+            return None
+        # Imported here: most bundles pin nothing, and every command loads a bundle.
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        key = (*p, "client_certificate")
+        name = self.typed(t, "client_certificate", p, str, "").strip()
+        if not name:
+            self.fail(key, "must name a PEM certificate file (relative to the bundle's folder)")
+        folder = Path(self.source).parent if not self.source.startswith("<") else Path()
+        try:
+            pem = (folder / name).read_bytes()
+        except OSError as exc:
+            self.fail(key, f"cannot read {name!r} (relative to the bundle's folder): "
+                           f"{exc.strerror or exc}")
+        try:
+            certs = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            self.fail(key, f"{name!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        return ClientCertificatePin(name, tuple(
+            c.public_bytes(serialization.Encoding.DER) for c in certs))
 
     # Secure Messaging (schema v2) ---------------------------------------------------------
 
@@ -509,7 +567,52 @@ class _Validator:
         t = self.table(data.get("secure_messaging", {}), p, SECURE_SETTINGS_KEYS)
         days = self.count(t, "max_retention_days", p, DEFAULT_RETENTION_DAYS, 1)
         assert days is not None
-        return SecureSettings(max_retention_days=days)
+        tag = self.text(t, "subject_tag", p, DEFAULT_SUBJECT_TAG).strip()
+        if re.search(r"[\[\]:,\s]", tag):
+            self.fail((*p, "subject_tag"), "must be one word without brackets, ':' or ',' "
+                                           "(\"\" switches subject tags off)", tag)
+        return SecureSettings(max_retention_days=days, subject_tag=tag,
+                              tag_definition=self.text(t, "tag_definition", p,
+                                                       DEFAULT_TAG_DEFINITION),
+                              wording=self.wording(t, p))
+
+    def wording(self, t: dict[str, Any], p: KeyPath) -> Wording:
+        default = Wording()
+        found: dict[str, str] = {}
+        for key in WORDING_COLOUR_KEYS:
+            if key in t:
+                value = self.text(t, key, p).strip().lower()
+                if not re.fullmatch(r"#[0-9a-f]{3}|#[0-9a-f]{6}", value):
+                    self.fail((*p, key), "must be a colour like \"#1f5fbf\"", value)
+                found[key] = value
+        for key in WORDING_TEXT_KEYS:
+            if key in t:
+                field_name = "banner" if key == "default_banner" else key
+                value = self.text(t, key, p, getattr(default, field_name))
+                problem = problems(field_name, value)
+                if problem:
+                    self.fail((*p, key), problem, value)
+                found[field_name] = value
+        return Wording(**found)
+
+    def requesters(self, t: dict[str, Any], p: KeyPath) -> Requesters:
+        if "may_request" not in t:
+            return Requesters()
+        rp = (*p, "may_request")
+        r = self.table(t["may_request"], rp, REQUESTER_KEYS)
+        groups = self.strings(r, "groups", rp)
+        for i, name in enumerate(groups):
+            if name not in self.groups and self.directory is None:  # else the directory's
+                self.fail((*rp, "groups", i), f"unknown address group {name!r}"
+                          + _suggest(name, list(self.groups) or ["(none defined)"]), name)
+        domains = [self.domain(d, (*rp, "domains", i))
+                   for i, d in enumerate(self.strings(r, "domains", rp))]
+        addresses = [self.address(a, (*rp, "addresses", i))
+                     for i, a in enumerate(self.strings(r, "addresses", rp))]
+        who = Requesters(tuple(groups), tuple(domains), tuple(addresses))
+        if who.everyone:
+            self.fail(rp, "lists nobody; leave may_request out to let everyone request it")
+        return who
 
     def secure_definition(self, t: dict[str, Any], p: KeyPath) -> SecureDefinition:
         self.table(t, p, SECURE_DEFINITION_KEYS, ("name",))
@@ -538,6 +641,8 @@ class _Validator:
             max_extension_days=self.count(t, "max_extension_days", p, 0, 0) or 0,
             read_receipt=self.flag(t, "read_receipt", p, False),
             banner=banner,
+            requesters=self.requesters(t, p),
+            routing=self.choice(t, "routing", p, SecureRouting, SecureRouting.EXTERNAL),
         )
 
     def one_way(self, t: dict[str, Any], p: KeyPath) -> Validity:
@@ -661,8 +766,13 @@ class _Validator:
                           f"secure definition name {d.name!r} is used twice")
             names.append(d.name)
             definitions.append(d)
+        settings = self.secure_settings(data)
+        if settings.tag_definition not in names:
+            self.fail(("secure_messaging", "tag_definition"),
+                      f"no secure definition is named {settings.tag_definition!r}"
+                      + _suggest(settings.tag_definition, names))
         return {
-            "secure_settings": self.secure_settings(data),
+            "secure_settings": settings,
             "secure_definitions": tuple(definitions),
             "secure_policies": tuple(
                 self.secure_policy(t, ("secure_policies", i), names)
@@ -872,6 +982,8 @@ def domain_data(d: ExternalDomain, json_safe: bool = False) -> dict[str, Any]:
 def definition_data(d: DeliveryDefinition) -> dict[str, Any]:
     out: dict[str, Any] = {"name": d.name, "option": d.option.value,
                            "encryption_mode": d.encryption_mode.value, "min_tls": d.min_tls}
+    if d.ssl_mode is not None:
+        out["ssl_mode"] = d.ssl_mode.value
     if d.managed:
         out["managed"] = True
     return out
@@ -888,6 +1000,8 @@ def receipt_policy_data(p: ReceiptPolicy, json_safe: bool = False) -> dict[str, 
     out: dict[str, Any] = {"narrative": p.narrative, "option": p.option.value}
     if p.managed:
         out["managed"] = True
+    if p.client_certificate is not None:
+        out["client_certificate"] = p.client_certificate.file
     return _scoped(out, p, json_safe)
 
 
@@ -901,6 +1015,23 @@ def secure_definition_data(d: SecureDefinition) -> dict[str, Any]:
                max_extension_days=d.max_extension_days, read_receipt=d.read_receipt)
     if d.banner is not None:
         out["banner"] = d.banner
+    if d.routing is not SecureRouting.EXTERNAL:
+        out["routing"] = d.routing.value
+    if not d.requesters.everyone:
+        who = d.requesters
+        out["may_request"] = {k: list(v) for k, v in (
+            ("groups", who.groups), ("domains", who.domains), ("addresses", who.addresses)) if v}
+    return out
+
+
+def _wording_data(w: Wording) -> dict[str, str]:
+    """Only what differs from connectwiz's own wording, so the defaults can improve."""
+    default = Wording()
+    out = {}
+    for key in (*WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS):
+        field_name = "banner" if key == "default_banner" else key
+        if getattr(w, field_name) != getattr(default, field_name):
+            out[key] = getattr(w, field_name)
     return out
 
 
@@ -944,7 +1075,10 @@ def secure_data(model: PolicyModel, json_safe: bool = False) -> dict[str, Any]:
             head["definition"] = p.definition
         policies.append(_scoped(head, p, json_safe))
     return {
-        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days},
+        "secure_messaging": {"max_retention_days": model.secure_settings.max_retention_days,
+                             "subject_tag": model.secure_settings.subject_tag,
+                             "tag_definition": model.secure_settings.tag_definition,
+                             **_wording_data(model.secure_settings.wording)},
         "secure_definitions": [secure_definition_data(d) for d in model.secure_definitions],
         "secure_policies": policies,
         "secure_triggers": [

@@ -35,7 +35,7 @@ from connectwiz.bundle.schema import (
     normalize_host,
     parse_network,
 )
-from connectwiz.bundle.split import Document, split_document
+from connectwiz.bundle.split import Document, SplitDocument, split_document
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain
 from connectwiz.policy.model import (
@@ -464,6 +464,22 @@ class Bundle:
         org = doc["organisation"] if "organisation" in doc else d.add_table(doc, "organisation")
         for key, items in values.items():
             org[key] = d.array(items)
+
+    # Policies and definitions (bundle.policies decides what; these only edit) -----------
+
+    def append_entry(self, section: str, data: dict[str, Any]) -> None:
+        """Append a ``[[section]]`` entry (a v1 bundle becomes v2 for a Secure Messaging one)."""
+        doc = self._edited()
+        if section.startswith("secure_") and int(doc.get("schema_version", 1)) < 2:
+            # schema_version heads the file: in a split document it is in the head part.
+            (doc.head if isinstance(doc, SplitDocument) else doc)["schema_version"] = 2
+        d.append_entry(doc, section, d.make_table(data))
+
+    def set_entry_key(self, section: str, index: int, key: str, value: Any) -> None:
+        self._edited()[section][index][key] = value
+
+    def delete_entry(self, section: str, index: int) -> None:
+        d.delete_entries(self._edited(), section, [index])
 
 
 def route_key(host: str, port: int) -> tuple[str, int]:

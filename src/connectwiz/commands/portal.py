@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from connectwiz.bundle import Bundle
 from connectwiz.bundle.paths import resolve_bundle_path
 from connectwiz.errors import UserError
+from connectwiz.policy.wording import Wording
 from connectwiz.portal.app import Portal, PortalConfig, tls_context
 from connectwiz.probe.options import parse_host_port
 from connectwiz.relay.events import EventLog
@@ -33,7 +34,7 @@ def config_from(args: argparse.Namespace) -> PortalConfig:
         raise UserError(f"--public-url {public_url}: recipients must open https:// (browsers "
                         "drop the portal's Secure cookies on http://, so every form would "
                         "fail); serve TLS with --tls-cert or a reverse proxy")
-    organisation, logo = _branding(args.bundle)
+    organisation, logo, wording = _branding(args.bundle)
     return PortalConfig(
         spool=Path(args.spool) if args.spool else default_spool(),
         public_url=public_url,
@@ -44,19 +45,21 @@ def config_from(args: argparse.Namespace) -> PortalConfig:
         hostname=hostname,
         organisation=organisation,
         logo=logo,
+        wording=wording,
     )
 
 
-def _branding(bundle: str | None) -> tuple[str, Path | None]:
-    """The organisation's name and logo from the bundle (the relay's), when there is one:
-    pages without them look like phishing to a first-time recipient. A logo path is
-    relative to the bundle's folder."""
+def _branding(bundle: str | None) -> tuple[str, Path | None, Wording]:
+    """The organisation's name, logo and wording (texts, colours) from the bundle (the
+    relay's), when there is one: pages without them look like phishing to a first-time
+    recipient. A logo path is relative to the bundle's folder."""
     path = resolve_bundle_path(bundle)
     if bundle is None and not path.exists():
-        return "", None
-    org = Bundle.load(path).model.organisation
+        return "", None, Wording()
+    model = Bundle.load(path).model
+    org = model.organisation
     logo = (path.parent / org.logo) if org.logo else None
-    return org.name, logo
+    return org.name, logo, model.secure_settings.wording
 
 
 def run(args: argparse.Namespace) -> int:

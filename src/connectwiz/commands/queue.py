@@ -2,7 +2,7 @@
 
 Reading (list, show) works on the spool directly. Changes (flush, hold, release, delete)
 go to the running relay over its control socket, or are made under the spool lock when no
-relay runs (relay/queuectl.py).
+relay runs (relay/control.py; the spool side is relay/queuectl.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from connectwiz.errors import UserError
-from connectwiz.relay import queuectl
+from connectwiz.relay import control, queuectl
 from connectwiz.relay.msglog import read_record
 from connectwiz.relay.spool import Spool, default_spool
 
@@ -104,7 +104,7 @@ def _change(spool: Spool, args: argparse.Namespace) -> int:
     request = {"op": args.action, "ids": args.ids, "domain": args.domain,
                "silent": args.silent}
     hostname = args.hostname or socket.gethostname()
-    reply = queuectl.request(spool.root, request, hostname)
+    reply = control.request(spool.root, request, hostname)
     results = reply["results"]
     if args.json:
         print(json.dumps(reply, indent=2))

@@ -11,10 +11,12 @@ from typing import TextIO
 from connectwiz.errors import UserError
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.domains import display_domain
+from connectwiz.policy.model import SslMode
 from connectwiz.probe.batch import validate_targets
-from connectwiz.probe.options import options_from, parse_host_port
+from connectwiz.probe.options import NetworkOptions, options_from, parse_host_port
 from connectwiz.probe.published import publication_lines
 from connectwiz.probe.results import HostResult, Status, Target, TargetResult
+from connectwiz.probe.sslmode import LevelResult, negotiate_at
 
 LABELS = {
     Status.STRICT: ("✔", "Supports TLS — Strict"),
@@ -47,13 +49,54 @@ def run(args: argparse.Namespace) -> int:
     )
     if progress is not None:
         progress.clear()
+    mode = SslMode(args.ssl_mode) if args.ssl_mode else None
+    levels = asyncio.run(_at_level(mode, results, options)) if mode else [[] for _ in results]
     if args.json:
-        json.dump([r.to_json() for r in results], sys.stdout, indent=2, ensure_ascii=False)
+        out = [r.to_json() for r in results]
+        if mode is not None:
+            for item, found in zip(out, levels, strict=True):
+                item["ssl_mode"] = {"level": str(mode), "ok": _level_ok(found),
+                                    "hosts": [x.to_json() for x in found]}
+        json.dump(out, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        for result in results:
+        for result, found in zip(results, levels, strict=True):
             _print_result(result, args.verbose, sys.stdout)
-    return 0 if all(r.supports_tls for r in results) else 1
+            if mode is not None:
+                _print_level(mode, found, sys.stdout)
+    ok = all(r.supports_tls for r in results) and (mode is None
+                                                    or all(_level_ok(x) for x in levels))
+    return 0 if ok else 1
+
+
+async def _at_level(mode: SslMode, results: list[TargetResult], options: NetworkOptions
+                    ) -> list[list[LevelResult]]:
+    """Each target's hosts that offered STARTTLS, tried again at ``mode``."""
+    slots = asyncio.Semaphore(max(1, options.concurrency))
+
+    async def one(host: HostResult) -> LevelResult:
+        assert host.address is not None
+        async with slots:
+            return await negotiate_at(mode, host.host, host.address, host.port,
+                                      options.timeout, options.greeting_timeout)
+
+    return [list(await asyncio.gather(*(one(h) for h in r.hosts
+                                        if h.starttls and h.address)))
+            for r in results]
+
+
+def _level_ok(found: list[LevelResult]) -> bool:
+    """As delivery: mail goes when one host negotiates at the level."""
+    return any(x.ok for x in found)
+
+
+def _print_level(mode: SslMode, found: list[LevelResult], out: TextIO) -> None:
+    if not found:
+        _write(out, f"    ✖ SSL Mode {mode}: no host offers STARTTLS")
+    for x in found:
+        mark = "✔" if x.ok else "✖"
+        what = f"negotiates {x.tls_version} {x.cipher}" if x.ok else x.reason
+        _write(out, f"    {mark} SSL Mode {mode}: {x.host} [{x.address}]:{x.port} {what}")
 
 
 class _Progress:

@@ -228,9 +228,12 @@ class Lab:
                 cert_path, key = self.ca.issue(names, key_label="dane")
             elif profile.cert == "sancritical":
                 cert_path, key = self.ca.issue(names, san_critical=True)
+            elif profile.cert == "rsa":  # RSA key exchange needs an RSA key
+                cert_path, key = self.ca.issue(names, key_type="rsa")
             else:
                 cert_path, key = self.ca.issue(names)
-            ctx = server_context(cert_path, key, tls10_only=profile.tls10_only)
+            ctx = server_context(cert_path, key, tls10_only=profile.tls10_only,
+                                 tls12_ciphers=profile.tls12_ciphers)
             if profile.cert == "sni":
                 ctx = _by_sni(ctx, names, server_context(*self.ca.issue([WRONG_NAME])))
         server = SMTPServer(profile, names[0], hosts[0].address, self.smtp_port, ctx,

@@ -32,10 +32,11 @@ class SmtpProfile:
     """How one lab server behaves. ``cert`` is applied by the lab when it issues certificates."""
 
     name: str
-    # trusted | selfsigned | expired | wrongname | ownkey | sancritical | sni
+    # trusted | selfsigned | expired | wrongname | ownkey | sancritical | sni | rsa
     cert: str = "trusted"
     starttls: str = "offer"  # offer | none | refuse454 | inject
     tls10_only: bool = False
+    tls12_ciphers: str = ""  # TLS 1.2 at most, with only these (OpenSSL) ciphers
     greeting: str = "normal"  # normal | multiline | 421 | tarpit
     slow: bool = False  # wait the lab's greeting_delay before greeting
     reject_rcpt: bool = False
@@ -69,6 +70,8 @@ PROFILES.update({p.name: p for p in (
     # Trusted certificate only for clients that send SNI; without SNI a certificate for
     # another name (a server that picks its certificate by SNI).
     SmtpProfile("sni", cert="sni"),
+    # TLS 1.2 with RSA key exchange and CBC only: what SSL Mode "very_strong" refuses.
+    SmtpProfile("rsakx", cert="rsa", tls12_ciphers="AES128-SHA:AES256-SHA"),
 )})
 
 
@@ -137,9 +140,13 @@ class Recorder:
             return self._cond.wait_for(predicate, timeout)
 
 
-def server_context(cert: Path, key: Path, *, tls10_only: bool = False) -> ssl.SSLContext:
+def server_context(cert: Path, key: Path, *, tls10_only: bool = False,
+                   tls12_ciphers: str = "") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    if tls12_ciphers:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(tls12_ciphers)
     if tls10_only:
         # OpenSSL 3 refuses TLS 1.0 at the default security level; the lab needs the old thing.
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")

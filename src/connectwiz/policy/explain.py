@@ -22,6 +22,7 @@ from connectwiz.policy.select import (
     PolicyIndex,
     ReceiptDecision,
 )
+from connectwiz.policy.sslmode import level_of
 
 if TYPE_CHECKING:  # ldap3 loads only where a directory is read
     from connectwiz.directory.ldap import DirectoryCache
@@ -53,6 +54,7 @@ class Explanation:
                     "option": definition.option.value,
                     "encryption_mode": definition.encryption_mode.value,
                     "min_tls": definition.min_tls,
+                    "ssl_mode": level_of(definition).mode.value,
                 },
                 "reason": self.delivery.reason,
                 "candidates": [_candidate_json(c) for c in self.delivery.candidates],
@@ -61,11 +63,18 @@ class Explanation:
                 "policy": _policy_json(self.receipt.policy, self.receipt.candidates),
                 "default": self.receipt.policy is None,
                 "option": self.receipt.option.value,
+                "client_certificate": self._pin(),
                 "reason": self.receipt.reason,
                 "candidates": [_candidate_json(c) for c in self.receipt.candidates],
             },
             "secure": self._secure_json(),
         }
+
+    def _pin(self) -> str | None:
+        """The file of the client certificate the receipt policy pins, if any."""
+        policy = self.receipt.policy
+        pin = policy.client_certificate if policy is not None else None
+        return pin.file if pin is not None else None
 
     def _secure_json(self) -> dict[str, Any]:
         secure = self.secure
@@ -77,6 +86,8 @@ class Explanation:
             "route": outcome.route.value,
             "why": outcome.why,
             "requested": secure.requested,
+            "options": secure.options,
+            "notes": list(secure.notes),
             "reasons": [{"source": r.source.value, "definition": r.definition, "why": r.why}
                         for r in secure.reasons],
         }
@@ -94,11 +105,15 @@ class Explanation:
         how = definition.option.value
         if definition.option is not DeliveryOption.NONE:  # no TLS: mode and version are moot
             how += f", {definition.encryption_mode.value}, TLS {definition.min_tls}+"
+        if definition.option is DeliveryOption.ENFORCED:  # the only option it applies to
+            how += f", SSL Mode {level_of(definition).mode.value}"
         lines.append(f"Delivery: {definition.name} ({how})")
         lines.append(f"  {self.delivery.reason}")
         lines.extend(_candidate_lines(self.delivery.candidates))
         lines.append("")
-        lines.append(f"Receipt: {self.receipt.option.value}")
+        pin = self._pin()
+        lines.append(f"Receipt: {self.receipt.option.value}" + (
+            f", client certificate pinned in {pin}" if pin else ""))
         lines.append(f"  {self.receipt.reason}")
         lines.extend(_candidate_lines(self.receipt.candidates))
         lines.append("")
@@ -110,6 +125,7 @@ class Explanation:
         else:
             lines.append("Secure Messaging: does not apply")
         lines.append(f"  {secure.reason}")
+        lines.extend(f"  Note: {n}" for n in secure.notes)
         if secure.applies:
             lines.append(f"  This recipient: {outcome.why}")
             others = [r for r in secure.reasons if r.definition != secure.definition.name]

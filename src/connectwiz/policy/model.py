@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from connectwiz.policy.wording import Wording
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -25,6 +27,16 @@ class DeliveryOption(StrEnum):
 class EncryptionMode(StrEnum):
     STRICT = "strict"
     RELAXED = "relaxed"
+
+
+class SslMode(StrEnum):
+    """How strong a TLS session Enforced TLS delivery accepts; ``policy.sslmode`` maps each
+    level to TLS versions and an OpenSSL cipher list (Postfix's low/medium/high)."""
+
+    LEGACY = "legacy"
+    MEDIUM = "medium"
+    STRONG = "strong"
+    VERY_STRONG = "very_strong"
 
 
 class ReceiptOption(StrEnum):
@@ -85,6 +97,8 @@ class DeliveryDefinition:
     encryption_mode: EncryptionMode = EncryptionMode.STRICT
     min_tls: str = "1.2"  # "1.0" | "1.1" | "1.2" | "1.3"
     managed: bool = False  # created by connectwiz for its managed policies; removed when unused
+    # Enforced TLS only, as in Postfix. None: not set, Strong (Legacy when min_tls < 1.2).
+    ssl_mode: SslMode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +112,16 @@ class DeliveryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientCertificatePin:
+    """The sending server must present a certificate that is one of ``certificates`` (its
+    own, often self-signed) or directly issued by one of them (a CA). DER, as loaded from
+    ``file`` (relative to the bundle's folder)."""
+
+    file: str
+    certificates: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptPolicy:
     narrative: str
     option: ReceiptOption = ReceiptOption.OPPORTUNISTIC
@@ -105,6 +129,7 @@ class ReceiptPolicy:
     to: Scope = Scope()
     validity: Validity = Validity()
     managed: bool = False
+    client_certificate: ClientCertificatePin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +192,19 @@ class SecureRouting(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Requesters:
+    """Who may ask for a definition by header or subject tag; nobody listed: everyone."""
+
+    groups: tuple[str, ...] = ()  # address group names
+    domains: tuple[str, ...] = ()  # the domain or any of its subdomains
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def everyone(self) -> bool:
+        return not (self.groups or self.domains or self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
 class SecureDefinition:
     """How a secure message is held and what its external recipients may do with it."""
 
@@ -181,6 +219,7 @@ class SecureDefinition:
     banner: str | None = None  # for internal recipients; None: the default, "": no banner
     routing: SecureRouting = SecureRouting.EXTERNAL  # only the built-in All Recipients: ALL
     builtin: bool = False
+    requesters: Requesters = Requesters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,11 +295,16 @@ class SecureBypass:
 
 
 DEFAULT_RETENTION_DAYS = 365
+DEFAULT_SUBJECT_TAG = "secure"
+DEFAULT_TAG_DEFINITION = "External Recipients"  # the built-in (policy/secure.py)
 
 
 @dataclass(frozen=True, slots=True)
 class SecureSettings:
     max_retention_days: int = DEFAULT_RETENTION_DAYS  # caps "never expire" and extensions
+    subject_tag: str = DEFAULT_SUBJECT_TAG  # senders write [secure] or [secure:...]; "": off
+    tag_definition: str = DEFAULT_TAG_DEFINITION  # what a tag without a name asks for
+    wording: Wording = field(default_factory=Wording)  # texts and portal colours
 
 
 @dataclass(frozen=True, slots=True)

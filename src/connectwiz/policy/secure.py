@@ -4,8 +4,9 @@ Pure: no I/O (the relay parses the message into a :class:`MessageContent`). Rule
 admin's words in docs/secure-messaging.md:
 
 * Only mail from an internal sender (the envelope sender's domain is internal) is considered.
-* For each recipient, Secure Messaging is *triggered* by any of: the sender's client header
-  (:data:`REQUEST_HEADER`, for every recipient), the Secure Messaging policy that selection
+* For each recipient, Secure Messaging is *triggered* by any of: the sender's request (the
+  client header :data:`REQUEST_HEADER` or a subject tag, for every recipient; see
+  ``secure_request``: a definition may limit who requests it), the policy that selection
   picks for the pair (unless it is Take No Action), and every content trigger in effect for
   the pair whose conditions match (triggers are cumulative, not a single winner).
 * The bypass policy that selection picks for the pair wins over all of that when it is
@@ -47,6 +48,13 @@ from connectwiz.policy.model import (
     SecureTrigger,
     TriggerMatch,
 )
+from connectwiz.policy.secure_request import (
+    SenderRequest,
+    apply_options,
+    find_tag,
+    may_request,
+    parse_header,
+)
 from connectwiz.policy.select import (
     IPAddress,
     MessageContext,
@@ -54,6 +62,7 @@ from connectwiz.policy.select import (
     _InternalDomains,
     _Selector,
 )
+from connectwiz.policy.wording import DEFAULT_BANNER
 
 if TYPE_CHECKING:  # ldap3 loads only where a directory is read
     from connectwiz.directory.ldap import DirectoryCache
@@ -75,16 +84,11 @@ BUILTIN_DEFINITIONS = (ALL_RECIPIENTS, EXTERNAL_RECIPIENTS)
 # A client asking for a definition that does not exist still gets confidentiality.
 FALLBACK_DEFINITION = EXTERNAL_RECIPIENTS
 
-DEFAULT_BANNER = (
-    "This message was sent securely by {sender} with Secure Messaging. "
-    "Keep its content confidential."
-)
-
-
-def banner_text(definition: SecureDefinition) -> str | None:
-    """The banner for internal recipients; None when the definition removes it."""
+def banner_text(definition: SecureDefinition, default: str = DEFAULT_BANNER) -> str | None:
+    """The banner template for internal recipients: the definition's own, else ``default``
+    (the bundle's wording); None when the definition removes it."""
     if definition.banner is None:
-        return DEFAULT_BANNER
+        return default if default.strip() else None
     return definition.banner if definition.banner.strip() else None
 
 
@@ -199,7 +203,9 @@ class SecureDecision:
     reason: str
     reasons: tuple[Reason, ...]  # every distinct reason, in precedence order
     recipients: tuple[RecipientOutcome, ...]
-    requested: str | None = None  # what the client header asked for
+    requested: str | None = None  # what the sender asked for (header value, or the tag)
+    notes: tuple[str, ...] = ()  # a refused request, options ignored or limited
+    options: str = ""  # the sender's options as applied, e.g. "reply=no, expiry=3d"
 
     def routed(self, route: Route) -> list[str]:
         return [r.recipient for r in self.recipients if r.route is route]
@@ -214,8 +220,10 @@ class SecureIndex:
 
     def __init__(self, model: PolicyModel, directory: DirectoryCache | None = None) -> None:
         self.settings = model.secure_settings
+        self.organisation = model.organisation.name  # for the wording's {organisation}
         self._internal = _InternalDomains(model.organisation.internal_domains)
-        groups = _address_groups(model)
+        groups = self._groups = _address_groups(model)
+        self._directory = directory  # groups the bundle does not define are the directory's
         self.definitions: dict[str, SecureDefinition] = {d.name: d for d in BUILTIN_DEFINITIONS}
         for d in model.secure_definitions:
             if d.name in self.definitions:
@@ -233,6 +241,19 @@ class SecureIndex:
         self._bypass = _Selector(model.secure_bypass, self._internal, groups, directory)
         # Without policies or triggers only a client header can ask for Secure Messaging.
         self.content_free = not (model.secure_policies or model.secure_triggers)
+
+    def _members(self, group: str) -> frozenset[str]:
+        """A group's addresses: the bundle's group, else the directory's (cached)."""
+        if group in self._groups:
+            return self._groups[group]
+        return self._directory.snapshot.members(group) if self._directory else frozenset()
+
+    def sender_request(self, content: MessageContent) -> SenderRequest | None:
+        """The header's request, else the subject tag's; None when the sender asked nothing."""
+        if content.requested is not None:
+            return parse_header(content.requested)
+        found = find_tag(content.subject, self.settings.subject_tag)
+        return found[0] if found else None
 
     def is_internal(self, address: str) -> bool:
         domain = canonical_address(address).domain
@@ -265,7 +286,12 @@ class SecureIndex:
     def decide(self, envelope_from: str, header_from: str | None, recipients: Sequence[str],
                client_ip: IPAddress | None, at: datetime,
                content: MessageContent) -> SecureDecision:
-        requested_name = content.requested
+        request = self.sender_request(content)
+        asked = (f"the sender's client asked ({REQUEST_HEADER}: {content.requested})"
+                 if content.requested is not None else
+                 f"the sender asked with [{self.settings.subject_tag}] in the subject")
+        requested_name = content.requested or (
+            f"[{self.settings.subject_tag}] in the subject" if request else None)
         if not self.is_internal(envelope_from):
             why = (f"the sender <{envelope_from}> is not internal; Secure Messaging applies "
                    f"only to mail from internal senders")
@@ -273,17 +299,20 @@ class SecureIndex:
                 RecipientOutcome(r, self.is_internal(r), Route.NORMAL, (), why)
                 for r in recipients), requested_name)
 
-        requested = None
-        if requested_name is not None:
-            if requested_name in self.definitions:
-                requested = Reason(Source.CLIENT, requested_name,
-                                   f"the sender's client asked for it ({REQUEST_HEADER}: "
-                                   f"{requested_name})")
-            else:
+        notes = list(request.notes) if request else []
+        requested = refused = None
+        if request is not None:
+            name = request.definition or self.settings.tag_definition
+            if name not in self.definitions:
                 requested = Reason(Source.CLIENT, FALLBACK_DEFINITION.name,
-                                   f"the sender's client asked for {requested_name!r}, which "
-                                   f"is not a secure definition; {FALLBACK_DEFINITION.name!r} "
-                                   f"is used")
+                                   f"{asked} for {name!r}, which is not a secure definition; "
+                                   f"{FALLBACK_DEFINITION.name!r} is used")
+            elif not may_request(self.definitions[name], envelope_from, self._members):
+                refused = (f"<{envelope_from}> may not request {name!r} (not in its "
+                           f"may_request)")
+                notes.append(f"{refused}; the policies decide instead")
+            else:
+                requested = Reason(Source.CLIENT, name, f"{asked} for {name!r}")
 
         examined: list[Examined] = []
         matched: dict[int, list[str]] = {}  # trigger position -> hits, once per message
@@ -299,6 +328,13 @@ class SecureIndex:
         for rcpt in recipients:
             ctx = MessageContext(envelope_from, header_from, rcpt, client_ip, at)
             per_rcpt.append((rcpt, self._reasons(ctx, hits, requested), self._bypassed(ctx)))
+        if refused and not any(reasons for _, reasons, _ in per_rcpt):
+            # Refused, and no policy or trigger applies: the sender still asked for
+            # confidentiality, so the message gets the fallback rather than none.
+            requested = Reason(Source.CLIENT, FALLBACK_DEFINITION.name,
+                               f"{refused}, and no policy or trigger applies, so "
+                               f"{FALLBACK_DEFINITION.name!r} is used")
+            per_rcpt = [(r, [requested], b) for r, _, b in per_rcpt]
 
         ordered: list[Reason] = []
         for _, reasons, bypass in per_rcpt:
@@ -312,19 +348,27 @@ class SecureIndex:
             return SecureDecision(False, None, why, (), tuple(
                 RecipientOutcome(r, self.is_internal(r), Route.NORMAL, tuple(rs),
                                  b or "Secure Messaging does not apply", b)
-                for r, rs, b in per_rcpt), requested_name)
+                for r, rs, b in per_rcpt), requested_name, tuple(notes))
 
         definition = self._choose(ordered)
+        options = ""
+        if request is not None:
+            definition, limited = apply_options(definition, request, self.settings)
+            notes.extend(limited)
+            options = request.describe()
         names = list(dict.fromkeys(r.definition for r in ordered))
         first = next(r for r in ordered if r.definition == definition.name)
         reason = f"Secure Messaging applies with {definition.name!r}: {first.why}"
         if len(names) > 1:
             reason += (f"; the most restrictive of {len(names)} triggered definitions "
                        f"({', '.join(repr(n) for n in names)})")
+        if options:
+            reason += f"; the sender's options: {options}"
         client_asked = requested is not None
         outcomes = tuple(self._route(rcpt, reasons, bypass, definition, client_asked)
                          for rcpt, reasons, bypass in per_rcpt)
-        return SecureDecision(True, definition, reason, tuple(ordered), outcomes, requested_name)
+        return SecureDecision(True, definition, reason, tuple(ordered), outcomes, requested_name,
+                              tuple(notes), options)
 
     def _choose(self, reasons: list[Reason]) -> SecureDefinition:
         definitions = [self.definitions[r.definition] for r in reasons]
@@ -343,7 +387,8 @@ class SecureIndex:
                 return RecipientOutcome(rcpt, True, Route.PORTAL, tuple(reasons),
                                         f"{definition.name!r} holds the message for internal "
                                         f"recipients too")
-            why = ("delivered as usual with the banner" if banner_text(definition) is not None
+            why = ("delivered as usual with the banner"
+                   if banner_text(definition, self.settings.wording.banner) is not None
                    else "delivered as usual (the definition removes the banner)")
             if definition.routing is SecureRouting.ALL:
                 why += "; the sender's client asked, so internal recipients are not held"

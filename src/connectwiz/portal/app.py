@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from connectwiz.errors import UserError
+from connectwiz.policy.wording import Wording
 from connectwiz.portal import limits
 from connectwiz.portal.limits import Limits
 from connectwiz.portal.reader import ReaderPages
@@ -43,6 +44,7 @@ from connectwiz.portal.security import (
     derive_key,
     linkify,
 )
+from connectwiz.portal.sender import SenderPages
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.secure import HeldStore, find_recipient, held_status
 from connectwiz.relay.spool import Spool
@@ -50,7 +52,8 @@ from connectwiz.relay.spool import Spool
 CSRF_NONCE = web.RequestKey("csrf_nonce", str)
 CSRF_SHOWN = web.RequestKey("csrf_shown", bool)
 SESSION_ID = web.RequestKey("session_id", str)
-_FORMS = frozenset({"landing.html", "code.html", "message.html", "reply.html"})
+_FORMS = frozenset({"landing.html", "code.html", "message.html", "reply.html",
+                    "sender_signin.html", "sender_code.html", "sender_list.html"})
 _HELD = re.compile(r"[0-9A-Z]{1,64}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,128}")
 _CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -76,6 +79,7 @@ class PortalConfig:
     hostname: str = "localhost"  # in Message-IDs and the HELO to the relay
     organisation: str = ""  # the bundle's organisation.name, on every page
     logo: Path | None = None  # the bundle's organisation.logo (PNG or JPEG)
+    wording: Wording = field(default_factory=Wording)  # the bundle's texts and colours
     code_ttl: float = 600.0
     session_ttl: float = 3600.0
     sweep_interval: float = 300.0
@@ -136,7 +140,7 @@ class AiohttpLogBridge(logging.Handler):
                  error=type(record.exc_info[1]).__name__ if record.exc_info else None)
 
 
-class Portal(ReaderPages, ReplyPages):
+class Portal(ReaderPages, ReplyPages, SenderPages):
     def __init__(self, config: PortalConfig, log: EventLog | None = None) -> None:
         self.config = config
         self.log = log or EventLog()
@@ -193,11 +197,28 @@ class Portal(ReaderPages, ReplyPages):
         app.router.add_get(m + "/reply", self.reply_form, name="reply-form")
         app.router.add_post(m + "/reply", self.reply, name="reply")
         app.router.add_post(m + "/signout", self.sign_out, name="signout")
+        s = self.base + "/sender"
+        app.router.add_get(s, self.sender_home, name="sender")
+        app.router.add_post(s + "/code", self.sender_request_code, name="sender-code")
+        app.router.add_post(s + "/verify", self.sender_verify, name="sender-verify")
+        app.router.add_post(s + "/m/{held:[0-9A-Z]{1,64}}/extend", self.sender_extend,
+                            name="sender-extend")
+        app.router.add_post(s + "/m/{held:[0-9A-Z]{1,64}}/revoke", self.sender_revoke,
+                            name="sender-revoke")
+        app.router.add_post(s + "/signout", self.sender_sign_out, name="sender-signout")
         app.router.add_static(self.base + "/static", Path(__file__).parent / "static",
                               name="static")
         if self.logo is not None:
             app.router.add_get(self.base + "/logo", self.logo_image, name="logo")
+        app.router.add_get(self.base + "/brand.css", self.brand_css, name="brand")
         return app
+
+    async def brand_css(self, request: web.Request) -> web.Response:
+        """The organisation's colours (checked as #rgb/#rrggbb when the bundle loads): a
+        stylesheet, since the CSP allows no inline style."""
+        w = self.config.wording
+        return web.Response(text=f":root {{ --accent: {w.accent_colour}; "
+                                 f"--bar: {w.bar_colour}; }}\n", content_type="text/css")
 
     async def logo_image(self, request: web.Request) -> web.Response:
         assert self.logo is not None
@@ -329,7 +350,7 @@ class Portal(ReaderPages, ReplyPages):
         h["X-Content-Type-Options"] = "nosniff"
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Server"] = "connectwiz"  # aiohttp's default names its own and Python's version
-        if _route_name(request) in ("static", "logo"):
+        if _route_name(request) in ("static", "logo", "brand"):
             h["Cache-Control"] = "public, max-age=3600"
         else:
             h["Cache-Control"] = "no-store"
@@ -368,15 +389,20 @@ class Portal(ReaderPages, ReplyPages):
         ctx.setdefault("title", "Secure Messaging")
         ctx.setdefault("home", None)
         text = self.templates.get_template(template).render(
-            static=self.base + "/static", csrf=self._csrf(request),
+            static=self.base + "/static", brand=self.base + "/brand.css",
+            csrf=self._csrf(request),
             org=self.config.organisation, logo=self.base + "/logo" if self.logo else None,
             **ctx)
         return web.Response(text=text, status=status, content_type="text/html")
 
     def _notice(self, request: web.Request, status: int, title: str, text: str,
-                link: Link | None = None, **ctx: Any) -> web.Response:
+                link: Link | None = None, home: str | None = None, **ctx: Any
+                ) -> web.Response:
+        """``home``: the sender's list (for their pages); else back to ``link``'s message."""
         return self.page(request, "notice.html", status, title=title, text=text,
-                         home=self._url(link) if link else None, **ctx)
+                         home=home or (self._url(link) if link else None),
+                         home_label="Back to your messages" if home else "Back to the message",
+                         **ctx)
 
     def _url(self, link: Link, tail: str = "") -> str:
         return f"{self.base}/m/{link.held}/{link.token}{tail}"

@@ -1,7 +1,8 @@
 """Mail the portal sends, all of it through the relay by SMTP (the relay delivers it like any
 other mail, under the Secure Delivery policy of the recipient's domain):
 
-- the one-time code, to the recipient, from the null sender (a bounce never returns it);
+- the one-time code, to the recipient (or to a sender signing in to their own messages),
+  from the null sender (a bounce never returns it);
 - the read receipt, to the sender, from the null sender;
 - replies, with the original sender as envelope sender (an internal address, so the relay
   applies Secure Messaging) and the definition requested with the client header, so every
@@ -19,6 +20,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 import aiosmtplib
 
 from connectwiz.policy.secure import REQUEST_HEADER
+from connectwiz.policy.wording import Wording, render
 
 # Everything Python's str.splitlines() breaks on (CR, LF, VT, FF, FS-RS, NEL, U+2028/9), the
 # other C0/C1 controls and DEL: a decoded subject may hold any of them, and a header value
@@ -62,26 +64,47 @@ def _base(from_: str, to: str, subject: str, hostname: str) -> EmailMessage:
 
 
 def code_mail(sender: str, recipient: str, code: str, minutes: int, hostname: str,
-              organisation: str = "") -> EmailMessage:
+              organisation: str = "", wording: Wording | None = None) -> EmailMessage:
+    """The one-time code for a recipient, in the bundle's wording (``code_subject``,
+    ``code_text``)."""
+    wording = wording or Wording()
+    values = {"sender": sender, "code": code, "minutes": str(minutes),
+              "organisation": organisation}
     service = f"{organisation} Secure Messaging" if organisation else "Secure Messaging"
     msg = _base(formataddr((service, sender)), recipient,
-                f"Your code for the secure message from {sender}", hostname)
+                render(wording.code_subject, values), hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    text = render(wording.code_text, values)
+    msg.set_content("\r\n".join(text.splitlines()) + "\r\n")
+    return msg
+
+
+def sign_in_code_mail(address: str, code: str, minutes: int, hostname: str,
+                      organisation: str = "") -> EmailMessage:
+    """The code a sender signs in with to see their own secure messages."""
+    service = f"{organisation} Secure Messaging" if organisation else "Secure Messaging"
+    msg = _base(formataddr((service, address)), address,
+                "Your code to see your secure messages", hostname)
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(
         f"Your one-time code is: {code}\r\n\r\n"
-        f"Enter it in the Secure Messaging portal within {minutes} minutes.\r\n"
-        "If you did not ask for a code, ignore this e-mail: nobody can read the message\r\n"
-        "without it.\r\n")
+        f"Enter it in the Secure Messaging portal within {minutes} minutes to see the\r\n"
+        "secure messages you sent.\r\n"
+        "If you did not ask for a code, ignore this e-mail.\r\n")
     return msg
 
 
 def receipt_mail(sender: str, reader: str, subject: str, held_id: str, when: str,
-                 hostname: str) -> EmailMessage:
+                 hostname: str, overview: str = "") -> EmailMessage:
+    """``overview``: the sender's own page in the portal, where they can extend or
+    withdraw the message (docs/portal.md, "What a sender sees")."""
     msg = _base(f"Secure Messaging <{sender}>", sender, f"Read: {subject}", hostname)
     msg["Auto-Submitted"] = "auto-replied"
+    see = (f"\r\nSee who has read your secure messages, extend or withdraw them:\r\n"
+           f"    {overview}\r\n") if overview else ""
     msg.set_content(
         f"{reader} opened your secure message in the portal at {when}.\r\n"
-        f"Subject: {clean(subject)}\r\nHeld message: {held_id}\r\n")
+        f"Subject: {clean(subject)}\r\nHeld message: {held_id}\r\n{see}")
     return msg
 
 

@@ -81,7 +81,9 @@ class ReaderPages:
         try:
             await submit(self.config.relay, "", [sender],
                          receipt_mail(sender, link.address, subject, link.held, now,
-                                      self.config.hostname), self.config.hostname)
+                                      self.config.hostname,
+                                      self.config.public_url.rstrip("/") + "/sender"),
+                         self.config.hostname)
         except RelayUnavailable as exc:
             self.log("read-receipt-failed", held=link.held, error=str(exc),
                      note="tried again on the next view")
@@ -125,7 +127,8 @@ class ReaderPages:
         try:
             await submit(self.config.relay, "", [link.address],
                          code_mail(link.record["sender"], link.address, code, minutes,
-                                   self.config.hostname, self.config.organisation),
+                                   self.config.hostname, self.config.organisation,
+                                   self.config.wording),
                          self.config.hostname)
         except RelayUnavailable as exc:
             self.log("code-send-failed", held=link.held, error=str(exc))

@@ -1,6 +1,7 @@
 """Probe one SMTP server: greeting, EHLO, STARTTLS, one TLS handshake, EHLO, (MAIL/RCPT/RSET), QUIT.
 
-The first handshake accepts any certificate (CERT_NONE) and requires TLS 1.2+, so one connection
+The first handshake accepts any certificate (CERT_NONE) and requires TLS 1.2+ with the ciphers
+of the default SSL Mode (Strong: Postfix's "high"), so one connection
 gives both the certificate details and the verdict (``certs.judge_chain``, the judgement the
 relay enforces). Only when that handshake fails is a second connection made with a legacy
 context, to name the old TLS version the server offers. Alongside the first connection, a
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from connectwiz.policy.model import SslMode
+from connectwiz.policy.sslmode import LEVELS
 from connectwiz.probe.certs import CertificateInfo, TrustStore, judge_chain
 from connectwiz.probe.results import HostResult, RcptReply, Status
 from connectwiz.probe.tls import MODERN_VERSIONS, client_context, peer_chain
@@ -269,8 +272,12 @@ async def _legacy_probe(
 
 @functools.lru_cache(maxsize=2)
 def _probe_context(legacy: bool) -> ssl.SSLContext:
-    """Shared by every probe: building a context costs more than a handshake's client side."""
-    return client_context(verify=False, legacy=legacy)
+    """Shared by every probe: building a context costs more than a handshake's client side.
+    The main one offers the ciphers of the default SSL Mode (Strong), as the relay does."""
+    ctx = client_context(verify=False, legacy=legacy)
+    if not legacy:
+        ctx.set_ciphers(LEVELS[SslMode.STRONG].ciphers)
+    return ctx
 
 
 async def _chain_without_sni(

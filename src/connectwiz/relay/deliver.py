@@ -36,6 +36,7 @@ from connectwiz.policy.model import (
     PolicyModel,
 )
 from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.policy.sslmode import effective_min_tls, level_of
 from connectwiz.probe.certs import TrustStore, judge_chain, trust_store
 from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses, resolve_mx
 from connectwiz.probe.options import NetworkOptions
@@ -109,8 +110,11 @@ def client_context(definition: DeliveryDefinition) -> ssl.SSLContext | None:
     if definition.option is DeliveryOption.NONE:
         return None
     if definition.option is DeliveryOption.ENFORCED:
-        version = _TLS_VERSIONS.get(definition.min_tls, ssl.TLSVersion.TLSv1_2)
-        return tls_client_context(verify=False, minimum=version)
+        # The SSL Mode sets the ciphers and the oldest TLS version (with min_tls if newer).
+        version = _TLS_VERSIONS[effective_min_tls(definition)]
+        ctx = tls_client_context(verify=False, minimum=version)
+        ctx.set_ciphers(level_of(definition).ciphers)
+        return ctx
     # Opportunistic: any TLS beats plaintext, so accept what the server has.
     return tls_client_context(verify=False, legacy=True)
 

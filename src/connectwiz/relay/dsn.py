@@ -10,7 +10,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
 from connectwiz.policy.secure import REQUEST_HEADER
-from connectwiz.relay.secure import strip_header
+from connectwiz.relay.secure_content import strip_header
 from connectwiz.relay.spool import QueueEntry, Recipient
 
 

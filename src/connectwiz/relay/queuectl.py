@@ -1,13 +1,6 @@
-"""Queue control (``connectwiz queue``): list, show, flush, hold, release, delete.
-
-While the relay runs, changes are made *by the relay*: the command sends one JSON request
-over the control socket (``SPOOL/control.sock``). The relay first takes each message it
-names (``take``: refused — "busy" — while a worker has it or it waits for one; a taken
-message gets no timer and no rescan), makes the change with the functions below, then
-hands the message back to its scheduler (``settle``: retry now, at its next attempt, or
-never when held or deleted). So the command and the delivery workers never work on one
-message at the same time. When no relay runs, the command takes the spool lock itself and
-makes the same changes; the next start picks them up. Listing and showing only read.
+"""Queue control (``connectwiz queue``) on the spool: list, show, flush, hold, release,
+delete. Who runs the changes — the running relay, or the command under the spool lock —
+is relay/control.py.
 
 This module is the one place besides ``spool.py`` that knows the spool's files. On hold
 means: the queue file is moved to ``hold/<id>.msg`` (with its progress, if any, in
@@ -18,13 +11,9 @@ files written before it are ignored or removed by recovery if a crash comes firs
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import socket
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,16 +26,8 @@ from connectwiz.relay.spool import _fsync_dir as sync_dir
 
 HOLD = "hold"
 QUEUE_STATES = ("incoming", "active", "deferred", HOLD)
-SOCKET_NAME = "control.sock"
 DELETED_DETAIL = "deleted from the queue by the mail administrator"
-_MAX_REQUEST = 1 << 20
 DONE = ("flushed", "held", "released", "deleted", "already", "will be")
-# A hold or delete of a message a worker has is made when the worker lets go, as Postfix
-# applies postsuper to a message in its active queue once the delivery agent is done.
-_WAIT_FOR_WORKER = ("hold", "delete")
-
-Take = Callable[[str], bool]
-Settle = Callable[[str, "float | None"], None]
 
 
 @dataclass(slots=True)
@@ -182,6 +163,7 @@ class Changes:
     # id -> retry after N seconds (0: now) or None (held or deleted), for the relay's settle
     settle: dict[str, float | None] = field(default_factory=dict)
     dirty: set[Path] = field(default_factory=set)  # folders to fsync before reporting
+    back: dict[str, str] = field(default_factory=dict)  # owned id -> state to return it to
 
     def add(self, msg_id: str, result: str) -> None:
         self.results.append({"id": msg_id, "result": result})
@@ -198,7 +180,7 @@ def targets(spool: Spool, request: dict[str, Any]) -> list[str]:
     return [q.entry.id for q in list_queue(spool, _SCOPE[op], request.get("domain") or None)]
 
 
-def _restore(spool: Spool, msg_id: str) -> float | None:
+def restore(spool: Spool, msg_id: str) -> float | None:
     """When an unchanged message is due again."""
     state = state_of(spool, msg_id)
     if state == "incoming":
@@ -229,13 +211,49 @@ def _move_queue_file(spool: Spool, msg_id: str, src: str, dst: str, changes: Cha
                           _queue_file(spool, dst, msg_id).parent})
 
 
-def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) -> None:
-    if state == "deferred":
-        os.replace(_state_file(spool, "deferred", msg_id), _state_file(spool, "incoming", msg_id))
-        changes.dirty.update({spool.root / "deferred", spool.root / "incoming"})
+def _own(spool: Spool, msg_id: str, state: str) -> bool:
+    """Take a waiting message the way a delivery worker claims it, so that no worker — of
+    this relay or, with several relay processes on the spool, of another — claims it while
+    it changes: its state file is renamed into ``active/`` (of two renames of one file only
+    one succeeds), or, without a state file, ``active/<id>.json`` is created exclusively."""
+    active = _state_file(spool, "active", msg_id)
+    try:
+        os.replace(_state_file(spool, state, msg_id), active)
+        return True
+    except FileNotFoundError:
+        if state != "incoming":
+            return False
+    try:
+        entry = spool.read_entry("incoming", msg_id)
+    except (OSError, ValueError):
+        return False
+    own = spool.root / "tmp" / f"{msg_id}.json.own"
+    own.write_bytes(entry.to_json())
+    try:
+        os.link(own, active)
+    except FileExistsError:
+        return False
+    finally:
+        own.unlink(missing_ok=True)
+    return True
+
+
+def _give_back(spool: Spool, msg_id: str, state: str, changes: Changes) -> None:
+    """Return an owned message to ``state`` unless the change consumed it."""
+    try:
+        os.replace(_state_file(spool, "active", msg_id), _state_file(spool, state, msg_id))
+    except FileNotFoundError:
+        return
+    changes.dirty.update({spool.root / "active", spool.root / state})
+
+
+def _flush(spool: Spool, msg_id: str, state: str, changes: Changes, *, origin: str,
+           **_: Any) -> None:
+    if origin == "deferred":
+        changes.back[msg_id] = "incoming"
         changes.add(msg_id, "flushed")
         changes.settle[msg_id] = 0.0
-    elif state == HOLD:
+    elif origin == HOLD:
         changes.add(msg_id, "skipped: on hold (release it first)")
     else:
         changes.add(msg_id, "already waiting for delivery")
@@ -261,7 +279,7 @@ def _release(spool: Spool, msg_id: str, state: str, changes: Changes, **_: Any) 
 
 
 def _delete(spool: Spool, msg_id: str, state: str, changes: Changes, *, domain: str | None,
-            silent: bool, hostname: str) -> None:
+            silent: bool, hostname: str, **_: Any) -> None:
     """Remove the message (or, with ``domain``, its recipients there); the sender gets a
     bounce unless ``silent`` (a bounce never gets one). The change commits first — the
     queue file's rename into ``tmp/`` (which recovery empties), or the new state file —
@@ -314,197 +332,39 @@ def _queue_bounce(spool: Spool, entry: QueueEntry, gone: list[Recipient], origin
 _OPS = {"flush": _flush, "hold": _hold, "release": _release, "delete": _delete}
 
 
+BUSY = "busy: being delivered or about to be, try again in a moment"
+
+
 def apply(spool: Spool, request: dict[str, Any], ids: list[str], hostname: str) -> Changes:
-    """Make ``request``'s change to ``ids``, which the caller has taken (or holds the spool
-    lock). Blocking file I/O. Every id gets a result and a settle entry."""
+    """Make ``request``'s change to ``ids`` (taken from the running relay's scheduler, or
+    under the spool lock). A waiting message is owned (``_own``) while it changes, so a
+    delivery worker cannot claim it meanwhile. Blocking file I/O. Every id gets a result
+    and a settle entry."""
     op = _OPS[request["op"]]
     changes = Changes()
     for msg_id in ids:
         state = state_of(spool, msg_id)
+        owned = False
         try:
             if state is None:
                 changes.add(msg_id, "not in the queue")
-            elif state == "active":
-                changes.add(msg_id, "busy: being delivered right now, try again in a moment")
+            elif state == "active" or (state != HOLD and op is not _release
+                                       and not (owned := _own(spool, msg_id, state))):
+                changes.add(msg_id, BUSY)
             else:
-                op(spool, msg_id, state, changes, domain=request.get("domain") or None,
-                   silent=bool(request.get("silent")), hostname=hostname)
+                op(spool, msg_id, "active" if owned else state, changes, origin=state,
+                   domain=request.get("domain") or None, silent=bool(request.get("silent")),
+                   hostname=hostname)
         except (OSError, ValueError) as exc:  # one message's trouble must not stop the rest
             changes.add(msg_id, f"failed: {exc}")
+        finally:
+            if owned:
+                _give_back(spool, msg_id, changes.back.get(msg_id, state or "incoming"),
+                           changes)
         if msg_id not in changes.settle:
-            changes.settle[msg_id] = _restore(spool, msg_id)
+            changes.settle[msg_id] = restore(spool, msg_id)
     # One fsync per folder for the whole batch: a crash before this returns may undo part
     # of it (a message is then where it was), never lose a message.
     for folder in changes.dirty:
         sync_dir(folder)
     return changes
-
-
-# -- the control socket ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _socket_path(root: Path) -> Iterator[str]:
-    """A path for ``root/control.sock`` that fits AF_UNIX's ~107 bytes: deep spools are
-    reached through a descriptor of the folder (/proc/self/fd/N/...)."""
-    path = str(root / SOCKET_NAME)
-    if len(path.encode()) < 100:
-        yield path
-        return
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{SOCKET_NAME}"
-    finally:
-        os.close(fd)
-
-
-class ControlServer:
-    """The running relay's end of the socket: one request at a time; each message is taken
-    from the relay's scheduler before it is changed and settled back afterwards."""
-
-    def __init__(self, spool: Spool, hostname: str, take: Take, settle: Settle,
-                 log: Callable[..., None]) -> None:
-        self.spool = spool
-        self.hostname = hostname
-        self.take = take
-        self.settle = settle
-        self.log = log
-        self._lock = asyncio.Lock()
-        self._server: asyncio.AbstractServer | None = None
-        self._waiting: dict[str, dict[str, Any]] = {}  # id -> request, until a worker is done
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        path = self.spool.root / SOCKET_NAME
-        path.unlink(missing_ok=True)  # left by a relay that was killed; we hold the lock now
-        try:
-            with _socket_path(self.spool.root) as where:
-                self._server = await asyncio.start_unix_server(self._handle, where)
-            path.chmod(0o600)
-        except OSError as exc:
-            raise UserError(f"cannot open the queue control socket {path}: "
-                            f"{exc.strerror or exc}") from None
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            (self.spool.root / SOCKET_NAME).unlink(missing_ok=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            reply = await self._answer(line)
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (OSError, TimeoutError, ValueError):
-            pass  # the command went away (what it asked for is done and logged) or sent junk
-        finally:
-            writer.close()
-
-    async def _answer(self, line: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(line[:_MAX_REQUEST])
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            return {"ok": False, "error": "malformed control request"}
-        async with self._lock:
-            try:
-                ids = list(dict.fromkeys(await asyncio.to_thread(targets, self.spool, request)))
-            except UserError as exc:
-                return {"ok": False, "error": str(exc)}
-            except OSError as exc:
-                return {"ok": False, "error": f"spool: {exc}"}
-            taken = [msg_id for msg_id in ids if self.take(msg_id)]
-            changes = None
-            try:
-                changes = await asyncio.to_thread(apply, self.spool, request, taken,
-                                                  self.hostname)
-            finally:
-                settle = changes.settle if changes else {
-                    msg_id: await asyncio.to_thread(_restore, self.spool, msg_id)
-                    for msg_id in taken}
-                for msg_id, delay in settle.items():
-                    self.settle(msg_id, delay)
-        done = {r["id"]: r["result"] for r in changes.results}
-        results = []
-        for msg_id in ids:
-            result = done.get(msg_id)
-            if result is None and request["op"] in _WAIT_FOR_WORKER:
-                self._waiting[msg_id] = {**request, "ids": [msg_id]}
-                verb = "held" if request["op"] == "hold" else "deleted"
-                result = f"will be {verb} when its current delivery attempt ends"
-            results.append({"id": msg_id, "result": result or
-                            "busy: being delivered or about to be, try again in a moment"})
-        for result in results:
-            self.log("queue-control", op=request.get("op"), id=result["id"],
-                     result=result["result"])
-        return {"ok": True, "results": results, "relay": "running"}
-
-    def released(self, msg_id: str) -> None:
-        """A worker is done with ``msg_id`` (delivered, deferred or bounced): make the
-        change that waited for it."""
-        request = self._waiting.pop(msg_id, None)
-        if request is None:
-            return
-        task = asyncio.create_task(self._answer(json.dumps(request).encode()))
-        self._tasks.add(task)  # the loop keeps only weak references
-        task.add_done_callback(self._tasks.discard)
-
-
-def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, Any]:
-    """Send ``req`` to the relay running on this spool, or, when none runs, apply it here
-    under the spool lock. The reply says which (``relay``: running | stopped)."""
-    spool = Spool(spool_root)
-    reply = _ask_relay(spool_root, req)
-    if reply is not None:
-        return reply
-    owner = spool_root.stat().st_uid
-    if owner != os.geteuid():
-        # Files we wrote would belong to us, and the relay's user could not move them later.
-        raise UserError(f"the relay is not running and {spool_root} belongs to uid {owner}: "
-                        "run this as the relay's user (e.g. sudo -u connectwiz)")
-    try:
-        spool.lock()
-    except UserError:
-        raise UserError(f"the relay on {spool_root} holds the spool but does not answer on "
-                        f"{SOCKET_NAME} (starting or stopping?): try again") from None
-    try:
-        changes = apply(spool, req, list(dict.fromkeys(targets(spool, req))), hostname)
-    finally:
-        spool.unlock()
-    return {"ok": True, "results": changes.results, "relay": "stopped"}
-
-
-def _ask_relay(spool_root: Path, req: dict[str, Any]) -> dict[str, Any] | None:
-    if not (spool_root / SOCKET_NAME).exists():
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(60)  # a large queue takes a while; the relay answers when done
-    try:
-        with _socket_path(spool_root) as where:
-            try:
-                sock.connect(where)
-            except (ConnectionRefusedError, FileNotFoundError):
-                return None  # a socket left by a relay that is gone
-            except PermissionError:
-                raise UserError(f"{spool_root / SOCKET_NAME}: permission denied (run as the "
-                                "relay's user, e.g. sudo -u connectwiz)") from None
-        sock.sendall(json.dumps(req).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except TimeoutError:
-        raise UserError("the relay did not answer within 60 s") from None
-    finally:
-        sock.close()
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise UserError("the relay closed the control connection without an answer") from None
-    if not reply.get("ok"):
-        raise UserError(str(reply.get("error") or "the relay refused the request"))
-    return dict(reply)

@@ -25,6 +25,12 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from connectwiz.policy.addresses import canonical_address
 from connectwiz.policy.model import PolicyModel, ReceiptOption
 from connectwiz.policy.select import MessageContext, PolicyIndex
+from connectwiz.relay.clientcert import (
+    certificate_refusal,
+    fingerprint,
+    peer_certificate,
+    request_certificates,
+)
 from connectwiz.relay.data import read_head
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.settings import RelaySettings
@@ -84,11 +90,13 @@ def strictest(options: list[ReceiptOption]) -> ReceiptOption:
     return max(options, key=_STRICTNESS.__getitem__, default=ReceiptOption.OPPORTUNISTIC)
 
 
-def server_context(cert: str, key: str) -> ssl.SSLContext:
+def server_context(cert: str, key: str, pins: tuple[bytes, ...] = ()) -> ssl.SSLContext:
     """Accept every TLS version a client offers, so that policy — not the handshake — decides
-    and an opportunistic sender with old TLS is not pushed back to plaintext."""
+    and an opportunistic sender with old TLS is not pushed back to plaintext. ``pins``: the
+    client certificates receipt policies pin (see clientcert)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
+    request_certificates(ctx, pins)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx.minimum_version = ssl.TLSVersion.TLSv1
@@ -144,7 +152,7 @@ class ReceiptHandler:
         self.sessions: set[RelaySMTP] = set()
         self._per_ip: Counter[str] = Counter()
 
-    def protocol(self, tls_context: ssl.SSLContext) -> RelaySMTP:
+    def protocol(self, tls_context: ssl.SSLContext | None) -> RelaySMTP:
         s = self.ctx.settings
         return RelaySMTP(self, hostname=s.hostname, ident="connectwiz",
                          data_size_limit=s.max_message_size, tls_context=tls_context,
@@ -225,7 +233,8 @@ class ReceiptHandler:
             self.ctx.log("refused", client=client_ip, to=address, reason="relay access denied")
             return REPLY_RELAY_DENIED
         decision = index.receipt(self._context(envelope, address, session))
-        refusal = tls_refusal(decision.option, session_tls(session))
+        refusal = (tls_refusal(decision.option, session_tls(session))
+                   or certificate_refusal([decision.policy], session))
         if refusal:
             self.ctx.log("refused", client=client_ip, to=address, reason=refusal,
                          policy=_policy_name(decision))
@@ -271,6 +280,9 @@ class ReceiptHandler:
             "mail_from": sender(envelope), "recipients": list(envelope.rcpt_tos),
             "tls_version": tls.version if tls else None, "tls_cipher": tls.cipher if tls else None,
         }
+        client_cert = peer_certificate(session)
+        if client_cert is not None:  # only asked for while a policy pins one
+            record["client_certificate_sha256"] = fingerprint(client_cert)
         writer.add(_received_header(ctx.settings.hostname, session, tls, msg_id,
                                     envelope.rcpt_tos))
 
@@ -312,7 +324,8 @@ class ReceiptHandler:
         winner = next((d for d in decisions if d.option is option), None)
         record.update(header_from=head.header_from, receipt_option=str(option),
                       policy=_policy_name(winner))
-        refusal = tls_refusal(option, tls)
+        refusal = tls_refusal(option, tls) or certificate_refusal(
+            [d.policy for d in decisions], session)
         if refusal:
             await ctx.record_refusal(msg_id, {**record, "result": refusal})
             return refusal, None

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import html
 import json
 import os
 import re
@@ -32,11 +31,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses, make_msgid
-from html.parser import HTMLParser
+from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +41,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connectwiz.errors import UserError
-from connectwiz.policy.content import AttachmentInfo
 from connectwiz.policy.model import SecureDefinition, SecureRouting, SecureSettings
 from connectwiz.policy.secure import (
     REQUEST_HEADER,
-    MessageContent,
     Route,
     SecureDecision,
     SecureIndex,
@@ -56,8 +51,19 @@ from connectwiz.policy.secure import (
     expiry_window,
     extend_expiry,
 )
+from connectwiz.policy.secure_request import find_tag
+from connectwiz.policy.wording import Wording, render
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.receipt import parse_ip
+from connectwiz.relay.secure_content import (
+    add_banner,
+    head_of,
+    header_addresses,
+    parse_content,
+    strip_header,
+    strip_subject_tag,
+    subject_bytes,
+)
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
 
 RECORD_VERSION = 1
@@ -65,6 +71,9 @@ BODY_FILE = "message.enc"
 _SEALED = b"CWZ-AESGCM-1\n"  # format marker of message.enc: marker, 12-byte nonce, ciphertext
 BANNER_VARIANT = "banner"
 _REQUEST = REQUEST_HEADER.lower().encode()
+_HAS_TAGS = re.compile(r"<[a-zA-Z/][^>]*>")  # as add_banner judges a banner to be HTML
+_LINK_TEXT = "\n\nReply securely in the Secure Messaging portal: {link}"
+_LINK_HTML = '<p>Reply securely in the Secure Messaging portal: <a href="{link}">{link}</a></p>'
 
 
 def _iso(when: datetime) -> str:
@@ -91,136 +100,6 @@ def find_recipient(record: dict[str, Any], token: str) -> dict[str, Any] | None:
             if hmac.compare_digest(stored, digest):
                 found = recipient
     return found
-
-
-# -- message content ---------------------------------------------------------------------------
-
-
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-
-def html_to_text(markup: str) -> str:
-    parser = _Text()
-    parser.feed(markup)
-    parser.close()
-    return " ".join("".join(parser.parts).split())
-
-
-def _head(body: bytes) -> bytes:
-    end = body.find(b"\r\n\r\n")
-    return body if end < 0 else body[: end + 2]
-
-
-def _parse(body: bytes) -> EmailMessage:
-    msg = message_from_bytes(body, policy=email_policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def _text_parts(msg: EmailMessage) -> Iterator[EmailMessage]:
-    for part in msg.walk():
-        if part.is_multipart() or part.get_content_disposition() == "attachment":
-            continue
-        if part.get_content_type() in ("text/plain", "text/html"):
-            yield part  # type: ignore[misc]
-
-
-def parse_content(body: bytes) -> MessageContent:
-    """Subject, text of the text parts (HTML without tags) and headers, for the triggers.
-    A message the parser chokes on still yields what could be read."""
-    try:
-        msg = _parse(body)
-        headers = tuple((k, str(v)) for k, v in msg.items())
-        subject = str(msg.get("Subject", ""))
-    except Exception:  # hostile headers: fall back to nothing rather than fail the message
-        return MessageContent()
-    texts = []
-    with contextlib.suppress(Exception):
-        for part in _text_parts(msg):
-            with contextlib.suppress(LookupError, ValueError, AttributeError):
-                content = part.get_content()
-                if part.get_content_type() == "text/html":
-                    content = html_to_text(content)
-                texts.append(content)
-    return MessageContent(subject=subject, body="\n".join(texts), headers=headers,
-                          attachments=attachments(msg))
-
-
-def attachments(msg: EmailMessage) -> tuple[AttachmentInfo, ...]:
-    """Every part that is an attachment or names a file, with its name and MIME type."""
-    found = []
-    with contextlib.suppress(Exception):  # hostile MIME: keep what was read
-        for part in msg.walk():
-            if part.is_multipart():
-                continue
-            name = part.get_filename() or ""
-            if name or part.get_content_disposition() == "attachment":
-                found.append(AttachmentInfo(name, part.get_content_type().lower()))
-    return tuple(found)
-
-
-def header_addresses(body: bytes) -> tuple[list[str], list[str]]:
-    """The addresses in the To: and Cc: headers (the ones every recipient can see)."""
-    try:
-        msg = message_from_bytes(_head(body) + b"\r\n", policy=email_policy.compat32)
-        return tuple(  # type: ignore[return-value]
-            [a for _, a in getaddresses([str(v) for v in msg.get_all(name, [])])
-             if "@" in a and not any(c.isspace() or ord(c) < 32 for c in a)]
-            for name in ("To", "Cc"))
-    except Exception:  # a header the parser chokes on names nobody: Reply all falls back
-        return [], []
-
-
-def strip_header(body: bytes, name: str) -> bytes:
-    """``body`` without every ``name:`` header line (and its continuation lines)."""
-    end = body.find(b"\r\n\r\n")
-    head, rest = (body, b"") if end < 0 else (body[: end + 2], body[end + 2:])
-    wanted = name.lower().encode() + b":"
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and skipping:
-            continue
-        skipping = line.lower().startswith(wanted)
-        if not skipping:
-            kept.append(line)
-    return b"\r\n".join(kept) + rest
-
-
-def add_banner(body: bytes, banner: str) -> bytes:
-    """Put ``banner`` at the top of every text body part (not attachments). A banner with
-    HTML tags goes into HTML parts as it is and into plain parts as text."""
-    is_html = bool(re.search(r"<[a-zA-Z/][^>]*>", banner))
-    plain = html_to_text(banner) if is_html else banner
-    markup = banner if is_html else (
-        '<div class="connectwiz-secure-banner" style="border:1px solid #888;padding:6px;'
-        f'margin-bottom:12px">{html.escape(banner)}</div>')
-    try:
-        msg = _parse(body)
-        changed = False
-        for part in list(_text_parts(msg)):
-            try:
-                content = part.get_content()
-            except (LookupError, ValueError, AttributeError):
-                continue  # an unknown charset: leave the part alone
-            subtype = part.get_content_subtype()
-            if subtype == "html":
-                m = re.search(r"<body[^>]*>", content, re.IGNORECASE)
-                at = m.end() if m else 0
-                content = content[:at] + markup + content[at:]
-            else:
-                content = f"{plain}\r\n\r\n{content}"
-            part.set_content(content, subtype=subtype)
-            changed = True
-        return msg.as_bytes(policy=email_policy.SMTP) if changed else body
-    except Exception:  # a message the parser cannot rebuild goes out unchanged
-        return body
 
 
 # -- the secure key: held content is encrypted with it, and it never lives in the spool ------
@@ -450,9 +329,12 @@ class SecurePlan:
     routes: dict[str, str] = field(default_factory=dict)  # address -> Route value
     banner: str | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    subject_tag: str = ""  # the sender's [tag] to remove from the subject ("": none)
 
     def variant(self, address: str) -> str:
         if self.banner is not None and self.routes.get(address) == Route.BANNER:
+            if address in self.state.get("reply_links", ()):
+                return f"{BANNER_VARIANT}:{address}"  # a banner with their own portal link
             return BANNER_VARIANT
         return ""
 
@@ -478,56 +360,82 @@ class SecureMessaging:
             return True
         if entry.is_bounce:
             return False
-        if _REQUEST in _head(body).lower():
+        head = head_of(body).lower()
+        if _REQUEST in head:
             return True  # the header goes, whoever sent it; plan() looks closer
+        tag = index.settings.subject_tag
+        if tag and index.is_internal(entry.mail_from):
+            subject = subject_bytes(head)
+            if b"=?" in subject or b"[" + tag.lower().encode() in subject:
+                return True  # a subject tag, maybe inside an encoded subject
         return not index.content_free and index.is_internal(entry.mail_from)
 
     def plan(self, entry: QueueEntry, body: bytes, index: SecureIndex) -> SecurePlan | None:
         """The plan for ``entry``; None when Secure Messaging has nothing to do with it."""
         state = entry.extra.get("secure")
         if state:
-            return SecurePlan(True, dict(state["routes"]), state.get("banner"), state)
+            return SecurePlan(True, dict(state["routes"]), state.get("banner"), state,
+                              state.get("subject_tag", ""))
         if not self.may_apply(entry, body, index):
             return None  # the common case: no policy, no trigger, no header to look for
         content = parse_content(body)
         asked = bool(content.header(REQUEST_HEADER))
+        tag = index.settings.subject_tag if index.is_internal(entry.mail_from) and find_tag(
+            content.subject, index.settings.subject_tag) else ""
         decision = index.decide(entry.mail_from, entry.header_from,
                                 [r.address for r in entry.pending()], parse_ip(entry.client_ip),
                                 datetime.now(UTC), content)
         if not decision.applies:
-            if not asked:
+            if not asked and not tag:
                 return None
-            if entry.attempts <= 1:  # the client asked: say once why it was not applied
-                self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason)
-            return SecurePlan(False)
-        # The banner names who wrote the message. A portal reply comes from the original
-        # (internal) sender's envelope but was written by the external recipient in From:.
-        author = entry.header_from if entry.header_from and not index.is_internal(
-            entry.header_from) else entry.mail_from
-        state = self._state(decision, index.settings, author)
+            if entry.attempts <= 1:  # the sender asked: say once why it was not applied
+                self.msglog.append(entry.id, "secure", applied=False, reason=decision.reason,
+                                   notes=list(decision.notes))
+            return SecurePlan(False, subject_tag=tag)
+        # The banner names who wrote the message: From:, else the envelope sender. A portal
+        # reply comes from the original sender's envelope but was written by the recipient
+        # in From:, external or (under a definition holding internal mail) a colleague.
+        author = entry.header_from or entry.mail_from
+        state = self._state(decision, index.settings, author, index.organisation)
+        state["subject_tag"] = tag
+        state["entry"] = {"id": entry.id, "mail_from": entry.mail_from,
+                          "header_from": entry.header_from}
         entry.extra["secure"] = state
         self.spool.update_active(entry)
         self.msglog.append(entry.id, "secure", applied=True, definition=state["definition"]["name"],
                            reason=decision.reason, reasons=[r.why for r in decision.reasons],
-                           routes=state["routes"], whys=state["whys"])
-        return SecurePlan(True, dict(state["routes"]), state["banner"], state)
+                           routes=state["routes"], whys=state["whys"],
+                           options=decision.options, notes=list(decision.notes))
+        return SecurePlan(True, dict(state["routes"]), state["banner"], state, tag)
 
-    def _state(self, decision: SecureDecision, settings: SecureSettings, author: str
-               ) -> dict[str, Any]:
+    def _state(self, decision: SecureDecision, settings: SecureSettings, author: str,
+               organisation: str) -> dict[str, Any]:
         definition = decision.definition
         assert definition is not None
-        banner = banner_text(definition)
-        if banner is not None:
-            banner = banner.replace("{sender}", author)
+        wording = settings.wording
         now = datetime.now(UTC)
         expires, limit = expiry_window(now, definition, settings)
+        banner = banner_text(definition, wording.banner)
+        # Under a definition covering internal recipients, those who get the message in
+        # their mailbox (the sender's client asked) may still reply securely: their banner
+        # carries a personal portal link (seed 002).
+        links = [o.recipient for o in decision.recipients if o.route is Route.BANNER] if (
+            definition.routing is SecureRouting.ALL and definition.allow_reply
+            and banner is not None) else []
         return {
             "definition": _definition_data(definition),
             "reason": decision.reason,
             "routes": {o.recipient: o.route.value for o in decision.recipients},
             "whys": {o.recipient: o.why for o in decision.recipients},
+            # The template and its values: add_banner escapes them for HTML parts.
             "banner": banner,
+            "reply_links": links,
+            "banner_values": {"sender": author, "organisation": organisation},
+            "notification": {"subject": wording.notification_subject,
+                             "text": wording.notification_text,
+                             "organisation": organisation},
             "requested": decision.requested,
+            "sender_options": decision.options,
             "held_at": _iso(now), "expires_at": _iso(expires), "limit_at": _iso(limit),
             "max_retention_days": settings.max_retention_days,
         }
@@ -537,10 +445,48 @@ class SecureMessaging:
         if plan is None:
             return {"": body}
         plain = strip_header(body, REQUEST_HEADER)
+        if plan.subject_tag:
+            plain = strip_subject_tag(plain, plan.subject_tag)
         out = {"": plain}
         if plan.banner is not None and Route.BANNER in plan.routes.values():
-            out[BANNER_VARIANT] = add_banner(plain, plan.banner)
+            values = plan.state.get("banner_values") or {}
+            out[BANNER_VARIANT] = add_banner(plain, plan.banner, values)
+            if plan.state.get("reply_links"):
+                with_link = plan.banner + (_LINK_HTML if _HAS_TAGS.search(plan.banner)
+                                           else _LINK_TEXT)
+                for address, url in self._reply_links(plain, plan.state).items():
+                    out[f"{BANNER_VARIANT}:{address}"] = add_banner(
+                        plain, with_link, {**values, "link": url})
         return out
+
+    def _reply_links(self, plain: bytes, state: dict[str, Any]) -> dict[str, str]:
+        """A fresh portal link for each internal recipient in ``state['reply_links']``; the
+        record (created here when the message has no portal recipient) gets its hash
+        before any copy with the link leaves. Every attempt issues new links: earlier
+        ones stay valid, as for notifications."""
+        held_id = state["entry"]["id"]
+        links: dict[str, str] = {}
+        with self.store.locked(held_id):
+            record = self._record(held_id, state, plain)
+            by_address = {r["address"]: r for r in record["recipients"]}
+            for address in state["reply_links"]:
+                token = secrets.token_urlsafe(32)
+                slot = by_address.setdefault(address, self._recipient(address, state))
+                slot["token_sha256"].append(token_hash(token))
+                links[address] = f"{self.portal_url}/m/{held_id}/{token}"
+            record["recipients"] = list(by_address.values())
+            self.store.write(record)
+        self.msglog.append(held_id, "reply-links", recipients=list(links), held=held_id)
+        return links
+
+    def _record(self, held_id: str, state: dict[str, Any], plain: bytes) -> dict[str, Any]:
+        """The held record, created with the content on first use. Call under the lock."""
+        if self.store.exists(held_id):
+            return self.store.read(held_id)
+        self.store.write_body(held_id, plain)
+        entry = state.get("entry") or {}
+        return self._new_record(held_id, entry.get("mail_from", ""), entry.get("header_from"),
+                                state, plain)
 
     def hold(self, entry: QueueEntry, plain: bytes, plan: SecurePlan) -> list[str]:
         """Hold ``entry`` for its portal recipients still pending and queue a notification
@@ -554,7 +500,8 @@ class SecureMessaging:
         with self.store.locked(held_id):
             if not self.store.exists(held_id):
                 self.store.write_body(held_id, plain)
-                record = self._new_record(entry, state, plain)
+                record = self._new_record(held_id, entry.mail_from, entry.header_from, state,
+                                          plain)
             else:
                 record = self.store.read(held_id)
             by_address = {r["address"]: r for r in record["recipients"]}
@@ -584,15 +531,15 @@ class SecureMessaging:
                 "token_sha256": [], "notifications": [], "first_viewed_at": None,
                 "read_receipt_sent": False}
 
-    def _new_record(self, entry: QueueEntry, state: dict[str, Any], plain: bytes
-                    ) -> dict[str, Any]:
+    def _new_record(self, held_id: str, sender: str, header_from: str | None,
+                    state: dict[str, Any], plain: bytes) -> dict[str, Any]:
         routes = state["routes"]
         to, cc = header_addresses(plain)
         return {
             "version": RECORD_VERSION,
-            "id": entry.id,
-            "sender": entry.mail_from,
-            "header_from": entry.header_from,
+            "id": held_id,
+            "sender": sender,
+            "header_from": header_from,
             # Reply all is built from these, never from the envelope, which holds the Bcc's.
             "header_to": to,
             "header_cc": cc,
@@ -606,6 +553,7 @@ class SecureMessaging:
             "definition": state["definition"],
             "reason": state["reason"],
             "requested_by_client": state["requested"],
+            "sender_options": state.get("sender_options", ""),
             "recipients": [],
             "delivered_with_banner": [a for a, r in routes.items() if r == Route.BANNER],
             "delivered_normally": [a for a, r in routes.items() if r == Route.NORMAL],
@@ -628,23 +576,25 @@ class SecureMessaging:
 def notification(sender: str, recipient: str, link: str, state: dict[str, Any],
                  hostname: str) -> bytes:
     """The e-mail telling a recipient a secure message waits in the portal. It names the
-    sender and the expiry, never the subject or content."""
+    sender and the expiry, never the subject or content. Its texts are the bundle's
+    wording as it was when the message was held (``state['notification']``)."""
     definition = state["definition"]
+    wording = state.get("notification") or {}
+    default = Wording()
+    organisation = wording.get("organisation", "")
+    values = {"sender": sender, "recipient": recipient, "link": link,
+              "expires": state["expires_at"], "organisation": organisation}
+    subject = render(wording.get("subject", default.notification_subject), values)
+    text = render(wording.get("text", default.notification_text), values)
     msg = EmailMessage()
-    msg["From"] = f"Secure Messaging <{sender}>"
+    service = f"{organisation} Secure Messaging" if organisation else "Secure Messaging"
+    msg["From"] = formataddr((service, sender))
     msg["To"] = recipient
-    msg["Subject"] = f"Secure message from {sender}"
+    msg["Subject"] = " ".join(subject.split())
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=hostname)
     msg["Auto-Submitted"] = "auto-generated"
-    lines = [
-        f"{sender} sent you a secure message. Read it in the Secure Messaging portal:",
-        "",
-        f"    {link}",
-        "",
-        "This link is personal: do not forward this e-mail.",
-        f"The message can be read until {state['expires_at']}.",
-    ]
+    lines = text.splitlines()
     if definition["allow_reply"]:
         lines.append("You can reply securely from the portal.")
     if definition["routing"] == SecureRouting.ALL:

@@ -26,11 +26,12 @@ from connectwiz.policy.model import PolicyModel
 from connectwiz.policy.secure import SecureIndex
 from connectwiz.policy.select import PolicyIndex
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.clientcert import pinned_certificates
+from connectwiz.relay.control import ControlServer
 from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
-from connectwiz.relay.queuectl import ControlServer
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
@@ -84,6 +85,9 @@ class Relay:
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._handler: ReceiptHandler | None = None
+        self._tls_files: tuple[str, str] | None = None  # (cert, key) once started
+        self._tls_pins: tuple[bytes, ...] = ()  # client certificates the context trusts
+        self._tls_context: ssl.SSLContext | None = None
         self._rescan: asyncio.Task[None] | None = None
         self._directory: DirectoryCache | None = None
         self._directory_task: asyncio.Task[None] | None = None
@@ -165,8 +169,15 @@ class Relay:
             self.log("reload-refused", reason=str(exc) or type(exc).__name__,
                      note="the previous policy stays in force")
             return False
+        if self._tls_files and pinned_certificates(model) != self._tls_pins:
+            # New sessions ask for (and trust) the newly pinned client certificates.
+            self._tls_context = await asyncio.to_thread(self._server_context, model)
         self.log("reloaded", **_policy_summary(model))
         return True
+
+    def _server_context(self, model: PolicyModel) -> ssl.SSLContext:
+        self._tls_pins = pinned_certificates(model)
+        return server_context(*self._tls_files, self._tls_pins)
 
     # -- start / stop --------------------------------------------------------------------------
 
@@ -187,11 +198,17 @@ class Relay:
         if cert is None or key is None:
             cert, key, created = await asyncio.to_thread(
                 ensure_self_signed, self.spool.root / "tls", self.settings.hostname)
-            if created:
-                self.log("tls-cert-generated", cert=str(cert), key=str(key),
-                         note="self-signed; pass --tls-cert/--tls-key to use your own")
+            # Every start, not only the first: partners under Enforced TLS - Strict (and
+            # Postfix at "secure") refuse to send to a certificate no CA vouches for.
+            self.log("warning", reason=f"STARTTLS uses a self-signed certificate for "
+                     f"{self.settings.hostname} ({'made now' if created else 'made earlier'}; "
+                     f"{cert}): senders that verify certificates will not deliver here",
+                     fix="pass --tls-cert FULLCHAIN.pem --tls-key KEY.pem (a certificate "
+                         "for the name in your MX record, from a public CA such as Let's "
+                         "Encrypt), or set tls_cert/tls_key in service.toml")
+        self._tls_files = (str(cert), str(key))
         try:
-            tls_context = server_context(str(cert), str(key))
+            self._tls_context = self._server_context(model)
         except (OSError, ssl.SSLError) as exc:
             raise UserError(f"cannot use TLS certificate {cert} / key {key}: {exc}") from None
         found = await self._io(self.spool.recover)
@@ -211,7 +228,7 @@ class Relay:
         host, port = self.listen
         try:
             self._server = await loop.create_server(
-                lambda: handler.protocol(tls_context), host, port)
+                lambda: handler.protocol(self._tls_context), host, port)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self._server.sockets[0].getsockname()[:2]

@@ -4,7 +4,7 @@ Reached from Start (m) and from a row of External domains (m, opening on that do
 log is read in a worker thread (100,000 messages take seconds) while the screen stays live;
 refreshing reads only what changed. Actions: validate the domain again, enforce it Relaxed
 (saving the bundle, after the same warning as Finish), retry its deferred mail now (the
-running relay's control socket, as ``connectwiz queue flush --domain``).
+running relay's control socket, as ``connectwiz queue flush --domain``, relay/control.py).
 """
 
 from __future__ import annotations
@@ -244,11 +244,11 @@ class MailFlowScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="retry", exit_on_error=False)
     def _retry(self, domain: str) -> None:
-        from connectwiz.relay import queuectl
+        from connectwiz.relay import control, queuectl
 
         spool = self.scanner.log_dir.parent
         try:
-            reply = queuectl.request(spool, {"op": "flush", "domain": domain},
+            reply = control.request(spool, {"op": "flush", "domain": domain},
                                      socket.gethostname())
         except (UserError, OSError) as exc:
             self.app.call_from_thread(self.notify, f"Retry failed: {exc}", severity="error",

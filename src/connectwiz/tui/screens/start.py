@@ -12,6 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from connectwiz.bundle.policies import counts as policy_counts
 from connectwiz.errors import UserError
 from connectwiz.policy.model import ValidationStatus
 from connectwiz.tui.labels import GOOD, MUTED, mode_label, pretty_path
@@ -47,6 +48,7 @@ class StartScreen(WizardScreen):
             yield Static(id="organisation")
             yield Listing(id="routes", aligned=True)
             yield Static(id="domains")
+            yield Static(id="policies")
             yield Static(id="hint")
         yield Footer(compact=True)
 
@@ -92,6 +94,14 @@ class StartScreen(WizardScreen):
         domains.append("\n  " + (", ".join(parts) if parts else "none yet"),
                        style="" if parts else MUTED)
         self.query_one("#domains", Static).update(domains)
+
+        n = policy_counts(model)
+        self.query_one("#policies", Static).update(Text.assemble(
+            ("Policies", "bold"), ("  (edit with: connectwiz policies)", MUTED), "\n",
+            f"  {n['delivery']} delivery, {n['receipt']} receipt, {n['secure']} secure, "
+            f"{n['bypass']} bypass; definitions: {n['definition']} delivery, "
+            f"{n['secure-definition']} secure",
+        ))
 
         hint = self.query_one("#hint", Static)
         text = state.hint_text()

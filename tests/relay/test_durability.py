@@ -1,0 +1,197 @@
+"""Nothing acknowledged is lost, observed from outside the relay whatever files its spool uses:
+the 250 to DATA leaves only after the message's spool files and their folder are fsync'd
+(the relay process runs under strace), and a spool that cannot be written answers 451 and
+keeps nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from .conftest import body, lab_messages, make_model, send, token, wait_lab
+from .test_process import BUNDLE, start_relay
+
+pytestmark = pytest.mark.network
+
+STRACE = shutil.which("strace")
+WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg"}
+SYNCS = {"fsync", "fdatasync"}
+RENAMES = {"rename", "renameat", "renameat2"}
+
+
+@dataclass
+class Call:
+    """One system call from an ``strace -f -y`` log: ``start``/``end`` are the log lines
+    where it was entered and where it returned (they differ when threads interleave)."""
+
+    pid: str
+    name: str
+    args: str
+    result: str
+    start: int
+    end: int
+
+    @property
+    def fd(self) -> str | None:
+        match = re.match(r"(\d+)<", self.args)
+        return match.group(1) if match else None
+
+    @property
+    def fd_path(self) -> str | None:
+        match = re.match(r"\d+<(.*?)>", self.args)
+        return match.group(1) if match else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.result.startswith("-1")
+
+
+def parse_strace(text: str) -> list[Call]:
+    calls: list[Call] = []
+    pending: dict[str, tuple[str, str, int]] = {}
+    for n, line in enumerate(text.splitlines()):
+        pid, _, rest = line.strip().partition(" ")
+        rest = rest.lstrip()
+        if rest.endswith(" <unfinished ...>"):
+            name, _, args = rest.removesuffix(" <unfinished ...>").partition("(")
+            pending[pid] = (name, args, n)
+        elif resumed := re.match(r"<\.\.\. (\w+) resumed>(.*)", rest):
+            name, args, start = pending.pop(pid)
+            args, _, result = (args + resumed.group(2)).rpartition(") = ")
+            calls.append(Call(pid, name, args, result, start, n))
+        elif re.match(r"\w+\(", rest) and ") = " in rest:
+            head, _, result = rest.rpartition(") = ")
+            name, _, args = head.partition("(")
+            calls.append(Call(pid, name, args, result, n, n))
+    return calls
+
+
+def _relay_pid(wrapper_pid: int) -> int:
+    children = Path(f"/proc/{wrapper_pid}/task/{wrapper_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(STRACE is None, reason="strace not installed (scripts/system-packages.txt)")
+async def test_250_to_data_is_sent_only_after_the_spool_is_fsynced(lab, tmp_path) -> None:
+    bundle, spool, log = tmp_path / "bundle.toml", tmp_path / "spool", tmp_path / "strace.log"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
+    traced = ",".join(sorted(WRITES | SYNCS | RENAMES | {"close"}))
+    relay = await start_relay(lab, bundle, spool, wrapper=[
+        STRACE, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none", "-s", "100000", "-yy",
+        "-e", f"trace={traced}", "-o", str(log)])
+    relay_pid = _relay_pid(relay.proc.pid)
+    try:
+        tag = token()
+        msg_id = await send(relay.port, f"alice-{tag}@partner.example",
+                            [f"bob-{tag}@corp.example"], body(tag))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(relay_pid, signal.SIGKILL)  # strace then exits by itself
+        await relay.wait_exit()
+
+    calls = parse_strace(log.read_text(errors="replace"))
+    # The reply on the client's socket (the JSON log on stderr may quote a 250 too).
+    [reply] = [c for c in calls if c.name in WRITES and (c.fd_path or "").startswith("TCP:")
+               and '"250 ' in c.args and msg_id in c.args]
+    before = [c for c in calls if c.end < reply.start and c.ok]
+    root = str(spool.resolve())
+
+    def in_spool(path: str | None) -> bool:
+        return path is not None and (path == root or path.startswith(root + "/"))
+
+    # Every write of this message (body, envelope, record) into a spool file is fsync'd on
+    # the same descriptor before that descriptor is closed and before the 250 goes out.
+    stored = [c for c in before if c.name in WRITES and tag in c.args and in_spool(c.fd_path)]
+    assert stored, "the message never reached the spool before the 250"
+    for write in stored:
+        following = [c for c in calls if c.fd == write.fd and c.start > write.end
+                     and c.name in SYNCS | {"close"}]
+        assert following and following[0].name in SYNCS, f"not fsync'd: {write.fd_path}"
+        assert following[0].end < reply.start, f"fsync'd after the 250: {write.fd_path}"
+    # The folders: a spool directory is fsync'd after the message's files were written, and
+    # after each rename into place, the destination folder.
+    dir_syncs = [c for c in before if c.name in SYNCS and in_spool(c.fd_path)
+                 and os.path.isdir(c.fd_path or "")]
+    assert any(s.start > stored[0].end for s in dir_syncs), "no folder fsync after the writes"
+    for rename in (c for c in before if c.name in RENAMES and c.start > stored[0].start):
+        target = re.findall(r'"((?:[^"\\]|\\.)*)"', rename.args)[-1]
+        if in_spool(os.path.realpath(target)):
+            folder = os.path.dirname(os.path.realpath(target))
+            assert any(s.fd_path == folder and s.start > rename.end for s in dir_syncs), \
+                f"{folder} not fsync'd after the rename to {target}"
+
+
+@pytest.fixture
+def tiny_spool(tmp_path: Path) -> Iterator[Path]:
+    """A spool on its own 1 MiB tmpfs, so the test can fill it up."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {done.stderr.strip()}")
+    try:
+        yield mount / "spool"
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until its file system reports ENOSPC."""
+    with path.open("wb", buffering=0) as f:
+        for chunk in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * chunk)
+    with pytest.raises(OSError) as info, (path.parent / "probe").open("wb", buffering=0) as f:
+        f.write(b"x")
+    assert info.value.errno == errno.ENOSPC
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
+                                                       capsys) -> None:
+    # (tiny_spool before relays: the relay stops before its file system is unmounted)
+    r = await relays(make_model(lab), spool=tiny_spool)
+    filler = tiny_spool.parent / "filler"
+    await asyncio.to_thread(_fill, filler)
+    (tiny_spool.parent / "probe").unlink()
+    before = _files(tiny_spool)
+    tag = token()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        with pytest.raises(aiosmtplib.SMTPDataError) as info:
+            await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+        assert info.value.code == 451
+        errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                  if '"event": "error"' in line]
+        assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
+            == [("127.0.0.1", True)]
+        assert _files(tiny_spool) == before, "a refused message left files behind"
+        # Space again: the same session is served and the next message is queued.
+        filler.unlink()
+        errors, _ = await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"],
+                                          body(tag))
+        assert not errors
+    finally:
+        client.close()
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
