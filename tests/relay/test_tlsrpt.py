@@ -228,3 +228,14 @@ def test_policy_types_of_one_day_are_separate_policies(tmp_path) -> None:
         "no-policy-found": {"total-successful-session-count": 1,
                             "total-failure-session-count": 0},
         "sts": {"total-successful-session-count": 1, "total-failure-session-count": 1}}
+
+
+def test_result_type_named_by_a_published_policy_wins() -> None:
+    """An attempt that delivery judged under MTA-STS or DANE carries the RFC result type;
+    the error-text classification is only for the bundle's own checks."""
+    from connectwiz.relay.tlsrpt import result_type
+
+    base = {"option": "enforced", "reply": "220 hi", "tls_version": "TLSv1.3",
+            "error": "DANE: no TLSA record matches the certificate"}
+    assert result_type({**base, "policy_failure": "tlsa-invalid"}) == "tlsa-invalid"
+    assert result_type({**base, "policy_failure": ""}) == "success"

@@ -54,6 +54,10 @@ def result_type(att: dict[str, Any]) -> str | None:
     negotiated and nothing about it was refused), or None when it was no TLS session."""
     if att.get("option") == "none":
         return None
+    if att.get("policy_failure"):
+        # Delivery under a published MTA-STS or DANE policy names the RFC result type
+        # itself (sts-policy-fetch-error, tlsa-invalid, ...; sts16a's Attempt field).
+        return str(att["policy_failure"])
     error = att.get("error") or ""
     if error.startswith("connection to") or not att.get("reply"):
         return None  # never reached the greeting: a network failure, not a TLS one
