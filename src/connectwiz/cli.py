@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wizard", help="the terminal wizard (default)")
     _bundle_option(p)
+    p.add_argument("--spool", metavar="DIR",
+                   help="the relay's spool, whose message log Mail flow reads (default: per-user)")
     _network_options(p)
 
     p = sub.add_parser("demo", help="the lab and the wizard wired to it: no set-up needed")
@@ -235,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool", metavar="DIR")
     p.add_argument("--json", action="store_true")
     p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID")
+
+    p = sub.add_parser("tlsrpt", help="TLS reports (RFC 8460) the relay sent or will send")
+    p.add_argument("--spool", metavar="DIR", help="the relay's spool (default: per-user)")
+    p.add_argument("--day", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday)")
+    p.add_argument("--domain", metavar="D", help="only the report for this policy domain")
 
     p = sub.add_parser("secure", help="messages held for the Secure Messaging portal")
     p.add_argument("action", choices=("list", "show", "extend", "revoke", "unlock"))

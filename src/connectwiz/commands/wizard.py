@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from connectwiz.bundle.paths import resolve_bundle_path
 from connectwiz.errors import UserError
@@ -27,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     from connectwiz.tui import make_app  # Textual loads in ~0.3 s: not before it is needed
 
-    app = make_app(path, options)  # a broken bundle: BundleError, one line, exit 2
+    spool = Path(args.spool).expanduser() if args.spool else None
+    app = make_app(path, options, spool=spool)  # a broken bundle: BundleError, one line, exit 2
     require_terminal()
     app.run()
     return 0

@@ -44,6 +44,7 @@ from connectwiz.lab.zones import (
     REFUSED_PROFILE,
     ROUTES,
     STS_ADDRESS,
+    TLS_RPT_HOSTS,
     V6_DOMAIN,
     LabDomain,
     LabHost,
@@ -101,10 +102,12 @@ class Lab:
         self._sinks = 0
         self._extra_dns: list[DNSServer] = []
         self._build_servers(all_domains)
-        sts_cert, sts_key = self.ca.issue([f"mta-sts.{d}" for d in MTA_STS_PAGES])
+        sts_cert, sts_key = self.ca.issue([f"mta-sts.{d}" for d in MTA_STS_PAGES]
+                                          + list(TLS_RPT_HOSTS))
         self.policy_server = PolicyServer(STS_ADDRESS, https_port,
                                           server_context(sts_cert, sts_key),
-                                          {f"mta-sts.{d}": p for d, p in MTA_STS_PAGES.items()})
+                                          {f"mta-sts.{d}": p for d, p in MTA_STS_PAGES.items()},
+                                          frozenset(TLS_RPT_HOSTS))
 
     # -- public view -----------------------------------------------------------------------
 
@@ -322,6 +325,7 @@ class LabHandle:
         self.routes = lab.routes
         self.sessions = lab.sessions  # the live lists: read them, do not modify them
         self.messages = lab.messages
+        self.report_posts = lab.policy_server.posts  # TLS-RPT https: reports received
 
     def info(self) -> dict[str, Any]:
         return self.lab.info()
@@ -343,6 +347,10 @@ class LabHandle:
     def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         return asyncio.run_coroutine_threadsafe(
             self.lab.add_sink(names, profile), self._loop).result(timeout=30)
+
+    def add_record(self, name: str, rdtype: str, value: str) -> None:
+        """Publish one more DNS record (absolute name), e.g. a test domain's TLS-RPT TXT."""
+        self._loop.call_soon_threadsafe(self.lab.zone.add, name, rdtype, value)
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -262,6 +262,9 @@ MTA_STS_PAGES: dict[str, Page] = {
 }
 STS_TWO_RECORDS = "sts-double.example"  # two v=STSv1 TXT records: the record is unusable
 
+# TLS-RPT https: endpoints, served by the MTA-STS policy server (lab/https.py keeps the POSTs).
+TLS_RPT_HOSTS = ("reports.sts-testing.example",)
+
 TLS_RPT_RECORDS = {
     "trusted.example": "v=TLSRPTv1; rua=mailto:tls-reports@trusted.example",
     "sts-testing.example": "v=TLSRPTv1; rua=mailto:tlsrpt@sts-testing.example,"
@@ -315,6 +318,8 @@ def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) ->
         zone.add(f"mta-sts.{name}.", "A", STS_ADDRESS)
     zone.add(f"_mta-sts.{STS_TWO_RECORDS}.", "TXT", '"v=STSv1; id=one"')
     zone.add(f"_mta-sts.{STS_TWO_RECORDS}.", "TXT", '"v=STSv1; id=two"')
+    for host in TLS_RPT_HOSTS:
+        zone.add(f"{host}.", "A", STS_ADDRESS)
     for name, record in TLS_RPT_RECORDS.items():
         zone.add(f"_smtp._tls.{name}.", "TXT", f'"{record}"')
     return zone

@@ -67,6 +67,9 @@ class Attempt:
     # Sent over a session kept from an earlier delivery (its TLS facts are that session's).
     reused_connection: bool = False
     elapsed_s: float = 0.0  # start to outcome, for the latency metrics
+    # TLS-RPT (relay/tlsrpt.py): which published policy applied, and the domain reported to.
+    policy_type: str = "no-policy-found"  # sts | tlsa | no-policy-found
+    policy_domain: str = ""
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,7 +187,8 @@ def _attempt_record(target: Target, definition: DeliveryDefinition,
                     recipients: list[str]) -> Attempt:
     return Attempt(target.host, target.address, target.port, definition.name,
                    str(definition.option), str(definition.encryption_mode), definition.min_tls,
-                   list(recipients))
+                   list(recipients),
+                   policy_domain=recipients[0].rpartition("@")[2].lower() if recipients else "")
 
 
 _FAILURES = (TempFailure, PermFailure, SmtpProtocolError, StepTimeout, OSError)

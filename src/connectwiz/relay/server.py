@@ -45,6 +45,7 @@ from connectwiz.relay.spool import (
     new_message_id,
 )
 from connectwiz.relay.tlscert import ensure_self_signed
+from connectwiz.relay.tlsrpt import TlsRptRecorder, TlsRptSender, TlsRptStore, queue_local
 from connectwiz.relay.workers import Worker
 
 
@@ -100,6 +101,10 @@ class Relay:
         self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
                                       self._control_settle, self.log)
         self.address: tuple[str, int] = listen
+        store = TlsRptStore(Path(spool_dir))
+        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname)
+        self.tlsrpt_sender = TlsRptSender(store, self.options, self._queue_local, self.log)
+        self._tlsrpt_task: asyncio.Task[None] | None = None
 
     def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Run blocking spool I/O on the spool executor (submitted at once)."""
@@ -244,8 +249,14 @@ class Relay:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
         self._directory_task = asyncio.create_task(self._directory_loop())
-        if not self.worker.shared:  # queue control knows what is in flight in this process only
+        if not self.worker.shared:
+            # Queue control knows what is in flight in this process only, and the TLS-RPT
+            # day files are one process's counts (workers would overwrite each other's).
             await self._control.start()
+            self._tlsrpt_task = asyncio.create_task(self.tlsrpt_sender.run(self.tlsrpt))
+        else:
+            self.log("warning", reason="queue control and TLS-RPT reports are off with "
+                     "--workers above 1", fix="run with --workers 1 to have them")
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None,
@@ -272,8 +283,8 @@ class Relay:
             proto.close()
         if self._busy:
             await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
-        tasks = [*self._workers,
-                 *(t for t in (self._rescan, self._directory_task) if t is not None)]
+        tasks = [*self._workers, *(t for t in (self._rescan, self._directory_task,
+                                                self._tlsrpt_task) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -281,6 +292,7 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         counts = await self._io(self.spool.counts)
+        await self._io(self.tlsrpt.flush)
         self._spool_io.shutdown(wait=True)
         self.spool.unlock()
         self.log("stopped", **counts)
@@ -530,6 +542,8 @@ class Relay:
                 self.spool.update_active(entry)
         if records:
             self.msglog.sync(entry.id)
+        if not self.worker.shared:
+            self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
         return finished
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
@@ -567,6 +581,12 @@ class Relay:
                            policy=f"delivery status notification for {entry.id}")
         self.msglog.append(entry.id, "bounced", recipients=addresses, reason=reason,
                            dsn=bounce.id)
+
+    async def _queue_local(self, mail_from: str, rcpts: list[str], data: bytes,
+                           note: str) -> None:
+        """A message the relay writes itself (a TLS report), queued like received mail."""
+        self._enqueue(await self._io(queue_local, self.spool, self.msglog, mail_from, rcpts,
+                                     data, note))
 
     # -- for tests and the benchmark -----------------------------------------------------------
 

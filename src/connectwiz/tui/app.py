@@ -33,11 +33,13 @@ class WizardApp(App[None]):
     ]
 
     def __init__(self, state: WizardState | Callable[[], WizardState], *,
-                 blink: bool = True) -> None:
+                 blink: bool = True, spool: Path | None = None) -> None:
         """``state``, or a function that prepares it (in a thread, while the first frame is
         drawn: the demo starts its lab there). A UserError it raises ends the app and is
-        kept in ``failure`` for the command to report."""
+        kept in ``failure`` for the command to report. ``spool``: the relay's, whose
+        message log the Mail flow step reads (default: the per-user one)."""
         super().__init__()
+        self.spool = spool
         self.prepare = state if callable(state) else None
         if isinstance(state, WizardState):
             self.state = state
@@ -127,7 +129,7 @@ def make_state(bundle_path: Path, options: NetworkOptions, *, clock: Clock | Non
 
 def make_app(bundle_path: Path, options: NetworkOptions, *, clock: Clock | None = None,
              hint: str | Callable[[PolicyModel], str] = "", scratch: bool = False,
-             blink: bool = True) -> WizardApp:
+             blink: bool = True, spool: Path | None = None) -> WizardApp:
     """The wizard on ``bundle_path`` (see make_state). Raises BundleError."""
     return WizardApp(make_state(bundle_path, options, clock=clock, hint=hint, scratch=scratch),
-                     blink=blink)
+                     blink=blink, spool=spool)

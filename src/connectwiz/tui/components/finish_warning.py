@@ -43,8 +43,8 @@ class FinishWarningDialog(Dialog[bool]):
         self.query_one("#back", Button).focus()  # Enter goes back: saving is the risky choice
 
     def explain(self) -> Text:
-        remove, validate = key_of(self, "remove"), key_of(self, "validate")
-        relaxed, validate_all = key_of(self, "relaxed"), key_of(self, "validate_all")
+        remove, validate = self._key("remove"), self._key("validate")
+        relaxed, validate_all = self._key("relaxed"), self._key("validate_all")
         risks = self.risks
         text = Text("Every domain in the bundle gets Enforced TLS: mail to it is only sent "
                     "over TLS that passes its checks, else it waits in the queue and then "
@@ -72,6 +72,19 @@ class FinishWarningDialog(Dialog[bool]):
                 text.append(f"\n  {consequence[0].upper()}{consequence[1:]}.")
                 text.append(f"\n  Fix: {fix}.", style="yellow")
         return text
+
+    def _key(self, binding_id: str) -> str:
+        """The fix's key on the step below, else (opened from Mail flow) the key on the
+        External domains step, which is where the fixes are made."""
+        try:
+            return key_of(self, binding_id)
+        except KeyError:
+            from connectwiz.tui.screens.domains import DomainsScreen
+
+            for binding in Binding.make_bindings(DomainsScreen.BINDINGS):
+                if binding.id == binding_id:
+                    return f"{self.app.get_key_display(binding)} on External domains"
+            raise
 
     def action_cancel(self) -> None:
         self.dismiss(False)

@@ -18,6 +18,14 @@ class WizardScreen(Screen[None]):
     def on_mount(self) -> None:
         no_blink(self)
 
+    def open_mail_flow(self, focus: str | None = None) -> None:
+        """The Mail flow step (from Start, and from a domain's row), on the relay's spool."""
+        from connectwiz.relay.spool import default_spool
+        from connectwiz.tui.screens.mailflow import MailFlowScreen
+
+        spool = self.app.spool or default_spool()  # type: ignore[attr-defined]
+        self.app.push_screen(MailFlowScreen(spool, focus))
+
     def on_screen_resume(self) -> None:
         # Sent when the screen is first shown and whenever a dialog or a later step closes
         # (they edit the state): one place to draw the state as it is now.

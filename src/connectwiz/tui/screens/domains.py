@@ -69,6 +69,8 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         Binding("r", "mode('relaxed')", "Relaxed", id="relaxed"),
         Binding("r", "mode('strict')", "Strict", id="strict"),
         Binding("f", "finish", "Finish", id="finish"),
+        # Not in the footer (Quit must stay in it at 80 columns); the palette lists it.
+        Binding("m", "mail_flow", "Mail flow", id="mail_flow", show=False),
         Binding("b,escape", "back", "Back", id="back"),
         # Back is off while a test runs: Esc then reaches Cancel.
         Binding("escape", "cancel_probe", "Cancel", id="cancel_probe"),
@@ -216,6 +218,10 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         if domain is not None:
             self.state.set_domain_mode(domain.domain, EncryptionMode(mode))
             self.redraw()
+
+    def action_mail_flow(self) -> None:
+        domain = self.selected()
+        self.open_mail_flow(domain.domain if domain else None)
 
     def action_cancel_probe(self) -> None:
         self.cancel_probe()

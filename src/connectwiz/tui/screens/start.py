@@ -37,6 +37,7 @@ class StartScreen(WizardScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter,s", "start", "Start", id="start"),
         Binding("o", "organisation", "Edit organisation", id="organisation"),
+        Binding("m", "mail_flow", "Mail flow", id="mail_flow"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -113,6 +114,9 @@ class StartScreen(WizardScreen):
         from connectwiz.tui.screens.routes import RoutesScreen
 
         self.app.push_screen(RoutesScreen())
+
+    def action_mail_flow(self) -> None:
+        self.open_mail_flow()
 
     def action_organisation(self) -> None:
         from connectwiz.tui.components.dialogs import OrgDialog

@@ -1,0 +1,241 @@
+"""TLS-RPT (RFC 8460) end to end: the relay counts each session's TLS result per policy
+domain and day (kept across restarts), sends the aggregate report to the domain's https: and
+mailto: ``rua`` (the mail through itself), and ``connectwiz tlsrpt`` prints what was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import gzip
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email import policy as email_policy
+
+import jsonschema
+import pytest
+
+from connectwiz.cli import main as cli_main
+from connectwiz.relay.tlsrpt import TlsRptStore
+
+from .conftest import FAST, OPPORTUNISTIC, STRICT, body, make_model, send, token, wait_lab
+from .tlsrpt_schema import TLSRPT_SCHEMA
+
+pytestmark = pytest.mark.network
+
+VALIDATOR = jsonschema.Draft202012Validator(
+    TLSRPT_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+ONE_TRY = replace(FAST, backoff_min=3600, backoff_max=3600)  # a deferral is not retried
+
+
+def _today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+async def _counts(r) -> dict:
+    await asyncio.to_thread(r.relay.tlsrpt.flush)
+    return await asyncio.to_thread(TlsRptStore(r.spool).counts, _today())
+
+
+def _types(counts: dict, domain: str) -> set[str]:
+    entry = counts["domains"][domain]["no-policy-found"]
+    return ({f["result-type"] for f in entry["failures"].values()}
+            | ({"success"} if entry["success"] else set()))
+
+
+async def _until(predicate, timeout: float = 15) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_report_schema_rejects_what_rfc_8460_forbids() -> None:
+    """The test schema is not vacuous: a wrong result type or a missing summary fails."""
+    good = {"organization-name": "a", "contact-info": "b", "report-id": "c",
+            "date-range": {"start-datetime": "2026-01-01T00:00:00Z",
+                           "end-datetime": "2026-01-01T23:59:59Z"},
+            "policies": [{"policy": {"policy-type": "sts", "policy-domain": "x.example"},
+                          "summary": {"total-successful-session-count": 1,
+                                      "total-failure-session-count": 0}}]}
+    VALIDATOR.validate(good)
+    bad_type = json.loads(json.dumps(good))
+    bad_type["policies"][0]["failure-details"] = [{
+        "result-type": "tls-broken", "sending-mta-ip": "127.0.0.1", "receiving-ip": "127.0.0.2",
+        "failed-session-count": 1}]
+    no_summary = json.loads(json.dumps(good))
+    del no_summary["policies"][0]["summary"]
+    assert not VALIDATOR.is_valid(bad_type)
+    assert not VALIDATOR.is_valid(no_summary)
+
+
+async def test_sessions_counted_by_result_type_and_kept_across_restart(lab, relays) -> None:
+    domains = {"trusted.example": STRICT, "expired.example": STRICT,
+               "wrongname.example": STRICT, "selfsigned.example": STRICT,
+               "nostarttls.example": STRICT, "tls10.example": OPPORTUNISTIC}
+    model = make_model(lab, delivery=domains)
+    r = await relays(model, ONE_TRY)
+    tag = token()
+    await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{d}" for d in domains], body(tag))
+
+    async def all_counted() -> bool:
+        counts = await _counts(r)
+        return set(counts.get("domains", {})) >= set(domains)
+
+    await _until(all_counted)
+    counts = await _counts(r)
+    assert _types(counts, "trusted.example") == {"success"}
+    assert _types(counts, "expired.example") == {"certificate-expired"}
+    assert _types(counts, "wrongname.example") == {"certificate-host-mismatch"}
+    assert _types(counts, "selfsigned.example") == {"certificate-not-trusted"}
+    assert _types(counts, "nostarttls.example") == {"starttls-not-supported"}
+    # Opportunistic to a TLS 1.0-only server: TLS was negotiated, the session succeeded.
+    assert _types(counts, "tls10.example") == {"success"}
+    failure = next(iter(
+        counts["domains"]["expired.example"]["no-policy-found"]["failures"].values()))
+    assert failure["receiving-mx-hostname"] == "mx.expired.example"
+    assert failure["receiving-ip"] == lab.address_of("mx.expired.example")
+    assert failure["sending-mta-ip"] == "127.0.0.1"
+    assert list(counts["domains"]["trusted.example"]) == ["no-policy-found"]
+
+    await r.relay.stop()  # counts are on disk; a new relay on the spool adds to them
+    r2 = await relays(model, ONE_TRY, spool=r.spool)
+    await send(r2.port, f"a-{tag}@corp.example", [f"v-{tag}@trusted.example"], body(tag + "b"))
+    await r2.wait_status(await _last_id(r2, f"v-{tag}@trusted.example"), "delivered")
+    counts = await _counts(r2)
+    assert counts["domains"]["trusted.example"]["no-policy-found"]["success"] == 2
+
+
+async def _last_id(r, rcpt: str) -> str:
+    def find() -> str:
+        for path in sorted((r.spool / "log").glob("*.jsonl"), key=lambda p: p.stat().st_mtime,
+                           reverse=True):
+            if rcpt in path.read_text():
+                return path.stem
+        raise AssertionError(f"no log for {rcpt}")
+    return await asyncio.to_thread(find)
+
+
+async def test_daily_report_posted_and_mailed_once_and_printed(lab, relays, capsys) -> None:
+    tag = token()
+    domain = f"rpt-{tag}.example"
+    await asyncio.to_thread(lab.add_sink, [domain], "expired")
+    path = f"/tlsrpt/{tag}"
+    mailbox = f"reports-{tag}@trusted.example"
+    lab.add_record(f"_smtp._tls.{domain}.", "TXT",
+                   f'"v=TLSRPTv1; rua=https://reports.sts-testing.example{path},'
+                   f'mailto:{mailbox}"')
+    r = await relays(make_model(lab, delivery={domain: STRICT}), ONE_TRY)
+    msg_id = await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{domain}"], body(tag))
+    await r.wait_status(msg_id, "deferred")
+
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    await asyncio.to_thread(r.relay.tlsrpt.flush)
+    await r.relay.tlsrpt_sender.send_due(tomorrow)
+
+    posts = [p for p in list(lab.report_posts) if p.path == path]
+    assert len(posts) == 1
+    assert posts[0].content_type == "application/tlsrpt+gzip"
+    posted = json.loads(gzip.decompress(posts[0].body))
+    VALIDATOR.validate(posted)
+    policy = posted["policies"][0]
+    assert policy["policy"] == {"policy-type": "no-policy-found", "policy-domain": domain}
+    assert policy["summary"] == {"total-successful-session-count": 0,
+                                 "total-failure-session-count": 1}
+    assert policy["failure-details"][0]["result-type"] == "certificate-expired"
+    assert posted["date-range"]["start-datetime"] == f"{_today()}T00:00:00Z"
+
+    # mailto: the relay queued the report as a message and delivered it to the lab.
+    assert await wait_lab(lab, lambda: any(mailbox in m.rcpt_tos for m in list(lab.messages)))
+    mail = next(m for m in list(lab.messages) if mailbox in m.rcpt_tos)
+    assert mail.mail_from == ""  # null sender: a report that fails never bounces
+    parsed = email.message_from_bytes(mail.data, policy=email_policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "tlsrpt"
+    assert parsed["TLS-Report-Domain"] == domain
+    assert parsed["Subject"].startswith(f"Report Domain: {domain} Submitter: relay.corp.example")
+    parts = list(parsed.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "application/tlsrpt+gzip"]
+    assert parts[1].get_filename().startswith(f"relay.corp.example!{domain}!")
+    assert json.loads(gzip.decompress(parts[1].get_content())) == posted
+
+    # Once a day: a second run sends nothing again.
+    await r.relay.tlsrpt_sender.send_due(tomorrow)
+    assert len([p for p in list(lab.report_posts) if p.path == path]) == 1
+
+    capsys.readouterr()
+    assert cli_main(["tlsrpt", "--spool", str(r.spool), "--day", _today(),
+                     "--domain", domain]) == 0
+    out = capsys.readouterr().out
+    header, _, rest = out.partition("\n")
+    assert f"sent to https://reports.sts-testing.example{path}" in header
+    assert f"sent to mailto:{mailbox}" in header
+    assert json.loads(rest) == posted
+
+
+def test_tlsrpt_command_bad_input_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "log").mkdir()
+    assert cli_main(["tlsrpt", "--spool", str(tmp_path), "--day", "yesterday"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "connectwiz: --day 'yesterday': expected a date as YYYY-MM-DD"
+    assert cli_main(["tlsrpt", "--spool", str(tmp_path), "--day", "2026-01-01",
+                     "--domain", "x.example"]) == 2
+    assert "no TLS sessions to x.example counted on 2026-01-01" in capsys.readouterr().err
+    assert cli_main(["tlsrpt", "--spool", str(tmp_path / "nope")]) == 2
+
+
+def test_damaged_count_file_does_not_stop_counting(tmp_path) -> None:
+    """Counting runs inside delivery bookkeeping: a damaged file is started over, not raised."""
+    from connectwiz.relay.deliver import Attempt
+    from connectwiz.relay.tlsrpt import TlsRptRecorder
+
+    store = TlsRptStore(tmp_path)
+    store.dir.mkdir()
+    (store.dir / f"{_today()}.json").write_text("{not json")
+    recorder = TlsRptRecorder(store, "relay.example")
+    ok = Attempt("mx.a.example", "127.0.0.1", 25, "Opportunistic TLS", "opportunistic",
+                 "relaxed", "1.2", ["x@a.example"], tls_version="TLSv1.3", reply="220 hi",
+                 outcome="delivered", policy_domain="a.example")
+    recorder.count([ok])
+    recorder.flush()
+    assert store.counts(_today())["domains"]["a.example"]["no-policy-found"]["success"] == 1
+
+
+def test_policy_types_of_one_day_are_separate_policies(tmp_path) -> None:
+    """When delivery applies a published policy (sts, tlsa) part of the day, the report has
+    one ``policies`` item per type, each with its own counts."""
+    from connectwiz.relay.deliver import Attempt
+    from connectwiz.relay.tlsrpt import TlsRptRecorder, build_report
+
+    store = TlsRptStore(tmp_path)
+    recorder = TlsRptRecorder(store, "relay.example")
+
+    def attempt(policy_type: str, error: str = "") -> Attempt:
+        return Attempt("mx.a.example", "127.0.0.1", 25, "Enforced TLS - Strict", "enforced",
+                       "strict", "1.2", ["x@a.example"], tls_version="TLSv1.3",
+                       reply="220 hi", outcome="temporary" if error else "delivered",
+                       error=error, policy_type=policy_type, policy_domain="a.example")
+
+    recorder.count([attempt("no-policy-found"), attempt("sts"),
+                    attempt("sts", "TLS required but the certificate is not accepted: "
+                                   "name mismatch: certificate is for other.example")])
+    recorder.flush()
+    report = build_report(store.counts(_today()), "a.example")
+    VALIDATOR.validate(report)
+    summaries = {p["policy"]["policy-type"]: p["summary"] for p in report["policies"]}
+    assert summaries == {
+        "no-policy-found": {"total-successful-session-count": 1,
+                            "total-failure-session-count": 0},
+        "sts": {"total-successful-session-count": 1, "total-failure-session-count": 1}}
+
+
+def test_result_type_named_by_a_published_policy_wins() -> None:
+    """An attempt that delivery judged under MTA-STS or DANE carries the RFC result type;
+    the error-text classification is only for the bundle's own checks."""
+    from connectwiz.relay.tlsrpt import result_type
+
+    base = {"option": "enforced", "reply": "220 hi", "tls_version": "TLSv1.3",
+            "error": "DANE: no TLSA record matches the certificate"}
+    assert result_type({**base, "policy_failure": "tlsa-invalid"}) == "tlsa-invalid"
+    assert result_type({**base, "policy_failure": ""}) == "success"
