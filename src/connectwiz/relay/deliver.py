@@ -9,6 +9,9 @@
   minimum version, chain and host name verified), enforced relaxed (TLS at the minimum
   version, any certificate), none (no TLS).
 
+Where the bundle leaves a destination at Opportunistic TLS, what the partner publishes
+(MTA-STS, DANE) can raise the requirement per MX host: relay.published decides.
+
 Enforced TLS never falls back to plaintext: no STARTTLS in the EHLO reply (perhaps stripped
 by a man in the middle), a refused STARTTLS or a failed handshake is a temporary failure
 for that host, and the message is deferred when no host does better.
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from connectwiz.policy.model import (
     DeliveryDefinition,
@@ -40,6 +44,7 @@ from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses, res
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.tls import client_context as tls_client_context
 from connectwiz.probe.tls import peer_chain
+from connectwiz.relay.published import Published, PublishedPolicies, result_type
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.spool import QueueEntry, Recipient
 from connectwiz.smtpclient import NeedsSmtpUtf8, SmtpClient, SmtpProtocolError, StepTimeout
@@ -63,6 +68,8 @@ class Target:
     host: str  # name to verify the certificate against
     address: str
     port: int
+    # What the partner publishes for this MX host (MTA-STS, DANE); None for inbound routes.
+    published: Published | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -86,6 +93,12 @@ class Attempt:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     # Opportunistic TLS failed here after STARTTLS: the host is tried again in plaintext.
     retry_plain: bool = False
+    # The published policy of the destination (read by TLS-RPT) and what decided TLS here.
+    policy_type: str = "no-policy-found"  # sts | tlsa | no-policy-found (RFC 8460)
+    policy_domain: str = ""
+    decided_by: str = "bundle"  # bundle | mta-sts | dane
+    policy_failure: str = ""  # RFC 8460 result type when the published policy was not met
+    policy_detail: str = ""  # ... and why, for the admin
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,8 +149,15 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     att = Attempt(target.host, target.address, target.port, definition.name,
                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
                   list(recipients))
+    published = target.published
+    if published is not None:
+        att.policy_type, att.policy_domain = published.policy_type, published.policy_domain
+        att.decided_by, att.policy_failure = published.decided_by, published.failure_type
+        att.policy_detail = published.refuse or published.noted
     client: SmtpClient | None = None
     try:
+        if published is not None and published.refuse:
+            raise TempFailure(published.refuse)  # never connect: the policy excludes the host
         try:
             client = await SmtpClient.connect(target.address, target.port, timeout)
         except (OSError, StepTimeout) as exc:
@@ -167,6 +187,8 @@ async def _converse(client: SmtpClient, att: Attempt, target: Target,
                     helo: str, greeting_timeout: float, trust: TrustStore | None) -> None:
     enforced = definition.option is DeliveryOption.ENFORCED
     strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
+    published = target.published
+    testing = published is not None and published.sts_mode == "testing"
     reply = await client.greeting(greeting_timeout)
     att.reply = reply.transcript
     if reply.code != 220:
@@ -176,6 +198,9 @@ async def _converse(client: SmtpClient, att: Attempt, target: Target,
         raise TempFailure(f"HELO refused: {reply.transcript}")
     if ctx is not None:
         if "STARTTLS" not in client.extensions:
+            if enforced or testing:
+                att.policy_failure = att.policy_failure or "starttls-not-supported"
+                att.policy_detail = att.policy_detail or "the server does not offer STARTTLS"
             if enforced:
                 raise TempFailure("TLS required but the server does not offer STARTTLS")
         else:
@@ -193,13 +218,23 @@ async def _converse(client: SmtpClient, att: Attempt, target: Target,
                                       f"{_describe(exc)}") from None
                 raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
             att.tls_version, att.tls_cipher = client.tls()
-            if strict:
+            if published is not None and published.tlsa is not None:
+                chain = tuple(c.public_bytes(Encoding.DER) for c in peer_chain(ssl_object))
+                problem = published.check_chain(target.host, chain)
+                if problem:
+                    att.policy_failure, att.policy_detail = "validation-failure", problem
+                    raise TempFailure(f"DANE: {problem}")
+                att.certificate_verified = True
+            elif strict or testing:
                 store = trust or trust_store(None)
                 _, problems = judge_chain(peer_chain(ssl_object), target.host, store)
-                if problems:
+                if problems and (published is not None and published.sts_mode):
+                    att.policy_failure = att.policy_failure or result_type(problems)
+                    att.policy_detail = att.policy_detail or "; ".join(problems)
+                if problems and strict:
                     raise TempFailure("TLS required but the certificate is not accepted: "
                                       + "; ".join(problems))
-                att.certificate_verified = True
+                att.certificate_verified = not problems
             reply = await client.ehlo(helo, helo_fallback=True)
             if reply.code != 250:
                 raise TempFailure(f"HELO over TLS refused: {reply.transcript}")
@@ -314,6 +349,7 @@ class Deliverer:
         # The relay's own listening sockets (host, port): never a delivery target.
         self.own_addresses: set[tuple[str, int]] = set()
         self._trust: TrustStore | None = None
+        self.published = PublishedPolicies(options)
 
     def is_own(self, target: Target) -> bool:
         """True when ``target`` is this relay: a next hop that would loop the mail back."""
@@ -371,7 +407,9 @@ class Deliverer:
             if "NXDOMAIN" in exc.reason or "null MX" in exc.reason:
                 raise PermFailure(f"{group.domain}: {exc.reason}") from None
             raise TempFailure(f"{group.domain}: {exc.reason}") from None
-        found = [(Target(h.name, a, self.options.smtp_port), group.definition)
+        plan = await self.published.plan(group.domain, group.definition,
+                                         [h.name for h in hosts])
+        found = [(Target(h.name, a, self.options.smtp_port, plan[h.name][1]), plan[h.name][0])
                  for h in hosts for a in h.addresses]
         if not found:
             raise TempFailure(f"{group.domain}: no MX host has an address")
