@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--secure-key", metavar="FILE",
                    help="key encrypting held Secure Messaging content, kept outside the spool "
                         "(default $XDG_CONFIG_HOME/connectwiz/secure.key, made 0600 on first use)")
+    p.add_argument("--dnssec-resolver", metavar="HOST[:PORT]",
+                   help="validating resolver whose AD bit is trusted: enables DANE on delivery "
+                        "(also CONNECTWIZ_DNSSEC_RESOLVER; default: no DANE)")
     _network_options(p)
 
     p = sub.add_parser("log", help="receipt/delivery view of relayed messages")

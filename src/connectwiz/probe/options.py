@@ -58,6 +58,7 @@ def options_from(
     """Build options from explicit values, falling back to CONNECTWIZ_* variables, then defaults."""
     env = os.environ
     nameserver = nameserver or env.get("CONNECTWIZ_NAMESERVER") or None
+    dnssec_resolver = dnssec_resolver or env.get("CONNECTWIZ_DNSSEC_RESOLVER") or None
     ca_text = ca_file or env.get("CONNECTWIZ_CA_FILE") or None
     ca_path = Path(ca_text) if ca_text else None
     if ca_path is not None and not ca_path.is_file():

@@ -1,0 +1,65 @@
+"""DANE on delivery (RFC 7672), end to end: the relay trusts the AD bit of the lab's name
+server (``--dnssec-resolver``), which sets it on the lab's TLSA answers (lab.runner._add_tlsa:
+dane-ok.example and trusted.example match their MX, dane-bad.example names another key)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from connectwiz.lab import LabHandle
+from connectwiz.probe.options import NetworkOptions
+
+from .conftest import STRICT, body, lab_messages, make_model, send, token, wait_lab
+from .test_delivery import _sent_anything
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def lab_network_options(lab: LabHandle, lab_network_options: NetworkOptions) -> NetworkOptions:
+    """The relays of this module name the lab's name server as their validating resolver."""
+    return replace(lab_network_options, dnssec_resolver=lab.nameserver)
+
+
+async def _send(r, domain: str) -> tuple[str, str]:
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@{domain}"], body(tag))
+    return msg_id, tag
+
+
+async def test_matching_tlsa_delivers_authenticated_by_dane(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    msg_id, tag = await _send(r, "dane-ok.example")
+    record = await r.wait_status(msg_id, "delivered")
+    [attempt] = record.attempts
+    assert attempt["decided_by"] == "dane" and attempt["policy_type"] == "tlsa"
+    assert attempt["certificate_verified"] is True
+    assert attempt["definition"] == "DANE (TLSA at _25._tcp.mx.dane-ok.example)"
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def test_tlsa_not_matching_defers_even_with_a_trusted_certificate(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    msg_id, tag = await _send(r, "dane-bad.example")
+    record = await r.wait_status(msg_id, "deferred")
+    attempt = record.attempts[0]
+    assert attempt["decided_by"] == "dane" and attempt["policy_failure"] == "validation-failure"
+    assert "no TLSA record at _25._tcp.mx.dane-bad.example matches" in attempt["error"]
+    assert not _sent_anything(lab, tag)
+
+
+async def test_dane_takes_precedence_over_mta_sts(lab, relays) -> None:
+    # trusted.example publishes both: DANE decides for its MX, as RFC 8461 §2 asks.
+    r = await relays(make_model(lab))
+    msg_id, _ = await _send(r, "trusted.example")
+    record = await r.wait_status(msg_id, "delivered")
+    assert record.attempts[0]["policy_type"] == "tlsa"
+
+
+async def test_bundle_enforced_policy_wins_over_dane(lab, relays) -> None:
+    r = await relays(make_model(lab, delivery={"dane-bad.example": STRICT}))
+    msg_id, _ = await _send(r, "dane-bad.example")
+    record = await r.wait_status(msg_id, "delivered")
+    assert record.attempts[0]["decided_by"] == "bundle"
