@@ -37,7 +37,7 @@ from connectwiz.atomic import write_atomic
 from connectwiz.policy.model import DeliveryDefinition, DeliveryOption, EncryptionMode
 from connectwiz.probe.certs import certificate_names, match_hostname
 from connectwiz.probe.dane import DaneHost, dnssec_resolver, lookup_tlsa, match_chain
-from connectwiz.probe.dns import make_resolver
+from connectwiz.probe.dns import DnsError, make_resolver, resolve_mx
 from connectwiz.probe.mtasts import StsPolicy, lookup_mta_sts, mx_pattern_matches
 from connectwiz.probe.options import NetworkOptions
 
@@ -278,6 +278,77 @@ class PublishedPolicies:
     async def close(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await self.sts.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedView:
+    """``explain --published``: what a recipient domain publishes and who decides its TLS."""
+
+    domain: str
+    bundle: DeliveryDefinition
+    sts_mode: str | None  # the MTA-STS mode found (enforce | testing | none), None: no policy
+    sts_problem: str  # why no policy could be used ('' when none is published)
+    dane_checked: bool  # False: no --dnssec-resolver, DANE is not looked at
+    hosts: tuple[tuple[str, DeliveryDefinition, Published], ...]
+    error: str = ""  # the MX lookup failed
+
+    @property
+    def decided_by(self) -> list[str]:
+        return sorted({p.decided_by for _, _, p in self.hosts}) or ["bundle"]
+
+    def warnings(self) -> list[str]:
+        option = self.bundle.option
+        if self.sts_mode != "enforce":
+            return []
+        if option is DeliveryOption.NONE:
+            return [f"{self.domain} publishes MTA-STS enforce, but the bundle's {self.bundle.name} "
+                    "wins: mail goes in plaintext (Google Workspace and Exchange Online would "
+                    "refuse to send it so)"]
+        if option is DeliveryOption.ENFORCED and self.bundle.encryption_mode is not \
+                EncryptionMode.STRICT:
+            return [f"{self.domain} publishes MTA-STS enforce, but the bundle's {self.bundle.name} "
+                    "wins: certificates the policy would refuse are accepted"]
+        return []
+
+    def lines(self) -> list[str]:
+        sts = f"MTA-STS {self.sts_mode}" if self.sts_mode else "no MTA-STS policy"
+        if self.sts_problem:
+            sts += f" ({self.sts_problem})"
+        dane = "DANE checked" if self.dane_checked else "DANE not checked (no --dnssec-resolver)"
+        out = [f"Published by {self.domain}: {sts}; {dane}",
+               f"  TLS decided by: {', '.join(self.decided_by)}"]
+        if self.error:
+            out.append(f"  MX lookup failed: {self.error}")
+        for host, definition, published in self.hosts:
+            how = published.refuse or f"{definition.name} ({published.decided_by})"
+            out.append(f"    {host}: {how}")
+        out += [f"  WARNING: {w}" for w in self.warnings()]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"domain": self.domain, "mta_sts_mode": self.sts_mode,
+                "mta_sts_problem": self.sts_problem or None, "dane_checked": self.dane_checked,
+                "decided_by": self.decided_by, "error": self.error or None,
+                "warnings": self.warnings(),
+                "hosts": [{"host": h, "definition": d.name, "decided_by": p.decided_by,
+                           "policy_type": p.policy_type, "refused": p.refuse or None}
+                          for h, d, p in self.hosts]}
+
+
+async def look(domain: str, bundle: DeliveryDefinition, options: NetworkOptions
+               ) -> PublishedView:
+    """What the relay would decide for ``domain`` now (the same ``plan`` delivery uses)."""
+    policies = PublishedPolicies(options)
+    try:
+        hosts = [h.name for h in await resolve_mx(domain, options)]
+        error = ""
+    except DnsError as exc:
+        hosts, error = [], exc.reason
+    plan = await policies.plan(domain, bundle, hosts)
+    entry = policies.sts.cached(domain)
+    return PublishedView(domain, bundle, entry.policy.mode if entry else None,
+                         policies.sts.problem(domain), options.dnssec_resolver is not None,
+                         tuple((h, *plan[h]) for h in hosts), error)
 
 
 def result_type(problems: list[str]) -> str:
