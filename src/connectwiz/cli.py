@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("toml", "json", "postfix"), default="toml")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="default: stdout; for --format postfix a folder (required)")
+    p.add_argument("--dane", action="store_true",
+                   help="postfix: opportunistic becomes Postfix's dane level "
+                        "(smtp_dns_support_level = dnssec; needs a validating resolver)")
+    p.add_argument("--mta-sts", nargs="?", const="inet:127.0.0.1:8461", metavar="SOCKETMAP",
+                   help="postfix: chain postfix-mta-sts-resolver after the bundle's table "
+                        "(default inet:127.0.0.1:8461, the resolver's own default)")
 
     p = sub.add_parser("relay", help="the enforcing SMTP relay")
     _bundle_option(p)
