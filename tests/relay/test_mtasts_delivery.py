@@ -15,6 +15,7 @@ import pytest
 
 from connectwiz.lab import LabHandle
 from connectwiz.lab.https import Page
+from connectwiz.relay.published import ABSENT_TTL, StsCache
 
 from .conftest import (
     NO_TLS,
@@ -174,3 +175,22 @@ async def test_dane_is_ignored_without_a_named_dnssec_resolver(lab, relays) -> N
     msg_id, _ = await _send(r, "dane-bad.example")
     record = await r.wait_status(msg_id, "delivered")
     assert record.attempts[0]["policy_type"] == "no-policy-found"
+
+
+async def test_cache_uses_a_policy_until_max_age_then_lets_it_go(lab, lab_network_options
+                                                                 ) -> None:
+    now = [1_000_000.0]
+    cache = StsCache(lab_network_options, clock=lambda: now[0])
+    first = await cache.policy("sts-relaxed.example")
+    assert first is not None and first.policy.max_age == 86400
+    with served(lab, "sts-relaxed.example", Page(b"broken", 500)):
+        now[0] += 86400 - 1  # a day less a second: stale (refreshed in the background), valid
+        assert await cache.policy("sts-relaxed.example") is first
+        await cache.wait_refreshed()
+        assert cache.cached("sts-relaxed.example").fetched == first.fetched  # refresh failed
+        now[0] += 2  # past max_age: the failed fetch now means "no policy"
+        assert await cache.policy("sts-relaxed.example") is None
+        assert "HTTP 500" in cache.problem("sts-relaxed.example")
+    now[0] += ABSENT_TTL  # the page is back: fetched again once "absent" has lapsed
+    assert (await cache.policy("sts-relaxed.example")).policy.mode == "enforce"
+    await cache.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -32,11 +33,18 @@ from typing import Any
 
 import dns.asyncresolver
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from connectwiz.atomic import write_atomic
 from connectwiz.policy.model import DeliveryDefinition, DeliveryOption, EncryptionMode
 from connectwiz.probe.certs import certificate_names, match_hostname
-from connectwiz.probe.dane import DaneHost, dnssec_resolver, lookup_tlsa, match_chain
+from connectwiz.probe.dane import (
+    DaneHost,
+    association_data,
+    dnssec_resolver,
+    lookup_tlsa,
+    match_chain,
+)
 from connectwiz.probe.dns import DnsError, make_resolver, resolve_mx
 from connectwiz.probe.mtasts import StsPolicy, lookup_mta_sts, mx_pattern_matches
 from connectwiz.probe.options import NetworkOptions
@@ -193,16 +201,30 @@ class Published:
         if self.tlsa is None:
             return ""
         judged = match_chain(self.tlsa, chain)
-        for record in judged.records:
-            if not record.matches:
-                continue
-            if record.usage == 3:
-                return ""  # DANE-EE: the key is the identity; names do not matter (§3.1.1)
-            names = certificate_names(x509.load_der_x509_certificate(chain[0]))
-            if match_hostname(names, host):  # DANE-TA: the leaf must name the MX (§3.2.2)
-                return ""
-            return f"certificate names {', '.join(names) or 'nothing'}, not {host}"
-        return f"no TLSA record at {self.tlsa.name} matches the certificate"
+        if any(r.matches and r.usage == 3 for r in judged.records):
+            return ""  # DANE-EE: the key is the identity; names do not matter (§3.1.1)
+        anchors = [r for r in judged.records if r.matches and r.usage == 2]
+        if not anchors:
+            return f"no TLSA record at {self.tlsa.name} matches the certificate"
+        certs = [x509.load_der_x509_certificate(der) for der in chain]
+        if not any(_issued_up_to(certs, depth) for depth in range(1, len(certs))
+                   if any(association_data(chain[depth], r.selector, r.matching_type) == r.data
+                          for r in anchors)):
+            return f"the certificate does not chain to the trust anchor at {self.tlsa.name}"
+        names = certificate_names(certs[0])
+        if match_hostname(names, host):  # DANE-TA: the leaf must name the MX (§3.2.2)
+            return ""
+        return f"certificate names {', '.join(names) or 'nothing'}, not {host}"
+
+
+def _issued_up_to(certs: list[x509.Certificate], depth: int) -> bool:
+    """Each certificate below ``depth`` is signed by the next one: the chain reaches it."""
+    for child, parent in itertools.pairwise(certs[:depth + 1]):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+    return True
 
 
 def dane_definition(host: DaneHost) -> DeliveryDefinition:
