@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import dns.name
 import pytest
 
 from connectwiz.lab import LabHandle
@@ -63,3 +64,18 @@ async def test_bundle_enforced_policy_wins_over_dane(lab, relays) -> None:
     msg_id, _ = await _send(r, "dane-bad.example")
     record = await r.wait_status(msg_id, "delivered")
     assert record.attempts[0]["decided_by"] == "bundle"
+
+
+async def test_tlsa_without_the_ad_bit_is_ignored(lab, relays) -> None:
+    # The same mismatching records, answered without AD: not validated, so behaviour as today.
+    name = dns.name.from_text("_25._tcp.mx.dane-bad.example.")
+    authenticated = lab.lab.zone.authenticated
+    authenticated.discard(name)
+    try:
+        r = await relays(make_model(lab))
+        msg_id, _ = await _send(r, "dane-bad.example")
+        record = await r.wait_status(msg_id, "delivered")
+    finally:
+        authenticated.add(name)
+    attempt = record.attempts[0]
+    assert attempt["policy_type"] == "no-policy-found" and attempt["decided_by"] == "bundle"
