@@ -1,49 +1,72 @@
-"""Relay throughput: N messages from C concurrent clients, STARTTLS on both sides, into a sink.
+"""Relay throughput next to Postfix in one run: accept and deliver ratios, latency, memory.
 
-The relay runs as its own process (``connectwiz relay``), exactly as deployed, with a fresh
-spool (every message fsync'd before 250). Clients (aiosmtplib, STARTTLS) and the sink (the
-lab's trusted internal server ``mail.corp.example``, reached as an inbound route with
-Enforced TLS, Strict: verified chain and name) run in this process. Prints:
+Both measured sides get the same work and the same surroundings:
 
-- messages/s accepted (first connect to last 250) and delivered (first connect to last
-  message at the sink),
-- p50 / p99 / max latency from the client's 250 to the sink's receipt of the message,
-- the relay process's peak resident memory (VmHWM),
-- the same figures for a real Postfix (when installed and run as root) configured from
-  ``connectwiz export --format postfix`` for the same bundle, with the wiring of
-  tests/interop/postfix.py (no DNS: a transport map to the sink's loopback address), a
-  lab-CA certificate for its STARTTLS, delivering with ``secure`` to the same sink.
+- the same burst: N messages of about S bytes from C concurrent aiosmtplib clients, each
+  connection STARTTLS (TLS 1.3), every message fsync'd before its 250 (the relay's spool,
+  Postfix's queue; both in the same temporary file system);
+- the same next hop, resolved the same way: internal mail goes to the inbound route
+  ``mail.corp.example`` (the lab's trusted server), Enforced TLS Strict (TLS >= 1.2, chain
+  and name verified against the lab CA). Both look the route's host up in DNS for real,
+  through one lab DNS server on 127.0.53.53:53 — the relay with ``--nameserver``, Postfix
+  with its libc resolver, started in a private mount namespace whose /etc/resolv.conf names
+  that server (the machine's own file is untouched). Postfix's transport map sends
+  ``corp.example`` to ``[mail.corp.example]:port`` and its TLS policy is the export's,
+  unchanged;
+- the load generator apart: the sink (lab SMTP servers and DNS) runs in its own process, the
+  clients in this one, the relay and Postfix in theirs; each side with its default settings.
 
-    .venv/bin/python benchmarks/relay_throughput.py [--messages 500] [--clients 20] [--size 4096]
+The relay and Postfix run side by side for the whole run; their bursts alternate, R rounds
+(the order flips each round), so that each round compares the two under about the same load
+of a shared machine. Per burst it prints messages/s accepted (first connect to last 250) and
+delivered (first connect to last message at the sink), with the load average; then, per
+side, the medians, the 250 -> delivered p50/p99 at half that side's saturating load (its
+median delivered rate, paced open-loop), and the peak resident memory of all its processes
+together (sum of RSS over the process tree, sampled every 0.2 s; PSS too, which counts
+shared pages once). The last lines are the per-round ratios and their medians.
 
-``RELAY_PROFILE="-m cProfile -o relay.prof"`` runs the relay process under a profiler.
+    .venv/bin/python benchmarks/relay_throughput.py [--rounds 3] [--messages 500] [--clients 20]
+
+Postfix needs root and ``unshare`` (for the DNS wiring); without them the relay alone is
+measured. ``RELAY_WRAP="py-spy record -r 200 -f raw -o relay.txt --subprocesses --"`` runs
+the relay under a profiler (its RSS then is not comparable).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import collections
+import contextlib
+import multiprocessing
 import os
 import platform
+import re
 import shutil
+import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
 from connectwiz.bundle import Bundle
 from connectwiz.bundle.postfix import export_postfix
-from connectwiz.lab import run_in_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.interop.postfix
-from tests.interop.postfix import POSTFIX, PostfixInstance, running
+from tests.interop.postfix import POSTFIX, PostfixInstance, free_port
 
-PROFILE = os.environ.get("RELAY_PROFILE", "").split()
+DNS_HOST = "127.0.53.53"  # the DNS both sides use, on port 53 so libc can reach it
+ROUTE = "mail.corp.example"
+WRAP = os.environ.get("RELAY_WRAP", "").split()
 BUNDLE = """\
 schema_version = 1
 
@@ -58,142 +81,439 @@ encryption_mode = "strict"
 """
 
 
-async def start_relay(lab, workdir: Path, workers: int) -> tuple[asyncio.subprocess.Process, int]:
-    bundle = workdir / "bundle.toml"
-    bundle.write_text(BUNDLE.format(port=lab.smtp_port))
-    host, port = lab.nameserver
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *PROFILE, "-m", "connectwiz", "relay", "--bundle", str(bundle),
-        "--listen", "127.0.0.1:0", "--spool", str(workdir / "spool"), "--log-json",
-        "--nameserver", f"{host}:{port}", "--smtp-port", str(lab.smtp_port),
-        "--ca-file", str(lab.ca_file), "--concurrency", str(workers),
-        "--max-connections", "1000", "--hostname", "relay.bench.example",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
-    assert proc.stderr is not None
-    while line := await proc.stderr.readline():
-        event = json.loads(line)
-        if event["event"] == "listening":
-            # Keep draining the log so the relay never blocks on a full pipe.
-            asyncio.get_running_loop().create_task(_drain(proc.stderr))
-            return proc, event["port"]
-    raise RuntimeError("the relay exited before listening")
+# -- the sink: lab SMTP servers and DNS, in a process of its own --------------------------------
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+def sink_main(conn: Any) -> None:
+    asyncio.run(_sink(conn))
 
 
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
+async def _sink(conn: Any) -> None:
+    from connectwiz.lab.dns import DNSServer
+    from connectwiz.lab.runner import Lab
+
+    async with Lab(smtp_port=0) as lab:
+        dns53 = DNSServer([lab.zone], host=DNS_HOST, port=53)
+        await dns53.start()
+        conn.send({"smtp_port": lab.smtp_port, "ca_file": str(lab.ca_file)})
+        try:
+            while (request := await asyncio.to_thread(conn.recv))[0] != "stop":
+                if request[0] == "issue":
+                    conn.send(tuple(str(p) for p in lab.ca.issue(request[1])))
+                elif request[0] == "dns":  # queries since the last ask (the log keeps 10,000)
+                    conn.send(len(dns53.queries))
+                    dns53.queries.clear()
+                else:  # ("wait", run_id, count, timeout)
+                    conn.send(await _arrivals(lab, *request[1:]))
+        finally:
+            await dns53.stop()
+
+
+async def _arrivals(lab: Any, run_id: str, count: int, timeout: float) -> dict[str, Any]:
+    """Delivery time and TLS version of each message of ``run_id``, once all ``count`` arrived.
+    Scans only new messages each round so waiting costs the sink next to nothing."""
+    seen: dict[str, tuple[float, str | None]] = {}
+    pos, deadline = 0, time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        messages = lab.messages
+        for m in messages[pos:]:
+            tag = m.rcpt_tos[0].partition("@")[0] if m.rcpt_tos else ""
+            if tag.startswith(run_id):
+                seen[tag] = (m.received.timestamp(), m.tls_version)
+        pos = len(messages)
+        await asyncio.sleep(0.05)
+    return seen
+
+
+class Sink:
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=sink_main, args=(child,), daemon=True)
+        self.proc.start()
+        while not self.conn.poll(0.5):  # e.g. port 53 taken by another run: say so, not hang
+            if not self.proc.is_alive():
+                raise RuntimeError(f"the sink process failed (exit {self.proc.exitcode}); "
+                                   f"is {DNS_HOST}:53 free?")
+        info = self.conn.recv()
+        self.smtp_port: int = info["smtp_port"]
+        self.ca_file = Path(info["ca_file"])
+
+    def ask(self, *request: Any) -> Any:
+        self.conn.send(request)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop",))
+        self.proc.join(10)
+
+
+# -- memory of a process tree ------------------------------------------------------------------
+
+
+def _tree(root: int) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                todo += [int(c) for c in
+                         Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return pids
+
+
+def _kib(path: str, key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
     return 0
 
 
-async def client(port: int, tags: list[str], size: int, accepted: dict[str, float]) -> None:
+class MemorySampler:
+    """Peak of the summed RSS (and PSS) of ``root()``'s process tree, every 0.2 s."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root  # callable: the pid at the top, or None before it exists
+        self.rss = self.pss = self.processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            root = self.root()
+            if root is None:
+                continue
+            pids = _tree(root)
+            rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids)
+            if rss > self.rss:
+                self.rss, self.processes = rss, len(pids)
+                self.pss = max(self.pss, sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:")
+                                             for p in pids))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the clients -------------------------------------------------------------------------------
+
+
+async def send(port: int, tags: list[str], args: argparse.Namespace,
+               rate: float | None = None) -> tuple[float, dict[str, float]]:
+    """Send one message per tag over ``args.clients`` STARTTLS connections: all at once, or
+    paced at ``rate`` per second (open loop: a message waits if every connection is busy).
+    Returns the start time and each message's 250 time."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the relay's self-signed certificate
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=60)
-    await smtp.connect()
-    await smtp.starttls(tls_context=ctx)
-    filler = ("x" * 76 + "\r\n") * max(size // 78, 1)
-    for tag in tags:
-        data = f"From: bench@partner.example\r\nSubject: {tag}\r\n\r\n{filler}".encode()
-        await smtp.sendmail("bench@partner.example", [f"{tag}@corp.example"], data)
-        accepted[tag] = time.time()
-    await smtp.quit()
+    ctx.verify_mode = ssl.CERT_NONE  # the relay's self-signed certificate, Postfix's lab one
+    filler = ("x" * 76 + "\r\n") * max(args.size // 78, 1)
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    accepted: dict[str, float] = {}
+
+    async def connect() -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=60)
+        await smtp.connect()
+        await smtp.starttls(tls_context=ctx)
+        return smtp
+
+    async def client(smtp: aiosmtplib.SMTP) -> None:
+        while (tag := await queue.get()) is not None:
+            data = f"From: bench@partner.example\r\nSubject: {tag}\r\n\r\n{filler}".encode()
+            await smtp.sendmail("bench@partner.example", [f"{tag}@corp.example"], data)
+            accepted[tag] = time.time()
+        await smtp.quit()
+
+    if rate is None:
+        start = time.time()
+        for tag in tags:
+            queue.put_nowait(tag)
+        for _ in range(args.clients):
+            queue.put_nowait(None)
+        smtps = await asyncio.gather(*(connect() for _ in range(args.clients)))
+        await asyncio.gather(*(client(s) for s in smtps))
+        return start, accepted
+    smtps = await asyncio.gather(*(connect() for _ in range(args.clients)))
+    workers = [asyncio.create_task(client(s)) for s in smtps]
+    start = time.time()
+    for i, tag in enumerate(tags):
+        await asyncio.sleep(max(start + i / rate - time.time(), 0))
+        queue.put_nowait(tag)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return start, accepted
 
 
-async def measure(lab, port: int, args: argparse.Namespace) -> dict[str, object]:
-    """Send the burst to ``port``; wait until the sink has every message; the figures."""
+@dataclass
+class Side:
+    name: str
+    port: int = 0
+    bursts: list[tuple[float, float, float]] = field(default_factory=list)  # acc, del, load
+    burst_latency: list[float] = field(default_factory=list)
+    paced_rate: float = 0.0
+    paced_latency: list[float] = field(default_factory=list)
+    rss_kib: int = 0
+    pss_kib: int = 0
+    processes: int = 0
+    tls: set[str] = field(default_factory=set)
+    dns_queries: int = 0
+    messages: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def accepted_rate(self) -> float:
+        return statistics.median(b[0] for b in self.bursts)
+
+    @property
+    def delivered_rate(self) -> float:
+        return statistics.median(b[1] for b in self.bursts)
+
+
+async def burst(side: Side, sink: Sink, args: argparse.Namespace) -> None:
+    """One burst of ``args.messages``: accepted and delivered rates, 250 -> delivered."""
+    load = os.getloadavg()[0]
+    await asyncio.to_thread(sink.ask, "dns")
     run_id = f"b{time.time_ns()}"
     tags = [f"{run_id}-{i}" for i in range(args.messages)]
-    accepted: dict[str, float] = {}
-    start = time.time()
-    per_client = [tags[i::args.clients] for i in range(args.clients)]
-    await asyncio.gather(*(client(port, t, args.size, accepted) for t in per_client))
-    all_accepted = time.time()
-
-    def mine() -> list:
-        return [m for m in list(lab.messages) if m.rcpt_tos and m.rcpt_tos[0].startswith(run_id)]
-
-    if not await asyncio.to_thread(lab.wait_for, lambda: len(mine()) >= len(tags), 600):
-        raise RuntimeError("not every message reached the sink within 600 s")
-    delivered = {m.rcpt_tos[0].split("@")[0]: m.received.timestamp() for m in mine()}
-    latencies = sorted(delivered[t] - accepted[t] for t in tags)
-    return {"start": start, "accepted": all_accepted, "last": max(delivered.values()),
-            "latencies": latencies, "tls": sorted({str(m.tls_version) for m in mine()})}
+    start, accepted = await send(side.port, tags, args)
+    arrived = await asyncio.to_thread(sink.ask, "wait", run_id, len(tags), 600)
+    if len(arrived) < len(tags):
+        raise RuntimeError(f"{side.name}: {len(tags) - len(arrived)} messages never arrived")
+    side.bursts.append((len(tags) / (max(accepted.values()) - start),
+                        len(tags) / (max(t for t, _ in arrived.values()) - start), load))
+    side.burst_latency += [arrived[t][0] - accepted[t] for t in tags]
+    side.tls |= {str(v) for _, v in arrived.values()}
+    side.dns_queries += await asyncio.to_thread(sink.ask, "dns")
+    side.messages += len(tags)
 
 
-def report(name: str, figures: dict, args: argparse.Namespace, rss_kib: int | None) -> None:
-    start, latencies = figures["start"], figures["latencies"]
-    q = statistics.quantiles(latencies, n=100)
-    print(f"{name}: sink saw {figures['tls']}")
-    print(f"  accepted: {args.messages / (figures['accepted'] - start):8.1f} msg/s "
-          f"(all 250s after {figures['accepted'] - start:.2f} s)")
-    print(f"  delivered: {args.messages / (figures['last'] - start):7.1f} msg/s "
-          f"(last delivery after {figures['last'] - start:.2f} s)")
-    print(f"  250 -> delivered: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, "
-          f"max {latencies[-1] * 1000:.0f} ms")
-    if rss_kib is not None:
-        print(f"  peak RSS: {rss_kib / 1024:.1f} MiB")
+async def paced(side: Side, sink: Sink, args: argparse.Namespace) -> None:
+    """``args.paced`` messages at half the side's saturating (median delivered) rate."""
+    side.paced_rate = args.paced_rate or side.delivered_rate / 2
+    await asyncio.to_thread(sink.ask, "dns")
+    run_id = f"p{time.time_ns()}"
+    tags = [f"{run_id}-{i}" for i in range(args.paced)]
+    _, accepted = await send(side.port, tags, args, rate=side.paced_rate)
+    arrived = await asyncio.to_thread(sink.ask, "wait", run_id, len(tags), 600)
+    if len(arrived) < len(tags):
+        raise RuntimeError(f"{side.name}: {len(tags) - len(arrived)} paced messages lost")
+    side.paced_latency = sorted(arrived[t][0] - accepted[t] for t in tags)
+    side.tls |= {str(v) for _, v in arrived.values()}
+    side.dns_queries += await asyncio.to_thread(sink.ask, "dns")
+    side.messages += len(tags)
 
 
-async def run(args: argparse.Namespace) -> None:
-    print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")
-    print(f"messages: {args.messages} x {args.size} B from {args.clients} clients; "
-          "STARTTLS in, Enforced TLS Strict out")
-    with run_in_thread(smtp_port=0) as lab, tempfile.TemporaryDirectory() as tmp:
-        proc, port = await start_relay(lab, Path(tmp), args.workers)
-        try:
-            figures = await measure(lab, port, args)
-            rss = peak_rss_kib(proc.pid)
-        finally:
-            proc.terminate()
-            await proc.wait()
-        report(f"connectwiz relay ({args.workers} delivery workers)", figures, args, rss)
-        if POSTFIX is None:
-            print("postfix: not installed; comparison skipped")
-        elif os.geteuid() != 0:
-            print("postfix: installed, but starting an instance needs root; comparison skipped")
-        else:
-            await run_postfix(lab, Path(tmp), args)
+async def wait_greeting(port: int, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("the relay exited before listening")
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            line = await reader.readline()
+            writer.close()
+            if line.startswith(b"220"):
+                return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing greets on 127.0.0.1:{port}")
 
 
-async def run_postfix(lab, workdir: Path, args: argparse.Namespace) -> None:
-    bundle = Bundle.from_text(BUNDLE.format(port=lab.smtp_port))
+# -- the relay ---------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def relay_running(side: Side, sink: Sink, workdir: Path,
+                        args: argparse.Namespace) -> AsyncIterator[None]:
+    bundle = workdir / "bundle.toml"
+    bundle.write_text(BUNDLE.format(port=sink.smtp_port))
+    side.port = free_port()
+    log = workdir / "relay.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [*WRAP, sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
+             "--listen", f"127.0.0.1:{side.port}", "--spool", str(workdir / "spool"),
+             "--nameserver", f"{DNS_HOST}:53", "--ca-file", str(sink.ca_file),
+             "--hostname", "relay.bench.example", *args.relay_args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+    relay_pid = proc.pid if not WRAP else None
+
+    def root() -> int | None:
+        nonlocal relay_pid
+        if relay_pid is None:  # wrapped: the relay is the wrapper's child
+            kids = _tree(proc.pid)[1:]
+            relay_pid = kids[0] if kids else None
+        return relay_pid
+
+    sampler = MemorySampler(root)
+    try:
+        await wait_greeting(side.port, proc)
+        yield
+    finally:
+        sampler.stop()
+        pid = root()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        proc.wait(60)
+    side.rss_kib, side.pss_kib, side.processes = sampler.rss, sampler.pss, sampler.processes
+    text = log.read_text(errors="replace")
+    per_worker = collections.Counter(re.findall(r" received worker=(\d+)", text))
+    if per_worker:  # how evenly SO_REUSEPORT spread the connections
+        side.notes.append("messages received per worker: " + ", ".join(
+            f"{w}: {n}" for w, n in sorted(per_worker.items())))
+    side.notes.append(f"delivery attempts with a verified certificate: "
+                      f"{text.count('verified=True')}, over a reused session: "
+                      f"{text.count('reused=True')}")
+
+
+# -- Postfix -----------------------------------------------------------------------------------
+
+
+class NamespacedPostfix(PostfixInstance):
+    """Postfix started in a private mount namespace whose /etc/resolv.conf names the lab DNS."""
+
+    def postfix(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        if args[:1] != ("start",):
+            return super().postfix(*args, timeout=timeout)
+        resolv = self.root / "resolv.conf"
+        resolv.write_text(f"nameserver {DNS_HOST}\noptions attempts:1\n")
+        script = f'mount --bind "{resolv}" /etc/resolv.conf && exec "$@"'
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script, "sh", str(POSTFIX), "-c", str(self.conf), "start"],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def master_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+        return None
+
+
+@contextlib.asynccontextmanager
+async def postfix_running(side: Side, sink: Sink, workdir: Path) -> AsyncIterator[None]:
+    bundle = Bundle.from_text(BUNDLE.format(port=sink.smtp_port))
     exported = workdir / "export"
     exported.mkdir()
     for name, text in export_postfix(bundle.model).files.items():
         (exported / name).write_text(text)
-    sink = lab.address_of("mail.corp.example")
-    cert, key = lab.ca.issue(["postfix.bench.example"])
+    cert, key = await asyncio.to_thread(sink.ask, "issue", ["postfix.bench.example"])
     root = Path(tempfile.mkdtemp(prefix="connectwiz-postfix-bench-"))
-    instance = PostfixInstance(
-        root, exported, {"corp.example": (sink, lab.smtp_port)}, Path(lab.ca_file),
-        rekey={f"[mail.corp.example]:{lab.smtp_port}": f"[{sink}]:{lab.smtp_port}"},
+    instance = NamespacedPostfix(
+        root, exported, {}, sink.ca_file,
         extra=(f"smtpd_tls_cert_file = {cert}", f"smtpd_tls_key_file = {key}",
-               "default_process_limit = 100"))
+               # The test wiring switches DNS off; here Postfix resolves like the relay.
+               "smtp_dns_support_level = enabled", "smtp_host_lookup = dns"))
+    # What an admin writes next to the export: internal mail to the route, by name.
+    (instance.conf / "transport").write_text(
+        f"corp.example\tsmtp:[{ROUTE}]:{sink.smtp_port}\n")
+    side.port = instance.port
+    sampler = MemorySampler(instance.master_pid)
     try:
-        with running(instance):
-            figures = await measure(lab, instance.port, args)
-            verified = instance.log().count("Verified TLS connection established")
-        report("postfix (same bundle via export --format postfix; default concurrency)",
-               figures, args, None)
-        print(f"  verified TLS connections to the sink in Postfix's log: {verified}")
+        await asyncio.to_thread(instance.start)
+        yield
+        side.notes.append(f"verified TLS connections to the sink in Postfix's log: "
+                          f"{instance.log().count('Verified TLS connection established')}")
     finally:
+        sampler.stop()
+        await asyncio.to_thread(instance.stop)
         shutil.rmtree(root, ignore_errors=True)
+    side.rss_kib, side.pss_kib, side.processes = sampler.rss, sampler.pss, sampler.processes
+
+
+def _postfix_version() -> str:
+    done = subprocess.run(["postconf", "-h", "mail_version"], capture_output=True, text=True,
+                          check=False)
+    return done.stdout.strip()
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _ms(latencies: list[float], pct: int) -> str:
+    return f"{statistics.quantiles(sorted(latencies), n=100)[pct - 1] * 1000:.0f} ms"
+
+
+def report(sides: list[Side], args: argparse.Namespace) -> None:
+    for s in sides:
+        print(f"{s.name}: sink saw {sorted(s.tls)}")
+        for acc, dlv, load in s.bursts:
+            print(f"  burst   accepted {acc:7.1f} msg/s, delivered {dlv:7.1f} msg/s "
+                  f"(load average {load:.2f})")
+        print(f"  median  accepted {s.accepted_rate:7.1f} msg/s, delivered "
+              f"{s.delivered_rate:7.1f} msg/s; 250 -> delivered in the bursts: p50 "
+              f"{_ms(s.burst_latency, 50)}, p99 {_ms(s.burst_latency, 99)}")
+        print(f"  paced at {s.paced_rate:5.1f} msg/s ({args.paced} messages): 250 -> delivered "
+              f"p50 {_ms(s.paced_latency, 50)}, p99 {_ms(s.paced_latency, 99)}, "
+              f"max {s.paced_latency[-1] * 1000:.0f} ms")
+        print(f"  peak memory, {s.processes} processes: RSS {s.rss_kib / 1024:.1f} MiB, "
+              f"PSS {s.pss_kib / 1024:.1f} MiB")
+        print(f"  DNS queries at the lab server: {s.dns_queries} for {s.messages} messages")
+        for note in s.notes:
+            print(f"  {note}")
+    if len(sides) == 2:
+        relay, postfix = sides
+        rounds = [(r[0] / p[0], r[1] / p[1]) for r, p in zip(relay.bursts, postfix.bursts,
+                                                             strict=True)]
+        print("ratio relay/Postfix per round (accepted, delivered): "
+              + ", ".join(f"{a:.2f}x/{d:.2f}x" for a, d in rounds))
+        print(f"ratio relay/Postfix: accepted {statistics.median(a for a, _ in rounds):.2f}x, "
+              f"delivered {statistics.median(d for _, d in rounds):.2f}x (medians); "
+              f"peak RSS {relay.rss_kib / postfix.rss_kib:.2f}x, "
+              f"PSS {relay.pss_kib / postfix.pss_kib:.2f}x")
+
+
+async def run(args: argparse.Namespace) -> None:
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")
+    print(f"messages: {args.rounds} rounds of {args.messages} x {args.size} B from "
+          f"{args.clients} clients per side; STARTTLS in, Enforced TLS Strict out to {ROUTE} "
+          "(looked up in the lab DNS)")
+    with_postfix = True
+    if POSTFIX is None:
+        print("postfix: not installed; comparison skipped")
+        with_postfix = False
+    elif os.geteuid() != 0 or shutil.which("unshare") is None:
+        print("postfix: installed, but starting it with the lab DNS needs root and unshare; "
+              "comparison skipped")
+        with_postfix = False
+    sink = await asyncio.to_thread(Sink)
+    relay, postfix = Side("connectwiz relay"), Side("Postfix " + _postfix_version())
+    sides = [relay, postfix] if with_postfix else [relay]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "relay").mkdir()
+            (Path(tmp) / "postfix").mkdir()
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(
+                    relay_running(relay, sink, Path(tmp) / "relay", args))
+                if with_postfix:
+                    await stack.enter_async_context(
+                        postfix_running(postfix, sink, Path(tmp) / "postfix"))
+                # Both run throughout; their bursts alternate (the order too), so that each
+                # round compares the two under about the same load of the shared machine.
+                for n in range(args.rounds):
+                    for side in (sides if n % 2 == 0 else sides[::-1]):
+                        await burst(side, sink, args)
+                for side in sides:
+                    await paced(side, sink, args)
+    finally:
+        sink.close()
+    report(sides, args)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--messages", type=int, default=500)
-    p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--workers", type=int, default=50, help="relay delivery workers")
+    p.add_argument("--messages", type=int, default=500, help="messages in each burst")
+    p.add_argument("--rounds", type=int, default=3, help="bursts per side, alternating")
+    p.add_argument("--clients", type=int, default=20, help="concurrent client connections")
     p.add_argument("--size", type=int, default=4096, help="approximate body bytes")
+    p.add_argument("--paced", type=int, default=300, help="messages in the paced run")
+    p.add_argument("--paced-rate", type=float, default=0.0,
+                   help="msg/s for the paced run (default: half the side's delivered rate)")
+    p.add_argument("--relay-arg", dest="relay_args", action="append", default=[],
+                   help="extra option for connectwiz relay (repeat), e.g. --relay-arg=--workers=1")
     asyncio.run(run(p.parse_args()))
 
 

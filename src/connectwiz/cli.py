@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--spool", metavar="DIR", help="queue and message log (default: per-user)")
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="relay processes sharing the port and the spool (default: one per "
+                        "core); the limits below are for all of them together")
     g = p.add_argument_group("relay limits and retries (Postfix-like defaults)")
     g.add_argument("--hostname", help="name in the banner, Received: and bounces")
     g.add_argument("--max-size", type=int, metavar="BYTES", help="message size limit (10240000)")

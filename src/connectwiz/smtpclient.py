@@ -164,18 +164,30 @@ class SmtpClient:
         return reply
 
     async def mail(self, sender: str, recipients: Iterable[str] = ()) -> Reply:
-        """MAIL FROM, announcing SMTPUTF8 when an address needs it and the server offers it.
+        """MAIL FROM (see ``mail_command``) and its reply."""
+        return await self.command(self.mail_command(sender, recipients), "after MAIL FROM")
 
-        Raises ``NeedsSmtpUtf8`` (before sending anything) when an address needs it and the
-        server does not offer it.
+    def mail_command(self, sender: str, recipients: Iterable[str] = ()) -> str:
+        """The MAIL FROM line, announcing SMTPUTF8 when an address needs it and the server
+        offers it (recipients' lines may then be UTF-8).
+
+        Raises ``NeedsSmtpUtf8`` when an address needs it and the server does not offer it.
         """
+        recipients = list(recipients)
         needed = not sender.isascii() or any(not r.isascii() for r in recipients)
         self.smtputf8 = needed and "SMTPUTF8" in self.extensions
         if needed and not self.smtputf8:
             name = next(a for a in (sender, *recipients) if not a.isascii())
             raise NeedsSmtpUtf8(f"{name} is not ASCII and the server does not offer SMTPUTF8")
         suffix = " SMTPUTF8" if self.smtputf8 else ""
-        return await self.command(f"MAIL FROM:<{sender}>{suffix}", "after MAIL FROM")
+        return f"MAIL FROM:<{sender}>{suffix}"
+
+    async def pipeline(self, lines: list[str], step: str) -> list[Reply]:
+        """Send ``lines`` in one write and read one reply per line, in order (RFC 2920
+        PIPELINING: only when the server offers it, and DATA only as the last line)."""
+        self.writer.write(b"".join(self._encode(line) + b"\r\n" for line in lines))
+        await self._drain(step)
+        return [await self.read_reply(step) for _ in lines]
 
     async def starttls(
         self, context: ssl.SSLContext, host: str, *, sni: bool = True

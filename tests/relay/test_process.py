@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
 
-from .conftest import body, lab_messages, token, wait_lab
+from connectwiz.lab.smtp import LabMessage
+from connectwiz.relay.settings import RelaySettings
+
+from .conftest import body, lab_messages, send, token, wait_lab
 
 pytestmark = pytest.mark.network
 
@@ -100,7 +105,7 @@ async def start_relay(lab, bundle: Path, spool: Path, *extra: str) -> RelayProce
         stderr=asyncio.subprocess.PIPE,
     )
     relay = RelayProcess(proc)
-    await relay.wait_event("listening")
+    await relay.wait_event("started")  # every worker listens
     return relay
 
 
@@ -174,6 +179,22 @@ async def test_kill_9_during_delivery_then_restart_delivers_once(lab, tmp_path) 
         await hop.stop()
 
 
+async def test_the_relay_process_runs_on_uvloop_and_relays_over_tls(lab, tmp_path) -> None:
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        assert (await relay.wait_event("listening"))["loop"] == "uvloop"  # a dependency on Linux
+        tag = token()
+        await send(relay.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag),
+                   tls=True)  # aiosmtpd's STARTTLS on uvloop's transports
+        assert (await relay.wait_event("attempt"))["tls"] == "TLSv1.3"  # uvloop's start_tls
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+        assert lab_messages(lab, tag)[0].tls_version == "TLSv1.3"
+    finally:
+        await relay.kill()
+
+
 async def _plaintext_reply(port: int, sender: str) -> int:
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
     await client.connect()
@@ -196,13 +217,14 @@ async def test_sighup_reload_refuses_a_broken_bundle_and_keeps_the_old_policy(la
     try:
         assert await _plaintext_reply(relay.port, "p@enforced.example") == 530
         bundle.write_text(good + ENFORCED_RECEIPT.replace('"enforced"', '"enforcd"'))
+        workers = (await relay.wait_event("started"))["workers"]  # each one reloads
         relay.proc.send_signal(signal.SIGHUP)
-        refused = await relay.wait_event("reload-refused")
+        refused = await relay.wait_event("reload-refused", workers)
         assert "enforcd" in refused["reason"] and "bundle.toml" in refused["reason"]
         assert await _plaintext_reply(relay.port, "p@enforced.example") == 530
         bundle.write_text(good)  # a valid bundle without the receipt policy
         relay.proc.send_signal(signal.SIGHUP)
-        await relay.wait_event("reloaded")
+        await relay.wait_event("reloaded", workers)
         assert await _plaintext_reply(relay.port, "p@enforced.example") == 250
     finally:
         await relay.kill()
@@ -220,8 +242,8 @@ async def test_sigterm_finishes_the_open_session_and_exits_0(lab, tmp_path) -> N
         await client.mail("x@partner.example")
         await client.rcpt(f"bob-{tag}@corp.example")
         relay.proc.send_signal(signal.SIGTERM)
-        await relay.wait_event("stopping")
-        with pytest.raises(OSError):  # no longer listening
+        await relay.wait_event("stopping", (await relay.wait_event("started"))["workers"])
+        with pytest.raises(OSError):  # no longer listening (no worker is)
             await asyncio.open_connection("127.0.0.1", relay.port)
         reply = await client.data(body(tag))
         assert reply.code == 250
@@ -303,7 +325,8 @@ async def test_ten_megabytes_of_empty_lines_cost_bounded_memory_and_others_are_s
         closed_port = s.getsockname()[1]
     bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
     bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=closed_port))
-    relay = await start_relay(lab, bundle, spool)
+    # One process, so that the memory measured is the process receiving the sessions.
+    relay = await start_relay(lab, bundle, spool, "--workers", "1")
     writers = []
     try:
         before = _vm_hwm_kib(relay.proc.pid)
@@ -360,12 +383,20 @@ KILLS = 5
 MESSAGES = 400
 
 
-async def test_kill_9_loop_loses_nothing_and_repeats_few_deliveries(lab, tmp_path) -> None:
+async def test_kill_9_loop_loses_nothing_and_repeats_only_deliveries_in_flight(lab, tmp_path
+                                                                               ) -> None:
     hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
     hop_port = await hop.start()
     bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
     bundle.write_text(BUNDLE.format(route_host="127.0.0.1", route_port=hop_port))
     relay = await start_relay(lab, bundle, spool)
+    done_at: dict[str, float] = {}  # queue id -> when the relay logged it "done"
+
+    def note_done(events: list[dict[str, Any]]) -> None:
+        for e in events:
+            if e.get("event") == "done":
+                when = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                done_at.setdefault(e["id"], when)
     try:
         # Everything is acknowledged first while the next hop holds deliveries ...
         tags = [token() for _ in range(MESSAGES)]
@@ -374,20 +405,39 @@ async def test_kill_9_loop_loses_nothing_and_repeats_few_deliveries(lab, tmp_pat
         # ... then the relay is killed again and again while it delivers.
         for _ in range(KILLS):
             await relay.kill()
+            note_done(relay.events)
             relay = await start_relay(lab, bundle, spool)
             await relay.wait_event("done", count=MESSAGES // (2 * KILLS), timeout=60)
         await relay.kill()
+        note_done(relay.events)
         relay = await start_relay(lab, bundle, spool)
 
-        def counts() -> list[int]:
-            seen = [m.data for m in list(lab.messages)]
-            return [sum(tag.encode() in data for data in seen) for tag in tags]
+        def copies() -> dict[str, list[LabMessage]]:
+            seen = list(lab.messages)
+            return {tag: [m for m in seen if tag.encode() in m.data] for tag in tags}
 
-        assert await wait_lab(lab, lambda: all(counts()), timeout=120), "a message was lost"
-        duplicates = sum(n - 1 for n in counts())
+        assert await wait_lab(lab, lambda: all(copies().values()), timeout=120), \
+            "a message was lost"
+        repeated = {tag: found for tag, found in copies().items() if len(found) > 1}
+        duplicates = sum(len(found) - 1 for found in repeated.values())
         print(f"{duplicates} duplicate deliveries over {KILLS} kills "
               f"({duplicates / KILLS:.1f} per kill, {MESSAGES} messages)")
-        assert duplicates / KILLS <= 3
+        # At-least-once: what a kill may repeat is a delivery in flight at that moment (the
+        # next hop had the message, its 250 was not yet recorded) — never a message the relay
+        # had recorded as done, and never more than the deliveries one destination may have
+        # in flight. How many of those are caught mid-reply depends on how much of a
+        # delivery is waiting for the next hop (nearly all of it on a reused session).
+        late = [m for found in repeated.values() for m in found
+                if m.received.timestamp() > done_at.get(_queue_id(m), float("inf")) + 0.001]
+        assert not late, "a message was delivered again after the relay recorded it done"
+        assert duplicates / KILLS <= RelaySettings().destination_concurrency
     finally:
         await relay.kill()
         await hop.stop()
+
+
+def _queue_id(message: LabMessage) -> str:
+    """The relay's queue id, from the Received: header it added."""
+    found = re.search(rb"\(connectwiz\) with E?SMTPS? id ([0-9A-F]+)", message.data)
+    assert found, message.data[:300]
+    return found.group(1).decode()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from connectwiz.bundle import Bundle
@@ -18,6 +19,7 @@ from connectwiz.relay.secure import load_secure_key
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
+from connectwiz.relay.workers import Worker, default_workers, run_workers, share
 
 _LIMITS = {  # CLI option -> RelaySettings field
     "max_size": "max_message_size", "max_recipients": "max_recipients",
@@ -99,15 +101,42 @@ def run(args: argparse.Namespace) -> int:
     def load_policy() -> PolicyModel:
         return Bundle.load(bundle_path).model
 
+    workers = default_workers() if args.workers is None else args.workers
+    if workers <= 0:
+        raise UserError("--workers must be positive")
+    settings = settings_from(args, options)
+    spool = Path(args.spool) if args.spool else default_spool()
     log = EventLog(json_lines=args.log_json)
     mail_log = logging.getLogger("mail.log")
     mail_log.addHandler(_MailLogBridge(log))
     mail_log.propagate = False
-    relay = Relay(
-        load_policy, Path(args.spool) if args.spool else default_spool(), (host, port),
-        options=options, settings=settings_from(args, options), log=log,
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None,
-    )
-    asyncio.run(relay.serve_until_signalled())
-    return 0
+
+    def serve(worker: Worker, listen: tuple[str, int], ready: Callable[[int], None]) -> int:
+        if worker.shared:
+            log.context["worker"] = worker.index  # which process each line comes from
+        relay = Relay(
+            load_policy, spool, listen, options=options,
+            settings=share(settings, worker.count), log=log,
+            tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+            tls_key=Path(args.tls_key) if args.tls_key else None, worker=worker,
+        )
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(relay.serve_until_signalled(lambda: ready(relay.address[1])))
+        return 0
+
+    def started(listening: int) -> None:
+        log("started", workers=workers, port=listening)  # every worker listens
+
+    if workers == 1:
+        return serve(Worker(), (host, port), started)
+    return run_workers(workers, spool, (host, port), serve, started)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where installed: its TLS and socket layers are native code, asyncio's are
+    largely Python (the relay's busiest code under load). None: asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

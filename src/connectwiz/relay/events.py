@@ -14,10 +14,11 @@ class EventLog:
         self.json_lines = json_lines
         self.stream = stream  # None: whatever sys.stderr is at the time of writing
         self._lock = threading.Lock()  # lines from executor threads must not interleave
+        self.context: dict[str, Any] = {}  # fields every line carries (e.g. the worker)
 
     def __call__(self, event: str, **fields: Any) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        fields = {k: v for k, v in fields.items() if v is not None}
+        fields = {k: v for k, v in {**self.context, **fields}.items() if v is not None}
         if self.json_lines:
             line = json.dumps({"ts": now, "event": event, **fields}, default=str)
         else:

@@ -196,7 +196,10 @@ class ReceiptHandler:
         # aiosmtpd offers AUTH after STARTTLS although every attempt would fail (clients
         # are authorised by IP here): a client should not be told it could log in.
         session.host_name = hostname
-        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        kept = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        # RFC 2920: commands may come in groups; aiosmtpd reads them one line at a time and
+        # the DATA reader gives back whatever follows the final dot.
+        return [kept[0], "250-PIPELINING", *kept[1:]]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:

@@ -39,10 +39,12 @@ from connectwiz.relay.spool import (
     QueueEntry,
     QueueWriter,
     Recipient,
+    Recovery,
     Spool,
     new_message_id,
 )
 from connectwiz.relay.tlscert import ensure_self_signed
+from connectwiz.relay.workers import Worker
 
 
 class Relay:
@@ -56,8 +58,10 @@ class Relay:
         log: EventLog | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.load_policy = load_policy
+        self.worker = worker or Worker()
         self.spool = Spool(Path(spool_dir))
         self.msglog = MessageLog(Path(spool_dir))
         self.listen = listen
@@ -167,7 +171,8 @@ class Relay:
     async def start(self) -> None:
         await asyncio.to_thread(self.spool.create)
         await asyncio.to_thread(self.secure.store.create)
-        self.spool.lock()
+        if not self.worker.shared:  # else the parent process holds it for every worker
+            self.spool.lock()
         try:
             await self._start()
         except BaseException:
@@ -188,7 +193,9 @@ class Relay:
             tls_context = server_context(str(cert), str(key))
         except (OSError, ssl.SSLError) as exc:
             raise UserError(f"cannot use TLS certificate {cert} / key {key}: {exc}") from None
-        found = await self._io(self.spool.recover)
+        # Only one worker recovers, before any delivers (recovery puts active messages back);
+        # the others find stray messages with the periodic rescan.
+        found = await self._io(self.spool.recover) if self.worker.recovers else Recovery()
         for msg_id, why in found.quarantined:
             await self._io(self.msglog.append, msg_id, "quarantined", reason=why,
                            folder=str(self.spool.root / "corrupt"))
@@ -205,7 +212,8 @@ class Relay:
         host, port = self.listen
         try:
             self._server = await loop.create_server(
-                lambda: handler.protocol(tls_context), host, port)
+                lambda: handler.protocol(tls_context), host, port,
+                reuse_port=self.worker.shared or None)  # workers share the port
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self._server.sockets[0].getsockname()[:2]
@@ -220,7 +228,8 @@ class Relay:
         self._directory_task = asyncio.create_task(self._directory_loop())
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
-                 quarantined=len(found.quarantined) or None)
+                 quarantined=len(found.quarantined) or None,
+                 loop=type(loop).__module__.partition(".")[0])  # uvloop or asyncio
 
     async def stop(self) -> None:
         if self._stopping:
@@ -246,7 +255,7 @@ class Relay:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.deliverer.published.close()
+        await self.deliverer.close()
         if self._server is not None:
             await self._server.wait_closed()
         counts = await self._io(self.spool.counts)
@@ -255,8 +264,9 @@ class Relay:
         self.log("stopped", **counts)
         self._stopped.set()
 
-    async def serve_until_signalled(self) -> None:
-        """Run until SIGTERM/SIGINT; SIGHUP reloads the policy."""
+    async def serve_until_signalled(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads the policy. ``on_ready`` is called once
+        the relay listens."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -270,6 +280,8 @@ class Relay:
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         await self.start()
+        if on_ready is not None:
+            on_ready()
         try:
             await stop.wait()
         finally:
@@ -459,6 +471,7 @@ class Relay:
             self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
                      definition=att.definition, tls=att.tls_version or "none",
                      cipher=att.tls_cipher, verified=att.certificate_verified,
+                     reused=att.reused_connection or None,  # shown only when reused
                      outcome=att.outcome, reply=att.error or att.reply)
         done = [r.address for r in recipients if r.status == "delivered"]
         if done:

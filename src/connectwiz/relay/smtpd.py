@@ -9,11 +9,12 @@ concurrent sessions per client IP, junk commands, an overall deadline.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from connectwiz.relay.data import DotDecoder, HeadCollector
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024  # read at most this much at a time
 FLUSH = 256 * 1024  # hand content on once this much has collected
 HEADER_LIMIT = 102_400  # bytes of header read for policy (Postfix header_size_limit)
+# <local@domain> with a dot-atom on both sides: what nearly every client sends.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)",
+                            re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -52,6 +57,16 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
     """Give back bytes read past the end of DATA (a pipelining client's next commands).
     StreamReader has no public unread; aiosmtpd itself reaches into ``_buffer``."""
     reader._buffer[0:0] = data  # type: ignore[attr-defined]
+
+
+class _TlsState:
+    """What aiosmtpd reads from its ``_tls_protocol`` once TLS is up: that TLS is on (no
+    second STARTTLS offered) and ``_extra``, which becomes ``session.ssl``."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._extra = {key: transport.get_extra_info(key)
+                       for key in ("sslcontext", "ssl_object", "peercert", "cipher",
+                                   "compression")}
 
 
 class RelaySMTP(SMTP):
@@ -124,6 +139,56 @@ class RelaySMTP(SMTP):
             await super().smtp_EXPN(arg)
 
     # -- commands ---------------------------------------------------------------------------
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS, but with the event loop's own TLS (``loop.start_tls``:
+        native code under uvloop) instead of asyncio's SSLProtocol, whose record layer in
+        Python was a fifth of the relay's time under load."""
+        if arg:
+            await self.push("501 Syntax: STARTTLS")
+            return
+        assert self.transport is not None and self.tls_context is not None
+        await self.push("220 Ready to start TLS")
+        # Whatever the client sent after STARTTLS is plaintext a man in the middle may have
+        # injected (CVE-2011-0411): dropped now, before any TLS data can land in the buffer
+        # (start_tls stops plaintext reads before its first await).
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        try:
+            transport = await self.loop.start_tls(self.transport, self, self.tls_context,
+                                                  server_side=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the log line says why (aiosmtpd's says nothing)
+            raise TLSSetupException(f"TLS handshake failed: {str(error) or type(error).__name__}"
+                                    ) from error
+        if transport is None:
+            raise TLSSetupException("the connection went away during the TLS handshake")
+        # What aiosmtpd's connection_made does after its own handshake, minus clearing the
+        # buffer: data sent over TLS may already be in it.
+        self._original_transport = self.transport
+        self._reader._transport = transport  # type: ignore[attr-defined]
+        self._writer._transport = transport  # type: ignore[attr-defined]
+        self.transport = transport
+        self._tls_protocol = _TlsState(transport)  # type: ignore[assignment]
+        self._set_rset_state()
+        self.session = self._create_session()  # RFC 3207 §4.2: the session starts afresh
+        self.session.peer = transport.get_extra_info("peername")
+        self.session.ssl = self._tls_protocol._extra
+        self._reset_timeout()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd parses every MAIL and RCPT address with the email package's header parser
+        (tens of microseconds, far more on a busy machine); a plain ``<local@domain>`` gives
+        the same result from one regular expression. Anything else (quotes, comments, ``<>``,
+        address literals, non-ASCII) still goes to aiosmtpd."""
+        found = _PLAIN_ADDRESS.fullmatch(arg.lstrip()) if arg else None
+        if found is None:
+            return super()._getaddr(arg)
+        address = found.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, found.group(2).lstrip()
 
     async def smtp_AUTH(self, arg: str) -> None:
         # No AUTH here (clients are authorised by IP), and EHLO does not offer it.

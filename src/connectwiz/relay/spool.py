@@ -316,9 +316,28 @@ class Spool:
             return self.read_entry("active", msg_id), body
         if self._entry_path("active", msg_id).exists():
             return None
-        entry, body = self._read_queue_file(msg_id, want_body=True)
-        self.write_atomic(self._entry_path("active", msg_id), entry.to_json(), durable=False)
+        try:
+            entry, body = self._read_queue_file(msg_id, want_body=True)
+        except FileNotFoundError:
+            return None  # delivered meanwhile by another relay worker
+        # Exclusive: another worker (its rescan) may be claiming this message right now.
+        if not self._create_exclusive(self._entry_path("active", msg_id), entry.to_json()):
+            return None
         return entry, body
+
+    def _create_exclusive(self, dest: Path, data: bytes) -> bool:
+        """Write ``dest`` whole (not fsync'd) unless it exists: False when it did. The file
+        is written aside and linked into place, which fails for all but the first."""
+        tmp = self.root / "tmp" / f"{dest.name}.{secrets.token_hex(4)}"
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                f.write(data)
+            os.link(tmp, dest)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def move(self, msg_id: str, src: str, dst: str) -> None:
         """Rename a state file, durably."""
