@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
+import dns.resolver
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
@@ -253,7 +254,9 @@ class PublishedPolicies:
         if self._dnssec is None:
             named = NetworkOptions(nameserver=self.options.dnssec_resolver,
                                    timeout=self.options.timeout)
-            self._dnssec = await asyncio.to_thread(dnssec_resolver, named)
+            resolver = await asyncio.to_thread(dnssec_resolver, named)
+            resolver.cache = dns.resolver.Cache()  # TLSA answers (with their AD bit) for the TTL
+            self._dnssec = resolver
         found = await lookup_tlsa(host, self._dnssec)
         if found.error:
             return found  # a validating resolver that fails may be hiding TLSA: defer
