@@ -17,6 +17,7 @@ import asyncio
 import secrets
 import shutil
 import socketserver
+import subprocess
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -30,7 +31,7 @@ from connectwiz.probe.options import NetworkOptions
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.server import Relay
 
-from .postfix import PostfixInstance, running
+from .postfix import MASTER_CF, PostfixInstance, running
 from .test_postfix import (
     FAST,
     RunningRelay,
@@ -176,3 +177,27 @@ async def test_bundle_no_tls_answers_before_mta_sts_in_both(lab, postfix, relay,
     await _relay_status(relay.spool, msg_id, "delivered")
     assert await asyncio.to_thread(lab.wait_for, lambda: len(_lab_got(lab, tag)) == 2, 10)
     assert all(m.tls_version is None for m in _lab_got(lab, tag))
+
+
+def test_postfix_reads_the_dane_export(tmp_path: Path) -> None:
+    # DANE delivery itself needs DNSSEC answers through /etc/resolv.conf (not on loopback
+    # here): what is proven is only that Postfix parses the exported settings without a
+    # warning and finds the dane entry in the exported table.
+    bundle = tmp_path / "bundle.toml"
+    bundle.write_text(BUNDLE.replace('"none"', '"opportunistic"'))
+    out = tmp_path / "postfix"
+    _cli("export", "--bundle", str(bundle), "--format", "postfix", "-o", str(out), "--dane")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "master.cf").write_text(MASTER_CF.format(listen="127.0.0.1:2525"))
+    (conf / "main.cf").write_text((out / "main.cf").read_text().replace(
+        "${config_directory}/connectwiz", str(out)))
+    shown = subprocess.run(
+        ["postconf", "-c", str(conf), "-n", "smtp_tls_security_level", "smtp_dns_support_level"],
+        capture_output=True, text=True, check=True)
+    assert "warning" not in shown.stderr, shown.stderr
+    assert shown.stdout.splitlines() == ["smtp_tls_security_level = dane",
+                                         "smtp_dns_support_level = dnssec"]
+    looked_up = subprocess.run(["postmap", "-q", PLAIN, f"texthash:{out / 'tls_policy'}"],
+                               capture_output=True, text=True, check=True)
+    assert looked_up.stdout.strip() == "dane protocols=>=TLSv1.2"
