@@ -9,6 +9,7 @@ miss the MX), sts-testing.example testing. Some tests change a page for their du
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -113,8 +114,8 @@ async def test_testing_mode_records_an_mx_outside_the_patterns(lab, relays) -> N
     assert "matches no mx pattern" in attempt["policy_detail"]
 
 
-async def test_cached_policy_survives_a_failing_refresh_and_a_restart(lab, relays,
-                                                                      tmp_path) -> None:
+async def test_cached_policy_survives_a_failing_refresh_and_a_restart(lab, relays, tmp_path,
+                                                                      capsys) -> None:
     spool = tmp_path / "spool"
     r = await relays(make_model(lab), spool=spool)
     cache = r.relay.deliverer.published.sts
@@ -126,6 +127,10 @@ async def test_cached_policy_survives_a_failing_refresh_and_a_restart(lab, relay
         record = await r.wait_status(second, "deferred")
         await cache.wait_refreshed()
         assert "HTTP 404" in cache.problem("sts-relaxed.example")  # the refresh did fail
+        events = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                  if line.startswith("{")]
+        assert any(e["event"] == "mta-sts-refresh-failed" and e["kept"] == "enforce"
+                   for e in events)
         assert cache.cached("sts-relaxed.example").policy.mode == "enforce"
         assert record.attempts[0]["decided_by"] == "mta-sts"
         await r.relay.stop()

@@ -84,6 +84,8 @@ class StsCache:
         self.refresh_after = refresh_after
         self.clock = clock
         self.path: Path | None = None
+        # The relay's operational log (event name, fields); None: Python logging only.
+        self.events: Callable[..., None] | None = None
         self._entries: dict[str, CachedPolicy] = {}
         self._absent: dict[str, tuple[float, str]] = {}  # domain -> (until, why)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -144,8 +146,12 @@ class StsCache:
             if old is not None:  # RFC 8461 §5.1: keep using it until it expires
                 self._entries[domain] = CachedPolicy(old.policy, old.id, old.fetched, now)
                 why = result.error or "no MTA-STS record"
-                log.warning("MTA-STS refresh for %s failed (%s); keeping the cached %s policy",
-                            domain, why, old.policy.mode)
+                if self.events is not None:
+                    self.events("mta-sts-refresh-failed", domain=domain, reason=why,
+                                kept=old.policy.mode, expires_in_s=int(old.expires - now))
+                else:
+                    log.warning("MTA-STS refresh for %s failed (%s); keeping the cached %s "
+                                "policy", domain, why, old.policy.mode)
                 self._absent[domain] = (0.0, why)
                 return old
             self._absent[domain] = (now + ABSENT_TTL, result.error or "")

@@ -71,6 +71,7 @@ class Relay:
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.deliverer = Deliverer(self.options, self.settings.hostname)
         self.deliverer.published.sts.load(Path(spool_dir) / CACHE_FILE)
+        self.deliverer.published.sts.events = self.log
         self.secure = SecureMessaging(self.spool, self.msglog, self.settings.secure_portal_url,
                                       self.settings.hostname,
                                       Path(self.settings.secure_key) if self.settings.secure_key
