@@ -79,3 +79,17 @@ async def test_tlsa_without_the_ad_bit_is_ignored(lab, relays) -> None:
         authenticated.add(name)
     attempt = record.attempts[0]
     assert attempt["policy_type"] == "no-policy-found" and attempt["decided_by"] == "bundle"
+
+
+async def test_tlsa_is_ignored_when_the_mx_lookup_is_not_validated(lab, relays) -> None:
+    # RFC 7672 §2.2.1: validated TLSA of an MX name learnt insecurely does not count.
+    name = dns.name.from_text("dane-bad.example.")
+    authenticated = lab.lab.zone.authenticated
+    authenticated.discard(name)
+    try:
+        r = await relays(make_model(lab))
+        msg_id, _ = await _send(r, "dane-bad.example")
+        record = await r.wait_status(msg_id, "delivered")
+    finally:
+        authenticated.add(name)
+    assert record.attempts[0]["policy_type"] == "no-policy-found"

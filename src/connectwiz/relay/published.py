@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
+import dns.exception
+import dns.flags
 import dns.resolver
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -253,17 +255,29 @@ class PublishedPolicies:
         self.sts = StsCache(options)
         self._dnssec: dns.asyncresolver.Resolver | None = None
 
-    async def _tlsa(self, host: str) -> DaneHost | None:
-        """TLSA records of ``host`` validated by the named resolver; None: DANE does not apply."""
-        if self.options.dnssec_resolver is None:
-            return None
+    async def _dnssec_resolver(self) -> dns.asyncresolver.Resolver:
         if self._dnssec is None:
             named = NetworkOptions(nameserver=self.options.dnssec_resolver,
                                    timeout=self.options.timeout)
             resolver = await asyncio.to_thread(dnssec_resolver, named)
             resolver.cache = dns.resolver.Cache()  # TLSA answers (with their AD bit) for the TTL
             self._dnssec = resolver
-        found = await lookup_tlsa(host, self._dnssec)
+        return self._dnssec
+
+    async def _mx_validated(self, domain: str) -> bool:
+        """The domain's MX RRset came back with the AD bit (RFC 7672 §2.2.1): only then do
+        the MX names, and so their TLSA records, count."""
+        if self.options.dnssec_resolver is None:
+            return False
+        try:
+            answer = await (await self._dnssec_resolver()).resolve(domain, "MX")
+        except dns.exception.DNSException:
+            return False  # no MX (implicit MX), or not answered: DANE is not used
+        return bool(answer.response.flags & dns.flags.AD)
+
+    async def _tlsa(self, host: str) -> DaneHost | None:
+        """TLSA records of ``host`` validated by the named resolver; None: DANE does not apply."""
+        found = await lookup_tlsa(host, await self._dnssec_resolver())
         if found.error:
             return found  # a validating resolver that fails may be hiding TLSA: defer
         return found if found.records and found.authenticated else None
@@ -278,7 +292,9 @@ class PublishedPolicies:
             # The bundle asked for Enforced TLS or No TLS: it decides, whatever is published.
             return {h: (definition, Published(sts_type, domain, "bundle")) for h in hosts}
         plan: dict[str, tuple[DeliveryDefinition, Published]] = {}
-        tlsa = await asyncio.gather(*(self._tlsa(h) for h in hosts))
+        tlsa: list[DaneHost | None] = [None] * len(hosts)
+        if await self._mx_validated(domain):
+            tlsa = list(await asyncio.gather(*(self._tlsa(h) for h in hosts)))
         for host, found in zip(hosts, tlsa, strict=True):
             if found is not None and found.error:
                 plan[host] = (dane_definition(found), Published(
