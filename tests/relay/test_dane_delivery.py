@@ -4,6 +4,7 @@ dane-ok.example and trusted.example match their MX, dane-bad.example names anoth
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 import dns.name
@@ -11,8 +12,9 @@ import pytest
 
 from connectwiz.lab import LabHandle
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.published import PublishedPolicies
 
-from .conftest import STRICT, body, lab_messages, make_model, send, token, wait_lab
+from .conftest import OPPORTUNISTIC, STRICT, body, lab_messages, make_model, send, token, wait_lab
 from .test_delivery import _sent_anything
 
 pytestmark = pytest.mark.network
@@ -93,3 +95,18 @@ async def test_tlsa_is_ignored_when_the_mx_lookup_is_not_validated(lab, relays) 
     finally:
         authenticated.add(name)
     assert record.attempts[0]["policy_type"] == "no-policy-found"
+
+
+async def test_an_unanswered_validated_mx_lookup_defers_rather_than_downgrades(
+        lab_network_options) -> None:
+    # The validating resolver does not answer (nothing listens there): the host is refused,
+    # as Postfix defers, instead of silently dropping DANE.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        silent = s.getsockname()
+        options = replace(lab_network_options, dnssec_resolver=silent, timeout=0.5)
+        plan = await PublishedPolicies(options).plan("dane-ok.example", OPPORTUNISTIC,
+                                                     ["mx.dane-ok.example"])
+    _, published = plan["mx.dane-ok.example"]
+    assert published.refuse.startswith("DANE: DNSSEC lookup of MX for dane-ok.example failed")
+    assert published.failure_type == "dnssec-invalid"

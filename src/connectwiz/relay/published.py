@@ -7,8 +7,9 @@ For each MX host of such a destination, in this order:
 - DANE, when ``--dnssec-resolver`` names a validating resolver and the TLSA records at
   ``_25._tcp.<mx>`` came back with its AD bit: usable records (DANE-TA, DANE-EE) make TLS
   mandatory and the presented chain must match one of them (Postfix's ``dane`` level); only
-  unusable records make TLS mandatory without authentication; a failed TLSA lookup defers
-  the host. Without the option, or without the AD bit, DANE is ignored, as Postfix's ``may``.
+  unusable records make TLS mandatory without authentication; TLSA counts only after a
+  validated MX lookup (RFC 7672 §2.2.1); a failed MX or TLSA lookup there defers the host.
+  Without the option, or without the AD bit, DANE is ignored, as Postfix's ``may``.
 - MTA-STS: the policy is fetched and cached for its ``max_age``; in ``enforce`` mode only hosts
   matching an ``mx`` pattern are tried, under Enforced TLS Strict (verified chain and name);
   in ``testing`` mode delivery stays opportunistic and the failure is recorded on the attempt.
@@ -264,15 +265,18 @@ class PublishedPolicies:
             self._dnssec = resolver
         return self._dnssec
 
-    async def _mx_validated(self, domain: str) -> bool:
-        """The domain's MX RRset came back with the AD bit (RFC 7672 §2.2.1): only then do
-        the MX names, and so their TLSA records, count."""
+    async def _mx_validated(self, domain: str) -> bool | str:
+        """True when the domain's MX RRset came back with the AD bit (RFC 7672 §2.2.1: only
+        then do the MX names, and so their TLSA records, count); an error text when the
+        validating resolver could not answer (it may be refusing a forged answer)."""
         if self.options.dnssec_resolver is None:
             return False
         try:
             answer = await (await self._dnssec_resolver()).resolve(domain, "MX")
-        except dns.exception.DNSException:
-            return False  # no MX (implicit MX), or not answered: DANE is not used
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return False  # no MX (implicit MX): DANE is not used
+        except dns.exception.DNSException as exc:
+            return f"DNSSEC lookup of MX for {domain} failed: {exc}"
         return bool(answer.response.flags & dns.flags.AD)
 
     async def _tlsa(self, host: str) -> DaneHost | None:
@@ -293,7 +297,10 @@ class PublishedPolicies:
             return {h: (definition, Published(sts_type, domain, "bundle")) for h in hosts}
         plan: dict[str, tuple[DeliveryDefinition, Published]] = {}
         tlsa: list[DaneHost | None] = [None] * len(hosts)
-        if await self._mx_validated(domain):
+        validated = await self._mx_validated(domain)
+        if isinstance(validated, str):
+            tlsa = [DaneHost(h, f"_25._tcp.{h}", error=validated) for h in hosts]
+        elif validated:
             tlsa = list(await asyncio.gather(*(self._tlsa(h) for h in hosts)))
         for host, found in zip(hosts, tlsa, strict=True):
             if found is not None and found.error:
