@@ -61,6 +61,12 @@ def _network_options(p: argparse.ArgumentParser) -> None:
                    help="port for MTA-STS policy fetches from mta-sts.<domain> (443)")
 
 
+def _dnssec_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dnssec-resolver", metavar="HOST[:PORT]",
+                   help="validating resolver whose AD bit is trusted: enables DANE on delivery "
+                        "(also CONNECTWIZ_DNSSEC_RESOLVER; default: no DANE)")
+
+
 def _bundle_option(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument(
         "--bundle", metavar="PATH", required=required,
@@ -157,12 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a message header (e.g. 'X-Connectwiz-Secure: External Recipients'); "
                         "repeatable")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--published", action="store_true",
+                   help="look up the recipient domain's MTA-STS (and DANE with "
+                        "--dnssec-resolver): which of bundle / MTA-STS / DANE decides TLS")
+    _dnssec_option(p)
+    _network_options(p)
 
     p = sub.add_parser("export", help="write the bundle as TOML, JSON or Postfix tables")
     _bundle_option(p)
     p.add_argument("--format", choices=("toml", "json", "postfix"), default="toml")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="default: stdout; for --format postfix a folder (required)")
+    p.add_argument("--dane", action="store_true",
+                   help="postfix: opportunistic becomes Postfix's dane level "
+                        "(smtp_dns_support_level = dnssec; needs a validating resolver)")
+    p.add_argument("--mta-sts", nargs="?", const="inet:127.0.0.1:8461", metavar="SOCKETMAP",
+                   help="postfix: chain postfix-mta-sts-resolver after the bundle's table "
+                        "(default inet:127.0.0.1:8461, the resolver's own default)")
 
     p = sub.add_parser("relay", help="the enforcing SMTP relay")
     _bundle_option(p)
@@ -212,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--secure-key", metavar="FILE",
                    help="key encrypting held Secure Messaging content, kept outside the spool "
                         "(default $XDG_CONFIG_HOME/connectwiz/secure.key, made 0600 on first use)")
+    _dnssec_option(p)
     _network_options(p)
 
     p = sub.add_parser("queue", help="list, show, flush, hold, release or delete queued mail")

@@ -336,3 +336,44 @@ def test_inbound_routes_are_keyed_by_their_next_hop():
     assert out.warnings == ()
     assert "# skipped inbound route new.corp.example:25: not validated yet" in \
         out.files[TLS_POLICY]
+
+
+# -- published policies: DANE and the MTA-STS resolver (docs/relay.md) ---------------------
+
+
+def test_dane_makes_opportunistic_the_dane_level_with_dnssec_lookups():
+    out = export_postfix(model(delivery("o", OPPORTUNISTIC, to("o.example")),
+                               delivery("s", STRICT, to("s.example"))), dane=True)
+    entries = table(out.files[TLS_POLICY])
+    assert entries["o.example"] == "dane protocols=>=TLSv1"
+    assert entries["s.example"].startswith("secure ")  # the bundle's Enforced TLS stays
+    main_cf = out.files[MAIN_CF]
+    assert setting(main_cf, "smtp_tls_security_level") == "dane"
+    assert setting(main_cf, "smtp_dns_support_level") == "dnssec"
+
+
+def test_without_dane_no_dnssec_setting_is_written():
+    main_cf = export_postfix(PolicyModel()).files[MAIN_CF]
+    assert "smtp_dns_support_level" not in main_cf
+
+
+def test_mta_sts_chains_the_resolver_after_the_bundle_table():
+    out = export_postfix(model(delivery("o", OPPORTUNISTIC, to("o.example")),
+                               delivery("n", NONE, to("n.example")),
+                               delivery("s", STRICT, to("s.example"))),
+                         mta_sts="inet:127.0.0.1:8461")
+    assert setting(out.files[MAIN_CF], "smtp_tls_policy_maps") == (
+        "texthash:${config_directory}/connectwiz/tls_policy, "
+        "socketmap:inet:127.0.0.1:8461:postfix")
+    entries = table(out.files[TLS_POLICY])
+    # Bundle Enforced TLS and No TLS answer first; opportunistic is left for MTA-STS to raise.
+    assert entries["n.example"] == "none" and entries["s.example"].startswith("secure ")
+    assert "o.example" not in entries
+    assert "left to the default level so MTA-STS can raise it" in out.files[TLS_POLICY]
+
+
+def test_dane_and_mta_sts_options_need_the_postfix_format(tmp_path, capsys):
+    path = tmp_path / "b.toml"
+    assert main(["org", "set", "--bundle", str(path), "--internal-domain", "corp.example"]) == 0
+    assert main(["export", "--bundle", str(path), "--dane"]) == 2
+    assert "--dane and --mta-sts go with --format postfix" in capsys.readouterr().err

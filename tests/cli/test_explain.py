@@ -166,3 +166,62 @@ def test_missing_bundle_is_one_line_exit_2(capsys, tmp_path):
                               "--to", "b@partner.example")
     assert code == 2 and out == ""
     assert "nope.toml" in err and err.count("\n") == 1
+
+
+# -- --published: which of bundle / MTA-STS / DANE decides TLS (the lab publishes) ----------
+
+PUBLISHED_BUNDLE = """\
+schema_version = 1
+
+[organisation]
+internal_domains = ["corp.example"]
+
+[[delivery_definitions]]
+name = "No TLS"
+option = "none"
+
+[[delivery_policies]]
+narrative = "Plaintext to trusted"
+definition = "No TLS"
+to = { applies = "domain", specifically = ["trusted.example"] }
+"""
+
+
+def _published(tmp_path: Path, lab_cli_args: list[str], capsys, *extra: str) -> dict:
+    path = tmp_path / "b.toml"
+    path.write_text(PUBLISHED_BUNDLE)
+    assert main(["explain", "--bundle", str(path), *lab_cli_args, "--published", "--json",
+                 "--from", "a@corp.example", *extra]) == 0
+    return json.loads(capsys.readouterr().out)["published"]
+
+
+@pytest.mark.network
+def test_published_enforce_decides_where_the_bundle_is_opportunistic(
+        tmp_path, lab_cli_args, capsys) -> None:
+    published = _published(tmp_path, lab_cli_args, capsys, "--to", "b@sts-relaxed.example")
+    assert published["mta_sts_mode"] == "enforce" and published["decided_by"] == ["mta-sts"]
+    assert published["dane_checked"] is False and published["warnings"] == []
+
+
+@pytest.mark.network
+def test_bundle_no_tls_to_an_enforce_domain_is_allowed_with_a_warning(
+        tmp_path, lab_cli_args, capsys) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text(PUBLISHED_BUNDLE)
+    assert main(["explain", "--bundle", str(path), *lab_cli_args, "--published",
+                 "--from", "a@corp.example", "--to", "b@trusted.example"]) == 0
+    out = capsys.readouterr().out
+    assert "Published by trusted.example: MTA-STS enforce" in out
+    assert "TLS decided by: bundle" in out
+    assert "WARNING: trusted.example publishes MTA-STS enforce, but the bundle's No TLS wins" \
+        in out
+
+
+@pytest.mark.network
+def test_published_dane_decides_with_a_dnssec_resolver(tmp_path, lab_cli_args, capsys,
+                                                       lab) -> None:
+    host, port = lab.nameserver
+    published = _published(tmp_path, lab_cli_args, capsys, "--to", "b@dane-bad.example",
+                            "--dnssec-resolver", f"{host}:{port}")
+    assert published["decided_by"] == ["dane"]
+    assert published["hosts"][0]["policy_type"] == "tlsa"

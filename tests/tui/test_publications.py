@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
+from connectwiz.cli import main as cli_main
 from connectwiz.policy.model import EncryptionMode
 from connectwiz.probe import Target, TargetResult, validate_targets
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.network
 
 @pytest.fixture(scope="module")
 def results(lab_network_options) -> dict[str, TargetResult]:
-    names = ["sts-mismatch.example", "dane-bad.example", "trusted.example"]
+    names = ["sts-mismatch.example", "dane-bad.example", "trusted.example",
+             "sts-relaxed.example"]
     found = asyncio.run(validate_targets([Target.domain(n) for n in names], lab_network_options))
     return {r.target: r for r in found}
 
@@ -52,3 +54,20 @@ async def test_dialog_flags_enforce_with_failing_mx(results, bundle_path: Path):
     assert "⚠ MTA-STS policy is enforce but MX fails strict checks" in verdict
     assert "mx.sts-mismatch.example matches no mx pattern" in verdict
     assert "mx.sts-mismatch.example: matches no pattern" in details
+
+
+async def test_dialog_says_a_relaxed_policy_wins_over_published_enforce(results,
+                                                                       bundle_path: Path):
+    domain = "sts-relaxed.example"
+    path = Setup(route_modes={key: EncryptionMode.STRICT for key in ROUTES}).write(bundle_path)
+    assert cli_main(["domains", "add", "--bundle", str(path), "--relaxed", domain]) == 0
+    app = wizard(path)
+    async with app.run_test() as pilot:
+        await pilot.press("enter", "n", "v")
+        await pilot.pause()
+        dialog = app.screen
+        assert isinstance(dialog, DomainValidateDialog)
+        dialog.post_message(TargetValidated(domain, results[domain]))
+        await pilot.pause()
+        verdict = str(dialog.query_one("#verdict", Static).content)
+    assert "Your Enforced Relaxed policy wins over its MTA-STS enforce" in verdict

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from connectwiz.errors import UserError
 from connectwiz.policy.addresses import InvalidAddress, normalize_address
 from connectwiz.policy.explain import explain
+from connectwiz.policy.model import DeliveryDefinition
 from connectwiz.policy.secure import MessageContent
-from connectwiz.policy.select import IPAddress, MessageContext
+from connectwiz.policy.select import IPAddress, MessageContext, PolicyIndex
+
+if TYPE_CHECKING:  # DNS and TLS modules load only for --published
+    from connectwiz.relay.published import PublishedView
 
 
 def _address(option: str, text: str, null_ok: bool = False) -> str:
@@ -68,6 +75,18 @@ def content_from_args(args: argparse.Namespace) -> MessageContent:
                           headers=(("Subject", subject), *headers) if subject else tuple(headers))
 
 
+def _published(args: argparse.Namespace, ctx: MessageContext,
+               definition: DeliveryDefinition) -> PublishedView:
+    from connectwiz.probe.options import options_from
+    from connectwiz.relay.published import look
+
+    options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
+                           ca_file=args.ca_file, timeout=args.timeout,
+                           https_port=args.https_port, dnssec_resolver=args.dnssec_resolver)
+    domain = ctx.recipient.rpartition("@")[2].lower()
+    return asyncio.run(look(domain, definition, options))
+
+
 def run(args: argparse.Namespace) -> int:
     from connectwiz.bundle import Bundle
     from connectwiz.bundle.paths import resolve_bundle_path
@@ -89,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         result = explain(model, ctx, content, directory)
     except ValueError as exc:  # e.g. a policy naming a definition the bundle lacks
         raise UserError(f"{args.bundle or 'bundle'}: {exc}") from None
+    if args.published and not PolicyIndex(model).is_internal(ctx.recipient):
+        result = replace(result, published=_published(args, ctx, result.delivery.definition))
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     else:

@@ -15,11 +15,13 @@ from connectwiz.errors import UserError
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format != "postfix" and (args.dane or args.mta_sts):
+        raise UserError("--dane and --mta-sts go with --format postfix")
     if args.format == "postfix" and (not args.output or args.output == "-"):
         raise UserError("export --format postfix writes several files: give -o DIR")
     bundle = Bundle.load(resolve_bundle_path(args.bundle))
     if args.format == "postfix":
-        return _postfix(bundle, Path(args.output).expanduser())
+        return _postfix(bundle, Path(args.output).expanduser(), args.dane, args.mta_sts)
     text = bundle.export_text(args.format)
     if not args.output or args.output == "-":
         sys.stdout.write(text)
@@ -36,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _postfix(bundle: Bundle, folder: Path) -> int:
+def _postfix(bundle: Bundle, folder: Path, dane: bool, mta_sts: str | None) -> int:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"-o {folder}: not a folder")
     if not folder.parent.is_dir():
         raise UserError(f"-o {folder}: folder {folder.parent} does not exist")
-    result = export_postfix(bundle.model, str(bundle.path or "the bundle"))
+    result = export_postfix(bundle.model, str(bundle.path or "the bundle"), dane=dane,
+                            mta_sts=mta_sts)
     try:
         folder.mkdir(exist_ok=True)
         for name, text in result.files.items():

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
                            ca_file=args.ca_file, timeout=args.timeout,
                            greeting_timeout=args.greeting_timeout,
-                           concurrency=args.concurrency)
+                           concurrency=args.concurrency, https_port=args.https_port,
+                           dnssec_resolver=args.dnssec_resolver)
 
     def load_policy() -> PolicyModel:
         return Bundle.load(bundle_path).model

@@ -26,6 +26,7 @@ from connectwiz.policy.sslmode import level_of
 
 if TYPE_CHECKING:  # ldap3 loads only where a directory is read
     from connectwiz.directory.ldap import DirectoryCache
+    from connectwiz.relay.published import PublishedView
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class Explanation:
     delivery: DeliveryDecision
     receipt: ReceiptDecision
     secure: SecureDecision
+    published: PublishedView | None = None  # explain --published: what the partner publishes
 
     def to_json(self) -> dict[str, Any]:
         ctx = self.context
@@ -68,6 +70,7 @@ class Explanation:
                 "candidates": [_candidate_json(c) for c in self.receipt.candidates],
             },
             "secure": self._secure_json(),
+            "published": self.published.to_json() if self.published else None,
         }
 
     def _pin(self) -> str | None:
@@ -110,6 +113,11 @@ class Explanation:
         lines.append(f"Delivery: {definition.name} ({how})")
         lines.append(f"  {self.delivery.reason}")
         lines.extend(_candidate_lines(self.delivery.candidates))
+        if self.published is not None:
+            lines.extend(self.published.lines())
+        elif definition.option is DeliveryOption.OPPORTUNISTIC:
+            lines.append("  The partner's MTA-STS or DANE may raise this per MX host "
+                         "(--published looks)")
         lines.append("")
         pin = self._pin()
         lines.append(f"Receipt: {self.receipt.option.value}" + (

@@ -20,6 +20,8 @@ class NetworkOptions:
     greeting_timeout: float = 30.0
     concurrency: int = 50
     https_port: int = 443  # where MTA-STS policies are fetched (mta-sts.<domain>)
+    # The relay's DANE: a validating resolver whose AD bit is trusted; None: no DANE.
+    dnssec_resolver: tuple[str, int] | None = None
 
 
 def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -51,10 +53,12 @@ def options_from(
     concurrency: int | None = None,
     https_port: int | None = None,
     greeting_timeout: float | None = None,
+    dnssec_resolver: str | None = None,
 ) -> NetworkOptions:
     """Build options from explicit values, falling back to CONNECTWIZ_* variables, then defaults."""
     env = os.environ
     nameserver = nameserver or env.get("CONNECTWIZ_NAMESERVER") or None
+    dnssec_resolver = dnssec_resolver or env.get("CONNECTWIZ_DNSSEC_RESOLVER") or None
     ca_text = ca_file or env.get("CONNECTWIZ_CA_FILE") or None
     ca_path = Path(ca_text) if ca_text else None
     if ca_path is not None and not ca_path.is_file():
@@ -68,6 +72,7 @@ def options_from(
                           else _env_num("GREETING_TIMEOUT", float, 30.0)),
         concurrency=concurrency if concurrency is not None else _env_num("CONCURRENCY", int, 50),
         https_port=https_port if https_port is not None else _env_num("HTTPS_PORT", int, 443),
+        dnssec_resolver=parse_host_port(dnssec_resolver, 53) if dnssec_resolver else None,
     )
     if not 0 < result.smtp_port < 65536:
         raise UserError(f"--smtp-port {result.smtp_port}: expected 1 to 65535")

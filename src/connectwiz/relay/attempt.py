@@ -14,11 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from connectwiz.policy.model import DeliveryDefinition, DeliveryOption, EncryptionMode
 from connectwiz.policy.sslmode import effective_min_tls, level_of
 from connectwiz.probe.certs import TrustStore, judge_chain, trust_store
 from connectwiz.probe.tls import client_context as tls_client_context
 from connectwiz.probe.tls import peer_chain
+from connectwiz.relay.published import Published, result_type
 from connectwiz.relay.sessions import CachedSession, SessionCache
 from connectwiz.smtpclient import NeedsSmtpUtf8, SmtpClient, SmtpProtocolError, StepTimeout
 
@@ -41,6 +44,8 @@ class Target:
     host: str  # name to verify the certificate against
     address: str
     port: int
+    # What the partner publishes for this MX host (MTA-STS, DANE); None for inbound routes.
+    published: Published | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -67,9 +72,12 @@ class Attempt:
     # Sent over a session kept from an earlier delivery (its TLS facts are that session's).
     reused_connection: bool = False
     elapsed_s: float = 0.0  # start to outcome, for the latency metrics
-    # TLS-RPT (relay/tlsrpt.py): which published policy applied, and the domain reported to.
-    policy_type: str = "no-policy-found"  # sts | tlsa | no-policy-found
+    # The published policy of the destination (read by TLS-RPT) and what decided TLS here.
+    policy_type: str = "no-policy-found"  # sts | tlsa | no-policy-found (RFC 8460)
     policy_domain: str = ""
+    decided_by: str = "bundle"  # bundle | mta-sts | dane
+    policy_failure: str = ""  # RFC 8460 result type when the published policy was not met
+    policy_detail: str = ""  # ... and why, for the admin
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +134,8 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
     client: SmtpClient | None = None
     started = time.monotonic()
     try:
+        if target.published is not None and target.published.refuse:
+            raise TempFailure(target.published.refuse)  # the policy excludes this host
         try:
             client = await SmtpClient.connect(target.address, target.port, timeout)
         except (OSError, StepTimeout) as exc:
@@ -138,7 +148,9 @@ async def attempt_host(target: Target, definition: DeliveryDefinition, ctx: ssl.
         _record_failure(att, exc)
     finally:
         if client is not None:
-            if sessions is not None and att.outcome == "delivered":
+            # A session that failed a published policy (testing mode) is not kept: a reuse
+            # would not record that failure again.
+            if sessions is not None and att.outcome == "delivered" and not att.policy_failure:
                 sessions.put(session_key(target, definition), CachedSession(
                     client, att.tls_version, att.tls_cipher, att.certificate_verified))
             else:
@@ -152,6 +164,8 @@ async def attempt_cached(target: Target, definition: DeliveryDefinition, session
                          ) -> Attempt | None:
     """Try to hand ``body`` to one host over a session kept from an earlier delivery to it
     under the same TLS requirements; None when no such session works any more."""
+    if target.published is not None and target.published.refuse:
+        return None  # attempt_host records the refusal without connecting
     key = session_key(target, definition)
     while (session := sessions.take(key)) is not None:
         started = time.monotonic()
@@ -178,17 +192,25 @@ async def attempt_cached(target: Target, definition: DeliveryDefinition, session
 def session_key(target: Target, definition: DeliveryDefinition) -> tuple[str, ...]:
     """What must match for a kept session to be reused: the host as connected to and as
     verified, and every TLS requirement of the definition."""
+    published = target.published
     return (target.address, str(target.port), target.host.lower(), str(definition.option),
             str(definition.encryption_mode), effective_min_tls(definition),
-            level_of(definition).ciphers)
+            level_of(definition).ciphers,
+            f"{published.decided_by}:{published.sts_mode}" if published else "")
 
 
 def _attempt_record(target: Target, definition: DeliveryDefinition,
                     recipients: list[str]) -> Attempt:
-    return Attempt(target.host, target.address, target.port, definition.name,
-                   str(definition.option), str(definition.encryption_mode), definition.min_tls,
-                   list(recipients),
-                   policy_domain=recipients[0].rpartition("@")[2].lower() if recipients else "")
+    att = Attempt(target.host, target.address, target.port, definition.name,
+                  str(definition.option), str(definition.encryption_mode), definition.min_tls,
+                  list(recipients),
+                  policy_domain=recipients[0].rpartition("@")[2].lower() if recipients else "")
+    published = target.published
+    if published is not None:
+        att.policy_type, att.policy_domain = published.policy_type, published.policy_domain
+        att.decided_by, att.policy_failure = published.decided_by, published.failure_type
+        att.policy_detail = published.refuse or published.noted
+    return att
 
 
 _FAILURES = (TempFailure, PermFailure, SmtpProtocolError, StepTimeout, OSError)
@@ -215,6 +237,8 @@ async def _open_session(client: SmtpClient, att: Attempt, target: Target,
     """Greeting, EHLO, and STARTTLS with the certificate judged when the definition asks."""
     enforced = definition.option is DeliveryOption.ENFORCED
     strict = enforced and definition.encryption_mode is EncryptionMode.STRICT
+    published = target.published
+    testing = published is not None and published.sts_mode == "testing"
     reply = await client.greeting(greeting_timeout)
     att.reply = reply.transcript
     if reply.code != 220:
@@ -225,6 +249,9 @@ async def _open_session(client: SmtpClient, att: Attempt, target: Target,
     if ctx is None:
         return
     if "STARTTLS" not in client.extensions:
+        if enforced or testing:
+            att.policy_failure = att.policy_failure or "starttls-not-supported"
+            att.policy_detail = att.policy_detail or "the server does not offer STARTTLS"
         if enforced:
             raise TempFailure("TLS required but the server does not offer STARTTLS")
         return
@@ -241,13 +268,23 @@ async def _open_session(client: SmtpClient, att: Attempt, target: Target,
                               f"{_describe(exc)}") from None
         raise _RetryPlain(f"TLS handshake failed: {_describe(exc)}") from None
     att.tls_version, att.tls_cipher = client.tls()
-    if strict:
+    if published is not None and published.tlsa is not None:
+        chain = tuple(c.public_bytes(Encoding.DER) for c in peer_chain(ssl_object))
+        problem = published.check_chain(target.host, chain)
+        if problem:
+            att.policy_failure, att.policy_detail = "validation-failure", problem
+            raise TempFailure(f"DANE: {problem}")
+        att.certificate_verified = True
+    elif strict or testing:
         store = trust or trust_store(None)
         _, problems = judge_chain(peer_chain(ssl_object), target.host, store)
-        if problems:
+        if problems and published is not None and published.sts_mode:
+            att.policy_failure = att.policy_failure or result_type(problems)
+            att.policy_detail = att.policy_detail or "; ".join(problems)
+        if problems and strict:
             raise TempFailure("TLS required but the certificate is not accepted: "
                               + "; ".join(problems))
-        att.certificate_verified = True
+        att.certificate_verified = not problems
     reply = await client.ehlo(helo, helo_fallback=True)
     if reply.code != 250:
         raise TempFailure(f"HELO over TLS refused: {reply.transcript}")

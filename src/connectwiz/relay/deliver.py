@@ -9,6 +9,9 @@
   minimum version, chain and host name verified), enforced relaxed (TLS at the minimum
   version, any certificate), none (no TLS).
 
+Where the bundle leaves a destination at Opportunistic TLS, what the partner publishes
+(MTA-STS, DANE) can raise the requirement per MX host: relay.published decides.
+
 Enforced TLS never falls back to plaintext: no STARTTLS in the EHLO reply (perhaps stripped
 by a man in the middle), a refused STARTTLS or a failed handshake is a temporary failure
 for that host, and the message is deferred when no host does better.
@@ -48,6 +51,7 @@ from connectwiz.relay.attempt import (
     client_context,
     rcpt_outcome,
 )
+from connectwiz.relay.published import PublishedPolicies
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.sessions import SessionCache
 from connectwiz.relay.spool import QueueEntry, Recipient
@@ -118,12 +122,14 @@ class Deliverer:
         self._trust: dict[str, asyncio.Future[TrustStore]] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
         self.sessions = SessionCache()
+        self.published = PublishedPolicies(options)
         # The relay's own listening sockets (host, port): never a delivery target.
         self.own_addresses: set[tuple[str, int]] = set()
 
     async def close(self) -> None:
-        """End the sessions kept for reuse (QUIT)."""
+        """End the sessions kept for reuse (QUIT) and the MTA-STS refreshes under way."""
         await self.sessions.close()
+        await self.published.close()
 
     def is_own(self, target: Target) -> bool:
         """True when ``target`` is this relay: a next hop that would loop the mail back."""
@@ -195,7 +201,9 @@ class Deliverer:
             if "NXDOMAIN" in exc.reason or "null MX" in exc.reason:
                 raise PermFailure(f"{group.domain}: {exc.reason}") from None
             raise TempFailure(f"{group.domain}: {exc.reason}") from None
-        found = [(Target(h.name, a, self.options.smtp_port), group.definition)
+        plan = await self.published.plan(group.domain, group.definition,
+                                         [h.name for h in hosts])
+        found = [(Target(h.name, a, self.options.smtp_port, plan[h.name][1]), plan[h.name][0])
                  for h in hosts for a in h.addresses]
         if not found:
             raise TempFailure(f"{group.domain}: no MX host has an address")

@@ -32,6 +32,7 @@ from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.published import CACHE_FILE
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
@@ -72,6 +73,8 @@ class Relay:
         self.log = log or EventLog()
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.deliverer = Deliverer(self.options, self.settings.hostname)
+        self.deliverer.published.sts.load(Path(spool_dir) / CACHE_FILE)
+        self.deliverer.published.sts.events = self.log
         self.secure = SecureMessaging(self.spool, self.msglog, self.settings.secure_portal_url,
                                       self.settings.hostname,
                                       Path(self.settings.secure_key) if self.settings.secure_key

@@ -10,7 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Collapsible, Label, Static
 
-from connectwiz.policy.model import ValidationStatus
+from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.components.dialogs import Dialog
@@ -109,6 +109,11 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
                            "on the list to enforce Relaxed.", style="yellow")
         if result.mta_sts is not None and result.mta_sts.warning:  # loud, not only in More
             verdict.append(f"\n⚠ {result.mta_sts.warning}", style="bold yellow")
+        if (domain is not None and domain.encryption_mode is EncryptionMode.RELAXED
+                and result.mta_sts is not None and result.mta_sts.mode == "enforce"):
+            # The bundle decides TLS for its domains (docs/relay.md, "Published policies").
+            verdict.append("\nYour Enforced Relaxed policy wins over its MTA-STS enforce: the "
+                           "relay accepts certificates that policy refuses.", style="yellow")
         self.query_one("#verdict", Static).update(verdict)
         more = self.query_one("#more", Collapsible)
         self.query_one("#details", Static).update(result_details(result))

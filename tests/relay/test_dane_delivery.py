@@ -1,0 +1,112 @@
+"""DANE on delivery (RFC 7672), end to end: the relay trusts the AD bit of the lab's name
+server (``--dnssec-resolver``), which sets it on the lab's TLSA answers (lab.runner._add_tlsa:
+dane-ok.example and trusted.example match their MX, dane-bad.example names another key)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+
+import dns.name
+import pytest
+
+from connectwiz.lab import LabHandle
+from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.published import PublishedPolicies
+
+from .conftest import OPPORTUNISTIC, STRICT, body, lab_messages, make_model, send, token, wait_lab
+from .test_delivery import _sent_anything
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def lab_network_options(lab: LabHandle, lab_network_options: NetworkOptions) -> NetworkOptions:
+    """The relays of this module name the lab's name server as their validating resolver."""
+    return replace(lab_network_options, dnssec_resolver=lab.nameserver)
+
+
+async def _send(r, domain: str) -> tuple[str, str]:
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@{domain}"], body(tag))
+    return msg_id, tag
+
+
+async def test_matching_tlsa_delivers_authenticated_by_dane(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    msg_id, tag = await _send(r, "dane-ok.example")
+    record = await r.wait_status(msg_id, "delivered")
+    [attempt] = record.attempts
+    assert attempt["decided_by"] == "dane" and attempt["policy_type"] == "tlsa"
+    assert attempt["certificate_verified"] is True
+    assert attempt["definition"] == "DANE (TLSA at _25._tcp.mx.dane-ok.example)"
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def test_tlsa_not_matching_defers_even_with_a_trusted_certificate(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    msg_id, tag = await _send(r, "dane-bad.example")
+    record = await r.wait_status(msg_id, "deferred")
+    attempt = record.attempts[0]
+    assert attempt["decided_by"] == "dane" and attempt["policy_failure"] == "validation-failure"
+    assert "no TLSA record at _25._tcp.mx.dane-bad.example matches" in attempt["error"]
+    assert not _sent_anything(lab, tag)
+
+
+async def test_dane_takes_precedence_over_mta_sts(lab, relays) -> None:
+    # trusted.example publishes both: DANE decides for its MX, as RFC 8461 §2 asks.
+    r = await relays(make_model(lab))
+    msg_id, _ = await _send(r, "trusted.example")
+    record = await r.wait_status(msg_id, "delivered")
+    assert record.attempts[0]["policy_type"] == "tlsa"
+
+
+async def test_bundle_enforced_policy_wins_over_dane(lab, relays) -> None:
+    r = await relays(make_model(lab, delivery={"dane-bad.example": STRICT}))
+    msg_id, _ = await _send(r, "dane-bad.example")
+    record = await r.wait_status(msg_id, "delivered")
+    assert record.attempts[0]["decided_by"] == "bundle"
+
+
+async def test_tlsa_without_the_ad_bit_is_ignored(lab, relays) -> None:
+    # The same mismatching records, answered without AD: not validated, so behaviour as today.
+    name = dns.name.from_text("_25._tcp.mx.dane-bad.example.")
+    authenticated = lab.lab.zone.authenticated
+    authenticated.discard(name)
+    try:
+        r = await relays(make_model(lab))
+        msg_id, _ = await _send(r, "dane-bad.example")
+        record = await r.wait_status(msg_id, "delivered")
+    finally:
+        authenticated.add(name)
+    attempt = record.attempts[0]
+    assert attempt["policy_type"] == "no-policy-found" and attempt["decided_by"] == "bundle"
+
+
+async def test_tlsa_is_ignored_when_the_mx_lookup_is_not_validated(lab, relays) -> None:
+    # RFC 7672 §2.2.1: validated TLSA of an MX name learnt insecurely does not count.
+    name = dns.name.from_text("dane-bad.example.")
+    authenticated = lab.lab.zone.authenticated
+    authenticated.discard(name)
+    try:
+        r = await relays(make_model(lab))
+        msg_id, _ = await _send(r, "dane-bad.example")
+        record = await r.wait_status(msg_id, "delivered")
+    finally:
+        authenticated.add(name)
+    assert record.attempts[0]["policy_type"] == "no-policy-found"
+
+
+async def test_an_unanswered_validated_mx_lookup_defers_rather_than_downgrades(
+        lab_network_options) -> None:
+    # The validating resolver does not answer (nothing listens there): the host is refused,
+    # as Postfix defers, instead of silently dropping DANE.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        silent = s.getsockname()
+        options = replace(lab_network_options, dnssec_resolver=silent, timeout=0.5)
+        plan = await PublishedPolicies(options).plan("dane-ok.example", OPPORTUNISTIC,
+                                                     ["mx.dane-ok.example"])
+    _, published = plan["mx.dane-ok.example"]
+    assert published.refuse.startswith("DANE: DNSSEC lookup of MX for dane-ok.example failed")
+    assert published.failure_type == "dnssec-invalid"
