@@ -307,11 +307,13 @@ async def paced(side: Side, sink: Sink, args: argparse.Namespace) -> None:
     side.messages += len(tags)
 
 
-async def wait_greeting(port: int, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+async def wait_greeting(port: int, proc: subprocess.Popen | None, timeout: float = 60,
+                        log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError("the relay exited before listening")
+            said = log.read_text(errors="replace")[-2000:] if log else ""
+            raise RuntimeError(f"the relay exited before listening:\n{said}")
         with contextlib.suppress(OSError):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             line = await reader.readline()
@@ -350,7 +352,7 @@ async def relay_running(side: Side, sink: Sink, workdir: Path,
 
     sampler = MemorySampler(root)
     try:
-        await wait_greeting(side.port, proc)
+        await wait_greeting(side.port, proc, log=log)
         yield
     finally:
         sampler.stop()
