@@ -346,7 +346,7 @@ def test_dane_makes_opportunistic_the_dane_level_with_dnssec_lookups():
                                delivery("s", STRICT, to("s.example"))), dane=True)
     entries = table(out.files[TLS_POLICY])
     assert entries["o.example"] == "dane protocols=>=TLSv1"
-    assert entries["s.example"].startswith("secure ")  # the bundle's Enforced TLS stays
+    assert entries["s.example"].startswith("verify ")  # the bundle's Enforced TLS stays
     main_cf = out.files[MAIN_CF]
     assert setting(main_cf, "smtp_tls_security_level") == "dane"
     assert setting(main_cf, "smtp_dns_support_level") == "dnssec"
@@ -367,7 +367,7 @@ def test_mta_sts_chains_the_resolver_after_the_bundle_table():
         "socketmap:inet:127.0.0.1:8461:postfix")
     entries = table(out.files[TLS_POLICY])
     # Bundle Enforced TLS and No TLS answer first; opportunistic is left for MTA-STS to raise.
-    assert entries["n.example"] == "none" and entries["s.example"].startswith("secure ")
+    assert entries["n.example"] == "none" and entries["s.example"].startswith("verify ")
     assert "o.example" not in entries
     assert "left to the default level so MTA-STS can raise it" in out.files[TLS_POLICY]
 

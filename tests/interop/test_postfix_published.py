@@ -31,7 +31,7 @@ from connectwiz.probe.options import NetworkOptions
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.server import Relay
 
-from .postfix import MASTER_CF, PostfixInstance, running
+from .postfix import MASTER_CF, PostfixInstance, lab_resolver, running
 from .test_postfix import (
     FAST,
     RunningRelay,
@@ -99,8 +99,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
 @pytest.fixture(scope="module")
 def socketmap(lab: LabHandle) -> Iterator[_StsSocketmap]:
-    answers = {f"[{lab.address_of(f'mx.{d}')}]:{lab.smtp_port}":
-               f"secure match=mx.{d} servername=hostname" for d in (ENFORCED, PLAIN)}
+    # Keyed by Postfix's next hop, the domain and the lab's port (tests/interop/postfix.py).
+    answers = {f"{d}:{lab.smtp_port}": f"secure match=mx.{d} servername=hostname"
+               for d in (ENFORCED, PLAIN)}
     server = _StsSocketmap(answers)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -126,10 +127,10 @@ def postfix(lab: LabHandle, bundle_path: Path, socketmap: _StsSocketmap,
     maps = next(line for line in (exported / "main.cf").read_text().splitlines()
                 if line.startswith("smtp_tls_policy_maps = "))
     assert maps.endswith(f"/tls_policy, socketmap:{address}:postfix")
-    routes = {d: (lab.address_of(f"mx.{d}"), lab.smtp_port) for d in (ENFORCED, PLAIN)}
     root = Path(tempfile.mkdtemp(prefix="connectwiz-postfix-"))
     # The exported maps line as is, but with the test's rekeyed copy of the table.
-    instance = PostfixInstance(root, exported, routes, Path(lab.ca_file),
+    instance = PostfixInstance(root, exported, (ENFORCED, PLAIN), lab.smtp_port,
+                               Path(lab.ca_file), lab_resolver(lab),
                                extra=(maps.replace("/tls_policy,", "/tls_policy.lab,"),))
     try:
         with running(instance):
@@ -159,7 +160,7 @@ async def test_published_enforce_defers_an_unverified_mx_in_both(lab, postfix, r
         postfix.wait_log, rf"to=<rcpt-{tag}@{ENFORCED}>.*status=(\w+) \((.*)\)")
     # Without the socketmap's "secure" Postfix would deliver (default level may).
     assert line.group(1) == "deferred", line.group(0)
-    assert f"[{lab.address_of(f'mx.{ENFORCED}')}]:{lab.smtp_port}" in socketmap.keys
+    assert f"{ENFORCED}:{lab.smtp_port}" in socketmap.keys
     msg_id = await _send_to_relay(relay.port, f"{tag}r", ENFORCED)
     record = await _relay_status(relay.spool, msg_id, "deferred")
     assert record.attempts[0]["decided_by"] == "mta-sts"
@@ -171,7 +172,7 @@ async def test_bundle_no_tls_answers_before_mta_sts_in_both(lab, postfix, relay,
     tag = secrets.token_hex(6)
     await asyncio.to_thread(_send_to_postfix, postfix.port, tag, PLAIN)
     await asyncio.to_thread(postfix.wait_log, rf"to=<rcpt-{tag}@{PLAIN}>.*status=sent")
-    hop = f"[{lab.address_of(f'mx.{PLAIN}')}]:{lab.smtp_port}"
+    hop = f"{PLAIN}:{lab.smtp_port}"
     assert hop not in socketmap.keys  # the bundle's table answered first
     msg_id = await _send_to_relay(relay.port, f"{tag}r", PLAIN)
     await _relay_status(relay.spool, msg_id, "delivered")

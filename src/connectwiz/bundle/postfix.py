@@ -199,7 +199,8 @@ def _level(definition: DeliveryDefinition, dane: bool = False) -> str:
         level = "verify match=hostname"
     minimum = effective_min_tls(definition)
     version = "1" if minimum == "1.0" else minimum  # Postfix: TLSv1
-    ciphers = f" {level_of(definition).postfix}" if level != "may" else ""
+    # Opportunistic (may, dane) takes any cipher, as the relay does: no cipher grade.
+    ciphers = f" {level_of(definition).postfix}" if level not in ("may", "dane") else ""
     return f"{level} protocols=>=TLSv{version}{ciphers}"
 
 
