@@ -170,3 +170,22 @@ def lab_messages(lab: LabHandle, tag: str) -> list[LabMessage]:
 
 async def wait_lab(lab: LabHandle, predicate: Callable[[], bool], timeout: float = 10) -> bool:
     return await asyncio.to_thread(lab.wait_for, predicate, timeout)
+
+
+async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  target: tuple[str, int]) -> None:
+    """Relay bytes both ways between a client and ``target`` until either side closes:
+    the body of the test proxies that stand between the relay and the lab."""
+    up_reader, up_writer = await asyncio.open_connection(*target)
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except ConnectionError:
+            pass
+        finally:
+            dst.close()
+
+    await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))

@@ -12,7 +12,17 @@ from connectwiz.policy.model import EncryptionMode, InboundRoute
 from connectwiz.relay.deliver import Deliverer, Group
 from connectwiz.relay.spool import QueueEntry, Recipient, new_message_id
 
-from .conftest import RELAXED, STRICT, body, lab_messages, make_model, send, token, wait_lab
+from .conftest import (
+    RELAXED,
+    STRICT,
+    body,
+    forward,
+    lab_messages,
+    make_model,
+    send,
+    token,
+    wait_lab,
+)
 
 pytestmark = pytest.mark.network
 
@@ -105,19 +115,7 @@ class CuttableProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await forward(reader, writer, self.target)
 
     def cut(self) -> None:
         for writer in self._writers:

@@ -21,7 +21,7 @@ import pytest
 from connectwiz.lab.smtp import LabMessage
 from connectwiz.relay.settings import RelaySettings
 
-from .conftest import body, lab_messages, send, token, wait_lab
+from .conftest import body, forward, lab_messages, send, token, wait_lab
 
 pytestmark = pytest.mark.network
 
@@ -133,19 +133,7 @@ class HoldThenForward:
             await reader.read()  # until the relay goes away
             writer.close()
             return
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await forward(reader, writer, self.target)
 
     async def stop(self) -> None:
         self.server.close()

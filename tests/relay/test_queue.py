@@ -19,7 +19,7 @@ import pytest
 
 from connectwiz.relay.spool import Spool
 
-from .conftest import body, lab_messages, token, wait_lab
+from .conftest import body, forward, lab_messages, token, wait_lab
 from .test_process import BUNDLE, HoldThenForward, RelayProcess, start_relay
 
 pytestmark = pytest.mark.network
@@ -40,19 +40,7 @@ class Gate:
         if not self.open:
             writer.close()
             return
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await forward(reader, writer, self.target)
 
     async def stop(self) -> None:
         self.server.close()

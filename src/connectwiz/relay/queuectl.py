@@ -227,15 +227,7 @@ def _own(spool: Spool, msg_id: str, state: str) -> bool:
         entry = spool.read_entry("incoming", msg_id)
     except (OSError, ValueError):
         return False
-    own = spool.root / "tmp" / f"{msg_id}.json.own"
-    own.write_bytes(entry.to_json())
-    try:
-        os.link(own, active)
-    except FileExistsError:
-        return False
-    finally:
-        own.unlink(missing_ok=True)
-    return True
+    return spool.create_exclusive(active, entry.to_json())
 
 
 def _give_back(spool: Spool, msg_id: str, state: str, changes: Changes) -> None:

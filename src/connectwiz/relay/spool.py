@@ -331,11 +331,11 @@ class Spool:
         except FileNotFoundError:
             return None  # delivered meanwhile by another relay worker
         # Exclusive: another worker (its rescan) may be claiming this message right now.
-        if not self._create_exclusive(self._entry_path("active", msg_id), entry.to_json()):
+        if not self.create_exclusive(self._entry_path("active", msg_id), entry.to_json()):
             return None
         return entry, body
 
-    def _create_exclusive(self, dest: Path, data: bytes) -> bool:
+    def create_exclusive(self, dest: Path, data: bytes) -> bool:
         """Write ``dest`` whole (not fsync'd) unless it exists: False when it did. The file
         is written aside and linked into place, which fails for all but the first."""
         tmp = self.root / "tmp" / f"{dest.name}.{secrets.token_hex(4)}"
