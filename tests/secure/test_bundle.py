@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from connectwiz.bundle import Bundle
+from connectwiz.bundle.data import (
+    model_data,
+)
 from connectwiz.bundle.errors import BundleError
-from connectwiz.bundle.schema import model_data
 from connectwiz.policy.model import (
     Applies,
     BypassOption,

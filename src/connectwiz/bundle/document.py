@@ -15,12 +15,14 @@ import tomlkit
 from tomlkit.items import AoT, Array, InlineTable, Item, Table, Trivia
 from tomlkit.toml_document import TOMLDocument
 
-from connectwiz.bundle.schema import (
-    SCHEMA_VERSION,
+from connectwiz.bundle.data import (
     definition_data,
     delivery_policy_data,
     model_data,
     receipt_policy_data,
+)
+from connectwiz.bundle.schema import (
+    SCHEMA_VERSION,
 )
 from connectwiz.bundle.split import Document, DomainRun, Entry, SplitDocument
 from connectwiz.errors import UserError

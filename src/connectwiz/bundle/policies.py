@@ -14,14 +14,14 @@ from typing import Any
 
 import tomli
 
-from connectwiz.bundle.errors import BundleError
-from connectwiz.bundle.schema import (
+from connectwiz.bundle.data import (
     definition_data,
     delivery_policy_data,
     receipt_policy_data,
     secure_data,
     secure_definition_data,
 )
+from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.store import Bundle
 from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel

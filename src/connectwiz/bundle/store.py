@@ -26,12 +26,14 @@ from tomlkit.exceptions import TOMLKitError
 
 from connectwiz.atomic import write_atomic
 from connectwiz.bundle import document as d
+from connectwiz.bundle.data import (
+    model_data,
+)
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import toml_error
 from connectwiz.bundle.schema import (
     build_model,
     check_port,
-    model_data,
     normalize_host,
     parse_network,
 )
