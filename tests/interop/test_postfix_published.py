@@ -20,21 +20,16 @@ import socketserver
 import subprocess
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from connectwiz.bundle import Bundle
 from connectwiz.lab import LabHandle
-from connectwiz.probe.options import NetworkOptions
-from connectwiz.relay.events import EventLog
-from connectwiz.relay.server import Relay
 
+from . import test_postfix
 from .postfix import MASTER_CF, PostfixInstance, lab_resolver, running
 from .test_postfix import (
-    FAST,
-    RunningRelay,
     _cli,
     _lab_got,
     _relay_status,
@@ -44,6 +39,7 @@ from .test_postfix import (
 from .test_postfix import pytestmark as _interop_marks
 
 pytestmark = _interop_marks
+relay = test_postfix.relay  # the same fixture, over this module's bundle_path
 
 ENFORCED, PLAIN = "sts-relaxed.example", "trusted.example"  # both publish MTA-STS enforce
 
@@ -137,19 +133,6 @@ def postfix(lab: LabHandle, bundle_path: Path, socketmap: _StsSocketmap,
             yield instance
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-async def relay(bundle_path: Path, lab_network_options: NetworkOptions,
-                tmp_path: Path) -> AsyncIterator[RunningRelay]:
-    model = Bundle.load(bundle_path).model
-    r = Relay(lambda: model, tmp_path / "spool", ("127.0.0.1", 0),
-              options=lab_network_options, settings=FAST, log=EventLog(json_lines=True))
-    await r.start()
-    try:
-        yield RunningRelay(r.address[1], tmp_path / "spool")
-    finally:
-        await r.stop()
 
 
 async def test_published_enforce_defers_an_unverified_mx_in_both(lab, postfix, relay,

@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -29,9 +27,9 @@ from connectwiz.portal.limits import Limits
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.secure import HeldStore, load_secure_key
 from connectwiz.relay.spool import Spool
+from tests.portal.conftest import CHROMIUM
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.network,
     pytest.mark.peer,
@@ -80,25 +78,6 @@ async def stack(lab, relays) -> AsyncIterator[Any]:
     await portal.start("127.0.0.1", 0, sock=sock)
     yield relay, portal, url
     await portal.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    # Skipped here, not at import: a skip while collecting escapes the `peer` guard on CI.
-    async_playwright = pytest.importorskip("playwright.async_api").async_playwright
-    profile = tempfile.mkdtemp(prefix="connectwiz-chromium-")
-    async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        context.set_default_timeout(10_000)
-        try:
-            yield context
-        finally:
-            await context.close()
-            shutil.rmtree(profile, ignore_errors=True)
 
 
 async def shoot(page: Any, name: str) -> None:

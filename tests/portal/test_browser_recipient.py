@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,9 +26,8 @@ from connectwiz.portal.limits import Limits
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.secure import HeldStore, load_secure_key, revoke_held
 from connectwiz.relay.spool import Spool
-from tests.portal.conftest import CODE, READER, SENDER, Sink, hold, mime, nested, png
+from tests.portal.conftest import CHROMIUM, CODE, READER, SENDER, Sink, hold, mime, nested, png
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.network,
     pytest.mark.peer,
@@ -71,25 +69,6 @@ async def stack(tmp_path: Path, sink: Sink) -> AsyncIterator[Stack]:
     await portal.start("127.0.0.1", 0, sock=sock)
     yield Stack(portal, url, spool, sink)
     await portal.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    # Skipped here, not at import: a skip while collecting escapes the `peer` guard on CI.
-    async_playwright = pytest.importorskip("playwright.async_api").async_playwright
-    profile = tempfile.mkdtemp(prefix="connectwiz-chromium-")
-    async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, viewport=DESKTOP,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        context.set_default_timeout(10_000)
-        try:
-            yield context
-        finally:
-            await context.close()
-            shutil.rmtree(profile, ignore_errors=True)
 
 
 async def state(page: Any, name: str) -> None:

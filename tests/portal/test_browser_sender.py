@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.portal import test_browser
-from tests.portal.test_browser import CHROMIUM, CODE, held_link, shoot, sign_in, text_of, wait_mail
+from tests.portal.conftest import CHROMIUM
+from tests.portal.test_browser import CODE, held_link, shoot, sign_in, text_of, wait_mail
 from tests.relay.conftest import token
 
 pytestmark = [
@@ -21,7 +22,6 @@ pytestmark = [
                        reason=f"{CHROMIUM} is absent (apt-get install chromium; CI installs it)"),
 ]
 stack = test_browser.stack  # the relay + portal and the browser, as test_browser has them
-browser = test_browser.browser
 
 
 async def test_sender_sees_read_status_extends_and_withdraws(lab, stack, browser) -> None:
