@@ -121,7 +121,10 @@ class PostfixInstance:
         self.port = free_port()
         self.maillog = root / "maillog"
         self.resolv_conf = root / "resolv.conf"
-        self.resolv_conf.write_text(f"nameserver {resolver}\noptions timeout:2 attempts:2\n")
+        # trust-ad: glibc (2.31+) passes the name server's AD bit on only when told to trust
+        # it, and Postfix's DANE (smtp_dns_support_level = dnssec) needs that bit.
+        self.resolv_conf.write_text(
+            f"nameserver {resolver}\noptions timeout:2 attempts:2 edns0 trust-ad\n")
         tables = self.conf / "connectwiz"
         tables.mkdir(parents=True)
         for item in exported.iterdir():

@@ -223,8 +223,8 @@ class Lab:
         self._add_tlsa()
 
     def _add_tlsa(self) -> None:
-        """TLSA 3 1 1 records, answered with AD (and the domains' MX too): trusted and dane-ok
-        match, dane-bad does not."""
+        """TLSA 3 1 1 records, answered with AD (and the domains' MX and the MX hosts'
+        addresses too): trusted and dane-ok match, dane-bad does not."""
         shared = self.servers[self.address_of("mx.trusted.example")].cert_path
         own = self.servers[self.address_of("mx.dane-ok.example")].cert_path
         assert shared is not None and own is not None
@@ -235,6 +235,8 @@ class Lab:
             self.zone.add_authenticated(f"_25._tcp.{host}.")
             # The MX RRset is "signed" too: RFC 7672 DANE starts from a validated MX lookup.
             self.zone.add_authenticated(f"{host.removeprefix('mx.')}.")
+            # And the MX host's address: Postfix looks TLSA up only for a validated one.
+            self.zone.add_authenticated(f"{host}.")
 
     def _server_for(self, hosts: list[LabHost],
                     ctx: ssl.SSLContext | None = None) -> SMTPServer:
