@@ -11,7 +11,9 @@ keys TLS policy lookups on that next hop, ``domain:PORT``, so the test copy of t
 ``tls_policy`` has its keys rewritten the same way; the policy itself (level, ``match=``,
 ``protocols=``) is left exactly as exported. The exported main.cf snippet is used as is except
 for two settings the test replaces (commented out, then set after it): the lab CA instead of
-the system store, and the rewritten policy table.
+the system store, and the exported policy maps naming the rewritten table (any socketmap
+after it, ``--mta-sts``, is kept). The private resolv.conf says ``trust-ad``, so Postfix
+sees the AD bit the lab name server sets on its "validated" answers and can do DANE.
 
 The instance has its own config, queue and data directories in a temporary folder, listens on
 127.0.0.1 only, runs no daemon chrooted, and logs to a file (``maillog_file``) the test reads.
@@ -106,6 +108,25 @@ def lab_resolver(lab: LabHandle) -> str:
     return _resolvers[id(lab)]
 
 
+def write_resolv_conf(path: Path, resolver: str) -> Path:
+    # trust-ad: glibc (2.31+) passes the name server's AD bit on only when told to trust it,
+    # and Postfix's DANE (smtp_dns_support_level = dnssec) needs that bit.
+    path.write_text(f"nameserver {resolver}\noptions timeout:2 attempts:2 edns0 trust-ad\n")
+    return path
+
+
+def in_lab_namespace(argv: list[str], resolv_conf: Path,
+                     hosts: Path | None = None) -> list[str]:
+    """``argv`` run in a mount namespace of its own whose /etc/resolv.conf (and /etc/hosts,
+    if given) are bind-mounted files; nothing outside the namespace sees them."""
+    assert UNSHARE is not None
+    mounts = [(resolv_conf, "/etc/resolv.conf"), *([(hosts, "/etc/hosts")] if hosts else [])]
+    script = "".join(f'mount --bind "${i}" {target} && '
+                     for i, (_, target) in enumerate(mounts, 1))
+    return [UNSHARE, "-m", "sh", "-c", f'{script}shift {len(mounts)} && exec "$@"', "sh",
+            *(str(source) for source, _ in mounts), *argv]
+
+
 class PostfixInstance:
     def __init__(self, root: Path, exported: Path, domains: Iterable[str], smtp_port: int,
                  ca_file: Path, resolver: str, *, next_hops: dict[str, str] | None = None,
@@ -120,11 +141,7 @@ class PostfixInstance:
         self.conf = root / "conf"
         self.port = free_port()
         self.maillog = root / "maillog"
-        self.resolv_conf = root / "resolv.conf"
-        # trust-ad: glibc (2.31+) passes the name server's AD bit on only when told to trust
-        # it, and Postfix's DANE (smtp_dns_support_level = dnssec) needs that bit.
-        self.resolv_conf.write_text(
-            f"nameserver {resolver}\noptions timeout:2 attempts:2 edns0 trust-ad\n")
+        self.resolv_conf = write_resolv_conf(root / "resolv.conf", resolver)
         tables = self.conf / "connectwiz"
         tables.mkdir(parents=True)
         for item in exported.iterdir():
@@ -134,9 +151,11 @@ class PostfixInstance:
             "".join(f"{d}\tsmtp:{hop}\n" for d, hop in {**hops, **(next_hops or {})}.items()))
         (tables / "tls_policy.lab").write_text(_rekey((tables / "tls_policy").read_text(), hops))
         (self.conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
-        snippet = "\n".join(
-            f"# replaced by the test: {line}" if line.startswith(_REPLACED) else line
-            for line in (tables / "main.cf").read_text().splitlines())
+        exported_cf = (tables / "main.cf").read_text().splitlines()
+        snippet = "\n".join(f"# replaced by the test: {line}" if line.startswith(_REPLACED)
+                            else line for line in exported_cf)
+        # The exported maps (the bundle's table, then any socketmap) with the rekeyed copy.
+        maps = next(line for line in exported_cf if line.startswith("smtp_tls_policy_maps "))
         (self.conf / "main.cf").write_text("\n".join([
             "compatibility_level = 3.6",
             f"queue_directory = {root / 'queue'}",
@@ -161,7 +180,7 @@ class PostfixInstance:
             snippet,
             "# --- test wiring (see tests/interop/postfix.py) ---",
             f"smtp_tls_CAfile = {ca_file}",
-            "smtp_tls_policy_maps = texthash:${config_directory}/connectwiz/tls_policy.lab",
+            re.sub(r"/tls_policy\b", "/tls_policy.lab", maps),
             *extra,
             "",
         ]))
@@ -178,10 +197,9 @@ class PostfixInstance:
     def start(self) -> None:
         # The master (and every daemon it forks) lives in a mount namespace of its own, where
         # /etc/resolv.conf names the lab; nothing outside the namespace sees the bind mount.
-        assert POSTFIX is not None and UNSHARE is not None
+        assert POSTFIX is not None
         done = subprocess.run(
-            [UNSHARE, "-m", "sh", "-c", 'mount --bind "$1" /etc/resolv.conf && '
-             'exec "$2" -c "$3" start', "sh", str(self.resolv_conf), POSTFIX, str(self.conf)],
+            in_lab_namespace([POSTFIX, "-c", str(self.conf), "start"], self.resolv_conf),
             capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"postfix start failed: {done.stderr or done.stdout}\n"

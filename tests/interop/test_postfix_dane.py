@@ -33,7 +33,7 @@ from connectwiz.lab import LabHandle
 from connectwiz.probe.options import NetworkOptions
 
 from . import test_postfix
-from .postfix import UNSHARE, PostfixInstance, lab_resolver, running
+from .postfix import PostfixInstance, in_lab_namespace, lab_resolver, running
 from .test_postfix import _cli, _lab_got, _relay_status, _send_to_postfix, _send_to_relay
 from .test_postfix import pytestmark as _interop_marks
 
@@ -101,11 +101,10 @@ def postfix(lab: LabHandle, bundle_path: Path, tlsa_on_lab_port: None,
 def _finger(postfix: PostfixInstance, lab: LabHandle, domain: str) -> str:
     """posttls-finger at level dane-only (no usable TLSA records: no connection), resolving
     through Postfix's private resolv.conf."""
-    assert UNSHARE is not None
     done = subprocess.run(
-        [UNSHARE, "-m", "sh", "-c", 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"',
-         "sh", str(postfix.resolv_conf), POSTTLS_FINGER, "-t30", "-l", "dane-only", "-c",
-         "-F", str(lab.ca_file), f"{domain}:{lab.smtp_port}"],
+        in_lab_namespace([POSTTLS_FINGER, "-t30", "-l", "dane-only", "-c",
+                          "-F", str(lab.ca_file), f"{domain}:{lab.smtp_port}"],
+                         postfix.resolv_conf),
         capture_output=True, text=True, timeout=60, check=False)
     return done.stdout + done.stderr
 

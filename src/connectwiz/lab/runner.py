@@ -101,6 +101,7 @@ class Lab:
         self._hosts: dict[str, LabHost] = {}
         self._sinks = 0
         self._extra_dns: list[DNSServer] = []
+        self._extra_https: list[PolicyServer] = []
         self._build_servers(all_domains)
         sts_cert, sts_key = self.ca.issue([f"mta-sts.{d}" for d in MTA_STS_PAGES]
                                           + list(TLS_RPT_HOSTS))
@@ -174,7 +175,8 @@ class Lab:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.servers.values()),
-                             self.policy_server.stop(), return_exceptions=True)
+                             self.policy_server.stop(), *(p.stop() for p in self._extra_https),
+                             return_exceptions=True)
         for extra in self._extra_dns:
             await extra.stop()
         await self.dns.stop()
@@ -187,6 +189,14 @@ class Lab:
         server = DNSServer([self.zone], host=host, port=port)
         await server.start()
         self._extra_dns.append(server)
+
+    async def add_policy_server(self, host: str, port: int) -> None:
+        """Serve the MTA-STS policies on ``host:port`` too: a peer that fetches them only
+        from port 443 (postfix-mta-sts-resolver) needs them there."""
+        main = self.policy_server
+        server = PolicyServer(host, port, main.context, main.pages, main.report_hosts)
+        await server.start()
+        self._extra_https.append(server)
 
     async def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         """A new server with ``profile`` (default: trusted, accepts everything) for ``names``.
@@ -348,6 +358,10 @@ class LabHandle:
     def add_nameserver(self, host: str, port: int) -> None:
         asyncio.run_coroutine_threadsafe(
             self.lab.add_nameserver(host, port), self._loop).result(timeout=30)
+
+    def add_policy_server(self, host: str, port: int) -> None:
+        asyncio.run_coroutine_threadsafe(
+            self.lab.add_policy_server(host, port), self._loop).result(timeout=30)
 
     def add_sink(self, names: list[str], profile: str = "trusted") -> tuple[str, int]:
         return asyncio.run_coroutine_threadsafe(

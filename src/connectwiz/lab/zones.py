@@ -252,6 +252,8 @@ MTA_STS_PAGES: dict[str, Page] = {
     # *.mismatch.example covers one label before mismatch.example, not mx.sts-mismatch.example
     "sts-mismatch.example": _policy("enforce", "mx.other.example", "*.mismatch.example"),
     "sts-relaxed.example": _policy("enforce", "mx.sts-relaxed.example"),
+    # Testing mode over a failing MX (STS_TESTING_FAILING): delivered anyway, the failure noted.
+    "sts-testing-bad.example": _policy("testing", "mx.selfsigned.example"),
     # Broken publications (not lab domains with mail hosts): what a fetch must refuse.
     "sts-redirect.example": Page(b"", 301, headers=(
         ("Location", "https://mta-sts.trusted.example/.well-known/mta-sts.txt"),)),
@@ -261,6 +263,8 @@ MTA_STS_PAGES: dict[str, Page] = {
     "sts-404.example": Page(b"gone", 404),
 }
 STS_TWO_RECORDS = "sts-double.example"  # two v=STSv1 TXT records: the record is unusable
+# Its MX is selfsigned.example's (a self-signed certificate): what enforce would refuse.
+STS_TESTING_FAILING = "sts-testing-bad.example"
 
 # TLS-RPT https: endpoints, served by the MTA-STS policy server (lab/https.py keeps the POSTs).
 TLS_RPT_HOSTS = ("reports.sts-testing.example",)
@@ -316,6 +320,7 @@ def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) ->
     for name in MTA_STS_PAGES:
         zone.add(f"_mta-sts.{name}.", "TXT", f'"v=STSv1; id={STS_ID}"')
         zone.add(f"mta-sts.{name}.", "A", STS_ADDRESS)
+    zone.add(f"{STS_TESTING_FAILING}.", "MX", "10 mx.selfsigned.example.")
     zone.add(f"_mta-sts.{STS_TWO_RECORDS}.", "TXT", '"v=STSv1; id=one"')
     zone.add(f"_mta-sts.{STS_TWO_RECORDS}.", "TXT", '"v=STSv1; id=two"')
     for host in TLS_RPT_HOSTS:
