@@ -111,7 +111,7 @@ def lab_resolver(lab: LabHandle) -> str:
 def write_resolv_conf(path: Path, resolver: str) -> Path:
     # trust-ad: glibc (2.31+) passes the name server's AD bit on only when told to trust it,
     # and Postfix's DANE (smtp_dns_support_level = dnssec) needs that bit.
-    path.write_text(f"nameserver {resolver}\noptions timeout:2 attempts:2 edns0 trust-ad\n")
+    path.write_text(f"nameserver {resolver}\noptions timeout:2 attempts:2 trust-ad\n")
     return path
 
 

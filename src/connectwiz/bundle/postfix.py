@@ -347,9 +347,10 @@ def _policy_maps(mta_sts: str | None) -> list[str]:
     table = f"texthash:{TABLE_DIR}/{TLS_POLICY}"
     if mta_sts is None:
         return [f"smtp_tls_policy_maps = {table}"]
-    return ["# MTA-STS (RFC 8461) through postfix-mta-sts-resolver (mta-sts-daemon, listening",
-            f"# on {mta_sts}); the bundle's table is asked first, so its Enforced TLS and No TLS",
-            "# entries win over a published policy, as in the relay. Note: the resolver's",
+    return ["# MTA-STS (RFC 8461) through postfix-mta-sts-resolver: mta-sts-daemon listening",
+            f"# on {mta_sts} (set in /etc/mta-sts-daemon.yml, which must exist; an empty one",
+            "# means inet:127.0.0.1:8461). The bundle's table is asked first, so its Enforced",
+            "# TLS and No TLS entries win over a published policy, as in the relay. The resolver's",
             "# answer also wins over DANE for a domain publishing both (the relay uses DANE).",
             f"smtp_tls_policy_maps = {table}, socketmap:{mta_sts}:postfix"]
 
@@ -376,7 +377,8 @@ def _main_cf(header: list[str], default: _Entry | None, everyone: _Entry | None,
         f"smtp_tls_security_level = {level_name}",
         *([] if not dane else [
             "# DANE (RFC 7672): TLSA records decide where DNSSEC validates them. The resolver",
-            "# of /etc/resolv.conf must be a local validating one (its AD bit is trusted);",
+            "# of /etc/resolv.conf must be a local validating one (its AD bit is trusted),",
+            "# and glibc 2.31+ passes that bit on only with 'options trust-ad' there;",
             "# the relay's --dnssec-resolver names the same kind of resolver.",
             "smtp_dns_support_level = dnssec"]),
         f"smtp_tls_mandatory_protocols = {protocols}",
