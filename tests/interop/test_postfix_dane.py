@@ -43,13 +43,23 @@ relay = test_postfix.relay  # the same fixture, over this module's bundle and op
 MATCH, MISMATCH = "dane-ok.example", "dane-bad.example"
 POSTTLS_FINGER = shutil.which("posttls-finger") or "/usr/sbin/posttls-finger"
 
-# No delivery policy: every partner is at Opportunistic TLS, which --dane exports as `dane`.
-BUNDLE = """\
+# --dane exports Opportunistic TLS as `dane`: the default level (dane-ok.example has no
+# policy) and the table entry of an opportunistic delivery policy (dane-bad.example).
+BUNDLE = f"""\
 schema_version = 1
 
 [organisation]
 internal_domains = ["corp.example"]
 authorized_outbound = ["127.0.0.0/8"]
+
+[[delivery_definitions]]
+name = "Opportunistic"
+option = "opportunistic"
+
+[[delivery_policies]]
+narrative = "Opportunistic to {MISMATCH}"
+definition = "Opportunistic"
+to = {{ applies = "domain", specifically = ["{MISMATCH}"] }}
 """
 
 
@@ -86,6 +96,7 @@ def postfix(lab: LabHandle, bundle_path: Path, tlsa_on_lab_port: None,
     exported = tmp_path_factory.mktemp("export") / "postfix"
     _cli("export", "--bundle", str(bundle_path), "--format", "postfix", "-o", str(exported),
          "--dane")
+    assert f"{MISMATCH}\tdane protocols=>=TLSv1.2" in (exported / "tls_policy").read_text()
     root = Path(tempfile.mkdtemp(prefix="connectwiz-postfix-"))
     # An smtp process keeps TLSA answers for their TTL: one delivery per process, so each
     # test meets the records as the lab answers them now.
