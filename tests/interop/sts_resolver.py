@@ -58,11 +58,12 @@ class StsResolverDaemon:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._process = subprocess.Popen(
-            in_lab_namespace([str(DAEMON), "-v", "debug", "-l", str(self.log_file),
-                              "-c", str(self.config)], self.resolv_conf, self.hosts),
-            env={**os.environ, "SSL_CERT_FILE": str(self.ca_file)},
-            stdout=subprocess.DEVNULL, stderr=self.stderr_file.open("wb"))
+        with self.stderr_file.open("wb") as stderr:  # a traceback if it dies at start
+            self._process = subprocess.Popen(
+                in_lab_namespace([str(DAEMON), "-v", "debug", "-l", str(self.log_file),
+                                  "-c", str(self.config)], self.resolv_conf, self.hosts),
+                env={**os.environ, "SSL_CERT_FILE": str(self.ca_file)},
+                stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and self._process.poll() is None:
             with contextlib.suppress(OSError), socket.create_connection(
