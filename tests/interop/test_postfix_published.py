@@ -107,6 +107,7 @@ async def test_published_enforce_defers_an_unverified_mx_in_both(lab, postfix, r
     assert line.group(1) == "deferred", line.group(0)
     assert "certificate" in line.group(2).lower(), line.group(0)
     assert f"{ENFORCED}:{lab.smtp_port}" in await asyncio.to_thread(sts_daemon.lookups)
+    assert f"OK secure match=mx.{ENFORCED} servername=hostname" in sts_daemon.log()
     msg_id = await _send_to_relay(relay.port, f"{tag}r", ENFORCED)
     record = await _relay_status(relay.spool, msg_id, "deferred")
     assert record.attempts[0]["decided_by"] == "mta-sts"
