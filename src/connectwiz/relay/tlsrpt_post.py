@@ -60,14 +60,15 @@ def _kind(address: Address) -> str:
 
 
 def refusal(address: str, allowed: tuple[Network, ...]) -> str:
-    """Why a report must not be posted to ``address`` ('' when it may)."""
+    """Why a report must not be posted to ``address``, e.g. "127.0.0.1 (loopback)"; ''
+    when it may."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
     if any(ip in net for net in allowed):
         return ""
     kind = _kind(ip)
-    return f"{address} is a {kind} address" if kind else ""
+    return f"{address} ({kind})" if kind else ""
 
 
 async def post_report(uri: str, data: bytes, options: NetworkOptions,
@@ -92,14 +93,14 @@ async def post_report(uri: str, data: bytes, options: NetworkOptions,
         refused = [why for a in addresses if (why := refusal(a, allowed))]
         usable = [a for a in addresses if not refusal(a, allowed)]
         if not usable:
-            raise OSError(f"refused: {host} resolves to {'; '.join(refused)} "
-                          "(not posted to; --tlsrpt-allow-networks allows a network)")
+            raise OSError(f"refused: {host} resolves to {', '.join(refused)}, not a public "
+                          "address (--tlsrpt-allow-networks allows a network)")
         ctx = await asyncio.to_thread(https_context, options.ca_file)
         reader, writer = await _connect(usable, port, ctx, host)
         try:
             peer = writer.get_extra_info("peername")[0]
             if why := refusal(peer, allowed):  # the address actually connected to
-                raise OSError(f"refused: connected to {why}")
+                raise OSError(f"refused: connected to {why}, not a public address")
             target = f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
             head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: connectwiz\r\n"
                     f"Content-Type: application/tlsrpt+gzip\r\nContent-Length: {len(data)}\r\n"
