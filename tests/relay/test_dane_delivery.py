@@ -4,19 +4,25 @@ dane-ok.example and trusted.example match their MX, dane-bad.example names anoth
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import dns.name
+import dns.rdatatype
+import jsonschema
 import pytest
 
 from connectwiz.lab import LabHandle
 from connectwiz.lab.zones import DANE_ALIAS_TARGET
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.relay.published import PublishedPolicies
+from connectwiz.relay.tlsrpt import TlsRptStore, build_report
 
 from .conftest import OPPORTUNISTIC, STRICT, body, lab_messages, make_model, send, token, wait_lab
 from .test_delivery import _sent_anything
+from .tlsrpt_schema import TLSRPT_SCHEMA
 
 pytestmark = pytest.mark.network
 
@@ -181,3 +187,39 @@ async def test_implicit_mx_cname_falls_back_to_the_tlsa_of_the_original_name(
     assert published.decided_by == "dane" and published.tlsa is not None
     assert published.tlsa.name == f"_25._tcp.{alias}"
     assert published.policy_string == ("3 1 1 " + "AB" * 32,)
+
+
+async def test_tlsa_report_names_the_records_applied(lab, relays) -> None:
+    """TLS-RPT for a DANE destination: policy type tlsa, the TLSA records in presentation
+    form as the policy-string; a mismatch is a failure with the MX host and IP."""
+    r = await relays(make_model(lab))
+    ok_id, _ = await _send(r, "dane-ok.example")
+    bad_id, _ = await _send(r, "dane-bad.example")
+    await r.wait_status(ok_id, "delivered")
+    await r.wait_status(bad_id, "deferred")
+    await asyncio.to_thread(r.relay.tlsrpt.flush)
+    counts = await asyncio.to_thread(TlsRptStore(r.spool).counts,
+                                     datetime.now(UTC).date().isoformat())
+    validator = jsonschema.Draft202012Validator(TLSRPT_SCHEMA)
+
+    def tlsa_of(host: str) -> list[str]:
+        return [f"{rd.usage} {rd.selector} {rd.mtype} {rd.cert.hex().upper()}"
+                for rd in lab.lab.zone.rrset(dns.name.from_text(f"_25._tcp.{host}."),
+                                             dns.rdatatype.TLSA)]
+
+    ok = build_report(counts, "dane-ok.example")
+    validator.validate(ok)
+    [policy] = ok["policies"]
+    assert policy["policy"] == {"policy-type": "tlsa",
+                                "policy-string": tlsa_of("mx.dane-ok.example"),
+                                "policy-domain": "dane-ok.example"}
+    assert policy["summary"]["total-successful-session-count"] == 1
+
+    bad = build_report(counts, "dane-bad.example")
+    validator.validate(bad)
+    [policy] = bad["policies"]
+    assert policy["policy"]["policy-string"] == tlsa_of("mx.dane-bad.example")
+    [failure] = policy["failure-details"]
+    assert failure["result-type"] == "validation-failure"
+    assert failure["receiving-mx-hostname"] == "mx.dane-bad.example"
+    assert failure["receiving-ip"] == lab.address_of("mx.dane-bad.example")
