@@ -238,3 +238,15 @@ def test_published_dane_decides_with_a_dnssec_resolver(tmp_path, lab_cli_args, c
                             "--dnssec-resolver", f"{host}:{port}")
     assert published["decided_by"] == ["dane"]
     assert published["hosts"][0]["policy_type"] == "tlsa"
+
+
+@pytest.mark.network
+def test_published_dane_decides_for_a_domain_without_mx(tmp_path, lab_cli_args, capsys,
+                                                         lab) -> None:
+    # RFC 7672 §2.2.2: the domain is its own MX; its validated TLSA records decide.
+    host, port = lab.nameserver
+    published = _published(tmp_path, lab_cli_args, capsys, "--to", "b@dane-nomx.example",
+                           "--dnssec-resolver", f"{host}:{port}")
+    assert published["decided_by"] == ["dane"]
+    assert [(h["host"], h["policy_type"]) for h in published["hosts"]] == [
+        ("dane-nomx.example", "tlsa")]

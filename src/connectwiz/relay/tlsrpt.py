@@ -248,7 +248,8 @@ def build_report(counts: dict[str, Any], domain: str) -> dict[str, Any]:
 
 def _failure(counted: dict[str, Any]) -> dict[str, Any]:
     """One failure-details item: the error text is a ``failure-reason-code`` (§4.4;
-    ``additional-information`` is for a URI), empty fields left out."""
+    ``additional-information`` is for a URI, and count files written by earlier versions
+    kept the text under that name), empty fields left out."""
     out = {k: v for k, v in counted.items() if v != "" and k != "additional-information"}
     if reason := counted.get("failure-reason-code") or counted.get("additional-information"):
         out["failure-reason-code"] = reason
