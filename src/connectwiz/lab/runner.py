@@ -221,11 +221,11 @@ class Lab:
             ctx = bench_ctx if hosts[0].name.endswith(BENCH_SUFFIX) else None
             self._server_for(hosts, ctx)
         self._add_tlsa()
+        self._add_implicit_tlsa()
 
     def _add_tlsa(self) -> None:
         """TLSA 3 1 1 records, answered with AD (and the domains' MX too): trusted and dane-ok
-        match, dane-bad does not. The domains without MX (implicit MX): dane-nomx matches,
-        dane-nomx-bad does not, dane-alias matches at its CNAME target only."""
+        match, dane-bad does not."""
         shared = self.servers[self.address_of("mx.trusted.example")].cert_path
         own = self.servers[self.address_of("mx.dane-ok.example")].cert_path
         assert shared is not None and own is not None
@@ -236,7 +236,14 @@ class Lab:
             self.zone.add_authenticated(f"_25._tcp.{host}.")
             # The MX RRset is "signed" too: RFC 7672 DANE starts from a validated MX lookup.
             self.zone.add_authenticated(f"{host.removeprefix('mx.')}.")
-        # Implicit MX: DANE starts from the domain's validated address records (§2.2.2).
+
+    def _add_implicit_tlsa(self) -> None:
+        """The DANE domains without MX (implicit MX), whose address records are answered with
+        AD (RFC 7672 §2.2.2 starts from them): dane-nomx matches, dane-nomx-bad does not,
+        dane-alias matches at its CNAME target only."""
+        shared = self.servers[self.address_of("mx.trusted.example")].cert_path
+        own = self.servers[self.address_of("mx.dane-ok.example")].cert_path
+        assert shared is not None and own is not None
         for domain, tlsa_at, cert in (("dane-nomx.example", "dane-nomx.example", own),
                                       ("dane-nomx-bad.example", "dane-nomx-bad.example", shared),
                                       ("dane-alias.example", DANE_ALIAS_TARGET, own)):
