@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from connectwiz.cli import main as cli_main
+from connectwiz.lab.https import Page
 from connectwiz.relay.tlsrpt import TlsRptStore, build_report
 
 from .conftest import FAST, OPPORTUNISTIC, STRICT, body, make_model, send, token, wait_lab
@@ -420,3 +421,46 @@ async def test_relay_sends_a_finished_days_reports_by_itself_once(lab, relays) -
         lambda: [p for p in (r.spool / "log").glob("*.jsonl")
                  if f"TLS report for {domain}" in p.read_text()])
     assert len(queued) == 1
+
+
+@pytest.mark.parametrize(("case", "failure"), [
+    ("unverified", "sts-webpki-invalid"),  # the policy host's certificate is not for it
+    ("unreachable", "sts-policy-fetch-error"),  # nothing listens at the policy host
+    ("invalid", "sts-policy-invalid"),  # the policy served is not a policy
+])
+async def test_an_unusable_mta_sts_publication_is_reported_with_its_result_type(
+        lab, relays, case: str, failure: str) -> None:
+    """RFC 8460 §4.3.2.2: a domain whose MTA-STS publication cannot be used gets its mail as
+    if it published nothing (no policy was applied), and its report says why."""
+    tag = token()
+    if case == "invalid":
+        domain = "sts-testing.example"
+    else:
+        domain = f"sts-{case}-{tag}.example"
+        await asyncio.to_thread(lab.add_sink, [domain], "trusted")
+        zone = lab.lab.zone  # changed from this thread at once (add_record is asynchronous)
+        zone.add(f"_mta-sts.{domain}.", "TXT", '"v=STSv1; id=1"')
+        policy_host = lab.lab.policy_server.address if case == "unverified" \
+            else lab.address_of("mx.refused.example")
+        zone.add(f"mta-sts.{domain}.", "A", policy_host)
+    pages = lab.lab.policy_server.pages
+    kept = pages["mta-sts.sts-testing.example"]
+    if case == "invalid":
+        pages["mta-sts.sts-testing.example"] = Page(b"version: STSv1\r\nmode: sometimes\r\n")
+    try:
+        r = await relays(make_model(lab), ONE_TRY)
+        msg_id = await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{domain}"], body(tag))
+        record = await r.wait_status(msg_id, "delivered")
+    finally:
+        pages["mta-sts.sts-testing.example"] = kept
+    [attempt] = record.attempts
+    assert (attempt["policy_type"], attempt["policy_failure"]) == ("no-policy-found", failure)
+    assert attempt["policy_detail"].startswith("MTA-STS: ")
+
+    report = build_report(await _counts(r), domain)
+    VALIDATOR.validate(report)
+    [policy] = report["policies"]
+    assert policy["policy"] == {"policy-type": "no-policy-found", "policy-domain": domain}
+    [detail] = policy["failure-details"]
+    assert detail["result-type"] == failure
+    assert detail["failure-reason-code"] == attempt["policy_detail"]

@@ -93,7 +93,8 @@ class StsCache:
         # The relay's operational log (event name, fields); None: Python logging only.
         self.events: Callable[..., None] | None = None
         self._entries: dict[str, CachedPolicy] = {}
-        self._absent: dict[str, tuple[float, str]] = {}  # domain -> (until, why)
+        # domain -> (until, why, RFC 8460 result type when a publication could not be used)
+        self._absent: dict[str, tuple[float, str, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._resolver: dns.asyncresolver.Resolver | None = None
@@ -120,7 +121,12 @@ class StsCache:
 
     def problem(self, domain: str) -> str:
         """Why the last look at ``domain`` found no usable policy ('' when none was found)."""
-        return self._absent.get(domain, (0.0, ""))[1]
+        return self._absent.get(domain, (0.0, "", ""))[1]
+
+    def failure(self, domain: str) -> str:
+        """The RFC 8460 result type of a publication of ``domain`` that could not be used
+        (sts-policy-fetch-error, sts-policy-invalid, sts-webpki-invalid); '' otherwise."""
+        return self._absent.get(domain, (0.0, "", ""))[2]
 
     async def policy(self, domain: str) -> CachedPolicy | None:
         """The policy in force for ``domain``: cached, or fetched now when none is."""
@@ -129,7 +135,7 @@ class StsCache:
             if self.clock() - entry.checked >= self.refresh_after:
                 self._refresh_later(domain)
             return entry
-        until, _ = self._absent.get(domain, (0.0, ""))
+        until = self._absent.get(domain, (0.0, "", ""))[0]
         if self.clock() < until:
             return None
         return await self.refresh(domain)
@@ -158,9 +164,9 @@ class StsCache:
                 else:
                     log.warning("MTA-STS refresh for %s failed (%s); keeping the cached %s "
                                 "policy", domain, why, old.policy.mode)
-                self._absent[domain] = (0.0, why)
+                self._absent[domain] = (0.0, why, "")  # the cached policy still applies
                 return old
-            self._absent[domain] = (now + ABSENT_TTL, result.error or "")
+            self._absent[domain] = (now + ABSENT_TTL, result.error or "", result.failure)
             return None
 
     def _refresh_later(self, domain: str) -> None:
@@ -347,10 +353,14 @@ class PublishedPolicies:
         policy = entry.policy if entry and entry.policy.mode in ("enforce", "testing") else None
         # What TLS-RPT reports as the applied MTA-STS policy, wherever it applies.
         sts = {"policy_string": sts_strings(policy), "mx_host": policy.mx} if policy else {}
+        # A publication that could not be used: no policy applies, delivery goes on as if
+        # none were published, and TLS-RPT reports why (RFC 8460 §4.3.2.2).
+        unusable = {} if policy or not (failure := self.sts.failure(domain)) else {
+            "failure_type": failure, "noted": f"MTA-STS: {self.sts.problem(domain)}"}
         if definition.option is not DeliveryOption.OPPORTUNISTIC:
             # The bundle asked for Enforced TLS or No TLS: it decides, whatever is published.
             return {h: (definition, Published(STS if policy else NO_POLICY, domain, "bundle",
-                                              **sts)) for h in hosts}
+                                              **sts, **unusable)) for h in hosts}
         plan: dict[str, tuple[DeliveryDefinition, Published]] = {}
         tlsa = await self._dane(domain, hosts)
         for host, found in zip(hosts, tlsa, strict=True):
@@ -363,7 +373,7 @@ class PublishedPolicies:
                     TLSA, domain, "dane", tlsa=found if found.usable else None,
                     policy_string=tlsa_strings(found)))
             elif policy is None:
-                plan[host] = (definition, Published(NO_POLICY, domain, "bundle"))
+                plan[host] = (definition, Published(NO_POLICY, domain, "bundle", **unusable))
             elif not any(mx_pattern_matches(p, host) for p in policy.mx):
                 why = f"MTA-STS: {host} matches no mx pattern of {domain}'s policy"
                 if policy.mode == "enforce":
