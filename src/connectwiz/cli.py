@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--secure-key", metavar="FILE",
                    help="key encrypting held Secure Messaging content, kept outside the spool "
                         "(default $XDG_CONFIG_HOME/connectwiz/secure.key, made 0600 on first use)")
+    g.add_argument("--tlsrpt-allow-networks", metavar="CIDR[,CIDR...]",
+                   help="networks a TLS-RPT https: report address may resolve to although "
+                        "loopback or private (refused by default; a lab: 127.0.0.0/8)")
     _dnssec_option(p)
     _network_options(p)
 

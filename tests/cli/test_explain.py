@@ -217,6 +217,19 @@ def test_bundle_no_tls_to_an_enforce_domain_is_allowed_with_a_warning(
         in out
 
 
+def test_no_tls_says_it_overrides_published_policies_without_looking(tmp_path, capsys) -> None:
+    """Offline (no --published) explain cannot know what trusted.example publishes, but says
+    that No TLS would win over an MTA-STS enforce policy, and how to check."""
+    path = tmp_path / "b.toml"
+    path.write_text(PUBLISHED_BUNDLE)
+    assert main(["explain", "--bundle", str(path), "--from", "a@corp.example",
+                 "--to", "b@trusted.example"]) == 0
+    out = capsys.readouterr().out
+    assert "Delivery: No TLS (none)" in out
+    assert "No TLS wins over what the partner publishes, even MTA-STS enforce " \
+           "(--published checks whether it does)" in out
+
+
 @pytest.mark.network
 def test_published_dane_decides_with_a_dnssec_resolver(tmp_path, lab_cli_args, capsys,
                                                        lab) -> None:
@@ -225,3 +238,15 @@ def test_published_dane_decides_with_a_dnssec_resolver(tmp_path, lab_cli_args, c
                             "--dnssec-resolver", f"{host}:{port}")
     assert published["decided_by"] == ["dane"]
     assert published["hosts"][0]["policy_type"] == "tlsa"
+
+
+@pytest.mark.network
+def test_published_dane_decides_for_a_domain_without_mx(tmp_path, lab_cli_args, capsys,
+                                                         lab) -> None:
+    # RFC 7672 §2.2.2: the domain is its own MX; its validated TLSA records decide.
+    host, port = lab.nameserver
+    published = _published(tmp_path, lab_cli_args, capsys, "--to", "b@dane-nomx.example",
+                           "--dnssec-resolver", f"{host}:{port}")
+    assert published["decided_by"] == ["dane"]
+    assert [(h["host"], h["policy_type"]) for h in published["hosts"]] == [
+        ("dane-nomx.example", "tlsa")]

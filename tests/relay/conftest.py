@@ -110,17 +110,19 @@ class RunningRelay:
 @pytest.fixture
 async def relays(tmp_path: Path, lab_network_options: NetworkOptions
                  ) -> AsyncIterator[Callable[..., object]]:
-    """``await relays(model, settings=FAST, spool=None, tls=None)`` -> RunningRelay; all
-    stopped after the test."""
+    """``await relays(model, settings=FAST, spool=None, tls=None, clock=time.time)`` ->
+    RunningRelay; all stopped after the test."""
     started: list[Relay] = []
 
     async def start(model: PolicyModel, settings: RelaySettings = FAST,
                     spool: Path | None = None,
-                    tls: tuple[Path, Path] | None = None) -> RunningRelay:
+                    tls: tuple[Path, Path] | None = None,
+                    clock: Callable[[], float] = time.time) -> RunningRelay:
         spool = spool or tmp_path / "spool"
         relay = Relay(lambda: model, spool, ("127.0.0.1", 0), options=lab_network_options,
                       settings=settings, log=EventLog(json_lines=True),
-                      tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None)
+                      tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None,
+                      clock=clock)
         await relay.start()
         started.append(relay)
         return RunningRelay(relay, spool)

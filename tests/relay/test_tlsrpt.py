@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import email
 import gzip
+import ipaddress
 import json
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
@@ -16,7 +18,8 @@ import jsonschema
 import pytest
 
 from connectwiz.cli import main as cli_main
-from connectwiz.relay.tlsrpt import TlsRptStore
+from connectwiz.lab.https import Page
+from connectwiz.relay.tlsrpt import TlsRptStore, build_report
 
 from .conftest import FAST, OPPORTUNISTIC, STRICT, body, make_model, send, token, wait_lab
 from .tlsrpt_schema import TLSRPT_SCHEMA
@@ -26,6 +29,10 @@ pytestmark = pytest.mark.network
 VALIDATOR = jsonschema.Draft202012Validator(
     TLSRPT_SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 ONE_TRY = replace(FAST, backoff_min=3600, backoff_max=3600)  # a deferral is not retried
+# The lab's https: report endpoint is on loopback, which the relay refuses unless allowed.
+LAB_REPORTS = replace(ONE_TRY, tlsrpt_allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+STS_TESTING_POLICY = ["version: STSv1", "mode: testing", "mx: *.sts-testing.example",
+                      "max_age: 86400"]
 
 
 def _today() -> str:
@@ -58,7 +65,8 @@ def test_report_schema_rejects_what_rfc_8460_forbids() -> None:
     good = {"organization-name": "a", "contact-info": "b", "report-id": "c",
             "date-range": {"start-datetime": "2026-01-01T00:00:00Z",
                            "end-datetime": "2026-01-01T23:59:59Z"},
-            "policies": [{"policy": {"policy-type": "sts", "policy-domain": "x.example"},
+            "policies": [{"policy": {"policy-type": "no-policy-found",
+                                     "policy-domain": "x.example"},
                           "summary": {"total-successful-session-count": 1,
                                       "total-failure-session-count": 0}}]}
     VALIDATOR.validate(good)
@@ -70,6 +78,20 @@ def test_report_schema_rejects_what_rfc_8460_forbids() -> None:
     del no_summary["policies"][0]["summary"]
     assert not VALIDATOR.is_valid(bad_type)
     assert not VALIDATOR.is_valid(no_summary)
+    # An MTA-STS policy without its lines and mx patterns is not the applied policy.
+    bare_sts = json.loads(json.dumps(good))
+    bare_sts["policies"][0]["policy"]["policy-type"] = "sts"
+    assert not VALIDATOR.is_valid(bare_sts)
+    bare_sts["policies"][0]["policy"].update({"policy-string": STS_TESTING_POLICY,
+                                              "mx-host": ["*.sts-testing.example"]})
+    VALIDATOR.validate(bare_sts)
+    # Error text is a failure-reason-code; additional-information is a URI.
+    text_as_uri = json.loads(json.dumps(bare_sts))
+    text_as_uri["policies"][0]["failure-details"] = [{
+        "result-type": "validation-failure", "sending-mta-ip": "127.0.0.1",
+        "receiving-ip": "127.0.0.2", "failed-session-count": 1,
+        "additional-information": "TLS required but the certificate is not accepted"}]
+    assert not VALIDATOR.is_valid(text_as_uri)
 
 
 async def test_sessions_counted_by_result_type_and_kept_across_restart(lab, relays) -> None:
@@ -101,14 +123,15 @@ async def test_sessions_counted_by_result_type_and_kept_across_restart(lab, rela
     assert failure["sending-mta-ip"] == "127.0.0.1"
     # trusted.example publishes MTA-STS: its sessions are reported under that policy, the
     # domains that publish nothing under no-policy-found.
-    assert list(counts["domains"]["trusted.example"]) == ["sts"]
+    [sts_key] = counts["domains"]["trusted.example"]
+    assert sts_key.split()[0] == "sts"
 
     await r.relay.stop()  # counts are on disk; a new relay on the spool adds to them
     r2 = await relays(model, ONE_TRY, spool=r.spool)
     await send(r2.port, f"a-{tag}@corp.example", [f"v-{tag}@trusted.example"], body(tag + "b"))
     await r2.wait_status(await _last_id(r2, f"v-{tag}@trusted.example"), "delivered")
     counts = await _counts(r2)
-    assert counts["domains"]["trusted.example"]["sts"]["success"] == 2
+    assert counts["domains"]["trusted.example"][sts_key]["success"] == 2
 
 
 async def _last_id(r, rcpt: str) -> str:
@@ -130,7 +153,7 @@ async def test_daily_report_posted_and_mailed_once_and_printed(lab, relays, caps
     lab.add_record(f"_smtp._tls.{domain}.", "TXT",
                    f'"v=TLSRPTv1; rua=https://reports.sts-testing.example{path},'
                    f'mailto:{mailbox}"')
-    r = await relays(make_model(lab, delivery={domain: STRICT}), ONE_TRY)
+    r = await relays(make_model(lab, delivery={domain: STRICT}), LAB_REPORTS)
     msg_id = await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{domain}"], body(tag))
     await r.wait_status(msg_id, "deferred")
 
@@ -147,7 +170,12 @@ async def test_daily_report_posted_and_mailed_once_and_printed(lab, relays, caps
     assert policy["policy"] == {"policy-type": "no-policy-found", "policy-domain": domain}
     assert policy["summary"] == {"total-successful-session-count": 0,
                                  "total-failure-session-count": 1}
-    assert policy["failure-details"][0]["result-type"] == "certificate-expired"
+    [failure] = policy["failure-details"]
+    assert failure["result-type"] == "certificate-expired"
+    assert failure["receiving-mx-hostname"] == domain
+    assert failure["receiving-ip"] == lab.address_of(domain)
+    assert failure["failure-reason-code"].startswith(
+        "TLS required but the certificate is not accepted: certificate expired")
     assert posted["date-range"]["start-datetime"] == f"{_today()}T00:00:00Z"
 
     # mailto: the relay queued the report as a message and delivered it to the lab.
@@ -208,30 +236,40 @@ def test_damaged_count_file_does_not_stop_counting(tmp_path) -> None:
 
 def test_policy_types_of_one_day_are_separate_policies(tmp_path) -> None:
     """When delivery applies a published policy (sts, tlsa) part of the day, the report has
-    one ``policies`` item per type, each with its own counts."""
+    one ``policies`` item per policy applied, each with its own counts."""
     from connectwiz.relay.deliver import Attempt
     from connectwiz.relay.tlsrpt import TlsRptRecorder, build_report
 
     store = TlsRptStore(tmp_path)
     recorder = TlsRptRecorder(store, "relay.example")
 
-    def attempt(policy_type: str, error: str = "") -> Attempt:
-        return Attempt("mx.a.example", "127.0.0.1", 25, "Enforced TLS - Strict", "enforced",
-                       "strict", "1.2", ["x@a.example"], tls_version="TLSv1.3",
-                       reply="220 hi", outcome="temporary" if error else "delivered",
-                       error=error, policy_type=policy_type, policy_domain="a.example")
+    def attempt(policy_type: str, error: str = "", mode: str = "enforce") -> Attempt:
+        att = Attempt("mx.a.example", "127.0.0.1", 25, "Enforced TLS - Strict", "enforced",
+                      "strict", "1.2", ["x@a.example"], tls_version="TLSv1.3",
+                      reply="220 hi", outcome="temporary" if error else "delivered",
+                      error=error, policy_type=policy_type, policy_domain="a.example")
+        if policy_type == "sts":
+            att.policy_string = ("version: STSv1", f"mode: {mode}", "mx: mx.a.example",
+                                 "max_age: 86400")
+            att.mx_host = ("mx.a.example",)
+        return att
 
     recorder.count([attempt("no-policy-found"), attempt("sts"),
                     attempt("sts", "TLS required but the certificate is not accepted: "
-                                   "name mismatch: certificate is for other.example")])
+                                   "name mismatch: certificate is for other.example"),
+                    attempt("sts", mode="testing")])  # the policy changed later that day
     recorder.flush()
     report = build_report(store.counts(_today()), "a.example")
     VALIDATOR.validate(report)
-    summaries = {p["policy"]["policy-type"]: p["summary"] for p in report["policies"]}
+    summaries = {(p["policy"]["policy-type"], *p["policy"].get("policy-string", [""])[1:2]):
+                 p["summary"] for p in report["policies"]}
     assert summaries == {
-        "no-policy-found": {"total-successful-session-count": 1,
-                            "total-failure-session-count": 0},
-        "sts": {"total-successful-session-count": 1, "total-failure-session-count": 1}}
+        ("no-policy-found",): {"total-successful-session-count": 1,
+                               "total-failure-session-count": 0},
+        ("sts", "mode: enforce"): {"total-successful-session-count": 1,
+                                   "total-failure-session-count": 1},
+        ("sts", "mode: testing"): {"total-successful-session-count": 1,
+                                   "total-failure-session-count": 0}}
 
 
 def test_result_type_named_by_a_published_policy_wins() -> None:
@@ -243,3 +281,186 @@ def test_result_type_named_by_a_published_policy_wins() -> None:
             "error": "DANE: no TLSA record matches the certificate"}
     assert result_type({**base, "policy_failure": "tlsa-invalid"}) == "tlsa-invalid"
     assert result_type({**base, "policy_failure": ""}) == "success"
+
+
+async def test_sts_report_names_the_applied_policy_and_the_refused_mx(lab, relays) -> None:
+    """RFC 8460 §4.4: the ``policy`` object carries the MTA-STS policy's lines and its mx
+    patterns; a failure names the MX host and IP and the result type."""
+    r = await relays(make_model(lab), ONE_TRY)  # opportunistic: the published policies decide
+    tag = token()
+    ids = [await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{d}"], body(tag + d))
+           for d in ("sts-testing.example", "sts-mismatch.example")]
+    await r.wait_status(ids[0], "delivered")
+    await r.wait_status(ids[1], "deferred")
+    counts = await _counts(r)
+
+    testing = build_report(counts, "sts-testing.example")
+    VALIDATOR.validate(testing)
+    [policy] = testing["policies"]
+    assert policy["policy"] == {"policy-type": "sts", "policy-string": STS_TESTING_POLICY,
+                                "policy-domain": "sts-testing.example",
+                                "mx-host": ["*.sts-testing.example"]}
+    assert policy["summary"] == {"total-successful-session-count": 1,
+                                 "total-failure-session-count": 0}
+
+    mismatch = build_report(counts, "sts-mismatch.example")
+    VALIDATOR.validate(mismatch)
+    [policy] = mismatch["policies"]
+    assert policy["policy"]["policy-string"] == [
+        "version: STSv1", "mode: enforce", "mx: mx.other.example", "mx: *.mismatch.example",
+        "max_age: 86400"]
+    assert policy["policy"]["mx-host"] == ["mx.other.example", "*.mismatch.example"]
+    [failure] = policy["failure-details"]
+    assert failure["result-type"] == "validation-failure"
+    assert failure["receiving-mx-hostname"] == "mx.sts-mismatch.example"
+    assert failure["receiving-ip"] == lab.address_of("mx.sts-mismatch.example")
+    assert "matches no mx pattern" in failure["failure-reason-code"]
+
+
+async def test_https_rua_on_loopback_is_refused_by_default(lab, relays, capsys) -> None:
+    """SSRF guard: a report URI resolving to loopback gets no POST unless allowed; the
+    refusal is logged and shown by ``connectwiz tlsrpt``."""
+    tag = token()
+    domain = f"ssrf-{tag}.example"
+    await asyncio.to_thread(lab.add_sink, [domain], "trusted")
+    path = f"/tlsrpt/{tag}"
+    lab.add_record(f"_smtp._tls.{domain}.", "TXT",
+                   f'"v=TLSRPTv1; rua=https://reports.sts-testing.example{path}"')
+    r = await relays(make_model(lab), ONE_TRY)  # no tlsrpt_allow_networks
+    events: list[tuple[str, dict]] = []
+    r.relay.log.subscribe(lambda event, fields: events.append((event, fields)))
+    msg_id = await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{domain}"], body(tag))
+    await r.wait_status(msg_id, "delivered")
+    await asyncio.to_thread(r.relay.tlsrpt.flush)
+    await r.relay.tlsrpt_sender.send_due(datetime.now(UTC).date() + timedelta(days=1))
+
+    assert not [p for p in list(lab.report_posts) if p.path == path]
+    [(_, failed)] = [e for e in events if e[0] == "tlsrpt-failed"]
+    why = (f"refused: reports.sts-testing.example resolves to "
+           f"{lab.lab.policy_server.address} (loopback), not a public address")
+    assert failed["domain"] == domain and failed["reason"].startswith(why)
+    capsys.readouterr()
+    assert cli_main(["tlsrpt", "--spool", str(r.spool), "--day", _today(),
+                     "--domain", domain]) == 0
+    assert f"failed to https://reports.sts-testing.example{path} at " in capsys.readouterr().out
+
+
+class _Clock:
+    """The relay's clock for TLS-RPT: real time plus ``offset`` seconds (a test moves it past
+    midnight UTC instead of waiting for it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_relay_sends_a_finished_days_reports_by_itself_once(lab, relays) -> None:
+    """The report loop of a running relay: nothing while the day lasts; once the (UTC) day
+    is over, the report goes to the https: rua and, through the relay itself, to the
+    mailto: rua; later passes and a restart on the same spool send nothing again."""
+    tag = token()
+    domain = f"loop-{tag}.example"
+    await asyncio.to_thread(lab.add_sink, [domain], "selfsigned")
+    path, mailbox = f"/tlsrpt/{tag}", f"reports-{tag}@trusted.example"
+    lab.add_record(f"_smtp._tls.{domain}.", "TXT",
+                   f'"v=TLSRPTv1; rua=https://reports.sts-testing.example{path},'
+                   f'mailto:{mailbox}"')
+    clock = _Clock()
+    ticking = replace(LAB_REPORTS, tlsrpt_tick=0.05)
+    model = make_model(lab, delivery={domain: STRICT})
+    r = await relays(model, ticking, clock=clock)
+    sender = r.relay.tlsrpt_sender
+    msg_id = await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{domain}"], body(tag))
+    await r.wait_status(msg_id, "deferred")
+
+    async def counted() -> bool:
+        return domain in (await asyncio.to_thread(
+            TlsRptStore(r.spool).counts, _today())).get("domains", {})
+
+    await _until(counted)  # written by the relay's own flush, every tick
+
+    def posts() -> list:
+        return [p for p in list(lab.report_posts) if p.path == path]
+
+    def mails() -> list:
+        return [m for m in list(lab.messages) if mailbox in m.rcpt_tos]
+
+    assert sender.passes == 1 and not posts()  # the pass at start: the day is not over
+
+    clock.offset = 86400.0  # midnight UTC has passed
+    assert await wait_lab(lab, lambda: len(posts()) == 1 and len(mails()) == 1, timeout=20)
+    report = json.loads(gzip.decompress(posts()[0].body))
+    VALIDATOR.validate(report)
+    assert report["date-range"]["start-datetime"] == f"{_today()}T00:00:00Z"
+    assert report["policies"][0]["failure-details"][0]["result-type"] == \
+        "certificate-not-trusted"
+    mailed = email.message_from_bytes(mails()[0].data, policy=email_policy.default)
+    assert mailed["TLS-Report-Domain"] == domain
+
+    # The next day's pass still looks at this day (the retry window): it sends nothing again;
+    # nor does a restarted relay's first pass, on the same spool.
+    done = sender.passes
+
+    async def next_pass() -> bool:
+        return sender.passes > done
+
+    clock.offset = 2 * 86400.0
+    await _until(next_pass)
+    await r.relay.stop()
+    r2 = await relays(model, ticking, spool=r.spool, clock=clock)
+
+    async def first_pass() -> bool:
+        return r2.relay.tlsrpt_sender.passes >= 1
+
+    await _until(first_pass)
+    assert len(posts()) == 1
+    # Queued once: one message written by the relay itself carries this domain's report.
+    queued = await asyncio.to_thread(
+        lambda: [p for p in (r.spool / "log").glob("*.jsonl")
+                 if f"TLS report for {domain}" in p.read_text()])
+    assert len(queued) == 1
+
+
+@pytest.mark.parametrize(("case", "failure"), [
+    ("unverified", "sts-webpki-invalid"),  # the policy host's certificate is not for it
+    ("unreachable", "sts-policy-fetch-error"),  # nothing listens at the policy host
+    ("invalid", "sts-policy-invalid"),  # the policy served is not a policy
+])
+async def test_an_unusable_mta_sts_publication_is_reported_with_its_result_type(
+        lab, relays, case: str, failure: str) -> None:
+    """RFC 8460 §4.3.2.2: a domain whose MTA-STS publication cannot be used gets its mail as
+    if it published nothing (no policy was applied), and its report says why."""
+    tag = token()
+    if case == "invalid":
+        domain = "sts-testing.example"
+    else:
+        domain = f"sts-{case}-{tag}.example"
+        await asyncio.to_thread(lab.add_sink, [domain], "trusted")
+        zone = lab.lab.zone  # changed from this thread at once (add_record is asynchronous)
+        zone.add(f"_mta-sts.{domain}.", "TXT", '"v=STSv1; id=1"')
+        policy_host = lab.lab.policy_server.address if case == "unverified" \
+            else lab.address_of("mx.refused.example")
+        zone.add(f"mta-sts.{domain}.", "A", policy_host)
+    pages = lab.lab.policy_server.pages
+    kept = pages["mta-sts.sts-testing.example"]
+    if case == "invalid":
+        pages["mta-sts.sts-testing.example"] = Page(b"version: STSv1\r\nmode: sometimes\r\n")
+    try:
+        r = await relays(make_model(lab), ONE_TRY)
+        msg_id = await send(r.port, f"a-{tag}@corp.example", [f"u-{tag}@{domain}"], body(tag))
+        record = await r.wait_status(msg_id, "delivered")
+    finally:
+        pages["mta-sts.sts-testing.example"] = kept
+    [attempt] = record.attempts
+    assert (attempt["policy_type"], attempt["policy_failure"]) == ("no-policy-found", failure)
+    assert attempt["policy_detail"].startswith("MTA-STS: ")
+
+    report = build_report(await _counts(r), domain)
+    VALIDATOR.validate(report)
+    [policy] = report["policies"]
+    assert policy["policy"] == {"policy-type": "no-policy-found", "policy-domain": domain}
+    [detail] = policy["failure-details"]
+    assert detail["result-type"] == failure
+    assert detail["failure-reason-code"] == attempt["policy_detail"]

@@ -46,6 +46,19 @@ TLSRPT_SCHEMA: dict[str, Any] = {
                             "mx-host": {"type": "array", "items": {"type": "string"}},
                         },
                         "additionalProperties": False,
+                        # The applied policy is given whole (§4.4, as in the RFC's example):
+                        # an MTA-STS policy's lines and mx patterns, the TLSA records; a
+                        # domain that published nothing has no policy to give.
+                        "allOf": [
+                            {"if": {"properties": {"policy-type": {"const": "sts"}}},
+                             "then": {"required": ["policy-string", "mx-host"]}},
+                            {"if": {"properties": {"policy-type": {"const": "tlsa"}}},
+                             "then": {"required": ["policy-string"],
+                                      "not": {"required": ["mx-host"]}}},
+                            {"if": {"properties": {"policy-type": {"const": "no-policy-found"}}},
+                             "then": {"not": {"anyOf": [{"required": ["policy-string"]},
+                                                        {"required": ["mx-host"]}]}}},
+                        ],
                     },
                     "summary": {
                         "type": "object",
@@ -72,7 +85,9 @@ TLSRPT_SCHEMA: dict[str, Any] = {
                                                  "anyOf": [{"format": "ipv4"},
                                                            {"format": "ipv6"}]},
                                 "failed-session-count": _COUNT,
-                                "additional-information": {"type": "string"},
+                                # a URI (§4.4); the error text goes in failure-reason-code
+                                "additional-information": {
+                                    "type": "string", "pattern": "^[A-Za-z][A-Za-z0-9+.-]*:"},
                                 "failure-reason-code": {"type": "string"},
                             },
                             "additionalProperties": False,

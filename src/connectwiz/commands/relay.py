@@ -20,6 +20,7 @@ from connectwiz.relay.secure import load_secure_key
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
+from connectwiz.relay.tlsrpt_post import parse_networks
 from connectwiz.relay.workers import Worker, default_workers, run_workers, share
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ def settings_from(args: argparse.Namespace, options: NetworkOptions) -> RelaySet
         load_secure_key(Path(secure_key) if secure_key else None)
     if secure_key:
         values["secure_key"] = secure_key
+    allow = getattr(args, "tlsrpt_allow_networks", None)
+    if allow:
+        values["tlsrpt_allow_networks"] = parse_networks(allow)
     settings = RelaySettings(**values)  # type: ignore[arg-type]
     if settings.backoff_max < settings.backoff_min:
         raise UserError("--backoff-max must not be smaller than --backoff-min")

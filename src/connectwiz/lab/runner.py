@@ -35,10 +35,10 @@ from connectwiz.lab.smtp import (
 )
 from connectwiz.lab.zones import (
     BENCH_SUFFIX,
-    CNAME_ALIAS,
-    CNAME_TARGET,
+    CNAMES,
     CORPUS,
     CORPUS_ROUTES,
+    DANE_ALIAS_TARGET,
     DOMAINS,
     MTA_STS_PAGES,
     REFUSED_PROFILE,
@@ -231,6 +231,7 @@ class Lab:
             ctx = bench_ctx if hosts[0].name.endswith(BENCH_SUFFIX) else None
             self._server_for(hosts, ctx)
         self._add_tlsa()
+        self._add_implicit_tlsa()
 
     def _add_tlsa(self) -> None:
         """TLSA 3 1 1 records, answered with AD (and the domains' MX and the MX hosts'
@@ -248,12 +249,25 @@ class Lab:
             # And the MX host's address: Postfix looks TLSA up only for a validated one.
             self.zone.add_authenticated(f"{host}.")
 
+    def _add_implicit_tlsa(self) -> None:
+        """The DANE domains without MX (implicit MX), whose address records are answered with
+        AD (RFC 7672 §2.2.2 starts from them): dane-nomx matches, dane-nomx-bad does not,
+        dane-alias matches at its CNAME target only."""
+        shared = self.servers[self.address_of("mx.trusted.example")].cert_path
+        own = self.servers[self.address_of("mx.dane-ok.example")].cert_path
+        assert shared is not None and own is not None
+        for domain, tlsa_at, cert in (("dane-nomx.example", "dane-nomx.example", own),
+                                      ("dane-nomx-bad.example", "dane-nomx-bad.example", shared),
+                                      ("dane-alias.example", DANE_ALIAS_TARGET, own)):
+            self.zone.add(f"_25._tcp.{tlsa_at}.", "TLSA", f"3 1 1 {spki_sha256(cert)}")
+            self.zone.add_authenticated(f"_25._tcp.{tlsa_at}.")
+            self.zone.add_authenticated(f"{domain}.")
+
     def _server_for(self, hosts: list[LabHost],
                     ctx: ssl.SSLContext | None = None) -> SMTPServer:
         profile = PROFILES[hosts[0].profile]
         names = [h.name for h in hosts]
-        if CNAME_ALIAS in names:
-            names.append(CNAME_TARGET)
+        names += [CNAMES[n] for n in names if n in CNAMES]
         cert_path = None
         if ctx is None:
             cert_path, key = self._issue_for(profile.cert, names, hosts[0].address)

@@ -51,6 +51,12 @@ def _mx(domain: str, n: int, profile: str) -> tuple[LabHost, ...]:
     return (LabHost(f"mx.{domain}", _addr(n), profile, 10),)
 
 
+# Host names that are CNAMEs (alias -> target): the target holds the address, the server's
+# certificate names both.
+CNAME_ALIAS, CNAME_TARGET = "mail.cname-mx.example", "mx.cname-target.example"
+DANE_ALIAS_TARGET = "mail.dane-alias-target.example"
+CNAMES = {CNAME_ALIAS: CNAME_TARGET, "dane-alias.example": DANE_ALIAS_TARGET}
+
 BIG_LABEL_PAD = "a-long-label-so-the-mx-answer-outgrows-a-udp-packet"
 BIG_MX_COUNT = 18  # 18 x ~77 bytes > 1232: truncated over UDP even with EDNS
 
@@ -133,6 +139,18 @@ DOMAINS: tuple[LabDomain, ...] = (
     LabDomain("dane-bad.example", STRICT, "dane_mismatch",
               "TLSA 3 1 1 naming another key than the MX presents, DNSSEC-authenticated",
               _mx("dane-bad.example", 37, "ownkey")),
+    LabDomain("dane-nomx.example", STRICT, "dane_implicit_mx",
+              "no MX record: the domain is its own MX; its A record and TLSA 3 1 1 at "
+              "_25._tcp.dane-nomx.example (matching its own key) DNSSEC-authenticated",
+              (LabHost("dane-nomx.example", _addr(41), "ownkey"),)),
+    LabDomain("dane-nomx-bad.example", STRICT, "dane_implicit_mx_mismatch",
+              "no MX record; authenticated TLSA 3 1 1 at _25._tcp.dane-nomx-bad.example "
+              "naming another key than the host presents",
+              (LabHost("dane-nomx-bad.example", _addr(42), "ownkey"),)),
+    LabDomain("dane-alias.example", STRICT, "dane_implicit_mx_cname",
+              f"no MX record; the domain is a CNAME to {DANE_ALIAS_TARGET}, whose "
+              "authenticated TLSA matches (none at the alias itself)",
+              (LabHost("dane-alias.example", _addr(43), "ownkey"),)),
     LabDomain("nullmx.example", ERROR, "null_mx",
               "null MX (0 .): the domain accepts no mail (RFC 7505)"),
     LabDomain("noaddress.example", ERROR, "no_address",
@@ -234,8 +252,6 @@ ROUTES: tuple[LabDomain, ...] = (
               (LabHost("old.corp.example", _addr(32), "nostarttls"),)),
 )
 
-CNAME_ALIAS, CNAME_TARGET = "mail.cname-mx.example", "mx.cname-target.example"
-
 # MTA-STS: every mta-sts.<domain> host is served by one HTTPS server on this address.
 STS_ADDRESS = _addr(40)
 STS_ID = "20261101T000000"
@@ -306,9 +322,9 @@ def build_zone(domains: tuple[LabDomain, ...], routes: tuple[LabDomain, ...]) ->
         for h in d.hosts:
             if h.preference is not None:
                 zone.add(f"{d.name}.", "MX", f"{h.preference} {h.name}.")
-            if h.name == CNAME_ALIAS:
-                zone.add(f"{CNAME_ALIAS}.", "CNAME", f"{CNAME_TARGET}.")
-                zone.add(f"{CNAME_TARGET}.", "A", h.address)
+            if h.name in CNAMES:
+                zone.add(f"{h.name}.", "CNAME", f"{CNAMES[h.name]}.")
+                zone.add(f"{CNAMES[h.name]}.", "A", h.address)
             else:
                 zone.add(f"{h.name}.", "AAAA" if ":" in h.address else "A", h.address)
     for r in routes:

@@ -118,6 +118,10 @@ class Explanation:
         elif definition.option is DeliveryOption.OPPORTUNISTIC:
             lines.append("  The partner's MTA-STS or DANE may raise this per MX host "
                          "(--published looks)")
+        elif definition.option is DeliveryOption.NONE:
+            # Allowed, but it overrides even an MTA-STS enforce policy: say so offline too.
+            lines.append("  No TLS wins over what the partner publishes, even MTA-STS enforce "
+                         "(--published checks whether it does)")
         lines.append("")
         pin = self._pin()
         lines.append(f"Receipt: {self.receipt.option.value}" + (

@@ -39,6 +39,14 @@ class PolicyError(Exception):
     """The record or the policy cannot be used; the message says why, for the admin."""
 
 
+class FetchError(PolicyError):
+    """The policy could not be fetched (RFC 8460 result type sts-policy-fetch-error)."""
+
+
+class WebPkiError(FetchError):
+    """The policy host's certificate was not verified (sts-webpki-invalid)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StsPolicy:
     mode: str
@@ -69,6 +77,9 @@ class MtaStsResult:
     mx: tuple[MxMatch, ...] = field(default_factory=tuple)
     # Hosts that fail the policy in enforce mode: not matching a pattern, or not strict TLS.
     failing: tuple[str, ...] = field(default_factory=tuple)
+    # The RFC 8460 result type of ``error`` when a record was published: a sender reports
+    # its sessions to the domain with it (sts-policy-fetch-error, -invalid, sts-webpki-invalid).
+    failure: str = ""
 
     @property
     def mode(self) -> str | None:
@@ -172,7 +183,7 @@ def assess(result: MtaStsResult, hosts: list[tuple[str, bool]]) -> MtaStsResult:
     failing = [f"{m.host} matches no mx pattern" for m in matches if not m.matches]
     failing += [f"{name} is not strict TLS" for name, strict in hosts if not strict]
     return MtaStsResult(result.published, result.record, result.id, result.policy_url,
-                        result.policy, result.error, matches, tuple(failing))
+                        result.policy, result.error, matches, tuple(failing), result.failure)
 
 
 async def lookup_mta_sts(
@@ -189,13 +200,15 @@ async def lookup_mta_sts(
         record, sts_id = parse_record(texts)
     except PolicyError as exc:
         return MtaStsResult(True, record=next(t for t in texts if t.startswith("v=STSv1")),
-                            error=str(exc))
+                            error=str(exc), failure="sts-policy-invalid")
     url = f"https://mta-sts.{domain}{POLICY_PATH}"
     try:
-        body = await fetch_policy(domain, options, resolver)
-        policy = parse_policy(body)
+        policy = parse_policy(await fetch_policy(domain, options, resolver))
     except PolicyError as exc:
-        return MtaStsResult(True, record, sts_id, url, error=str(exc))
+        failure = ("sts-webpki-invalid" if isinstance(exc, WebPkiError) else
+                   "sts-policy-fetch-error" if isinstance(exc, FetchError) else
+                   "sts-policy-invalid")
+        return MtaStsResult(True, record, sts_id, url, error=str(exc), failure=failure)
     return MtaStsResult(True, record, sts_id, url, policy)
 
 
@@ -215,19 +228,20 @@ async def txt_records(name: str, resolver: dns.asyncresolver.Resolver) -> list[s
 async def fetch_policy(
     domain: str, options: NetworkOptions, resolver: dns.asyncresolver.Resolver
 ) -> str:
-    """GET the policy over verified HTTPS; raises PolicyError saying what went wrong."""
+    """GET the policy over verified HTTPS; raises PolicyError saying what went wrong
+    (FetchError when the policy was not had, WebPkiError for an unverified host)."""
     host = f"mta-sts.{domain}"
     try:
         async with asyncio.timeout(options.timeout):
             try:
                 addresses = await resolve_addresses(host, options, resolver)
             except DnsError as exc:
-                raise PolicyError(f"policy host: {exc.reason}") from None
+                raise FetchError(f"policy host: {exc.reason}") from None
             if not addresses:
-                raise PolicyError(f"policy host {host} has no address")
+                raise FetchError(f"policy host {host} has no address")
             return await _get(host, addresses[0], options)
     except TimeoutError:
-        raise PolicyError(f"policy fetch from {host} timed out after {options.timeout:g} s") \
+        raise FetchError(f"policy fetch from {host} timed out after {options.timeout:g} s") \
             from None
 
 
@@ -237,10 +251,10 @@ async def _get(host: str, address: str, options: NetworkOptions) -> str:
         reader, writer = await asyncio.open_connection(
             address, options.https_port, ssl=ctx, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
-        raise PolicyError(f"certificate of {host} not verified: {exc.verify_message}") from None
+        raise WebPkiError(f"certificate of {host} not verified: {exc.verify_message}") from None
     except OSError as exc:
         reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise PolicyError(f"HTTPS to {host} ({address}:{options.https_port}) failed: "
+        raise FetchError(f"HTTPS to {host} ({address}:{options.https_port}) failed: "
                           f"{reason}") from None
     try:
         writer.write(f"GET {POLICY_PATH} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: connectwiz\r\n"
@@ -248,16 +262,16 @@ async def _get(host: str, address: str, options: NetworkOptions) -> str:
         await writer.drain()
         status, headers = await _read_head(reader)
         if 300 <= status < 400:
-            raise PolicyError(f"policy answer is a redirect ({status}); redirects are not "
+            raise FetchError(f"policy answer is a redirect ({status}); redirects are not "
                               "followed (RFC 8461 §3.3)")
         if status != 200:
-            raise PolicyError(f"policy answer is HTTP {status}, not 200")
+            raise FetchError(f"policy answer is HTTP {status}, not 200")
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "text/plain":
             raise PolicyError(f"policy media type is {media or 'missing'}, not text/plain")
         body = await _read_body(reader, headers)
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-        raise PolicyError(f"policy fetch from {host} failed: {exc or type(exc).__name__}") \
+        raise FetchError(f"policy fetch from {host} failed: {exc or type(exc).__name__}") \
             from None
     finally:
         writer.close()
@@ -273,14 +287,14 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
     status_line = (await reader.readline()).decode("latin-1")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise PolicyError(f"not an HTTP answer: {status_line.strip()[:60]!r}")
+        raise FetchError(f"not an HTTP answer: {status_line.strip()[:60]!r}")
     headers: dict[str, str] = {}
     size = len(status_line)
     while True:
         line = (await reader.readline()).decode("latin-1")
         size += len(line)
         if size > MAX_POLICY_BYTES:
-            raise PolicyError("HTTP headers larger than 64 KiB")
+            raise FetchError("HTTP headers larger than 64 KiB")
         if line in ("\r\n", "\n", ""):
             return int(parts[1]), headers
         name, _, value = line.partition(":")

@@ -78,9 +78,15 @@ class Attempt:
     decided_by: str = "bundle"  # bundle | mta-sts | dane
     policy_failure: str = ""  # RFC 8460 result type when the published policy was not met
     policy_detail: str = ""  # ... and why, for the admin
+    # The applied policy for the TLS report (RFC 8460 §4.4 policy-string, mx-host); not in
+    # the message log, where the policy domain and type say enough.
+    policy_string: tuple[str, ...] = ()
+    mx_host: tuple[str, ...] = ()
 
     def as_record(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        del record["policy_string"], record["mx_host"]
+        return record
 
 
 # -- TLS contexts ------------------------------------------------------------------------------
@@ -210,6 +216,7 @@ def _attempt_record(target: Target, definition: DeliveryDefinition,
         att.policy_type, att.policy_domain = published.policy_type, published.policy_domain
         att.decided_by, att.policy_failure = published.decided_by, published.failure_type
         att.policy_detail = published.refuse or published.noted
+        att.policy_string, att.mx_host = published.policy_string, published.mx_host
     return att
 
 

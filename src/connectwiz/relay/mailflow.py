@@ -88,7 +88,10 @@ def _facts(msg_id: str, text: str) -> _FileFacts:
             if why not in (None, "success"):
                 domain = event.get("policy_domain") or _domain(
                     (event.get("recipients") or [""])[0])
-                failures[domain] = (at, f"{why}: {event.get('error') or event.get('reply')}")
+                # A published policy not met on a delivered attempt (MTA-STS testing, a policy
+                # that could not be fetched) says why in policy_detail, not in error.
+                detail = event.get("error") or event.get("policy_detail") or event.get("reply")
+                failures[domain] = (at, f"{why}: {detail}")
         elif kind in _FATE_OF:
             fate = _FATE_OF[kind]
             for rcpt in event.get("recipients", []):

@@ -10,6 +10,9 @@ For each MX host of such a destination, in this order:
   unusable records make TLS mandatory without authentication; TLSA counts only after a
   validated MX lookup (RFC 7672 §2.2.1); a failed MX or TLSA lookup there defers the host.
   Without the option, or without the AD bit, DANE is ignored, as Postfix's ``may``.
+  A domain without MX records is its own (implicit) MX: its TLSA records count when its
+  address records are validated, looked for first at the CNAME-expanded name (RFC 7672
+  §2.2.2).
 - MTA-STS: the policy is fetched and cached for its ``max_age``; in ``enforce`` mode only hosts
   matching an ``mx`` pattern are tried, under Enforced TLS Strict (verified chain and name);
   in ``testing`` mode delivery stays opportunistic and the failure is recorded on the attempt.
@@ -90,7 +93,8 @@ class StsCache:
         # The relay's operational log (event name, fields); None: Python logging only.
         self.events: Callable[..., None] | None = None
         self._entries: dict[str, CachedPolicy] = {}
-        self._absent: dict[str, tuple[float, str]] = {}  # domain -> (until, why)
+        # domain -> (until, why, RFC 8460 result type when a publication could not be used)
+        self._absent: dict[str, tuple[float, str, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._resolver: dns.asyncresolver.Resolver | None = None
@@ -117,7 +121,12 @@ class StsCache:
 
     def problem(self, domain: str) -> str:
         """Why the last look at ``domain`` found no usable policy ('' when none was found)."""
-        return self._absent.get(domain, (0.0, ""))[1]
+        return self._absent.get(domain, (0.0, "", ""))[1]
+
+    def failure(self, domain: str) -> str:
+        """The RFC 8460 result type of a publication of ``domain`` that could not be used
+        (sts-policy-fetch-error, sts-policy-invalid, sts-webpki-invalid); '' otherwise."""
+        return self._absent.get(domain, (0.0, "", ""))[2]
 
     async def policy(self, domain: str) -> CachedPolicy | None:
         """The policy in force for ``domain``: cached, or fetched now when none is."""
@@ -126,7 +135,7 @@ class StsCache:
             if self.clock() - entry.checked >= self.refresh_after:
                 self._refresh_later(domain)
             return entry
-        until, _ = self._absent.get(domain, (0.0, ""))
+        until = self._absent.get(domain, (0.0, "", ""))[0]
         if self.clock() < until:
             return None
         return await self.refresh(domain)
@@ -155,9 +164,9 @@ class StsCache:
                 else:
                     log.warning("MTA-STS refresh for %s failed (%s); keeping the cached %s "
                                 "policy", domain, why, old.policy.mode)
-                self._absent[domain] = (0.0, why)
+                self._absent[domain] = (0.0, why, "")  # the cached policy still applies
                 return old
-            self._absent[domain] = (now + ABSENT_TTL, result.error or "")
+            self._absent[domain] = (now + ABSENT_TTL, result.error or "", result.failure)
             return None
 
     def _refresh_later(self, domain: str) -> None:
@@ -205,6 +214,10 @@ class Published:
     refuse: str = ""  # the host must not be tried: why
     failure_type: str = ""  # RFC 8460 result type of ``refuse`` or ``noted``
     noted: str = ""  # MTA-STS testing: a failure to record; the host is tried anyway
+    # The applied policy as TLS-RPT reports it (RFC 8460 §4.4): the MTA-STS policy's lines
+    # and its mx patterns, or the TLSA records in presentation form.
+    policy_string: tuple[str, ...] = ()
+    mx_host: tuple[str, ...] = ()
 
     def check_chain(self, host: str, chain: tuple[bytes, ...]) -> str:
         """'' when the DER chain (leaf first) satisfies the TLSA records, else why not."""
@@ -222,9 +235,12 @@ class Published:
                           for r in anchors)):
             return f"the certificate does not chain to the trust anchor at {self.tlsa.name}"
         names = certificate_names(certs[0])
-        if match_hostname(names, host):  # DANE-TA: the leaf must name the MX (§3.2.2)
+        # DANE-TA: the leaf must name the MX, or the name its TLSA was found at after CNAME
+        # expansion (§3.2.2).
+        wanted = dict.fromkeys((host, self.tlsa.host))
+        if any(match_hostname(names, name) for name in wanted):
             return ""
-        return f"certificate names {', '.join(names) or 'nothing'}, not {host}"
+        return f"certificate names {', '.join(names) or 'nothing'}, not {' or '.join(wanted)}"
 
 
 def _issued_up_to(certs: list[x509.Certificate], depth: int) -> bool:
@@ -235,6 +251,18 @@ def _issued_up_to(certs: list[x509.Certificate], depth: int) -> bool:
         except (ValueError, TypeError, InvalidSignature):
             return False
     return True
+
+
+def sts_strings(policy: StsPolicy) -> tuple[str, ...]:
+    """The policy's lines, as RFC 8460 §4.4 ``policy-string`` carries an MTA-STS policy."""
+    return ("version: STSv1", f"mode: {policy.mode}", *(f"mx: {m}" for m in policy.mx),
+            f"max_age: {policy.max_age}")
+
+
+def tlsa_strings(host: DaneHost) -> tuple[str, ...]:
+    """The TLSA records in presentation form (RFC 6698 §2.2), for ``policy-string``."""
+    return tuple(f"{r.usage} {r.selector} {r.matching_type} {r.data.hex().upper()}"
+                 for r in host.records)
 
 
 def dane_definition(host: DaneHost) -> DeliveryDefinition:
@@ -265,19 +293,51 @@ class PublishedPolicies:
             self._dnssec = resolver
         return self._dnssec
 
-    async def _mx_validated(self, domain: str) -> bool | str:
-        """True when the domain's MX RRset came back with the AD bit (RFC 7672 §2.2.1: only
-        then do the MX names, and so their TLSA records, count); an error text when the
-        validating resolver could not answer (it may be refusing a forged answer)."""
+    async def _dane(self, domain: str, hosts: list[str]) -> list[DaneHost | None]:
+        """Per MX host: its validated TLSA records (an error when the validating resolver
+        could not answer: it may be refusing a forged answer), or None: DANE does not apply.
+
+        RFC 7672 §2.2.1: TLSA records count only when the MX RRset came back with the AD bit
+        (an MX name learnt insecurely could be an attacker's); a domain without MX records is
+        its own implicit MX (§2.2.2)."""
+        none: list[DaneHost | None] = [None] * len(hosts)
         if self.options.dnssec_resolver is None:
-            return False
+            return none
         try:
             answer = await (await self._dnssec_resolver()).resolve(domain, "MX")
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return False  # no MX (implicit MX): DANE is not used
+        except dns.resolver.NoAnswer:
+            return [await self._implicit(domain)] if hosts == [domain] else none
+        except dns.resolver.NXDOMAIN:
+            return none
         except dns.exception.DNSException as exc:
-            return f"DNSSEC lookup of MX for {domain} failed: {exc}"
-        return bool(answer.response.flags & dns.flags.AD)
+            error = f"DNSSEC lookup of MX for {domain} failed: {exc}"
+            return [DaneHost(h, f"_25._tcp.{h}", error=error) for h in hosts]
+        if not answer.response.flags & dns.flags.AD:
+            return none
+        return list(await asyncio.gather(*(self._tlsa(h) for h in hosts)))
+
+    async def _implicit(self, domain: str) -> DaneHost | None:
+        """TLSA of a domain that is its own MX: only when its address records are validated;
+        at the CNAME-expanded name first, then at the domain itself (RFC 7672 §2.2.2)."""
+        resolver = await self._dnssec_resolver()
+        answer = None
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await resolver.resolve(domain, rdtype)
+                break
+            except dns.resolver.NoAnswer:
+                continue
+            except dns.resolver.NXDOMAIN:
+                return None
+            except dns.exception.DNSException as exc:
+                return DaneHost(domain, f"_25._tcp.{domain}",
+                                error=f"DNSSEC lookup of {rdtype} for {domain} failed: {exc}")
+        if answer is None or not answer.response.flags & dns.flags.AD:
+            return None  # insecure address records: no DANE
+        expanded = answer.canonical_name.to_text(omit_final_dot=True).lower()
+        if expanded != domain and (found := await self._tlsa(expanded)) is not None:
+            return found
+        return await self._tlsa(domain)
 
     async def _tlsa(self, host: str) -> DaneHost | None:
         """TLSA records of ``host`` validated by the named resolver; None: DANE does not apply."""
@@ -291,17 +351,18 @@ class PublishedPolicies:
         """For each MX host name: the definition to deliver under and what it was decided by."""
         entry = await self.sts.policy(domain)
         policy = entry.policy if entry and entry.policy.mode in ("enforce", "testing") else None
-        sts_type = STS if policy else NO_POLICY
+        # What TLS-RPT reports as the applied MTA-STS policy, wherever it applies.
+        sts = {"policy_string": sts_strings(policy), "mx_host": policy.mx} if policy else {}
+        # A publication that could not be used: no policy applies, delivery goes on as if
+        # none were published, and TLS-RPT reports why (RFC 8460 §4.3.2.2).
+        unusable = {} if policy or not (failure := self.sts.failure(domain)) else {
+            "failure_type": failure, "noted": f"MTA-STS: {self.sts.problem(domain)}"}
         if definition.option is not DeliveryOption.OPPORTUNISTIC:
             # The bundle asked for Enforced TLS or No TLS: it decides, whatever is published.
-            return {h: (definition, Published(sts_type, domain, "bundle")) for h in hosts}
+            return {h: (definition, Published(STS if policy else NO_POLICY, domain, "bundle",
+                                              **sts, **unusable)) for h in hosts}
         plan: dict[str, tuple[DeliveryDefinition, Published]] = {}
-        tlsa: list[DaneHost | None] = [None] * len(hosts)
-        validated = await self._mx_validated(domain)
-        if isinstance(validated, str):
-            tlsa = [DaneHost(h, f"_25._tcp.{h}", error=validated) for h in hosts]
-        elif validated:
-            tlsa = list(await asyncio.gather(*(self._tlsa(h) for h in hosts)))
+        tlsa = await self._dane(domain, hosts)
         for host, found in zip(hosts, tlsa, strict=True):
             if found is not None and found.error:
                 plan[host] = (dane_definition(found), Published(
@@ -309,24 +370,25 @@ class PublishedPolicies:
                     failure_type="dnssec-invalid"))
             elif found is not None:
                 plan[host] = (dane_definition(found), Published(
-                    TLSA, domain, "dane", tlsa=found if found.usable else None))
+                    TLSA, domain, "dane", tlsa=found if found.usable else None,
+                    policy_string=tlsa_strings(found)))
             elif policy is None:
-                plan[host] = (definition, Published(NO_POLICY, domain, "bundle"))
+                plan[host] = (definition, Published(NO_POLICY, domain, "bundle", **unusable))
             elif not any(mx_pattern_matches(p, host) for p in policy.mx):
                 why = f"MTA-STS: {host} matches no mx pattern of {domain}'s policy"
                 if policy.mode == "enforce":
                     plan[host] = (sts_definition(domain), Published(
                         STS, domain, "mta-sts", "enforce", refuse=why,
-                        failure_type="validation-failure"))
+                        failure_type="validation-failure", **sts))
                 else:
                     plan[host] = (definition, Published(
                         STS, domain, "bundle", "testing", failure_type="validation-failure",
-                        noted=why))
+                        noted=why, **sts))
             elif policy.mode == "enforce":
                 plan[host] = (sts_definition(domain),
-                              Published(STS, domain, "mta-sts", "enforce"))
+                              Published(STS, domain, "mta-sts", "enforce", **sts))
             else:
-                plan[host] = (definition, Published(STS, domain, "bundle", "testing"))
+                plan[host] = (definition, Published(STS, domain, "bundle", "testing", **sts))
         return plan
 
     async def close(self) -> None:

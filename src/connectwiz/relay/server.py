@@ -62,6 +62,7 @@ class Relay:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         worker: Worker | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.load_policy = load_policy
         self.worker = worker or Worker()
@@ -105,8 +106,13 @@ class Relay:
                                       self._control_settle, self.log)
         self.address: tuple[str, int] = listen
         store = TlsRptStore(Path(spool_dir))
-        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname)
-        self.tlsrpt_sender = TlsRptSender(store, self.options, self._queue_local, self.log)
+        # ``clock`` decides the UTC day TLS sessions are counted for and reports sent (tests
+        # move it past midnight).
+        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname, clock)
+        self.tlsrpt_sender = TlsRptSender(
+            store, self.options, self._queue_local, self.log,
+            allowed=self.settings.tlsrpt_allow_networks, clock=clock,
+            tick=self.settings.tlsrpt_tick)
         self._tlsrpt_task: asyncio.Task[None] | None = None
 
     def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:

@@ -6,6 +6,7 @@ minimal/maximal_backoff_time, maximal_queue_lifetime), so an admin's expectation
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -32,6 +33,11 @@ class RelaySettings:
     shutdown_grace: float = 30.0  # SIGTERM waits this long for sessions and deliveries
     portal_url: str = ""  # Secure Messaging links start with this; "" = https://<hostname>/secure
     secure_key: str = ""  # key file for held content; "" = $XDG_CONFIG_HOME/connectwiz/secure.key
+    # Networks a TLS-RPT https: rua may resolve to although they are loopback or private
+    # (--tlsrpt-allow-networks; relay.tlsrpt_post refuses them otherwise).
+    tlsrpt_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # How often TLS-RPT counts are written and the end of the UTC day looked for.
+    tlsrpt_tick: float = 5.0
 
     @property
     def secure_portal_url(self) -> str:

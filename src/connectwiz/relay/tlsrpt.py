@@ -9,20 +9,21 @@ aggregate report.
 - Storage: ``<spool>/tlsrpt/YYYY-MM-DD.json`` per day, replaced atomically every few
   seconds while counts change and at stop (a crash loses at most those seconds of counts);
   ``sent-YYYY-MM-DD.json`` records which report went where.
-- Sending: reports for finished days go to every ``rua`` of the domain's ``_smtp._tls``
-  record: ``mailto:`` as a multipart/report message queued in this relay (null sender, as a
-  DSN: a failed report never bounces), ``https:`` as a POST of the gzipped JSON. A URI that
-  failed is tried again at the next hourly run, for up to three days.
+- Sending: once a UTC day is over (checked every few seconds), its reports go to every
+  ``rua`` of the domain's ``_smtp._tls`` record: ``mailto:`` as a multipart/report message
+  queued in this relay (null sender, as a DSN: a failed report never bounces), ``https:`` as
+  a POST of the gzipped JSON (relay.tlsrpt_post, which refuses private addresses). A URI
+  that failed is tried again hourly, for up to three days; one that took a report is
+  recorded at once and never sent it again, also after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
+import hashlib
 import json
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,19 +32,19 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from connectwiz.atomic import write_atomic
 from connectwiz.errors import UserError
-from connectwiz.probe.dns import DnsError, make_resolver, resolve_addresses
-from connectwiz.probe.mtasts import https_context
+from connectwiz.probe.dns import make_resolver
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.tlsrpt import lookup_tls_rpt
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.tlsrpt_post import Network, post_report
 
-FLUSH_SECONDS = 5.0
-SEND_EVERY_SECONDS = 3600.0
+FLUSH_SECONDS = 5.0  # counts are written, and the day's end looked for, this often
+RETRY_SECONDS = 3600.0  # a report URI that failed is tried again this often
 RETRY_DAYS = 3  # a report not delivered to a URI after this many days is given up
 
 Enqueue = Callable[[str, list[str], bytes, str], Awaitable[None]]  # from, rcpts, data, note
@@ -133,15 +134,16 @@ def _load(path: Path) -> dict[str, Any]:
 class TlsRptRecorder:
     """Daily counts per policy domain, in memory and flushed to the store."""
 
-    def __init__(self, store: TlsRptStore, submitter: str) -> None:
-        self.store, self.submitter = store, submitter
+    def __init__(self, store: TlsRptStore, submitter: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.submitter, self.clock = store, submitter, clock
         self._lock = threading.Lock()  # counted from spool threads, flushed from another
         self._days: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self._ips: dict[str, str] = {}
 
     def count(self, attempts: Iterable[Any], now: float | None = None) -> None:
-        day = day_of(now if now is not None else time.time())
+        day = day_of(now if now is not None else self.clock())
         previous: Any = None
         with self._lock:
             for att in attempts:
@@ -154,9 +156,10 @@ class TlsRptRecorder:
                 kind = result_type(record)
                 if kind is None:
                     continue
-                self._add(day, record, kind)
+                self._add(day, record, kind, att.policy_string, att.mx_host)
 
-    def _add(self, day: str, record: dict[str, Any], kind: str) -> None:
+    def _add(self, day: str, record: dict[str, Any], kind: str,
+             policy_string: tuple[str, ...] = (), mx_host: tuple[str, ...] = ()) -> None:
         counts = self._days.get(day)
         if counts is None:
             try:
@@ -165,11 +168,19 @@ class TlsRptRecorder:
                 counts = {}  # a damaged count file must never hold up delivery: start over
             counts = self._days[day] = counts or {
                 "day": day, "submitter": self.submitter, "domains": {}}
-        # One entry per policy type: a domain whose policy changes within the day gets one
-        # "policies" item per type in its report (RFC 8460 §4.4).
+        # One entry per policy applied: a domain whose policy changes within the day (or
+        # whose MX hosts have TLSA records of their own) gets one "policies" item for each
+        # in its report (RFC 8460 §4.4). The key is the type, and a digest of the policy.
         policies = counts["domains"].setdefault(record["policy_domain"], {})
-        entry = policies.setdefault(record.get("policy_type") or "no-policy-found",
-                                    {"success": 0, "failures": {}})
+        key = record.get("policy_type") or "no-policy-found"
+        if policy_string:
+            digest = hashlib.sha256("\n".join((*policy_string, *mx_host)).encode())
+            key += f" {digest.hexdigest()[:12]}"
+        entry = policies.setdefault(key, {"success": 0, "failures": {}})
+        if policy_string:
+            entry["policy-string"] = list(policy_string)
+        if mx_host:
+            entry["mx-host"] = list(mx_host)
         if kind == "success":
             entry["success"] += 1
         else:
@@ -180,7 +191,8 @@ class TlsRptRecorder:
                 "result-type": kind, "sending-mta-ip": sender,
                 "receiving-mx-hostname": record["host"], "receiving-ip": ip,
                 "failed-session-count": 0,
-                "additional-information": record.get("error", "")[:200]})
+                "failure-reason-code": (record.get("error") or record.get("policy_detail")
+                                        or "")[:200]})
             failure["failed-session-count"] += 1
         self._dirty.add(day)
 
@@ -190,7 +202,7 @@ class TlsRptRecorder:
             dirty = {d: json.loads(json.dumps(self._days[d])) for d in self._dirty}
             self._dirty.clear()
             for day in list(self._days):
-                if day not in dirty and day < day_of(time.time()):
+                if day not in dirty and day < day_of(self.clock()):
                     del self._days[day]  # finished and written: nothing more to count
         for day, counts in dirty.items():
             self.store.write(f"{day}.json", counts)
@@ -203,12 +215,18 @@ def build_report(counts: dict[str, Any], domain: str) -> dict[str, Any]:
     """The RFC 8460 §4.4 JSON report of one domain for one day of counts."""
     day, submitter = counts["day"], counts["submitter"]
     policies = []
-    for policy_type, entry in sorted(counts["domains"][domain].items()):
-        failures = [{k: v for k, v in f.items() if v != ""}
-                    for f in sorted(entry["failures"].values(),
-                                    key=lambda f: (f["result-type"], f["receiving-mx-hostname"]))]
+    for key, entry in sorted(counts["domains"][domain].items()):
+        failures = [_failure(f) for f in sorted(
+            entry["failures"].values(),
+            key=lambda f: (f["result-type"], f["receiving-mx-hostname"], f["receiving-ip"]))]
+        applied: dict[str, Any] = {"policy-type": key.split()[0]}
+        if entry.get("policy-string"):
+            applied["policy-string"] = entry["policy-string"]
+        applied["policy-domain"] = domain
+        if entry.get("mx-host"):
+            applied["mx-host"] = entry["mx-host"]
         policy: dict[str, Any] = {
-            "policy": {"policy-type": policy_type, "policy-domain": domain},
+            "policy": applied,
             "summary": {"total-successful-session-count": entry["success"],
                         "total-failure-session-count":
                             sum(f["failed-session-count"] for f in failures)},
@@ -226,6 +244,16 @@ def build_report(counts: dict[str, Any], domain: str) -> dict[str, Any]:
         "report-id": f"{day}T00:00:00Z_{domain}@{submitter}",
         "policies": policies,
     }
+
+
+def _failure(counted: dict[str, Any]) -> dict[str, Any]:
+    """One failure-details item: the error text is a ``failure-reason-code`` (§4.4;
+    ``additional-information`` is for a URI, and count files written by earlier versions
+    kept the text under that name), empty fields left out."""
+    out = {k: v for k, v in counted.items() if v != "" and k != "additional-information"}
+    if reason := counted.get("failure-reason-code") or counted.get("additional-information"):
+        out["failure-reason-code"] = reason
+    return out
 
 
 def report_filename(report: dict[str, Any], domain: str) -> str:
@@ -266,49 +294,24 @@ def report_email(report: dict[str, Any], domain: str, to: list[str]) -> bytes:
     return msg.as_bytes().replace(b"\n", b"\r\n")
 
 
-async def post_report(uri: str, data: bytes, options: NetworkOptions) -> None:
-    """POST the gzipped report over verified HTTPS (RFC 8460 §3); raises OSError with the
-    reason. Without a port in the URI, ``options.https_port`` (443 unless a lab moved it)."""
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    port = parts.port or options.https_port
-    async with asyncio.timeout(options.timeout):
-        try:
-            addresses = await resolve_addresses(host, options, make_resolver(options))
-        except DnsError as exc:
-            raise OSError(exc.reason) from None
-        if not addresses:
-            raise OSError(f"{host} has no address")
-        ctx = await asyncio.to_thread(https_context, options.ca_file)
-        reader, writer = await asyncio.open_connection(addresses[0], port, ssl=ctx,
-                                                       server_hostname=host)
-        try:
-            head = (f"POST {parts.path or '/'}{'?' + parts.query if parts.query else ''} "
-                    f"HTTP/1.1\r\nHost: {host}\r\nUser-Agent: connectwiz\r\n"
-                    f"Content-Type: application/tlsrpt+gzip\r\nContent-Length: {len(data)}\r\n"
-                    "Connection: close\r\n\r\n")
-            writer.write(head.encode("ascii") + data)
-            await writer.drain()
-            status = (await reader.readline()).decode("latin-1").split()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
-    if len(status) < 2 or not status[1].startswith("2"):
-        raise OSError(f"{uri} answered {' '.join(status[1:]) or 'nothing'}")
-
-
 class TlsRptSender:
-    """Sends finished days' reports; ``send_due`` is safe to call at any time."""
+    """Sends finished days' reports; ``send_due`` is safe to call at any time.
+
+    ``clock`` (epoch seconds) says which UTC day it is; ``tick`` is how often ``run`` flushes
+    counts and looks for a finished day; ``allowed`` are the networks an https: rua may
+    resolve to although they are private (``--tlsrpt-allow-networks``)."""
 
     def __init__(self, store: TlsRptStore, options: NetworkOptions, enqueue: Enqueue,
-                 log: Callable[..., None]) -> None:
+                 log: Callable[..., None], *, allowed: tuple[Network, ...] = (),
+                 clock: Callable[[], float] = time.time, tick: float = FLUSH_SECONDS) -> None:
         self.store, self.options = store, options
         self.enqueue, self.log = enqueue, log
+        self.allowed, self.clock, self.tick = allowed, clock, tick
+        self.passes = 0  # completed sending passes (tests wait on it)
 
     async def send_due(self, today: date | None = None) -> None:
         """Send what is owed for every day before ``today`` (UTC) within the retry window."""
-        today = today or datetime.now(UTC).date()
+        today = today or date.fromisoformat(day_of(self.clock()))
         oldest = (today - timedelta(days=RETRY_DAYS)).isoformat()
         days = await asyncio.to_thread(self.store.days)
         for day in days:
@@ -319,7 +322,6 @@ class TlsRptSender:
         counts = await asyncio.to_thread(self.store.counts, day)
         sent = await asyncio.to_thread(self.store.sent, day)
         resolver = make_resolver(self.options)
-        changed = False
         for domain in sorted(counts.get("domains", {})):
             done = sent.setdefault(domain, {})
             if done and all(v.get("ok") for v in done.values()):
@@ -333,11 +335,11 @@ class TlsRptSender:
                     continue
                 result = await self._send(uri, report, domain)
                 done[uri] = {"ok": result is None, "at": _now(), "error": result or ""}
-                changed = True
+                # Recorded before the next URI: a report that went is never sent again,
+                # whatever stops the relay next.
+                await asyncio.to_thread(self.store.write, f"sent-{day}.json", sent)
                 self.log("tlsrpt-sent" if result is None else "tlsrpt-failed", domain=domain,
                          day=day, rua=uri, reason=result)
-        if changed:
-            await asyncio.to_thread(self.store.write, f"sent-{day}.json", sent)
 
     async def _send(self, uri: str, report: dict[str, Any], domain: str) -> str | None:
         """None when the report went (or is queued); else why not."""
@@ -352,23 +354,27 @@ class TlsRptSender:
                 return f"could not queue the report: {exc}"
             return None
         try:
-            await post_report(uri, report_gzip(report), self.options)
+            await post_report(uri, report_gzip(report), self.options, self.allowed)
         except (OSError, TimeoutError) as exc:
             return str(exc) or "timed out"
         return None
 
     async def run(self, recorder: TlsRptRecorder) -> None:
-        """The relay's background task: flush counts often, send reports hourly."""
-        next_send = 0.0
+        """The relay's background task: flush counts every ``tick``; send reports as soon
+        as a day is over (at start too, for days that ended while the relay was down), and
+        hourly after that while a URI is still owed one."""
+        sent_on, next_send = "", 0.0
         while True:
             await asyncio.to_thread(recorder.flush)
-            if time.monotonic() >= next_send:
-                next_send = time.monotonic() + SEND_EVERY_SECONDS
+            today = day_of(self.clock())
+            if today != sent_on or time.monotonic() >= next_send:
+                sent_on, next_send = today, time.monotonic() + RETRY_SECONDS
                 try:
                     await self.send_due()
                 except (OSError, UserError) as exc:
                     self.log("tlsrpt-failed", reason=str(exc))
-            await asyncio.sleep(FLUSH_SECONDS)
+                self.passes += 1
+            await asyncio.sleep(self.tick)
 
 
 def queue_local(spool: Spool, msglog: MessageLog, mail_from: str, rcpts: list[str],
