@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -100,6 +100,17 @@ class WizardApp(App[None]):
             self.notify(f"Validation failed: {detail}", severity="error", timeout=10)
         elif message.state is WorkerState.CANCELLED:
             self.notify("Validation cancelled", severity="warning")
+
+    @work(group="decide", exit_on_error=False)
+    async def decide(self, recipients: Mapping[str, str]) -> None:
+        """Find who decides TLS for these domains (recipient address by domain), off the
+        screen's way; each answer is kept in the state and announced to the screen on top."""
+        from connectwiz.tui.deciding import TlsDecided, decide
+
+        async for domain, view in decide(self.state, recipients):
+            if self.state.domain(domain) is not None:  # not removed meanwhile
+                self.state.decisions[domain] = view
+                self.screen.post_message(TlsDecided(domain))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         """The palette lists what the current step can do, alongside Textual's own commands.

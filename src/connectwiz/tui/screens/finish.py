@@ -33,6 +33,7 @@ class FinishScreen(WizardScreen):
         with VerticalScroll(id="summary"):
             yield Static(id="policies")
             yield Listing(id="warnings")
+            yield Listing(id="published")
             yield Listing(id="routes", aligned=True)
             yield Listing(id="changes")
             yield Static(id="saved")
@@ -88,6 +89,12 @@ class FinishScreen(WizardScreen):
                 ("Strict, but only Relaxed passes", risks.too_strict),
             ) if items])
         warnings.display = not risks.empty
+        # Where the bundle wins over a partner's MTA-STS enforce (tui.deciding, as explain).
+        weakened = [("⚠", w) for v in self.state.decisions.values() for w in v.warnings()]
+        published = self.query_one("#published", Listing)
+        published.show(Text("Published MTA-STS enforce, overridden by the bundle",
+                            style="bold yellow"), weakened)
+        published.display = bool(weakened)
 
     def action_edit(self) -> None:
         self.app.pop_screen()
