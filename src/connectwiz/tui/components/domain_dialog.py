@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -117,7 +118,8 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
             verdict.append(f"\n⚠ {result.mta_sts.warning}", style="bold yellow")
         view = self.state.decisions.get(self.domain)
         if view is not None:
-            verdict.append("\n").append_text(decided_by(view))
+            # Not appended to the verdict: it would take on the verdict's colour.
+            verdict = Text.assemble(verdict, "\n", decided_by(view))
         self.query_one("#verdict", Static).update(verdict)
         more = self.query_one("#more", Collapsible)
         self.query_one("#details", Static).update(result_details(result))
