@@ -85,7 +85,8 @@ async def _validate_in_dialog(app, pilot, domain: str) -> str:
     await wait_for(pilot, lambda: isinstance(app.screen, DomainValidateDialog), what="dialog")
     await pilot.press("enter")  # the pre-filled postmaster@ address
     verdict = app.screen.query_one("#verdict", Static)
-    await wait_for(pilot, lambda: "TLS decided by" in str(verdict.content),
+    # A real probe, then the MTA-STS fetch: generous on a loaded machine.
+    await wait_for(pilot, lambda: "TLS decided by" in str(verdict.content), timeout=60,
                    what=f"the decision for {domain}")
     return str(verdict.content)
 
@@ -98,7 +99,8 @@ async def test_a_relaxed_policy_over_published_enforce_is_decided_by_the_bundle(
         verdict = await _validate_in_dialog(app, pilot, domain)
         await pilot.press("escape")  # the list's line under the table says the same
         detail = app.screen.query_one("#detail", Static)
-        await wait_for(pilot, lambda: "TLS decided by" in str(detail.content), what="detail")
+        await wait_for(pilot, lambda: "TLS decided by" in str(detail.content), timeout=60,
+                       what="detail")
         shown = str(detail.content)
     for text in (verdict, shown):
         assert "TLS decided by: bundle policy (Enforced TLS - Relaxed)" in text
@@ -115,7 +117,8 @@ async def test_no_tls_for_an_enforce_domain_is_decided_by_the_bundle_and_warned(
     async with app.run_test(size=(100, 40)) as pilot:
         verdict = await _validate_in_dialog(app, pilot, domain)
         await pilot.press("escape", "f")
-        await wait_for(pilot, lambda: summary_drawn(app, "1 domain"), what="summary")
+        await wait_for(pilot, lambda: summary_drawn(app, "1 domain"), timeout=60,
+                       what="summary")
         published = app.screen.query_one("#published", Static)
         assert published.display
         summary = str(published.render())
