@@ -31,12 +31,14 @@ class FinishScreen(WizardScreen):
         yield Header()
         yield Static("Step 3 of 3 · Summary", classes="step-title")
         with VerticalScroll(id="summary"):
+            # First: where it went (and, for the demo, that it will be gone) stays in view
+            # when a long summary scrolls at 80x24.
+            yield Static(id="saved")
             yield Static(id="policies")
             yield Listing(id="warnings")
             yield Listing(id="published")
             yield Listing(id="routes", aligned=True)
             yield Listing(id="changes")
-            yield Static(id="saved")
         yield Footer(compact=True)
 
     def redraw(self) -> None:
