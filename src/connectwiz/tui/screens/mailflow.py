@@ -159,7 +159,7 @@ class MailFlowScreen(WizardScreen):
 
     def _describe(self, flow: DomainFlow) -> Text:
         domain = self.state.domain(flow.domain)
-        text = Text.assemble((shown_domain(flow.domain), "bold"))
+        text = Text(shown_domain(flow.domain), style="bold")
         if domain is None:
             text.append(": not in the bundle (the relay's default delivery policy)", style=MUTED)
         else:
