@@ -14,9 +14,12 @@ from connectwiz.cli import main as cli_main
 from connectwiz.policy.model import EncryptionMode
 from connectwiz.probe import Target, TargetResult, validate_targets
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
+from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.labels import result_details
 from connectwiz.tui.probing import TargetValidated
 from tests.tui.helpers import ROUTES, Setup, summary_drawn, wait_for, wizard
+from tests.tui.test_mailflow import _bundle as mail_flow_bundle
+from tests.tui.test_mailflow import _loaded, write_spool
 
 pytestmark = pytest.mark.network
 
@@ -154,3 +157,29 @@ async def test_dane_decides_with_a_dnssec_resolver(bundle_path: Path, lab_networ
     async with app.run_test(size=(100, 40)) as pilot:
         verdict = await _validate_in_dialog(app, pilot, domain)
     assert "TLS decided by: partner's DANE" in verdict
+
+
+async def test_mail_flow_shows_the_decision_and_looks_again_after_relaxed(
+        bundle_path: Path, tmp_path: Path, lab_network_options) -> None:
+    app = wizard(mail_flow_bundle(bundle_path), lab_network_options)
+    app.spool = write_spool(tmp_path / "spool")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("m")
+        screen = await _loaded(pilot)
+        row = [f.domain for f in screen.flows].index("trusted.example")
+        screen.query_one("DataTable").move_cursor(row=row)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, DomainValidateDialog), what="dialog")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "trusted.example" in app.state.decisions, timeout=60,
+                       what="the decision")
+        await pilot.press("escape")
+        detail = screen.query_one("#detail", Static)
+        await wait_for(pilot, lambda: app.screen is screen and "TLS decided by: bundle policy "
+                       "(Enforced TLS - Strict)" in str(detail.content), what="the decision")
+        await pilot.press("r")  # Relaxed: the other domains would bounce, Finish anyway
+        await wait_for(pilot, lambda: isinstance(app.screen, FinishWarningDialog),
+                       what="the Finish warning")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: "the bundle's Enforced TLS - Relaxed wins"
+                       in str(detail.content), timeout=60, what="the decision looked up again")

@@ -180,6 +180,10 @@ class MailFlowScreen(WizardScreen):
                 text.append("\n" + _one_line(line), style="yellow")
         return text
 
+    def redraw(self) -> None:
+        # Back from a dialog (validate, the Finish warning): the state may say more now.
+        self._update_detail()
+
     def on_tls_decided(self, message: TlsDecided) -> None:
         flow = self.selected()
         if flow is not None and flow.domain == message.domain:
