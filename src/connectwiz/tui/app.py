@@ -11,7 +11,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.worker import WorkerState
+from textual.worker import Worker, WorkerState
 
 from connectwiz.bundle import Bundle
 from connectwiz.errors import UserError
@@ -100,6 +100,13 @@ class WizardApp(App[None]):
             self.notify(f"Validation failed: {detail}", severity="error", timeout=10)
         elif message.state is WorkerState.CANCELLED:
             self.notify("Validation cancelled", severity="warning")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # A failed look-up is reported, never a crash; the verdicts shown stay as they are.
+        if event.worker.group == "decide" and event.state is WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(f"Could not tell who decides TLS: {error or type(error).__name__}",
+                        severity="warning", timeout=10)
 
     @work(group="decide", exit_on_error=False)
     async def decide(self, recipients: Mapping[str, str]) -> None:
