@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP
 
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, token_hash
+from connectwiz.relay.held import HeldStore, token_hash
 from connectwiz.relay.spool import Spool
 
 READER = "teller@bank.example"

@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool", metavar="DIR",
                    help="the relay's spool, whose message log Mail flow reads (default: per-user)")
     _network_options(p)
+    _dnssec_option(p)  # the wizard says when the partner's DANE decides TLS
 
     p = sub.add_parser("demo", help="the lab and the wizard wired to it: no set-up needed")
     p.add_argument("--bundle", metavar="PATH", help="keep the demo bundle here (default: temp)")

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 import pytest
@@ -25,12 +26,14 @@ from connectwiz.bundle import Bundle
 from connectwiz.cli import main as cli_main
 from connectwiz.lab import LabHandle
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageRecord, read_record
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 
 from .postfix import PostfixInstance, lab_resolver, peer_missing, running
+
+if TYPE_CHECKING:
+    from tests.conftest import EventLogFile
 
 PEER_MISSING = peer_missing()
 
@@ -83,10 +86,10 @@ def postfix(lab: LabHandle, bundle_path: Path,
 
 @pytest.fixture
 async def relay(bundle_path: Path, lab_network_options: NetworkOptions,
-                tmp_path: Path) -> AsyncIterator[RunningRelay]:
+                tmp_path: Path, event_log: EventLogFile) -> AsyncIterator[RunningRelay]:
     model = Bundle.load(bundle_path).model
     r = Relay(lambda: model, tmp_path / "spool", ("127.0.0.1", 0),
-              options=lab_network_options, settings=FAST, log=EventLog(json_lines=True))
+              options=lab_network_options, settings=FAST, log=event_log.log)
     await r.start()
     try:
         yield RunningRelay(r.address[1], tmp_path / "spool")

@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP
 
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, load_secure_key, token_hash
+from connectwiz.relay.held import HeldStore, load_secure_key, token_hash
 from connectwiz.relay.secure_content import header_addresses
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import relays  # noqa: F401 - a fixture, used by name

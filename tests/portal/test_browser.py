@@ -25,7 +25,7 @@ from connectwiz.policy.model import Applies, Scope, SecureDefinition, SecurePoli
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.portal.limits import Limits
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, load_secure_key
+from connectwiz.relay.held import HeldStore, load_secure_key
 from connectwiz.relay.spool import Spool
 from tests.portal.conftest import CHROMIUM
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab

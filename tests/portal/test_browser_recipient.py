@@ -24,7 +24,7 @@ import pytest
 from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.portal.limits import Limits
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, load_secure_key, revoke_held
+from connectwiz.relay.held import HeldStore, load_secure_key, revoke_held
 from connectwiz.relay.spool import Spool
 from tests.portal.conftest import CHROMIUM, CODE, READER, SENDER, Sink, hold, mime, nested, png
 

@@ -21,7 +21,7 @@ from connectwiz.errors import UserError
 from connectwiz.lab.ca import LabCA
 from connectwiz.portal.app import Portal, is_loopback
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.relay.secure import load_secure_key
+from connectwiz.relay.held import load_secure_key
 from tests.portal.conftest import READER, hold, mime, png
 
 pytestmark = pytest.mark.network

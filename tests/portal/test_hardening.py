@@ -16,7 +16,7 @@ from connectwiz.portal.app import Portal, PortalConfig
 from connectwiz.portal.content import MAX_MULTIPARTS
 from connectwiz.portal.limits import Limits
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, extend_held, load_secure_key
+from connectwiz.relay.held import HeldStore, extend_held, load_secure_key
 from connectwiz.relay.spool import Spool
 from tests.portal.conftest import READER, SENDER, hold, mime, nested
 

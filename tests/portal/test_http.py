@@ -10,7 +10,7 @@ import pytest
 
 from connectwiz.errors import UserError
 from connectwiz.portal.limits import Limits
-from connectwiz.relay.secure import HeldStore, load_secure_key, revoke_held
+from connectwiz.relay.held import HeldStore, load_secure_key, revoke_held
 from connectwiz.relay.spool import Spool
 from tests.portal.conftest import READER, SENDER, hold, mime
 

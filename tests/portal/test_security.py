@@ -29,7 +29,7 @@ from connectwiz.portal.security import (
     safe_filename,
     sanitize_html,
 )
-from connectwiz.relay.secure import load_secure_key, seal, unseal
+from connectwiz.relay.held import load_secure_key, seal, unseal
 
 
 class Clock:

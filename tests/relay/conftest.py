@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosmtplib
 import pytest
@@ -35,10 +36,12 @@ from connectwiz.policy.model import (
     Scope,
 )
 from connectwiz.probe.options import NetworkOptions
-from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageRecord, read_record
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
+
+if TYPE_CHECKING:
+    from tests.conftest import EventLogFile
 
 INTERNAL = "corp.example"
 STRICT = DeliveryDefinition("Enforced TLS - Strict", DeliveryOption.ENFORCED,
@@ -108,10 +111,10 @@ class RunningRelay:
 
 
 @pytest.fixture
-async def relays(tmp_path: Path, lab_network_options: NetworkOptions
+async def relays(tmp_path: Path, lab_network_options: NetworkOptions, event_log: EventLogFile
                  ) -> AsyncIterator[Callable[..., object]]:
     """``await relays(model, settings=FAST, spool=None, tls=None, clock=time.time)`` ->
-    RunningRelay; all stopped after the test."""
+    RunningRelay; all stopped after the test. They log to ``event_log`` (tests/conftest.py)."""
     started: list[Relay] = []
 
     async def start(model: PolicyModel, settings: RelaySettings = FAST,
@@ -120,7 +123,7 @@ async def relays(tmp_path: Path, lab_network_options: NetworkOptions
                     clock: Callable[[], float] = time.time) -> RunningRelay:
         spool = spool or tmp_path / "spool"
         relay = Relay(lambda: model, spool, ("127.0.0.1", 0), options=lab_network_options,
-                      settings=settings, log=EventLog(json_lines=True),
+                      settings=settings, log=event_log.log,
                       tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None,
                       clock=clock)
         await relay.start()

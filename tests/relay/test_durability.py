@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import re
 import shutil
@@ -172,7 +171,7 @@ def _files(root: Path) -> dict[str, int]:
 
 
 async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
-                                                       capsys) -> None:
+                                                       event_log) -> None:
     # (tiny_spool before relays: the relay stops before its file system is unmounted)
     r = await relays(make_model(lab), spool=tiny_spool)
     filler = tiny_spool.parent / "filler"
@@ -186,8 +185,7 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
         with pytest.raises(aiosmtplib.SMTPDataError) as info:
             await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
         assert info.value.code == 451
-        errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                  if '"event": "error"' in line]
+        errors = [e for e in event_log.events() if e["event"] == "error"]
         assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
             == [("127.0.0.1", True)]
         assert _files(tiny_spool) == before, "a refused message left files behind"

@@ -9,7 +9,6 @@ miss the MX), sts-testing.example testing. Some tests change a page for their du
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 
 import pytest
@@ -115,7 +114,7 @@ async def test_testing_mode_records_an_mx_outside_the_patterns(lab, relays) -> N
 
 
 async def test_cached_policy_survives_a_failing_refresh_and_a_restart(lab, relays, tmp_path,
-                                                                      capsys) -> None:
+                                                                      event_log) -> None:
     spool = tmp_path / "spool"
     r = await relays(make_model(lab), spool=spool)
     cache = r.relay.deliverer.published.sts
@@ -127,8 +126,7 @@ async def test_cached_policy_survives_a_failing_refresh_and_a_restart(lab, relay
         record = await r.wait_status(second, "deferred")
         await cache.wait_refreshed()
         assert "HTTP 404" in cache.problem("sts-relaxed.example")  # the refresh did fail
-        events = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                  if line.startswith("{")]
+        events = event_log.events()
         assert any(e["event"] == "mta-sts-refresh-failed" and e["kept"] == "enforce"
                    for e in events)
         assert cache.cached("sts-relaxed.example").policy.mode == "enforce"

@@ -132,7 +132,7 @@ async def test_delivery_policy_sees_what_receipt_saw(lab, relays, policy) -> Non
 
 
 async def test_rcpt_refusals_are_logged_and_domainless_recipients_get_501(lab, relays,
-                                                                         capsys) -> None:
+                                                                         event_log) -> None:
     """Refusals at RCPT TO are not in the message log; the operational log names them."""
     r = await relays(replace(make_model(lab), receipt_policies=(ReceiptPolicy(
         "Enforced from partners", ReceiptOption.ENFORCED,
@@ -153,8 +153,7 @@ async def test_rcpt_refusals_are_logged_and_domainless_recipients_get_501(lab, r
         assert "a mail domain is required" in info.value.message
     finally:
         client.close()
-    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-              if line.startswith("{") and tag in line]
+    events = [e for e in event_log.events() if tag in json.dumps(e)]
     refused = {e["to"]: e for e in events if e["event"] == "refused"}
     relay_denied = refused[f"victim-{tag}@trusted.example"]
     assert (relay_denied["client"], relay_denied["reason"]) == ("127.0.0.2",

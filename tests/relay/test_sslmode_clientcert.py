@@ -187,10 +187,10 @@ async def test_reload_starts_asking_for_a_newly_pinned_certificate(lab, relays, 
 
 
 async def test_the_self_signed_default_is_warned_about_at_every_start(
-        lab, tmp_path, lab_network_options) -> None:
+        lab, tmp_path, lab_network_options, event_log) -> None:
     warnings = []
     for _ in range(2):  # made on the first start, reused on the second: both warn
-        log = EventLog(json_lines=True)
+        log = EventLog(json_lines=True, stream=event_log.log.stream)  # one listener per start
         log.subscribe(lambda event, fields: warnings.append(fields) if event == "warning"
                       else None)
         relay = Relay(lambda: make_model(lab), tmp_path / "spool", ("127.0.0.1", 0),

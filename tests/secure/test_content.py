@@ -10,7 +10,8 @@ from email.message import EmailMessage
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectwiz.relay.secure import notification, token_hash
+from connectwiz.relay.held import token_hash
+from connectwiz.relay.secure import notification
 from connectwiz.relay.secure_content import add_banner, parse_content, strip_header
 
 

@@ -30,7 +30,7 @@ from connectwiz.policy.model import (
     SecurePolicy,
     SecureTrigger,
 )
-from connectwiz.relay.secure import HeldStore, find_recipient
+from connectwiz.relay.held import HeldStore, find_recipient
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import FAST, lab_messages, make_model, send, token, wait_lab
 from tests.relay.test_process import BUNDLE, start_relay
@@ -70,8 +70,8 @@ async def notification_for(lab, address: str) -> bytes:
     return next(m.data for m in list(lab.messages) if address in m.rcpt_tos)
 
 
-async def test_policy_holds_external_recipient_notifies_and_banners_internal(lab, relays,
-                                                                             capsys) -> None:
+async def test_policy_holds_external_recipient_notifies_and_banners_internal(
+        lab, relays, capsys, event_log) -> None:
     model = replace(make_model(lab), secure_policies=(
         SecurePolicy("external mail is secure", "External Recipients", to=EXTERNAL),))
     r = await relays(model, SETTINGS)
@@ -116,7 +116,8 @@ async def test_policy_holds_external_recipient_notifies_and_banners_internal(lab
     assert f"payload {tag}".encode() not in sealed
     assert f"payload {tag}".encode() in HeldStore(Spool(r.spool)).read_body(msg_id)
     # Neither the relay's log nor the message log holds the token or the content.
-    logged = capsys.readouterr().err + (r.spool / "log" / f"{msg_id}.jsonl").read_text()
+    logged = event_log.text() + (r.spool / "log" / f"{msg_id}.jsonl").read_text()
+    assert f'"held": "{msg_id}"' in logged  # the relay's log is the one read here
     assert link_token not in logged and f"payload {tag}" not in logged
     # The receipt/delivery view says that Secure Messaging applied, with what and why.
     assert cli_main(["log", "--spool", str(r.spool), msg_id]) == 0

@@ -5,7 +5,6 @@ membership change without a reload."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -89,7 +88,7 @@ async def test_directory_group_policy_holds_and_background_refresh_applies(
 
 
 async def test_unreadable_directory_is_logged_and_its_groups_match_nobody(
-        lab, relays, capsys) -> None:
+        lab, relays, event_log) -> None:
     with socket.socket() as s:  # a port nothing listens on: the connection is refused
         s.bind(("127.0.0.1", 0))
         url = f"ldap://127.0.0.1:{s.getsockname()[1]}"
@@ -98,9 +97,7 @@ async def test_unreadable_directory_is_logged_and_its_groups_match_nobody(
                         "finance is secure", "External Recipients",
                         from_=Scope(Applies.ADDRESS_GROUP, ("Finance Team",))),))
     r = await relays(model, SETTINGS)
-    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-              if line.startswith("{")]
-    [failed] = [e for e in logged if e.get("event") == "directory-failed"]
+    [failed] = [e for e in event_log.events() if e.get("event") == "directory-failed"]
     assert url in failed["reason"] and "match nobody" in failed["note"]
     tag = token()
     msg_id = await send(r.port, "ann@corp.example", [f"teller-{tag}@trusted.example"],

@@ -11,7 +11,7 @@ from email import policy as email_policy
 import pytest
 
 from connectwiz.policy.model import Requesters, SecureDefinition
-from connectwiz.relay.secure import HeldStore
+from connectwiz.relay.held import HeldStore
 from connectwiz.relay.spool import Spool
 from tests.relay.conftest import lab_messages, make_model, send, token, wait_lab
 from tests.secure.test_relay import SETTINGS, events, notification_for, record

@@ -84,7 +84,7 @@ async def test_scratch_bundle_is_called_scratch_and_exports_to_the_working_folde
     scratch.mkdir()
     app = wizard(Setup(route_modes=ALL_STRICT).write(scratch / "bundle.toml"), scratch=True)
     async with app.run_test(size=(100, 30)) as pilot:
-        assert "scratch: deleted when the demo ends" in text_of(app, "#bundle")
+        assert "scratch: deleted on exit" in text_of(app, "#bundle")
         await pilot.press("enter", "n", "f")
         await wait_for(pilot, lambda: summary_drawn(app, "0 domains"), what="summary")
         assert "a scratch copy, deleted when the demo ends: export it (x)" in text_of(

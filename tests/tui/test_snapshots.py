@@ -16,6 +16,8 @@ from textual.pilot import Pilot
 
 from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.probe.results import TargetResult
+from connectwiz.relay.published import Published, PublishedView
+from connectwiz.tui.deciding import TlsDecided, bundle_definitions
 from connectwiz.tui.probing import ProbeRunner, TargetValidated
 from tests.tui.helpers import (
     DOMAIN_RESULTS,
@@ -267,3 +269,26 @@ def test_domain_dialog_relaxed_offers_relaxed(snap_compare: Any, bundle_path: Pa
 def test_finish_warning(snap_compare: Any, bundle_path: Path) -> None:
     app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS).write(bundle_path))
     assert snap_compare(app, run_before=steps(to_domains, feed(DOMAIN_RESULTS), press("f")))
+
+
+def test_domain_dialog_decided_by(snap_compare: Any, bundle_path: Path) -> None:
+    """The verdict says who decides TLS, and warns where a Relaxed policy overrides the
+    partner's MTA-STS enforce (a decision built by hand as the App's worker stores it)."""
+    domain = "trusted.example"
+
+    async def decided(pilot: Pilot[Any]) -> None:
+        await pilot.press("r", "v")  # trusted.example enforced Relaxed, then its dialog
+        await pilot.pause()
+        state = pilot.app.state  # type: ignore[attr-defined]
+        definition = bundle_definitions(state, {domain: f"postmaster@{domain}"})[domain]
+        state.decisions[domain] = PublishedView(
+            domain, definition, "enforce", "", False,
+            (("mx.trusted.example", definition, Published("sts", domain, "bundle")),))
+        pilot.app.screen.post_message(TargetValidated(domain, DOMAIN_RESULTS[domain]))
+        await pilot.pause()
+        pilot.app.screen.post_message(TlsDecided(domain))
+
+    too_strict = {domain: ValidationStatus.RELAXED}  # so that r offers Relaxed
+    app = wizard(Setup(route_modes=ALL_STRICT, domains=DOMAINS,
+                       domain_checks=too_strict).write(bundle_path))
+    assert snap_compare(app, run_before=steps(to_domains, decided))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from connectwiz.bundle.schema import (
+from connectwiz.bundle.keys import (
     DIRECTORY_DEFAULTS,
     DIRECTORY_KEYS,
     SCHEMA_VERSION,

@@ -21,7 +21,7 @@ from connectwiz.bundle.data import (
     model_data,
     receipt_policy_data,
 )
-from connectwiz.bundle.schema import (
+from connectwiz.bundle.keys import (
     SCHEMA_VERSION,
 )
 from connectwiz.bundle.split import Document, DomainRun, Entry, SplitDocument

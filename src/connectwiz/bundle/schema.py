@@ -1,6 +1,8 @@
 """Schema v1 and v2 of the bundle: plain TOML data (from tomllib or tomlkit) to a validated
-PolicyModel, and a PolicyModel back to plain data. v2 adds the Secure Messaging sections;
-a bundle without them is written as v1, so older connectwiz versions keep reading it.
+PolicyModel (``bundle.data`` is the other direction). v2 adds the Secure Messaging sections
+(``bundle.secure_schema``); a bundle without them is written as v1, so older connectwiz
+versions keep reading it. The keys are in ``bundle.keys``, the reading of values in
+``bundle.reader``.
 
 Every problem is reported as a BundleError naming the file, line, key path and what is wrong;
 the first problem found stops validation. Stored values are normalised (domains in A-label
@@ -9,32 +11,37 @@ form, addresses lower case, networks in canonical form).
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import re
-from collections.abc import Callable, Sequence
-from datetime import date, datetime, time
-from enum import StrEnum
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
-from connectwiz.bundle.errors import BundleError
-from connectwiz.bundle.locate import KeyPath, Locator, format_path
+from connectwiz.bundle.keys import (
+    DEFINITION_KEYS,
+    DELIVERY_KEYS,
+    DIRECTORY_DEFAULTS,
+    DIRECTORY_KEYS,
+    DOMAIN_KEYS,
+    FROM_KEYS,
+    LATEST_SCHEMA_VERSION,
+    ORGANISATION_KEYS,
+    RECEIPT_KEYS,
+    ROUTE_KEYS,
+    SCHEMA_VERSION,
+    SECURE_KEYS,
+    SECURE_SCHEMA_VERSION,
+    TLS_VERSIONS,
+    TO_KEYS,
+    TOP_KEYS,
+    VALIDATION_KEYS,
+)
+from connectwiz.bundle.locate import KeyPath
+from connectwiz.bundle.reader import check_port, kind_of, normalize_host, suggest
+from connectwiz.bundle.secure_schema import SecureSections
 from connectwiz.directory.snapshot import attribute_pair
-from connectwiz.policy import domains
-from connectwiz.policy.addresses import InvalidAddress, normalize_address
-from connectwiz.policy.content import InvalidPattern, compile_pattern
-from connectwiz.policy.domains import InvalidDomain, is_normal_domain, normalize_domain
 from connectwiz.policy.model import (
-    DEFAULT_RETENTION_DAYS,
-    DEFAULT_SUBJECT_TAG,
-    DEFAULT_TAG_DEFINITION,
     Applies,
     BasedOn,
-    BypassOption,
     ClientCertificatePin,
-    ConditionField,
-    ConditionKind,
     DeliveryDefinition,
     DeliveryOption,
     DeliveryPolicy,
@@ -42,274 +49,24 @@ from connectwiz.policy.model import (
     EncryptionMode,
     ExternalDomain,
     InboundRoute,
-    IPNetwork,
     LastValidation,
     Organisation,
     PolicyModel,
     ReceiptOption,
     ReceiptPolicy,
-    Requesters,
     Scope,
-    SecureBypass,
-    SecureCondition,
-    SecureDefinition,
-    SecurePolicy,
-    SecureRouting,
-    SecureSettings,
-    SecureTrigger,
     SslMode,
-    TriggerMatch,
     ValidationStatus,
     Validity,
 )
-from connectwiz.policy.secure import BUILTIN_DEFINITIONS
 from connectwiz.policy.sslmode import LEVELS, TLS_ORDER
-from connectwiz.policy.wording import Wording, problems
-
-SCHEMA_VERSION = 1  # what a bundle without Secure Messaging is written as
-SECURE_SCHEMA_VERSION = 2  # the Secure Messaging sections need this
-LATEST_SCHEMA_VERSION = SECURE_SCHEMA_VERSION
-TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
-
-TOP_KEYS = (
-    "schema_version", "organisation", "directory", "inbound_routes", "external_domains",
-    "delivery_definitions", "delivery_policies", "receipt_policies",
-    "secure_messaging", "secure_definitions", "secure_policies", "secure_triggers",
-    "secure_bypass",
-)
-SECURE_KEYS = TOP_KEYS[-5:]
-DIRECTORY_KEYS = ("url", "base_dn", "bind_dn", "password_env", "user_filter", "mail_attribute",
-                  "group_filter", "group_name_attribute", "attributes", "refresh_seconds",
-                  "timeout_seconds")
-DIRECTORY_DEFAULTS = DirectorySettings("", "")
-ORGANISATION_KEYS = ("internal_domains", "authorized_outbound", "address_groups", "name",
-                     "logo")
-ROUTE_KEYS = ("host", "port", "encryption_mode", "last_validation")
-DOMAIN_KEYS = ("domain", "added", "encryption_mode", "last_validation")
-VALIDATION_KEYS = ("status", "at", "reason")
-DEFINITION_KEYS = ("name", "option", "encryption_mode", "min_tls", "managed", "ssl_mode")
-VALIDITY_KEYS = ("enabled", "start", "end", "override", "bidirectional", "source_ips")
-DELIVERY_KEYS = ("narrative", "definition", "from", "to", *VALIDITY_KEYS, "managed")
-RECEIPT_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS, "managed",
-                "client_certificate")
-FROM_KEYS = ("based_on", "applies", "specifically")
-TO_KEYS = ("applies", "specifically")
-WORDING_TEXT_KEYS = ("notification_subject", "notification_text", "code_subject", "code_text",
-                     "default_banner")
-WORDING_COLOUR_KEYS = ("accent_colour", "bar_colour")
-SECURE_SETTINGS_KEYS = ("max_retention_days", "subject_tag", "tag_definition",
-                        *WORDING_COLOUR_KEYS, *WORDING_TEXT_KEYS)
-SECURE_DEFINITION_KEYS = ("name", "description", "allow_print", "allow_reply", "allow_reply_all",
-                          "expiry_days", "max_extension_days", "read_receipt", "banner",
-                          "may_request", "routing")
-REQUESTER_KEYS = ("groups", "domains", "addresses")
-SECURE_POLICY_KEYS = ("narrative", "definition", "take_no_action", "from", "to", *VALIDITY_KEYS)
-SECURE_TRIGGER_KEYS = ("narrative", "definition", "match", "conditions", "from", "to",
-                       *VALIDITY_KEYS)
-SECURE_BYPASS_KEYS = ("narrative", "option", "from", "to", *VALIDITY_KEYS)
-# A condition's main key (exactly one) and its modifiers.
-_CONDITION_MAIN = ("subject_contains", "body_contains", "subject_matches", "body_matches",
-                   "header", "attachment_name", "attachment_type", "dictionary")
-CONDITION_KEYS = (*_CONDITION_MAIN, "equals", "whole_word", "case_sensitive", "in", "threshold")
-
-E = TypeVar("E", bound=StrEnum)
-
-_ENUM_VALUES: dict[type[StrEnum], dict[str, StrEnum]] = {}
 
 
-def parse_network(text: str) -> IPNetwork:
-    """A CIDR (or a single address, meaning /32 or /128). Host bits set is an error, since
-    ``10.0.0.1/8`` is more often a typo than a wish to allow all of 10/8."""
-    text = text.strip()
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            fixed = ipaddress.ip_network(text, strict=False)
-            raise ValueError(f"{text!r} has host bits set; did you mean '{fixed}'?") from None
-        raise ValueError(
-            f"{text!r} is not an IPv4 or IPv6 network (e.g. 192.0.2.0/24)"
-        ) from None
-
-
-def normalize_host(text: str) -> str:
-    """An inbound route's host: an IP address (canonical form) or a host name."""
-    try:
-        return domains.normalize_host(text)
-    except InvalidDomain as exc:
-        raise ValueError(f"{text!r} is not an IP address or host name: {exc.reason}") from None
-
-
-def check_port(port: object) -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
-    return port
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, datetime):
-        return "a date-time"
-    if isinstance(value, date):
-        return "a date"
-    if isinstance(value, time):
-        return "a time"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    return f" (expected one of: {', '.join(choices)})"
-
-
-class _Validator:
+class _Validator(SecureSections):
     def __init__(self, source: str, text: Callable[[], str]) -> None:
-        self.source = source
-        self._text = text
-        self._locator: Locator | None = None
-        self._domains: dict[str, str] = {}  # memo: the same domain appears in several lists
+        super().__init__(source, text)
         self.groups: dict[str, tuple[str, ...]] = {}
         self.directory: DirectorySettings | None = None
-
-    def fail(self, path: KeyPath, problem: str, value: object = None) -> NoReturn:
-        if self._locator is None:
-            self._locator = Locator(self._text())
-        line = self._locator.line_of(path, value)
-        raise BundleError(problem, file=self.source, line=line, key=format_path(path) or None)
-
-    # Shapes -----------------------------------------------------------------------------
-
-    def table(
-        self, value: object, path: KeyPath, known: Sequence[str], required: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(path, f"must be a table, not {_kind(value)}")
-        for key in value:
-            if key not in known:
-                self.fail((*path, key), f"unknown key {key!r}" + _suggest(key, known))
-        for key in required:
-            if key not in value:
-                self.fail(path, f"required key {key!r} is missing")
-        return value
-
-    def tables(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
-        value = data.get(key, [])
-        if not isinstance(value, list):
-            self.fail((key,), f"must be an array of tables ([[{key}]]), not {_kind(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                self.fail((key, i), f"must be a table, not {_kind(item)}")
-        return value
-
-    def typed(self, t: dict[str, Any], key: str, path: KeyPath, kind: type, default: Any) -> Any:
-        value = t.get(key, default)
-        bad = isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
-        if key in t and bad:
-            names = {str: "a string", bool: "true or false", int: "an integer"}
-            self.fail((*path, key), f"must be {names[kind]}, not {_kind(value)}")
-        return value
-
-    def text(self, t: dict[str, Any], key: str, path: KeyPath, default: str = "") -> str:
-        value = self.typed(t, key, path, str, default)
-        if key in t and not value.strip() and key in ("name", "narrative", "definition"):
-            self.fail((*path, key), "must not be empty")
-        return value
-
-    def flag(self, t: dict[str, Any], key: str, path: KeyPath, default: bool = False) -> bool:
-        return self.typed(t, key, path, bool, default)
-
-    def choice(self, t: dict[str, Any], key: str, path: KeyPath, enum: type[E], default: E) -> E:
-        if key not in t:
-            return default
-        value = t[key]
-        members = _ENUM_VALUES.get(enum)
-        if members is None:
-            members = _ENUM_VALUES[enum] = {m.value: m for m in enum}
-        if isinstance(value, str) and value in members:
-            return members[value]  # type: ignore[return-value]
-        choices = list(members)
-        if not isinstance(value, str):
-            self.fail((*path, key), f"must be a string, one of: {', '.join(choices)}")
-        self.fail((*path, key), f"{value!r} is not valid" + _suggest(value, choices))
-
-    def when(self, t: dict[str, Any], key: str, path: KeyPath) -> datetime | None:
-        if key not in t:
-            return None
-        value = t[key]
-        example = "e.g. 2026-12-01T00:00:00Z"
-        if not isinstance(value, datetime):
-            self.fail((*path, key), f"must be a TOML date-time with a UTC offset ({example}), "
-                                    f"not {_kind(value)}")
-        if value.tzinfo is None:
-            self.fail((*path, key), f"has no UTC offset; add Z or +HH:MM ({example})")
-        return value
-
-    def strings(self, t: dict[str, Any], key: str, path: KeyPath) -> list[str]:
-        value = t.get(key, [])
-        if not isinstance(value, list):
-            self.fail((*path, key), f"must be an array of strings, not {_kind(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                self.fail((*path, key, i), f"must be a string, not {_kind(item)}")
-        return value
-
-    def unique(self, items: Sequence[str], path: KeyPath) -> None:
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            if item in seen:
-                self.fail((*path, i), f"{item!r} is listed twice", item)
-            seen.add(item)
-
-    # Values -----------------------------------------------------------------------------
-
-    def domain(self, text: str, path: KeyPath) -> str:
-        known = self._domains.get(text)
-        if known is not None:
-            return known
-        if is_normal_domain(text):  # what connectwiz writes: no IDNA work at 10k domains
-            self._domains[text] = text
-            return text
-        try:
-            result = normalize_domain(text)
-        except InvalidDomain as exc:
-            self.fail(path, f"{text!r} {exc.reason}", text)
-        self._domains[text] = result
-        return result
-
-    def domains(self, t: dict[str, Any], key: str, path: KeyPath) -> tuple[str, ...]:
-        items = self.strings(t, key, path)
-        result = [self.domain(d, (*path, key, i)) for i, d in enumerate(items)]
-        self.unique(result, (*path, key))
-        return tuple(result)
-
-    def address(self, text: str, path: KeyPath) -> str:
-        try:
-            return normalize_address(text)
-        except InvalidAddress as exc:
-            self.fail(path, f"{text!r} {exc.reason}", text)
-
-    def networks(self, t: dict[str, Any], key: str, path: KeyPath) -> tuple[IPNetwork, ...]:
-        result: list[IPNetwork] = []
-        for i, text in enumerate(self.strings(t, key, path)):
-            try:
-                result.append(parse_network(text))
-            except ValueError as exc:
-                self.fail((*path, key, i), str(exc), text)
-        self.unique([str(n) for n in result], (*path, key))
-        return tuple(result)
 
     def validation(self, t: dict[str, Any], path: KeyPath) -> LastValidation | None:
         if "last_validation" not in t:
@@ -330,7 +87,7 @@ class _Validator:
         raw_groups = t.get("address_groups", {})
         if not isinstance(raw_groups, dict):
             self.fail(groups_path,
-                      f"must be a table of name = [addresses], not {_kind(raw_groups)}")
+                      f"must be a table of name = [addresses], not {kind_of(raw_groups)}")
         groups: dict[str, tuple[str, ...]] = {}
         for name in raw_groups:
             members = self.strings(raw_groups, name, groups_path)
@@ -394,7 +151,7 @@ class _Validator:
         known = {a.lower(): a for a in self.directory.attributes}
         if name.lower() not in known:
             self.fail(p, f"attribute {name!r} is not in directory.attributes"
-                         + _suggest(name, list(known.values()) or ["(none listed)"]), text)
+                         + suggest(name, list(known.values()) or ["(none listed)"]), text)
         return f"{known[name.lower()]}={value}"
 
     def route(self, t: dict[str, Any], p: KeyPath) -> InboundRoute:
@@ -467,7 +224,7 @@ class _Validator:
                 # bundle does not define is a directory group (checked when it is read).
                 if name not in self.groups and self.directory is None:
                     self.fail((*lp, i), f"unknown address group {name!r}"
-                              + _suggest(name, list(self.groups) or ["(none defined)"]), name)
+                              + suggest(name, list(self.groups) or ["(none defined)"]), name)
         self.unique(items, lp)
         return Scope(applies, tuple(items), based_on)
 
@@ -491,7 +248,7 @@ class _Validator:
         name = self.text(t, "definition", p)
         if name not in definitions:
             self.fail((*p, "definition"), f"no [[delivery_definitions]] is named {name!r}"
-                      + _suggest(name, list(definitions) or ["(none defined)"]))
+                      + suggest(name, list(definitions) or ["(none defined)"]))
         return DeliveryPolicy(
             narrative=self.text(t, "narrative", p),
             definition=name,
@@ -552,238 +309,6 @@ class _Validator:
         return ClientCertificatePin(name, tuple(
             c.public_bytes(serialization.Encoding.DER) for c in certs))
 
-    # Secure Messaging (schema v2) ---------------------------------------------------------
-
-    def count(self, t: dict[str, Any], key: str, path: KeyPath, default: int | None,
-              minimum: int) -> int | None:
-        value = t.get(key, default)
-        if key in t and (isinstance(value, bool) or not isinstance(value, int)
-                         or value < minimum):
-            self.fail((*path, key), f"must be a whole number of days, at least {minimum}")
-        return value
-
-    def secure_settings(self, data: dict[str, Any]) -> SecureSettings:
-        p: KeyPath = ("secure_messaging",)
-        t = self.table(data.get("secure_messaging", {}), p, SECURE_SETTINGS_KEYS)
-        days = self.count(t, "max_retention_days", p, DEFAULT_RETENTION_DAYS, 1)
-        assert days is not None
-        tag = self.text(t, "subject_tag", p, DEFAULT_SUBJECT_TAG).strip()
-        if re.search(r"[\[\]:,\s]", tag):
-            self.fail((*p, "subject_tag"), "must be one word without brackets, ':' or ',' "
-                                           "(\"\" switches subject tags off)", tag)
-        return SecureSettings(max_retention_days=days, subject_tag=tag,
-                              tag_definition=self.text(t, "tag_definition", p,
-                                                       DEFAULT_TAG_DEFINITION),
-                              wording=self.wording(t, p))
-
-    def wording(self, t: dict[str, Any], p: KeyPath) -> Wording:
-        default = Wording()
-        found: dict[str, str] = {}
-        for key in WORDING_COLOUR_KEYS:
-            if key in t:
-                value = self.text(t, key, p).strip().lower()
-                if not re.fullmatch(r"#[0-9a-f]{3}|#[0-9a-f]{6}", value):
-                    self.fail((*p, key), "must be a colour like \"#1f5fbf\"", value)
-                found[key] = value
-        for key in WORDING_TEXT_KEYS:
-            if key in t:
-                field_name = "banner" if key == "default_banner" else key
-                value = self.text(t, key, p, getattr(default, field_name))
-                problem = problems(field_name, value)
-                if problem:
-                    self.fail((*p, key), problem, value)
-                found[field_name] = value
-        return Wording(**found)
-
-    def requesters(self, t: dict[str, Any], p: KeyPath) -> Requesters:
-        if "may_request" not in t:
-            return Requesters()
-        rp = (*p, "may_request")
-        r = self.table(t["may_request"], rp, REQUESTER_KEYS)
-        groups = self.strings(r, "groups", rp)
-        for i, name in enumerate(groups):
-            if name not in self.groups and self.directory is None:  # else the directory's
-                self.fail((*rp, "groups", i), f"unknown address group {name!r}"
-                          + _suggest(name, list(self.groups) or ["(none defined)"]), name)
-        domains = [self.domain(d, (*rp, "domains", i))
-                   for i, d in enumerate(self.strings(r, "domains", rp))]
-        addresses = [self.address(a, (*rp, "addresses", i))
-                     for i, a in enumerate(self.strings(r, "addresses", rp))]
-        who = Requesters(tuple(groups), tuple(domains), tuple(addresses))
-        if who.everyone:
-            self.fail(rp, "lists nobody; leave may_request out to let everyone request it")
-        return who
-
-    def secure_definition(self, t: dict[str, Any], p: KeyPath) -> SecureDefinition:
-        self.table(t, p, SECURE_DEFINITION_KEYS, ("name",))
-        name = self.text(t, "name", p)
-        if any(b.name == name for b in BUILTIN_DEFINITIONS):
-            self.fail((*p, "name"), f"{name!r} is a built-in definition; policies and triggers "
-                                    f"can use it as it is, or choose another name")
-        expiry: int | None = 30
-        if t.get("expiry_days") == "never":
-            expiry = None
-        elif isinstance(t.get("expiry_days"), str):
-            self.fail((*p, "expiry_days"), "must be a number of days or \"never\"")
-        else:
-            expiry = self.count(t, "expiry_days", p, 30, 1)
-        banner = t.get("banner")
-        if banner is not None and not isinstance(banner, str):
-            self.fail((*p, "banner"), f"must be a string (\"\" removes the banner), "
-                                      f"not {_kind(banner)}")
-        return SecureDefinition(
-            name=name,
-            description=self.text(t, "description", p),
-            allow_print=self.flag(t, "allow_print", p, True),
-            allow_reply=self.flag(t, "allow_reply", p, True),
-            allow_reply_all=self.flag(t, "allow_reply_all", p, False),
-            expiry_days=expiry,
-            max_extension_days=self.count(t, "max_extension_days", p, 0, 0) or 0,
-            read_receipt=self.flag(t, "read_receipt", p, False),
-            banner=banner,
-            requesters=self.requesters(t, p),
-            routing=self.choice(t, "routing", p, SecureRouting, SecureRouting.EXTERNAL),
-        )
-
-    def one_way(self, t: dict[str, Any], p: KeyPath) -> Validity:
-        validity = self.validity(t, p)
-        if validity.bidirectional:
-            self.fail((*p, "bidirectional"),
-                      "Secure Messaging is for mail from internal senders only; a secure "
-                      "policy or trigger cannot be Bi-Directional (remove the key)")
-        return validity
-
-    def secure_reference(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]) -> str:
-        name = self.text(t, "definition", p)
-        if name not in names:
-            self.fail((*p, "definition"), f"no secure definition is named {name!r}"
-                      + _suggest(name, list(names)))
-        return name
-
-    def secure_policy(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]) -> SecurePolicy:
-        self.table(t, p, SECURE_POLICY_KEYS, ("narrative",))
-        no_action = self.flag(t, "take_no_action", p)
-        if no_action == ("definition" in t):
-            self.fail(p, "give either definition = \"<secure definition>\" or "
-                         "take_no_action = true")
-        return SecurePolicy(
-            narrative=self.text(t, "narrative", p),
-            definition=None if no_action else self.secure_reference(t, p, names),
-            from_=self.scope(t, "from", p),
-            to=self.scope(t, "to", p),
-            validity=self.one_way(t, p),
-        )
-
-    # Content conditions (policy/content.py evaluates them) ------------------------------
-
-    def condition(self, c: object, p: KeyPath) -> SecureCondition:
-        t = self.table(c, p, CONDITION_KEYS)
-        kinds = [k for k in _CONDITION_MAIN if k in t]
-        if len(kinds) != 1:
-            self.fail(p, "a condition is one of: " + ", ".join(
-                f"{{ {k} = ... }}" for k in _CONDITION_MAIN) + " (header goes with equals)")
-        kind = kinds[0]
-        if (kind == "header") != ("equals" in t):
-            self.fail(p, "'header' and 'equals' go together")
-        for key in ("in", "threshold"):
-            if key in t and kind != "dictionary":
-                self.fail((*p, key), "only a dictionary condition takes it")
-        if "whole_word" in t and not (kind.endswith("_contains") or kind == "dictionary"):
-            self.fail((*p, "whole_word"), "only *_contains and dictionary conditions take it")
-        case = self.flag(t, "case_sensitive", p)
-        if kind == "dictionary":
-            return self.dictionary(t, p, case)
-        value = self.typed(t, "equals" if kind == "header" else kind, p, str, "")
-        if not value.strip():
-            self.fail((*p, kind), "must not be empty")
-        if kind == "header":
-            header = self.typed(t, "header", p, str, "").strip()
-            if not header or any(ch.isspace() or ch == ":" for ch in header):
-                self.fail((*p, "header"), f"{header!r} is not a header name")
-            return SecureCondition(ConditionField.HEADER, value, header)
-        if kind.startswith("attachment_"):
-            return SecureCondition(ConditionField(kind), value, case_sensitive=case)
-        field = ConditionField(kind.partition("_")[0])
-        if kind.endswith("_matches"):
-            try:
-                compile_pattern(value, case)
-            except InvalidPattern as exc:
-                self.fail((*p, kind), str(exc), value)
-            return SecureCondition(field, value, kind=ConditionKind.MATCHES, case_sensitive=case)
-        return SecureCondition(field, value, whole_word=self.flag(t, "whole_word", p),
-                               case_sensitive=case)
-
-    def dictionary(self, t: dict[str, Any], p: KeyPath, case: bool) -> SecureCondition:
-        terms = [" ".join(term.split()) for term in self.strings(t, "dictionary", p)]
-        if not terms or not all(terms):
-            self.fail((*p, "dictionary"), "must be a non-empty list of non-empty terms")
-        self.unique(terms if case else [term.casefold() for term in terms], (*p, "dictionary"))
-        threshold = self.typed(t, "threshold", p, int, 1)
-        if threshold < 1:
-            self.fail((*p, "threshold"), "must be a whole number of at least 1", threshold)
-        where = self.typed(t, "in", p, str, "body")
-        if where not in ("subject", "body"):
-            self.fail((*p, "in"), 'must be "subject" or "body"', where)
-        return SecureCondition(ConditionField(where), "", kind=ConditionKind.DICTIONARY,
-                               whole_word=self.flag(t, "whole_word", p, True),
-                               case_sensitive=case, terms=tuple(terms), threshold=threshold)
-
-    def secure_trigger(self, t: dict[str, Any], p: KeyPath, names: Sequence[str]
-                       ) -> SecureTrigger:
-        self.table(t, p, SECURE_TRIGGER_KEYS, ("narrative", "definition", "conditions"))
-        raw = t["conditions"]
-        cp = (*p, "conditions")
-        if not isinstance(raw, list) or not raw:
-            self.fail(cp, "must be a non-empty array of conditions")
-        return SecureTrigger(
-            narrative=self.text(t, "narrative", p),
-            definition=self.secure_reference(t, p, names),
-            conditions=tuple(self.condition(c, (*cp, i)) for i, c in enumerate(raw)),
-            match=self.choice(t, "match", p, TriggerMatch, TriggerMatch.ANY),
-            from_=self.scope(t, "from", p),
-            to=self.scope(t, "to", p),
-            validity=self.one_way(t, p),
-        )
-
-    def secure_bypass(self, t: dict[str, Any], p: KeyPath) -> SecureBypass:
-        self.table(t, p, SECURE_BYPASS_KEYS, ("narrative",))
-        return SecureBypass(
-            narrative=self.text(t, "narrative", p),
-            option=self.choice(t, "option", p, BypassOption, BypassOption.DISABLE),
-            from_=self.scope(t, "from", p),
-            to=self.scope(t, "to", p),
-            validity=self.validity(t, p),
-        )
-
-    def secure(self, data: dict[str, Any]) -> dict[str, Any]:
-        """The PolicyModel fields of the Secure Messaging sections."""
-        definitions: list[SecureDefinition] = []
-        names = [b.name for b in BUILTIN_DEFINITIONS]
-        for i, t in enumerate(self.tables(data, "secure_definitions")):
-            d = self.secure_definition(t, ("secure_definitions", i))
-            if d.name in names:
-                self.fail(("secure_definitions", i, "name"),
-                          f"secure definition name {d.name!r} is used twice")
-            names.append(d.name)
-            definitions.append(d)
-        settings = self.secure_settings(data)
-        if settings.tag_definition not in names:
-            self.fail(("secure_messaging", "tag_definition"),
-                      f"no secure definition is named {settings.tag_definition!r}"
-                      + _suggest(settings.tag_definition, names))
-        return {
-            "secure_settings": settings,
-            "secure_definitions": tuple(definitions),
-            "secure_policies": tuple(
-                self.secure_policy(t, ("secure_policies", i), names)
-                for i, t in enumerate(self.tables(data, "secure_policies"))),
-            "secure_triggers": tuple(
-                self.secure_trigger(t, ("secure_triggers", i), names)
-                for i, t in enumerate(self.tables(data, "secure_triggers"))),
-            "secure_bypass": tuple(
-                self.secure_bypass(t, ("secure_bypass", i))
-                for i, t in enumerate(self.tables(data, "secure_bypass"))),
-        }
 
     # The whole document -----------------------------------------------------------------
 
@@ -847,7 +372,7 @@ class _Validator:
                           f"'schema_version = {SCHEMA_VERSION}'")
         version = data["schema_version"]
         if isinstance(version, bool) or not isinstance(version, int):
-            self.fail(("schema_version",), f"must be an integer, not {_kind(version)}")
+            self.fail(("schema_version",), f"must be an integer, not {kind_of(version)}")
         if version > LATEST_SCHEMA_VERSION:
             self.fail(("schema_version",),
                       f"version {version} was written by a newer connectwiz; this one reads "

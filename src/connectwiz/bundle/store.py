@@ -31,12 +31,8 @@ from connectwiz.bundle.data import (
 )
 from connectwiz.bundle.errors import BundleError
 from connectwiz.bundle.locate import toml_error
-from connectwiz.bundle.schema import (
-    build_model,
-    check_port,
-    normalize_host,
-    parse_network,
-)
+from connectwiz.bundle.reader import check_port, normalize_host, parse_network
+from connectwiz.bundle.schema import build_model
 from connectwiz.bundle.split import Document, SplitDocument, split_document
 from connectwiz.errors import UserError
 from connectwiz.policy.domains import InvalidDomain, normalize_domain

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 DEMO_INTERNAL_DOMAIN = "corp.example"
 DEMO_NETWORK = "10.0.0.0/8"
 DEMO_HINT = (
-    "Demo: a local lab answers for you. Add some lab domains to see each verdict: "
+    "Demo: a local lab answers for you. Add lab domains to see each verdict: "
     "trusted.example, selfsigned.example, expired.example, nostarttls.example, "
     "nullmx.example, mixed.example."
 )
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     labs: list[LabHandle] = []
     started, finished = threading.Event(), threading.Event()
-    with tempfile.TemporaryDirectory(prefix="connectwiz-demo-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="connectwiz-") as scratch:
         path = kept or Path(scratch) / "bundle.toml"
 
         def prepare() -> WizardState:

@@ -16,7 +16,7 @@ from connectwiz.errors import UserError
 from connectwiz.policy.model import PolicyModel
 from connectwiz.probe.options import NetworkOptions, options_from, parse_host_port
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import load_secure_key
+from connectwiz.relay.held import load_secure_key
 from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool

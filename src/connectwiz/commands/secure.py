@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from connectwiz.errors import UserError
-from connectwiz.relay.msglog import read_record
-from connectwiz.relay.secure import (
+from connectwiz.relay.held import (
     HeldStore,
     extend_held,
     held_status,
     revoke_held,
     unlock_recipients,
 )
+from connectwiz.relay.msglog import read_record
 from connectwiz.relay.spool import Spool, default_spool
 
 

@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(nameserver=args.nameserver, smtp_port=args.smtp_port,
                            ca_file=args.ca_file, timeout=args.timeout,
                            greeting_timeout=args.greeting_timeout,
-                           concurrency=args.concurrency, https_port=args.https_port)
+                           concurrency=args.concurrency, https_port=args.https_port,
+                           dnssec_resolver=args.dnssec_resolver)
     path = resolve_bundle_path(args.bundle)
 
     from connectwiz.tui import make_app  # Textual loads in ~0.3 s: not before it is needed

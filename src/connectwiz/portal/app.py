@@ -46,7 +46,7 @@ from connectwiz.portal.security import (
 )
 from connectwiz.portal.sender import SenderPages
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.secure import HeldStore, find_recipient, held_status
+from connectwiz.relay.held import HeldStore, find_recipient, held_status
 from connectwiz.relay.spool import Spool
 
 CSRF_NONCE = web.RequestKey("csrf_nonce", str)

@@ -5,7 +5,7 @@ requests, or the portal and the relay, never lose each other's change. Per recip
 
 - ``wrong_codes``: wrong codes entered over the link's lifetime. Every ``attempts`` of them
   burn a code; ``lock_after`` burnt codes lock the link (``locked_at``) until an admin runs
-  ``connectwiz secure unlock`` or ``extend`` (``relay.secure.unlock_recipients``);
+  ``connectwiz secure unlock`` or ``extend`` (``relay.held.unlock_recipients``);
 - ``code_wait_until``: after a burnt code, no new code before then (backing off: the wait
   doubles with every burnt code);
 - ``replies``: when this recipient's replies were sent (ISO times), for the hourly limit;

@@ -4,7 +4,7 @@ see one's secure messages (recipients, read status, expiry), extend and revoke t
 A mixin of ``app.Portal``, like ``reader``. Who may sign in: an address that is the sender
 of at least one held message (only internal senders' mail is ever held). The answer to "send
 me a code" is the same whether or not a code was sent, so the page tells nobody which
-addresses send secure mail. Extending and revoking are ``relay.secure``'s, the same rules as
+addresses send secure mail. Extending and revoking are ``relay.held``'s, the same rules as
 ``connectwiz secure extend|revoke``; the limit is the definition's, never the sender's.
 """
 
@@ -26,7 +26,7 @@ from aiohttp import web
 from connectwiz.errors import UserError
 from connectwiz.portal.mailer import RelayUnavailable, sign_in_code_mail, submit
 from connectwiz.portal.security import CodeResult, mask_address
-from connectwiz.relay.secure import extend_held, held_status, revoke_held
+from connectwiz.relay.held import extend_held, held_status, revoke_held
 
 if TYPE_CHECKING:
     from connectwiz.portal.app import Portal

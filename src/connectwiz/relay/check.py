@@ -22,8 +22,8 @@ from connectwiz.bundle import Bundle
 from connectwiz.bundle.paths import resolve_bundle_path
 from connectwiz.errors import UserError
 from connectwiz.probe.options import options_from, parse_host_port
+from connectwiz.relay.held import default_key_path, load_secure_key
 from connectwiz.relay.receipt import server_context
-from connectwiz.relay.secure import default_key_path, load_secure_key
 from connectwiz.relay.spool import default_spool
 
 CAP_NET_BIND_SERVICE = 10

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -11,7 +11,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.worker import WorkerState
+from textual.worker import Worker, WorkerState
 
 from connectwiz.bundle import Bundle
 from connectwiz.errors import UserError
@@ -100,6 +100,24 @@ class WizardApp(App[None]):
             self.notify(f"Validation failed: {detail}", severity="error", timeout=10)
         elif message.state is WorkerState.CANCELLED:
             self.notify("Validation cancelled", severity="warning")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # A failed look-up is reported, never a crash; the verdicts shown stay as they are.
+        if event.worker.group == "decide" and event.state is WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(f"Could not tell who decides TLS: {error or type(error).__name__}",
+                        severity="warning", timeout=10)
+
+    @work(group="decide", exit_on_error=False)
+    async def decide(self, recipients: Mapping[str, str]) -> None:
+        """Find who decides TLS for these domains (recipient address by domain), off the
+        screen's way; each answer is kept in the state and announced to the screen on top."""
+        from connectwiz.tui.deciding import TlsDecided, decide
+
+        async for domain, view in decide(self.state, recipients):
+            if self.state.domain(domain) is not None:  # not removed meanwhile
+                self.state.decisions[domain] = view
+                self.screen.post_message(TlsDecided(domain))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         """The palette lists what the current step can do, alongside Textual's own commands.

@@ -92,6 +92,15 @@ class ProbeRunner(Screen):
         from connectwiz.probe.batch import validate_targets  # heavy: loaded on first use
 
         await validate_targets(list(targets.values()), options, email=emails, progress=progress)
+        # Then who decides TLS for the domains (bundle, MTA-STS, DANE): the App's worker, so
+        # the answer outlives a dialog closed meanwhile.
+        recipients: dict[str, str] = {}
+        for key, target in targets.items():
+            if target.kind == "domain":
+                address = emails.get(target) if isinstance(emails, Mapping) else emails
+                recipients[str(key)] = address or f"postmaster@{target.name}"
+        if recipients:
+            self.app.decide(recipients)  # type: ignore[attr-defined]
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         # Worker.StateChanged does not bubble; ProbeFinished does, up to the App.

@@ -28,6 +28,7 @@ from connectwiz.probe.options import NetworkOptions
 
 if TYPE_CHECKING:
     from connectwiz.probe.results import TargetResult
+    from connectwiz.relay.published import PublishedView
 
 Clock = Callable[[], datetime]
 RouteKey = tuple[str, int]
@@ -106,6 +107,8 @@ class WizardState:
     domain_results: dict[str, TargetResult] = field(default_factory=dict)
     route_email: str = ""
     domain_emails: dict[str, str] = field(default_factory=dict)
+    # Who decides TLS per domain (tui.deciding), looked up after this session's validations.
+    decisions: dict[str, PublishedView] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.loaded = self.bundle.model
@@ -177,6 +180,7 @@ class WizardState:
         self.bundle.remove_domains([name])
         self.domain_results.pop(name, None)
         self.domain_emails.pop(name, None)
+        self.decisions.pop(name, None)
 
     def set_domain_mode(self, name: str, mode: EncryptionMode) -> None:
         self.bundle.set_domain_mode(name, mode)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Collapsible, Label, Static
 
-from connectwiz.policy.model import EncryptionMode, ValidationStatus
+from connectwiz.policy.model import ValidationStatus
 from connectwiz.probe import Target
 from connectwiz.probe.results import TargetResult
 from connectwiz.tui.components.dialogs import Dialog
+from connectwiz.tui.deciding import TlsDecided, decided_by
 from connectwiz.tui.editors import Input
 from connectwiz.tui.labels import TESTING, domain_verdict, result_details
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
@@ -100,6 +102,11 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
             self.query_one("#verdict", Static).update("")
         self.refresh_bindings()
 
+    def on_tls_decided(self, message: TlsDecided) -> None:
+        result = self.state.domain_results.get(self.domain)
+        if message.domain == self.domain and result is not None and not self.probing:
+            self._show(result)
+
     def _show(self, result: TargetResult) -> None:
         status = ValidationStatus(result.status)
         verdict = domain_verdict(status, result.reason)
@@ -109,11 +116,10 @@ class DomainValidateDialog(ProbeRunner, Dialog[None]):
                            "on the list to enforce Relaxed.", style="yellow")
         if result.mta_sts is not None and result.mta_sts.warning:  # loud, not only in More
             verdict.append(f"\n⚠ {result.mta_sts.warning}", style="bold yellow")
-        if (domain is not None and domain.encryption_mode is EncryptionMode.RELAXED
-                and result.mta_sts is not None and result.mta_sts.mode == "enforce"):
-            # The bundle decides TLS for its domains (docs/relay.md, "Published policies").
-            verdict.append("\nYour Enforced Relaxed policy wins over its MTA-STS enforce: the "
-                           "relay accepts certificates that policy refuses.", style="yellow")
+        view = self.state.decisions.get(self.domain)
+        if view is not None:
+            # Not appended to the verdict: it would take on the verdict's colour.
+            verdict = Text.assemble(verdict, "\n", decided_by(view))
         self.query_one("#verdict", Static).update(verdict)
         more = self.query_one("#more", Collapsible)
         self.query_one("#details", Static).update(result_details(result))

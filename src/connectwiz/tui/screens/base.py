@@ -26,6 +26,12 @@ class WizardScreen(Screen[None]):
         spool = self.app.spool or default_spool()  # type: ignore[attr-defined]
         self.app.push_screen(MailFlowScreen(spool, focus))
 
+    def redecide(self, name: str) -> None:
+        """The bundle's policy for ``name`` changed: who decides its TLS is looked up again
+        (when it was known: only real validations look it up)."""
+        if self.state.decisions.pop(name, None) is not None:
+            self.app.decide({name: self.state.email_for(name)})  # type: ignore[attr-defined]
+
     def on_screen_resume(self) -> None:
         # Sent when the screen is first shown and whenever a dialog or a later step closes
         # (they edit the state): one place to draw the state as it is now.

@@ -24,6 +24,7 @@ from connectwiz.probe import Target
 from connectwiz.tui.components.dialogs import ConfirmDialog
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
+from connectwiz.tui.deciding import TlsDecided, decided_by
 from connectwiz.tui.labels import MUTED, TESTING, domain_verdict, mode_label, shown_domain, when
 from connectwiz.tui.list_table import Cells, ListTable, sync_rows, update_row
 from connectwiz.tui.probing import ProbeFinished, ProbeRunner, TargetValidated
@@ -153,6 +154,9 @@ class DomainsScreen(ProbeRunner, WizardScreen):
                 elif NULL_MX in reason:
                     text.append(f"\nIt accepts no mail: remove it ({key_of(self, 'remove')}).",
                                 style="yellow")
+            view = self.state.decisions.get(domain.domain)
+            if view is not None:
+                text.append("\n").append_text(decided_by(view))
         self.query_one("#detail", Static).update(text)
         # Redrawing the footer on every cursor move is what scrolling would pay for; only the
         # Relaxed/Strict keys depend on the highlighted row.
@@ -217,6 +221,7 @@ class DomainsScreen(ProbeRunner, WizardScreen):
         domain = self.selected()
         if domain is not None:
             self.state.set_domain_mode(domain.domain, EncryptionMode(mode))
+            self.redecide(domain.domain)
             self.redraw()
 
     def action_mail_flow(self) -> None:
@@ -238,6 +243,11 @@ class DomainsScreen(ProbeRunner, WizardScreen):
 
     def on_probe_finished(self, message: ProbeFinished) -> None:
         self.redraw()
+
+    def on_tls_decided(self, message: TlsDecided) -> None:
+        domain = self.selected()
+        if domain is not None and domain.domain == message.domain:
+            self._update_detail()
 
     def action_finish(self) -> None:
         risks = self.state.risks()

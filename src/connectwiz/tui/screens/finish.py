@@ -31,11 +31,14 @@ class FinishScreen(WizardScreen):
         yield Header()
         yield Static("Step 3 of 3 · Summary", classes="step-title")
         with VerticalScroll(id="summary"):
+            # First: where it went (and, for the demo, that it will be gone) stays in view
+            # when a long summary scrolls at 80x24.
+            yield Static(id="saved")
             yield Static(id="policies")
             yield Listing(id="warnings")
+            yield Listing(id="published")
             yield Listing(id="routes", aligned=True)
             yield Listing(id="changes")
-            yield Static(id="saved")
         yield Footer(compact=True)
 
     def redraw(self) -> None:
@@ -88,6 +91,12 @@ class FinishScreen(WizardScreen):
                 ("Strict, but only Relaxed passes", risks.too_strict),
             ) if items])
         warnings.display = not risks.empty
+        # Where the bundle wins over a partner's MTA-STS enforce (tui.deciding, as explain).
+        weakened = [("⚠", w) for v in self.state.decisions.values() for w in v.warnings()]
+        published = self.query_one("#published", Listing)
+        published.show(Text("Published MTA-STS enforce, overridden by the bundle",
+                            style="bold yellow"), weakened)
+        published.display = bool(weakened)
 
     def action_edit(self) -> None:
         self.app.pop_screen()

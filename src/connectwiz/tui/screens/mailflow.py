@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from connectwiz.errors import UserError
 from connectwiz.policy.model import EncryptionMode
 from connectwiz.relay.mailflow import DomainFlow, FlowScanner
+from connectwiz.tui.deciding import TlsDecided, decided_by
 from connectwiz.tui.labels import MUTED, mode_label, pretty_path, shown_domain
 from connectwiz.tui.list_table import Cells, ListTable, sync_rows
 from connectwiz.tui.screens.base import WizardScreen
@@ -163,6 +164,9 @@ class MailFlowScreen(WizardScreen):
             text.append(": not in the bundle (the relay's default delivery policy)", style=MUTED)
         else:
             text.append(f": Enforced TLS, {mode_label(domain.encryption_mode)}")
+            view = self.state.decisions.get(flow.domain)
+            if view is not None:  # known once validated (v) in this session
+                text.append("\n").append_text(decided_by(view))
         if flow.last_failure:
             text.append(f"\nLast TLS failure {flow.last_failure_at[:16].replace('T', ' ')}: ")
             text.append(flow.last_failure, style="yellow")
@@ -175,6 +179,15 @@ class MailFlowScreen(WizardScreen):
                         f"{item.attempts} tries  {item.reason}")
                 text.append("\n" + _one_line(line), style="yellow")
         return text
+
+    def redraw(self) -> None:
+        # Back from a dialog (validate, the Finish warning): the state may say more now.
+        self._update_detail()
+
+    def on_tls_decided(self, message: TlsDecided) -> None:
+        flow = self.selected()
+        if flow is not None and flow.domain == message.domain:
+            self._update_detail()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         flow = self.selected()
@@ -211,6 +224,7 @@ class MailFlowScreen(WizardScreen):
             return
         name = domain.domain
         self.state.set_domain_mode(name, EncryptionMode.RELAXED)
+        self.redecide(name)
         risks = self.state.risks()
 
         def done(anyway: bool | None) -> None:
@@ -218,6 +232,7 @@ class MailFlowScreen(WizardScreen):
                 self._save(name)
             else:
                 self.state.set_domain_mode(name, EncryptionMode.STRICT)
+                self.redecide(name)
                 self._update_detail()
 
         if risks.empty:

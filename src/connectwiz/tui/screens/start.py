@@ -57,7 +57,8 @@ class StartScreen(WizardScreen):
         exists = state.path.exists()
         bundle = Text.assemble(("Bundle  ", "bold"), pretty_path(state.path))
         if state.scratch:
-            bundle.append("  (scratch: deleted when the demo ends)", style=MUTED)
+            # Short enough for the demo's /tmp/connectwiz-XXXXXXXX/bundle.toml at 80 columns.
+            bundle.append("  (scratch: deleted on exit)", style=MUTED)
         elif not exists:
             bundle.append("  (new: nothing is written until Finish)", style=MUTED)
         self.query_one("#bundle", Static).update(bundle)
@@ -84,10 +85,11 @@ class StartScreen(WizardScreen):
              for r in routes[:_SHOWN_ROUTES]], tail)
 
         counts = Counter(state.domain_status(d) for d in model.external_domains)
+        # Short labels: all five fit one line at 80 columns.
         parts = [f"{counts[s]} {label}" for s, label in (
             (ValidationStatus.STRICT, "strict"), (ValidationStatus.RELAXED, "relaxed"),
-            (ValidationStatus.UNSUPPORTED, "not supporting TLS"),
-            (ValidationStatus.ERROR, "failed validation"), (None, "not validated"),
+            (ValidationStatus.UNSUPPORTED, "no TLS"),
+            (ValidationStatus.ERROR, "validation failed"), (None, "not validated"),
         ) if counts[s]]
         domains = Text.assemble(("External domains", "bold"),
                                 f" ({len(model.external_domains)})")
@@ -96,11 +98,13 @@ class StartScreen(WizardScreen):
         self.query_one("#domains", Static).update(domains)
 
         n = policy_counts(model)
+        # Two lines that do not wrap at 80 columns: the counts on the heading's line.
         self.query_one("#policies", Static).update(Text.assemble(
-            ("Policies", "bold"), ("  (edit with: connectwiz policies)", MUTED), "\n",
+            ("Policies", "bold"),
             f"  {n['delivery']} delivery, {n['receipt']} receipt, {n['secure']} secure, "
-            f"{n['bypass']} bypass; definitions: {n['definition']} delivery, "
-            f"{n['secure-definition']} secure",
+            f"{n['bypass']} bypass\n",
+            f"  definitions: {n['definition']} delivery, {n['secure-definition']} secure",
+            ("  (edit with: connectwiz policies)", MUTED),
         ))
 
         hint = self.query_one("#hint", Static)
