@@ -1,4 +1,5 @@
-"""The durable queue. Every method does blocking file I/O: call it from the spool executor.
+"""The durable queue. Every method does blocking file I/O: call it from the spool executor
+(``Spool.mark_delivered`` alone is made for the event loop: no fsync, a few syscalls).
 
 Layout of a spool directory::
 
