@@ -73,6 +73,31 @@ def test_recover_prefers_the_later_state_when_a_crash_left_two(spool: Spool) -> 
     assert not (spool.root / "active" / "D4.json").exists()
 
 
+def test_recipients_marked_delivered_are_not_delivered_again_after_a_kill(spool: Spool) -> None:
+    """What ``mark_delivered`` leaves without any fsync (what a kill -9 keeps) is what the
+    next start delivers: the recipients still pending, or nothing once the message is
+    settled."""
+    e = _entry("E5")
+    spool.accept(e, b"x\r\n")
+    claimed = spool.claim("E5")
+    assert claimed is not None
+    entry = claimed[0]
+    entry.recipients[0].status = "delivered"
+    assert spool.mark_delivered(entry) is False  # one recipient left: the state file says so
+    [ready] = Spool(spool.root).recover().ready
+    assert [(r.address, r.status) for r in ready.recipients] == [
+        ("b@trusted.example", "delivered"), ("c@x.example", "pending")]
+    claimed = spool.claim("E5")
+    assert claimed is not None
+    entry = claimed[0]
+    entry.recipients[1].status = "delivered"
+    assert spool.mark_delivered(entry) is True  # settled: the queue file is gone
+    assert not spool.queue_path("E5").exists()
+    found = Spool(spool.root).recover()
+    assert found.ready == [] and found.deferred == []
+    assert spool.counts() == {"incoming": 0, "active": 0, "deferred": 0}
+
+
 def test_recover_removes_unacknowledged_files_and_leftover_state(spool: Spool) -> None:
     (spool.root / "tmp" / "ORPHAN.msg").write_bytes(b"CWZQ1 000000000000\nnever committed")
     (spool.root / "active" / "GONE.json").write_bytes(_entry("GONE").to_json())  # finished

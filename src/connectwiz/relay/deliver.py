@@ -58,6 +58,9 @@ from connectwiz.relay.spool import QueueEntry, Recipient
 
 # -- a whole queue entry ----------------------------------------------------------------------
 
+# Called with each attempt as it ends and the recipients it delivered.
+AttemptHook = Callable[[Attempt, list[Recipient]], None]
+
 
 @dataclass(slots=True)
 class Group:
@@ -210,9 +213,14 @@ class Deliverer:
         return found
 
     async def deliver_group(self, entry: QueueEntry, body: bytes, group: Group,
-                            model: PolicyModel) -> list[Attempt]:
+                            model: PolicyModel, on_attempt: AttemptHook | None = None
+                            ) -> list[Attempt]:
         """Try the group's hosts until every recipient has a final answer or hosts run out.
-        Updates the recipients' status and detail; returns the attempts made."""
+        Updates the recipients' status and detail; returns the attempts made.
+
+        ``on_attempt(attempt, delivered)`` is called as soon as each attempt ends, with the
+        recipients it delivered, before anything else can run: the caller records a
+        remote's 250 while the next hop is the only one that has seen it."""
         attempts: list[Attempt] = []
         try:
             targets = await self.targets(group, model)
@@ -245,13 +253,15 @@ class Deliverer:
                                          self.options.greeting_timeout, trust, self.sessions)
             if att.retry_plain:
                 attempts.append(att)
+                if on_attempt is not None:
+                    on_attempt(att, [])
                 plain = DeliveryDefinition(definition.name, DeliveryOption.NONE)
                 att = await attempt_host(target, plain, None, entry.mail_from,
                                          [r.address for r in todo], body, self.helo,
                                          self.options.timeout, self.options.greeting_timeout)
                 att.definition, att.option = definition.name, str(definition.option)
             attempts.append(att)
-            still = []
+            still, delivered = [], []
             for rcpt in todo:
                 outcome = rcpt_outcome(att, rcpt.address)
                 detail = att.rcpt_replies.get(rcpt.address) or att.error or att.reply
@@ -259,10 +269,13 @@ class Deliverer:
                 rcpt.detail = f"{where}: {detail}"
                 if outcome == "delivered":
                     rcpt.status = "delivered"
+                    delivered.append(rcpt)
                 elif outcome == "permanent":
                     rcpt.status = "failed"
                 else:
                     still.append(rcpt)
+            if on_attempt is not None:
+                on_attempt(att, delivered)
             todo = still
         return attempts
 

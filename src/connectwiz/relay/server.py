@@ -26,6 +26,7 @@ from connectwiz.policy.model import PolicyModel
 from connectwiz.policy.secure import SecureIndex
 from connectwiz.policy.select import PolicyIndex
 from connectwiz.probe.options import NetworkOptions
+from connectwiz.relay.attempt import Attempt
 from connectwiz.relay.clientcert import pinned_certificates
 from connectwiz.relay.control import ControlServer
 from connectwiz.relay.deliver import Deliverer, group_recipients
@@ -474,11 +475,11 @@ class Relay:
                 await self._hold(entry, bodies[""], plan)
         groups = group_recipients(entry, model, index, plan.variant if plan else None)
         for group in groups:
+            record = functools.partial(self._record_attempt, entry, group.policy)
             async with self._destinations.slot((group.kind, group.domain)):
                 attempts = await self.deliverer.deliver_group(entry, bodies[group.variant],
-                                                              group, model)
-            if await self._io(self._record_group, entry, group.policy, attempts,
-                              group.recipients):
+                                                              group, model, record)
+            if await self._io(self._sync_group, entry, attempts, group.recipients):
                 self.log("done", id=entry.id, attempts=entry.attempts)
                 return
         now = time.time()
@@ -521,39 +522,43 @@ class Relay:
         self.msglog.append(msg_id, "quarantined", reason=why, folder=folder, files=moved)
         self.log("quarantined", id=msg_id, reason=why, folder=folder)
 
-    def _record_group(self, entry: QueueEntry, policy: str, attempts: list[Any],
-                      recipients: list[Recipient]) -> bool:
-        """Record one destination's attempts; True when that finished the message.
+    def _record_attempt(self, entry: QueueEntry, policy: str, att: Attempt,
+                        delivered: list[Recipient]) -> None:
+        """Record one attempt the moment it ends, on the event loop: a kill -9 repeats a
+        delivery only when it lands between the end of the message and this.
 
-        A remote 250 is made durable first (the queue state), the log after it: a kill in
-        between then costs a log line that the kernel still writes, not a second delivery
-        (the window for duplicates is one state fsync, not a log fsync too)."""
-        records: list[dict[str, Any]] = []
-        for att in attempts:
-            records.append({"event": "attempt", "policy": policy, **att.as_record()})
-            self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
-                     definition=att.definition, tls=att.tls_version or "none",
-                     cipher=att.tls_cipher, verified=att.certificate_verified,
-                     reused=att.reused_connection or None,  # shown only when reused
-                     outcome=att.outcome, reply=att.error or att.reply,
-                     elapsed_s=att.elapsed_s)
-        done = [r.address for r in recipients if r.status == "delivered"]
-        if done:
-            records.append({"event": "delivered", "recipients": done})
-        if records:
-            self.msglog.append_many(entry.id, records, durable=False)
-        finished = False
-        if done:
-            if not entry.pending() and not entry.failed():
-                self.spool.finish(entry.id)
-                finished = True
-            else:
-                self.spool.update_active(entry)
-        if records:
+        Deliberately blocking I/O on the loop, and no fsync: a few small writes, an unlink
+        or a rename into the page cache, which survive the process being killed. Any
+        await (the spool executor queues behind other messages' fsyncs) would leave the
+        remote's 250 in memory only for milliseconds; ``_sync_group`` then makes it
+        survive a power loss. The log line comes first: a kill between the two repeats
+        the delivery with the log saying so, never settles a message the log still
+        calls queued."""
+        records = [{"event": "attempt", "policy": policy, **att.as_record()}]
+        if delivered:
+            records.append({"event": "delivered", "recipients": [r.address for r in delivered]})
+        self.msglog.append_many(entry.id, records, durable=False)
+        if delivered:
+            self.spool.mark_delivered(entry)
+        self.log("attempt", id=entry.id, host=att.host, ip=att.address, port=att.port,
+                 definition=att.definition, tls=att.tls_version or "none",
+                 cipher=att.tls_cipher, verified=att.certificate_verified,
+                 reused=att.reused_connection or None,  # shown only when reused
+                 outcome=att.outcome, reply=att.error or att.reply, elapsed_s=att.elapsed_s)
+
+    def _sync_group(self, entry: QueueEntry, attempts: list[Attempt],
+                    recipients: list[Recipient]) -> bool:
+        """Make one destination's recorded attempts durable (fsync); True when that
+        finished the message."""
+        settled = False
+        if any(r.status == "delivered" for r in recipients):
+            settled = entry.settled()
+            self.spool.sync_delivered(entry.id, settled)
+        if attempts:
             self.msglog.sync(entry.id)
         if not self.worker.shared:
             self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
-        return finished
+        return settled
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
         self.msglog.append(entry.id, "deferred", recipients=[r.address for r in pending],

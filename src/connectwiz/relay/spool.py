@@ -1,4 +1,5 @@
-"""The durable queue. Every method does blocking file I/O: call it from the spool executor.
+"""The durable queue. Every method does blocking file I/O: call it from the spool executor
+(``Spool.mark_delivered`` alone is made for the event loop: no fsync, a few syscalls).
 
 Layout of a spool directory::
 
@@ -68,6 +69,10 @@ class QueueEntry:
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.status == "pending"]
+
+    def settled(self) -> bool:
+        """Every recipient delivered or bounced: nothing left to do with the message."""
+        return not self.pending() and not self.failed()
 
     def failed(self) -> list[Recipient]:
         return [r for r in self.recipients if r.status == "failed"]
@@ -359,6 +364,33 @@ class Spool:
         """Record progress (e.g. recipients delivered) so a crash does not repeat it."""
         self.write_atomic(self._entry_path("active", entry.id), entry.to_json())
 
+    def mark_delivered(self, entry: QueueEntry) -> bool:
+        """Record at once that recipients were delivered: the queue file goes when that
+        settles the message (True), else the state file is replaced. No fsync, so it is
+        cheap enough for the event loop the moment the remote's 250 is read, and what it
+        does survives the process being killed (the kernel has it). ``sync_delivered``
+        makes it survive a power loss; until then one could bring the message back, to
+        be delivered again (never lost)."""
+        if entry.settled():
+            self.queue_path(entry.id).unlink()
+            return True
+        self.write_atomic(self._entry_path("active", entry.id), entry.to_json(),
+                          durable=False)
+        return False
+
+    def sync_delivered(self, msg_id: str, settled: bool) -> None:
+        """fsync what ``mark_delivered`` did (``settled``: what it returned)."""
+        if settled:
+            self._sync_finished(msg_id)
+            return
+        path = self._entry_path("active", msg_id)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path.parent)
+
     def defer(self, entry: QueueEntry) -> None:
         self.write_atomic(self._entry_path("deferred", entry.id), entry.to_json())
         self._entry_path("active", entry.id).unlink()
@@ -367,7 +399,11 @@ class Spool:
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
         self.queue_path(msg_id).unlink()
-        self.queue_sync.sync()  # else a crash could deliver the message again
+        self._sync_finished(msg_id)
+
+    def _sync_finished(self, msg_id: str) -> None:
+        """After the queue file's unlink: make it durable, then drop the state file."""
+        self.queue_sync.sync()  # else a power loss could bring the message back
         # Not fsync'd: a state file that reappears after a crash has no queue file; recover
         # removes it.
         self._entry_path("active", msg_id).unlink(missing_ok=True)
