@@ -46,7 +46,13 @@ from connectwiz.relay.spool import (
     new_message_id,
 )
 from connectwiz.relay.tlscert import ensure_self_signed
-from connectwiz.relay.tlsrpt import TlsRptRecorder, TlsRptSender, TlsRptStore, queue_local
+from connectwiz.relay.tlsrpt import (
+    FLUSH_SECONDS,
+    TlsRptRecorder,
+    TlsRptSender,
+    TlsRptStore,
+    queue_local,
+)
 from connectwiz.relay.workers import Worker
 
 
@@ -105,7 +111,7 @@ class Relay:
                                       self._control_settle, self.log)
         self.address: tuple[str, int] = listen
         store = TlsRptStore(Path(spool_dir))
-        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname)
+        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname, self.worker.index)
         self.tlsrpt_sender = TlsRptSender(store, self.options, self._queue_local, self.log)
         self._tlsrpt_task: asyncio.Task[None] | None = None
 
@@ -252,14 +258,10 @@ class Relay:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
         self._directory_task = asyncio.create_task(self._directory_loop())
-        if not self.worker.shared:
-            # Queue control knows what is in flight in this process only, and the TLS-RPT
-            # day files are one process's counts (workers would overwrite each other's).
-            await self._control.start()
-            self._tlsrpt_task = asyncio.create_task(self.tlsrpt_sender.run(self.tlsrpt))
-        else:
-            self.log("warning", reason="queue control and TLS-RPT reports are off with "
-                     "--workers above 1", fix="run with --workers 1 to have them")
+        # One control socket for the relay: a change claims the message in the spool, which
+        # keeps every worker's hands off it (relay/control.py).
+        await self._control.start(listen=self.worker.leads)
+        self._tlsrpt_task = asyncio.create_task(self._tlsrpt_loop())
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None,
@@ -273,8 +275,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
-        if not self.worker.shared:
-            await self._control.close()
+        await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
@@ -545,8 +546,7 @@ class Relay:
                 self.spool.update_active(entry)
         if records:
             self.msglog.sync(entry.id)
-        if not self.worker.shared:
-            self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
+        self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
         return finished
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
@@ -584,6 +584,15 @@ class Relay:
                            policy=f"delivery status notification for {entry.id}")
         self.msglog.append(entry.id, "bounced", recipients=addresses, reason=reason,
                            dsn=bounce.id)
+
+    async def _tlsrpt_loop(self) -> None:
+        """Every worker writes its own TLS-RPT counts; one (the leader) sends the reports,
+        built from all workers' counts."""
+        if self.worker.leads:
+            await self.tlsrpt_sender.run(self.tlsrpt)
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self._io(self.tlsrpt.flush)
 
     async def _queue_local(self, mail_from: str, rcpts: list[str], data: bytes,
                            note: str) -> None:
