@@ -55,6 +55,8 @@ from connectwiz.relay.tlsrpt import (
 )
 from connectwiz.relay.workers import Worker
 
+_RECEIPT_THREADS = 32
+
 
 class Relay:
     def __init__(
@@ -107,6 +109,11 @@ class Relay:
         # Spool I/O has its own threads: fsyncs never queue behind other blocking work
         # (trust store loads, parsing) on the default executor, nor the other way round.
         self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        # Receipt's own: a 250 waits for its commit, which must not queue behind delivery's
+        # file work. Its threads mostly wait in fsync (no CPU), and concurrent fsyncs share
+        # the file system's journal commits, so it is sized for many sessions at once.
+        self._receipt_io = ThreadPoolExecutor(max_workers=_RECEIPT_THREADS,
+                                              thread_name_prefix="receipt")
         self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
                                       self._control_settle, self.log)
         self.address: tuple[str, int] = listen
@@ -119,6 +126,13 @@ class Relay:
         """Run blocking spool I/O on the spool executor (submitted at once)."""
         return asyncio.get_running_loop().run_in_executor(
             self._spool_io, functools.partial(fn, *args, **kwargs))
+
+    def _receipt_io_call(self, fn: Callable[..., Any], *args: Any,
+                         **kwargs: Any) -> asyncio.Future[Any]:
+        """Run receipt's blocking work (queue file writes and commits, header parsing) on
+        the receipt executor."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._receipt_io, functools.partial(fn, *args, **kwargs))
 
     # -- policy --------------------------------------------------------------------------------
 
@@ -237,7 +251,7 @@ class Relay:
         ready, deferred = found.ready, found.deferred
         self._handler = ReceiptHandler(ReceiptContext(
             settings=self.settings, model=lambda: self._model, index=lambda: self._index,
-            spool=self.spool, io=self._io, store=self._store,
+            spool=self.spool, io=self._receipt_io_call, store=self._store,
             record_refusal=self._record_refusal, log=self.log))
         loop = asyncio.get_running_loop()
         handler = self._handler
@@ -298,6 +312,7 @@ class Relay:
         counts = await self._io(self.spool.counts)
         await self._io(self.tlsrpt.flush)
         self._spool_io.shutdown(wait=True)
+        self._receipt_io.shutdown(wait=True)
         self.spool.unlock()
         self.log("stopped", **counts)
         self._stopped.set()
@@ -331,7 +346,7 @@ class Relay:
 
     async def _store(self, writer: QueueWriter, entry: QueueEntry,
                      record: dict[str, Any]) -> None:
-        await self._io(self._store_sync, writer, entry, record)
+        await self._receipt_io_call(self._store_sync, writer, entry, record)
         self.log("received", id=entry.id, client=record["client_ip"], mail_from=entry.mail_from,
                  rcpts=len(entry.recipients), tls=record["tls_version"] or "none",
                  cipher=record["tls_cipher"], receipt=record.get("receipt_option"),
