@@ -141,6 +141,12 @@ async def test_a_silent_endpoint_times_out(lab, lab_network_options, https_serve
     assert len(seen) == 1  # it was reached, and did not answer
 
 
-async def test_only_https_uris_are_posted_to(lab_network_options) -> None:
-    with pytest.raises(OSError, match="only https: report URIs"):
-        await post_report("http://reports.example/r", b"gz", lab_network_options, LOOPBACK)
+@pytest.mark.parametrize(("uri", "why"), [
+    ("http://reports.example/r", "only https: report URIs"),
+    ("https:///r", "no host name"),
+    ("https://reports.example:99999/r", "not a usable port"),
+])
+async def test_unusable_uris_are_refused_in_one_line(lab_network_options, uri: str,
+                                                     why: str) -> None:
+    with pytest.raises(OSError, match=why):
+        await post_report(uri, b"gz", lab_network_options, LOOPBACK)

@@ -79,7 +79,12 @@ async def post_report(uri: str, data: bytes, options: NetworkOptions,
     if parts.scheme.lower() != "https":
         raise OSError(f"{uri}: only https: report URIs are posted to")
     host = parts.hostname or ""
-    port = parts.port or options.https_port
+    if not host:
+        raise OSError(f"{uri}: no host name")
+    try:
+        port = parts.port or options.https_port
+    except ValueError:  # a port that is not a number, or out of range
+        raise OSError(f"{uri}: not a usable port") from None
     async with asyncio.timeout(options.timeout):
         try:
             addresses: tuple[str, ...] = (str(ipaddress.ip_address(host)),)
