@@ -172,6 +172,38 @@ def _kib(path: str, key: str) -> int:
     return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root: int | None) -> float:
+    """CPU time (user + system) of ``root``'s process tree so far, including children it has
+    reaped (Postfix's master reaps its short-lived smtp and cleanup processes)."""
+    if root is None:
+        return 0.0
+    total = 0
+    for pid in _tree(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / _TICK
+
+
+def own_cpu() -> float:
+    """This process's CPU time: the clients (and the samplers, which cost next to nothing)."""
+    t = os.times()
+    return t.user + t.system
+
+
+@dataclass
+class Cpu:
+    """CPU seconds of one burst: the measured side, the sink, the clients; wall seconds."""
+
+    side: float
+    sink: float
+    clients: float
+    wall: float
+
+
 class MemorySampler:
     """Peak of the summed RSS (and PSS) of ``root()``'s process tree, every 0.2 s."""
 
@@ -252,6 +284,8 @@ async def send(port: int, tags: list[str], args: argparse.Namespace,
 class Side:
     name: str
     port: int = 0
+    root: Any = None  # callable: the pid at the top of the side's process tree, or None
+    cpu: list[Cpu] = field(default_factory=list)  # per burst
     bursts: list[tuple[float, float, float]] = field(default_factory=list)  # acc, del, load
     burst_latency: list[float] = field(default_factory=list)
     paced_rate: float = 0.0
@@ -279,8 +313,13 @@ async def burst(side: Side, sink: Sink, args: argparse.Namespace) -> None:
     await asyncio.to_thread(sink.ask, "dns")
     run_id = f"b{time.time_ns()}"
     tags = [f"{run_id}-{i}" for i in range(args.messages)]
+    before = Cpu(cpu_seconds(side.root()), cpu_seconds(sink.proc.pid), own_cpu(), time.time())
     start, accepted = await send(side.port, tags, args)
     arrived = await asyncio.to_thread(sink.ask, "wait", run_id, len(tags), 600)
+    after = Cpu(cpu_seconds(side.root()), cpu_seconds(sink.proc.pid), own_cpu(),
+                max(t for t, _ in arrived.values()))
+    side.cpu.append(Cpu(after.side - before.side, after.sink - before.sink,
+                        after.clients - before.clients, after.wall - before.wall))
     if len(arrived) < len(tags):
         raise RuntimeError(f"{side.name}: {len(tags) - len(arrived)} messages never arrived")
     side.bursts.append((len(tags) / (max(accepted.values()) - start),
@@ -350,6 +389,7 @@ async def relay_running(side: Side, sink: Sink, workdir: Path,
             relay_pid = kids[0] if kids else None
         return relay_pid
 
+    side.root = root
     sampler = MemorySampler(root)
     try:
         await wait_greeting(side.port, proc, log=log)
@@ -397,7 +437,8 @@ async def postfix_running(side: Side, sink: Sink, workdir: Path) -> AsyncIterato
         next_hops={"corp.example": f"[{ROUTE}]:{sink.smtp_port}"},
         extra=(f"smtpd_tls_cert_file = {cert}", f"smtpd_tls_key_file = {key}"))
     side.port = instance.port
-    sampler = MemorySampler(lambda: master_pid(instance))
+    side.root = lambda: master_pid(instance)
+    sampler = MemorySampler(side.root)
     try:
         await asyncio.to_thread(instance.start)
         yield
@@ -423,12 +464,27 @@ def _ms(latencies: list[float], pct: int) -> str:
     return f"{statistics.quantiles(sorted(latencies), n=100)[pct - 1] * 1000:.0f} ms"
 
 
+def side_label(side: Side) -> str:
+    return "relay" if side.name.startswith("connectwiz") else "Postfix"
+
+
 def report(sides: list[Side], args: argparse.Namespace) -> None:
     for s in sides:
         print(f"{s.name}: sink saw {sorted(s.tls)}")
-        for acc, dlv, load in s.bursts:
+        for (acc, dlv, load), cpu in zip(s.bursts, s.cpu, strict=True):
             print(f"  burst   accepted {acc:7.1f} msg/s, delivered {dlv:7.1f} msg/s "
                   f"(load average {load:.2f})")
+            # Load-independent: CPU per message, and how many cores each process kept busy
+            # (a process near 1.0 that cannot use more is what limits the burst).
+            ms = 1000 / args.messages
+            print(f"          CPU per message: {side_label(s)} {cpu.side * ms:5.2f} ms, "
+                  f"sink {cpu.sink * ms:5.2f} ms, clients {cpu.clients * ms:5.2f} ms; "
+                  f"cores busy: "
+                  f"{cpu.side / cpu.wall:.2f}, {cpu.sink / cpu.wall:.2f}, "
+                  f"{cpu.clients / cpu.wall:.2f}")
+        side_cpu = statistics.median(c.side for c in s.cpu) / args.messages * 1000
+        print(f"  median  CPU per message {side_cpu:.2f} ms (the side's whole process tree, "
+              "receipt and delivery)")
         print(f"  median  accepted {s.accepted_rate:7.1f} msg/s, delivered "
               f"{s.delivered_rate:7.1f} msg/s; 250 -> delivered in the bursts: p50 "
               f"{_ms(s.burst_latency, 50)}, p99 {_ms(s.burst_latency, 99)}")
@@ -450,6 +506,9 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
               f"delivered {statistics.median(d for _, d in rounds):.2f}x (medians); "
               f"peak RSS {relay.rss_kib / postfix.rss_kib:.2f}x, "
               f"PSS {relay.pss_kib / postfix.pss_kib:.2f}x")
+        cpu = [r.side / p.side for r, p in zip(relay.cpu, postfix.cpu, strict=True)]
+        print(f"CPU per message relay/Postfix: {statistics.median(cpu):.2f}x (median; rounds "
+              + ", ".join(f"{c:.2f}x" for c in cpu) + ")")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -457,8 +516,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"messages: {args.rounds} rounds of {args.messages} x {args.size} B from "
           f"{args.clients} clients per side; STARTTLS in, Enforced TLS Strict out to {ROUTE} "
           "(looked up in the lab DNS)")
-    with_postfix = True
-    if POSTFIX is None:
+    with_postfix = not args.relay_only
+    if not with_postfix:
+        print("postfix: left out (--relay-only)")
+    elif POSTFIX is None:
         print("postfix: not installed; comparison skipped")
         with_postfix = False
     elif os.geteuid() != 0 or shutil.which("unshare") is None:
@@ -499,6 +560,8 @@ def main() -> None:
     p.add_argument("--paced", type=int, default=300, help="messages in the paced run")
     p.add_argument("--paced-rate", type=float, default=0.0,
                    help="msg/s for the paced run (default: half the side's delivered rate)")
+    p.add_argument("--relay-only", action="store_true",
+                   help="measure the relay alone (e.g. under a profiler)")
     p.add_argument("--relay-arg", dest="relay_args", action="append", default=[],
                    help="extra option for connectwiz relay (repeat), e.g. --relay-arg=--workers=1")
     asyncio.run(run(p.parse_args()))

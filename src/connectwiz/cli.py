@@ -197,9 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check configuration, bundle, certificates and spool, then exit "
                         "without listening")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="relay processes sharing the port and the spool, for throughput "
-                        "(default 1; queue control and --metrics need 1); the limits below "
-                        "are for all of them together")
+                   help="relay processes sharing the port and the spool (default: one per "
+                        "core); the limits below are for all of them together")
     g = p.add_argument_group("relay limits and retries (Postfix-like defaults)")
     g.add_argument("--hostname", help="name in the banner, Received: and bounces")
     g.add_argument("--max-size", type=int, metavar="BYTES", help="message size limit (10240000)")

@@ -10,14 +10,16 @@ never from addresses, ids or free text, so the number of series stays bounded.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from connectwiz.errors import UserError
@@ -66,10 +68,29 @@ class _QueueCollector(Collector):
         yield oldest
 
 
+def share_counters(folder: Path, *, clear: bool) -> None:
+    """With several relay workers: from now on this process's counters live in files in
+    ``folder`` (prometheus-client's multiprocess mode), which the exporter of one worker
+    adds up. ``clear``: drop a previous run's files (by the worker that starts first, while
+    no other runs). Call in a worker process before its metrics are made."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if clear:
+        for old in folder.glob("*.db"):
+            old.unlink(missing_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    values.ValueClass = values.MultiProcessValue()
+
+
 class RelayMetrics:
-    def __init__(self, spool_root: Path, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, spool_root: Path, registry: CollectorRegistry | None = None,
+                 shared: Path | None = None) -> None:
+        """``shared``: the folder of ``share_counters``; then ``registry`` (what the
+        exporter serves) holds every worker's counters added up, not this process's."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if shared:
+            MultiProcessCollector(self.registry, str(shared))
+            r = CollectorRegistry()  # the counters' own: their values are in the files
         self.received = Counter(
             "connectwiz_relay_received_messages", "Messages accepted, by receipt policy, "
             "option and the TLS version of the session", ["policy", "option", "tls"], registry=r)
@@ -95,7 +116,7 @@ class RelayMetrics:
                                ["result"], registry=r)
         self.control = Counter("connectwiz_relay_queue_control", "connectwiz queue changes",
                                ["op"], registry=r)
-        r.register(_QueueCollector(Spool(spool_root)))
+        self.registry.register(_QueueCollector(Spool(spool_root)))
         self._last: dict[str, tuple[str, str, str]] = {}  # id -> labels of its last attempt
         self._lock = threading.Lock()
 

@@ -464,3 +464,26 @@ async def test_an_unusable_mta_sts_publication_is_reported_with_its_result_type(
     [detail] = policy["failure-details"]
     assert detail["result-type"] == failure
     assert detail["failure-reason-code"] == attempt["policy_detail"]
+
+
+def test_workers_counts_of_one_policy_add_up_and_keep_the_policy(tmp_path) -> None:
+    """With several relay workers, each counts in its own file; the report adds them up and
+    still names the applied policy (policy-string, mx-host)."""
+    from connectwiz.relay.deliver import Attempt
+    from connectwiz.relay.tlsrpt import TlsRptRecorder, build_report
+
+    store = TlsRptStore(tmp_path)
+    for worker in (0, 1):
+        recorder = TlsRptRecorder(store, "relay.example", worker)
+        att = Attempt("mx.a.example", "127.0.0.1", 25, "Opportunistic TLS", "opportunistic",
+                      "relaxed", "1.2", ["x@a.example"], tls_version="TLSv1.3",
+                      reply="220 hi", outcome="delivered", policy_type="sts",
+                      policy_domain="a.example")
+        att.policy_string, att.mx_host = tuple(STS_TESTING_POLICY), ("*.sts-testing.example",)
+        recorder.count([att])
+        recorder.flush()
+    report = build_report(store.counts(_today()), "a.example")
+    VALIDATOR.validate(report)
+    [policy] = report["policies"]
+    assert policy["policy"]["policy-string"] == STS_TESTING_POLICY
+    assert policy["summary"]["total-successful-session-count"] == 2

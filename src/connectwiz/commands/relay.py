@@ -23,6 +23,8 @@ from connectwiz.relay.spool import default_spool
 from connectwiz.relay.tlsrpt_post import parse_networks
 from connectwiz.relay.workers import Worker, default_workers, run_workers, share
 
+METRICS_FOLDER = "metrics"  # in the spool: the workers' counters, with --metrics
+
 if TYPE_CHECKING:
     from connectwiz.metrics import MetricsServer
 
@@ -113,15 +115,13 @@ def run(args: argparse.Namespace) -> int:
     def load_policy() -> PolicyModel:
         return Bundle.load(bundle_path).model
 
-    # One process by default: queue control and metrics see every message in flight only
-    # there. More workers are for throughput (docs/relay.md, "Workers").
-    workers = 1 if args.workers is None else args.workers
+    # One worker per core, as Postfix runs several smtpd and smtp processes (docs/relay.md,
+    # "Workers"); worker 0 answers queue control and serves the metrics for all of them.
+    workers = default_workers() if args.workers is None else args.workers
     if workers <= 0:
         raise UserError("--workers must be positive")
     if workers > 1 and default_workers() == 1:
         raise UserError("--workers above 1 needs SO_REUSEPORT and fork (not on this system)")
-    if args.metrics and workers > 1:
-        raise UserError("--metrics needs --workers 1 (the counters are per process)")
     settings = settings_from(args, options)
     spool = Path(args.spool) if args.spool else default_spool()
     log = EventLog(json_lines=args.log_json)
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             tls_cert=Path(args.tls_cert) if args.tls_cert else None,
             tls_key=Path(args.tls_key) if args.tls_key else None, worker=worker,
         )
-        exporter = start_metrics(args.metrics, log, relay.spool.root)
+        exporter = start_metrics(args.metrics, log, relay.spool.root, worker)
         try:
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 runner.run(relay.serve_until_signalled(lambda: ready(relay.address[1])))
@@ -165,13 +165,22 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def start_metrics(listen: str | None, log: EventLog, spool: Path) -> MetricsServer | None:
+def start_metrics(listen: str | None, log: EventLog, spool: Path,
+                  worker: Worker) -> MetricsServer | None:
+    """Count this worker's events; the leading worker also serves them all over HTTP."""
     if not listen:
         return None
-    from connectwiz.metrics import MetricsServer, RelayMetrics  # prometheus-client: only if used
+    # prometheus-client: only if used
+    from connectwiz.metrics import MetricsServer, RelayMetrics, share_counters
 
-    metrics = RelayMetrics(spool)
+    shared = None
+    if worker.shared:  # the workers' counters meet in files (the leader starts first)
+        shared = spool / METRICS_FOLDER
+        share_counters(shared, clear=worker.leads)
+    metrics = RelayMetrics(spool, shared=shared)
     log.subscribe(metrics.observe)
+    if not worker.leads:
+        return None
     exporter = MetricsServer(listen, metrics.registry)
     log("metrics", host=exporter.address[0], port=exporter.address[1], path="/metrics")
     return exporter

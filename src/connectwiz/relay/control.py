@@ -10,6 +10,11 @@ A hold or delete of a message a worker has is made when the worker lets go, as P
 applies postsuper to a message in its active queue once the delivery agent is done. When
 no relay runs, the command takes the spool lock itself and makes the same changes; the
 next start picks them up.
+
+With several relay processes (``--workers``), worker 0 answers for all: a change claims
+its message in the spool (queuectl's ``_own``: a rename into ``active/``), so another
+worker's timer or queue finds it taken or moved and lets go; a change that waits for
+another worker's delivery is retried every few seconds (``_retry_waiting``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +34,11 @@ from connectwiz.relay.queuectl import BUSY, apply, restore, targets
 from connectwiz.relay.spool import Spool
 
 SOCKET_NAME = "control.sock"
+WAITING = "control"  # changes waiting for a delivery to end, one file per message
 _MAX_REQUEST = 1 << 20
 _WAIT_FOR_WORKER = ("hold", "delete")
 _RETRY_WAITING_S = 2.0
+_WATCH_S = 0.25
 
 Take = Callable[[str], bool]
 Settle = Callable[[str, "float | None"], None]
@@ -53,7 +61,12 @@ def _socket_path(root: Path) -> Iterator[str]:
 
 class ControlServer:
     """The running relay's end of the socket: one request at a time; each message is taken
-    from the relay's scheduler before it is changed and settled back afterwards."""
+    from the relay's scheduler before it is changed and settled back afterwards.
+
+    A hold or delete that waits for a delivery is kept in ``SPOOL/control/ID.json``, so
+    that the worker that lets go of the message — whichever relay process it is in — makes
+    the change at once. Not fsync'd: a crash may lose it, as it loses a request in flight;
+    one that survives a restart is made then."""
 
     def __init__(self, spool: Spool, hostname: str, take: Take, settle: Settle,
                  log: Callable[..., None]) -> None:
@@ -62,20 +75,24 @@ class ControlServer:
         self.take = take
         self.settle = settle
         self.log = log
+        self.waiting_dir = spool.root / WAITING
         self._lock = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
-        self._waiting: dict[str, dict[str, Any]] = {}  # id -> request, until a worker is done
+        self._waiting: set[str] = set()  # ids in waiting_dir, as last looked (or promised)
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def start(self) -> None:
+    async def start(self, listen: bool = True) -> None:
+        """Watch for waiting changes; ``listen``: also answer on the socket (one relay
+        process does)."""
+        self._spawn(self._watch_waiting(leads=listen))
+        if not listen:
+            return
         path = self.spool.root / SOCKET_NAME
         path.unlink(missing_ok=True)  # left by a relay that was killed; we hold the lock now
         try:
             with _socket_path(self.spool.root) as where:
                 self._server = await asyncio.start_unix_server(self._handle, where)
             path.chmod(0o600)
-            retry = asyncio.create_task(self._retry_waiting())
-            self._tasks.add(retry)
         except OSError as exc:
             raise UserError(f"cannot open the queue control socket {path}: "
                             f"{exc.strerror or exc}") from None
@@ -86,6 +103,11 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             (self.spool.root / SOCKET_NAME).unlink(missing_ok=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -132,7 +154,7 @@ class ControlServer:
         for msg_id in ids:
             result = done.get(msg_id, BUSY)
             if result == BUSY and request["op"] in _WAIT_FOR_WORKER:
-                self._waiting[msg_id] = {**request, "ids": [msg_id]}
+                await asyncio.to_thread(self._promise, msg_id, {**request, "ids": [msg_id]})
                 verb = "held" if request["op"] == "hold" else "deleted"
                 result = f"will be {verb} when its current delivery attempt ends"
             results.append({"id": msg_id, "result": result})
@@ -142,23 +164,56 @@ class ControlServer:
                          result=result["result"])
         return {"ok": True, "results": results, "relay": "running"}
 
-    def released(self, msg_id: str) -> None:
-        """A worker of this relay is done with ``msg_id`` (delivered, deferred or bounced):
-        make the change that waited for it."""
-        request = self._waiting.pop(msg_id, None)
-        if request is None:
-            return
-        task = asyncio.create_task(self._answer(json.dumps(request).encode(), retry=True))
-        self._tasks.add(task)  # the loop keeps only weak references
-        task.add_done_callback(self._tasks.discard)
+    def _promise(self, msg_id: str, request: dict[str, Any]) -> None:
+        self.waiting_dir.mkdir(exist_ok=True)
+        self.spool.write_atomic(self.waiting_dir / f"{msg_id}.json",
+                                json.dumps(request).encode(), durable=False)
+        self._waiting.add(msg_id)
 
-    async def _retry_waiting(self) -> None:
-        """Also try waiting changes now and then: the worker delivering the message may be
-        another relay process on the same spool, which does not tell this one."""
+    def _claim(self, msg_id: str) -> dict[str, Any] | None:
+        """The waiting change for ``msg_id``, taken by this process (a rename: of several
+        processes trying at once, one gets it); None when there is none."""
+        claimed = self.spool.root / "tmp" / f"{msg_id}.control.{os.getpid()}"
+        try:
+            os.replace(self.waiting_dir / f"{msg_id}.json", claimed)
+        except FileNotFoundError:
+            return None
+        try:
+            request = json.loads(claimed.read_bytes())
+        except (OSError, ValueError):
+            return None
+        finally:
+            claimed.unlink(missing_ok=True)
+        return request if isinstance(request, dict) else None
+
+    async def _apply_waiting(self, msg_id: str) -> None:
+        self._waiting.discard(msg_id)
+        request = await asyncio.to_thread(self._claim, msg_id)
+        if request is not None:
+            await self._answer(json.dumps(request).encode(), retry=True)
+
+    def released(self, msg_id: str) -> None:
+        """A delivery worker of this process is done with ``msg_id`` (delivered, deferred
+        or bounced): make the change that waited for it."""
+        if msg_id in self._waiting:
+            self._spawn(self._apply_waiting(msg_id))
+
+    async def _watch_waiting(self, leads: bool) -> None:
+        """Learn which changes wait (another process may have promised them, and
+        ``released`` must not read the disk on the loop); the leading process also tries
+        them now and then, should the worker that had the message be gone."""
+        last_try = time.monotonic()
         while True:
-            await asyncio.sleep(_RETRY_WAITING_S)
-            for msg_id in list(self._waiting):
-                self.released(msg_id)
+            await asyncio.sleep(_WATCH_S)
+            try:
+                names = await asyncio.to_thread(os.listdir, self.waiting_dir)
+            except OSError:
+                names = []
+            self._waiting = {n[:-5] for n in names if n.endswith(".json")}
+            if leads and time.monotonic() - last_try >= _RETRY_WAITING_S:
+                last_try = time.monotonic()
+                for msg_id in list(self._waiting):
+                    await self._apply_waiting(msg_id)
 
 
 def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, Any]:
@@ -177,8 +232,7 @@ def request(spool_root: Path, req: dict[str, Any], hostname: str) -> dict[str, A
         spool.lock()
     except UserError:
         raise UserError(f"the relay on {spool_root} holds the spool but does not answer on "
-                        f"{SOCKET_NAME}: it is starting or stopping (try again), or runs with "
-                        f"--workers above 1, which has no queue control") from None
+                        f"{SOCKET_NAME}: it is starting or stopping (try again)") from None
     try:
         changes = apply(spool, req, list(dict.fromkeys(targets(spool, req))), hostname)
     finally:

@@ -112,7 +112,7 @@ class ReceiptContext:
     model: Callable[[], PolicyModel]
     index: Callable[[], PolicyIndex]
     spool: Spool
-    # Runs blocking spool I/O on the spool's own executor (submitted at once).
+    # Runs receipt's blocking work (queue file, header parsing) on its own executor.
     io: Callable[..., asyncio.Future[Any]]
     # Commits a received message (queue file + log) and hands it to delivery.
     store: Callable[[QueueWriter, QueueEntry, dict[str, Any]], Awaitable[None]]
@@ -315,7 +315,7 @@ class ReceiptHandler:
             await ctx.record_refusal(msg_id, {**record, "result": reply})
             return reply, None
         # The address parser is slow on hostile headers: off the event loop.
-        head = await asyncio.to_thread(read_head, data.head)
+        head = await ctx.io(read_head, data.head)
         if head.received + 1 >= ctx.settings.max_hops:  # + 1: our own Received:
             await ctx.record_refusal(msg_id, {**record, "result": REPLY_TOO_MANY_HOPS,
                                               "hops": head.received + 1})

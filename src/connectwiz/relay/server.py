@@ -50,6 +50,8 @@ from connectwiz.relay.tlscert import ensure_self_signed
 from connectwiz.relay.tlsrpt import TlsRptRecorder, TlsRptSender, TlsRptStore, queue_local
 from connectwiz.relay.workers import Worker
 
+_RECEIPT_THREADS = 32
+
 
 class Relay:
     def __init__(
@@ -103,13 +105,18 @@ class Relay:
         # Spool I/O has its own threads: fsyncs never queue behind other blocking work
         # (trust store loads, parsing) on the default executor, nor the other way round.
         self._spool_io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool")
+        # Receipt's own: a 250 waits for its commit, which must not queue behind delivery's
+        # file work. Its threads mostly wait in fsync (no CPU), and concurrent fsyncs share
+        # the file system's journal commits, so it is sized for many sessions at once.
+        self._receipt_io = ThreadPoolExecutor(max_workers=_RECEIPT_THREADS,
+                                              thread_name_prefix="receipt")
         self._control = ControlServer(self.spool, self.settings.hostname, self._control_take,
                                       self._control_settle, self.log)
         self.address: tuple[str, int] = listen
         store = TlsRptStore(Path(spool_dir))
         # ``clock`` decides the UTC day TLS sessions are counted for and reports sent (tests
         # move it past midnight).
-        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname, clock)
+        self.tlsrpt = TlsRptRecorder(store, self.settings.hostname, self.worker.index, clock)
         self.tlsrpt_sender = TlsRptSender(
             store, self.options, self._queue_local, self.log,
             allowed=self.settings.tlsrpt_allow_networks, clock=clock,
@@ -120,6 +127,13 @@ class Relay:
         """Run blocking spool I/O on the spool executor (submitted at once)."""
         return asyncio.get_running_loop().run_in_executor(
             self._spool_io, functools.partial(fn, *args, **kwargs))
+
+    def _receipt_io_call(self, fn: Callable[..., Any], *args: Any,
+                         **kwargs: Any) -> asyncio.Future[Any]:
+        """Run receipt's blocking work (queue file writes and commits, header parsing) on
+        the receipt executor."""
+        return asyncio.get_running_loop().run_in_executor(
+            self._receipt_io, functools.partial(fn, *args, **kwargs))
 
     # -- policy --------------------------------------------------------------------------------
 
@@ -238,7 +252,7 @@ class Relay:
         ready, deferred = found.ready, found.deferred
         self._handler = ReceiptHandler(ReceiptContext(
             settings=self.settings, model=lambda: self._model, index=lambda: self._index,
-            spool=self.spool, io=self._io, store=self._store,
+            spool=self.spool, io=self._receipt_io_call, store=self._store,
             record_refusal=self._record_refusal, log=self.log))
         loop = asyncio.get_running_loop()
         handler = self._handler
@@ -259,14 +273,10 @@ class Relay:
             self._schedule(entry.id, entry.next_attempt - time.time())
         self._rescan = asyncio.create_task(self._rescan_loop())
         self._directory_task = asyncio.create_task(self._directory_loop())
-        if not self.worker.shared:
-            # Queue control knows what is in flight in this process only, and the TLS-RPT
-            # day files are one process's counts (workers would overwrite each other's).
-            await self._control.start()
-            self._tlsrpt_task = asyncio.create_task(self.tlsrpt_sender.run(self.tlsrpt))
-        else:
-            self.log("warning", reason="queue control and TLS-RPT reports are off with "
-                     "--workers above 1", fix="run with --workers 1 to have them")
+        # One control socket for the relay: a change claims the message in the spool, which
+        # keeps every worker's hands off it (relay/control.py).
+        await self._control.start(listen=self.worker.leads)
+        self._tlsrpt_task = asyncio.create_task(self._tlsrpt_loop())
         self.log("listening", host=self.address[0], port=self.address[1],
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None,
@@ -280,8 +290,7 @@ class Relay:
         deadline = time.monotonic() + self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()
-        if not self.worker.shared:
-            await self._control.close()
+        await self._control.close()
         self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
         for handle in self._timers.values():
             handle.cancel()
@@ -304,6 +313,7 @@ class Relay:
         counts = await self._io(self.spool.counts)
         await self._io(self.tlsrpt.flush)
         self._spool_io.shutdown(wait=True)
+        self._receipt_io.shutdown(wait=True)
         self.spool.unlock()
         self.log("stopped", **counts)
         self._stopped.set()
@@ -337,7 +347,7 @@ class Relay:
 
     async def _store(self, writer: QueueWriter, entry: QueueEntry,
                      record: dict[str, Any]) -> None:
-        await self._io(self._store_sync, writer, entry, record)
+        await self._receipt_io_call(self._store_sync, writer, entry, record)
         self.log("received", id=entry.id, client=record["client_ip"], mail_from=entry.mail_from,
                  rcpts=len(entry.recipients), tls=record["tls_version"] or "none",
                  cipher=record["tls_cipher"], receipt=record.get("receipt_option"),
@@ -556,8 +566,7 @@ class Relay:
             self.spool.sync_delivered(entry.id, settled)
         if attempts:
             self.msglog.sync(entry.id)
-        if not self.worker.shared:
-            self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
+        self.tlsrpt.count(attempts)  # after the commit: not in the window for duplicates
         return settled
 
     def _defer_sync(self, entry: QueueEntry, pending: list[Recipient]) -> None:
@@ -595,6 +604,15 @@ class Relay:
                            policy=f"delivery status notification for {entry.id}")
         self.msglog.append(entry.id, "bounced", recipients=addresses, reason=reason,
                            dsn=bounce.id)
+
+    async def _tlsrpt_loop(self) -> None:
+        """Every worker writes its own TLS-RPT counts; one (the leader) sends the reports,
+        built from all workers' counts."""
+        if self.worker.leads:
+            await self.tlsrpt_sender.run(self.tlsrpt)
+        while True:
+            await asyncio.sleep(self.settings.tlsrpt_tick)
+            await self._io(self.tlsrpt.flush)
 
     async def _queue_local(self, mail_from: str, rcpts: list[str], data: bytes,
                            note: str) -> None:

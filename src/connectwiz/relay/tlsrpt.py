@@ -8,7 +8,9 @@ aggregate report.
   retry after a failed opportunistic handshake is the same session as the failure.
 - Storage: ``<spool>/tlsrpt/YYYY-MM-DD.json`` per day, replaced atomically every few
   seconds while counts change and at stop (a crash loses at most those seconds of counts);
-  ``sent-YYYY-MM-DD.json`` records which report went where.
+  with ``--workers N`` every relay process counts its own sessions, worker ``i > 0`` in
+  ``YYYY-MM-DD.w<i>.json``, and ``TlsRptStore.counts`` adds the parts up, so a report
+  covers every worker; ``sent-YYYY-MM-DD.json`` records which report went where.
 - Sending: once a UTC day is over (checked every few seconds), its reports go to every
   ``rua`` of the domain's ``_smtp._tls`` record: ``mailto:`` as a multipart/report message
   queued in this relay (null sender, as a DSN: a failed report never bounces), ``https:`` as
@@ -106,7 +108,13 @@ class TlsRptStore:
         self.dir = Path(spool_root) / "tlsrpt"
 
     def counts(self, day: str) -> dict[str, Any]:
-        return _load(self.dir / f"{day}.json")
+        """The day's counts of every relay worker, added up."""
+        parts = [_load(self.dir / name) for name in self._parts(day)]
+        return merge_counts([p for p in parts if p])
+
+    def part(self, day: str, worker: int = 0) -> dict[str, Any]:
+        """One worker's own counts of the day (what it adds to after a restart)."""
+        return _load(self.dir / part_name(day, worker))
 
     def sent(self, day: str) -> dict[str, Any]:
         return _load(self.dir / f"sent-{day}.json")
@@ -114,11 +122,46 @@ class TlsRptStore:
     def days(self) -> list[str]:
         if not self.dir.is_dir():
             return []
-        return sorted(p.stem for p in self.dir.glob("????-??-??.json"))
+        return sorted({p.name[:10] for p in self.dir.glob("????-??-??*.json")})
+
+    def _parts(self, day: str) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.glob(f"{day}*.json"))
 
     def write(self, name: str, data: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.dir / name, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def part_name(day: str, worker: int) -> str:
+    return f"{day}.json" if worker == 0 else f"{day}.w{worker}.json"
+
+
+def merge_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' counts of one day as one: sessions added up per policy domain,
+    policy type and failure (the same result, sending and receiving host and IP)."""
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    merged: dict[str, Any] = {"day": parts[0]["day"], "submitter": parts[0]["submitter"],
+                              "domains": {}}
+    for part in parts:
+        for domain, policies in part.get("domains", {}).items():
+            into = merged["domains"].setdefault(domain, {})
+            for policy_type, entry in policies.items():
+                total = into.setdefault(policy_type, {"success": 0, "failures": {}})
+                # The applied policy (policy-string, mx-host) is the same in every part:
+                # the key names it.
+                total.update({k: v for k, v in entry.items()
+                              if k not in ("success", "failures")})
+                total["success"] += entry["success"]
+                for key, failure in entry["failures"].items():
+                    if key in total["failures"]:
+                        total["failures"][key]["failed-session-count"] += \
+                            failure["failed-session-count"]
+                    else:
+                        total["failures"][key] = dict(failure)
+    return merged
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -134,9 +177,10 @@ def _load(path: Path) -> dict[str, Any]:
 class TlsRptRecorder:
     """Daily counts per policy domain, in memory and flushed to the store."""
 
-    def __init__(self, store: TlsRptStore, submitter: str,
+    def __init__(self, store: TlsRptStore, submitter: str, worker: int = 0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.store, self.submitter, self.clock = store, submitter, clock
+        self.store, self.submitter, self.worker = store, submitter, worker
+        self.clock = clock
         self._lock = threading.Lock()  # counted from spool threads, flushed from another
         self._days: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
@@ -163,7 +207,7 @@ class TlsRptRecorder:
         counts = self._days.get(day)
         if counts is None:
             try:
-                counts = self.store.counts(day)
+                counts = self.store.part(day, self.worker)
             except UserError:
                 counts = {}  # a damaged count file must never hold up delivery: start over
             counts = self._days[day] = counts or {
@@ -205,7 +249,7 @@ class TlsRptRecorder:
                 if day not in dirty and day < day_of(self.clock()):
                     del self._days[day]  # finished and written: nothing more to count
         for day, counts in dirty.items():
-            self.store.write(f"{day}.json", counts)
+            self.store.write(part_name(day, self.worker), counts)
 
 
 # -- the report --------------------------------------------------------------------------------

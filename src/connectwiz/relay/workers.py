@@ -49,6 +49,12 @@ class Worker:
         return self.count > 1
 
     @property
+    def leads(self) -> bool:
+        """Answers for the whole relay: the queue control socket, the metrics endpoint,
+        sending TLS reports (worker 0, also when it is the only one)."""
+        return self.index == 0
+
+    @property
     def recovers(self) -> bool:
         """Recovers the spool at start: only one process may, before anyone delivers."""
         return self.index == 0
