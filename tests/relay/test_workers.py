@@ -72,3 +72,16 @@ async def test_a_worker_dying_on_its_own_stops_the_relay_with_status_1(lab, tmp_
         assert not Path(f"/proc/{workers[0]}").exists()  # stopped and reaped by the parent
     finally:
         await relay.kill()
+
+
+async def test_without_the_option_the_relay_runs_a_worker_per_core(lab, tmp_path) -> None:
+    bundle, spool = tmp_path / "bundle.toml", tmp_path / "spool"
+    bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
+    relay = await start_relay(lab, bundle, spool)
+    try:
+        cores = len(os.sched_getaffinity(0))
+        assert (await relay.wait_event("started"))["workers"] == cores
+        if cores > 1:
+            assert len(_children(relay.proc.pid)) == cores
+    finally:
+        await relay.kill()

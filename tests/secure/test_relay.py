@@ -225,7 +225,9 @@ async def test_held_message_survives_a_kill_9_and_restart(lab, tmp_path: Path) -
                       .replace("schema_version = 1", "schema_version = 2") + SECURE_POLICY)
     killer.write_text(KILL_AFTER_RECORD.format(spool=str(spool)))
     portal = ("--portal-url", PORTAL)
-    first = await start_relay(lab, bundle, spool, *portal,
+    # One process: the hook kills the process it runs in, which is then the relay itself
+    # (with workers the parent would stop the others and exit 1; tests/relay/test_workers).
+    first = await start_relay(lab, bundle, spool, *portal, "--workers", "1",
                               wrapper=[sys.executable, str(killer)])
     tag = token()
     teller = f"teller-{tag}@trusted.example"

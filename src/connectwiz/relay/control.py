@@ -13,8 +13,9 @@ next start picks them up.
 
 With several relay processes (``--workers``), worker 0 answers for all: a change claims
 its message in the spool (queuectl's ``_own``: a rename into ``active/``), so another
-worker's timer or queue finds it taken or moved and lets go; a change that waits for
-another worker's delivery is retried every few seconds (``_retry_waiting``).
+worker's timer or queue finds it taken or moved and lets go. A change that waits for a
+delivery is written to ``SPOOL/control/``, where the worker delivering the message, in
+whichever process, finds it when it lets go (``ControlServer.released``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class ControlServer:
             result = done.get(msg_id, BUSY)
             if result == BUSY and request["op"] in _WAIT_FOR_WORKER:
                 await asyncio.to_thread(self._promise, msg_id, {**request, "ids": [msg_id]})
+                self._waiting.add(msg_id)
                 verb = "held" if request["op"] == "hold" else "deleted"
                 result = f"will be {verb} when its current delivery attempt ends"
             results.append({"id": msg_id, "result": result})
@@ -168,7 +170,6 @@ class ControlServer:
         self.waiting_dir.mkdir(exist_ok=True)
         self.spool.write_atomic(self.waiting_dir / f"{msg_id}.json",
                                 json.dumps(request).encode(), durable=False)
-        self._waiting.add(msg_id)
 
     def _claim(self, msg_id: str) -> dict[str, Any] | None:
         """The waiting change for ``msg_id``, taken by this process (a rename: of several

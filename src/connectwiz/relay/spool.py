@@ -174,6 +174,33 @@ class QueueWriter:
     def commit(self, entry: QueueEntry) -> None:
         """Envelope, length, fsync, rename into ``queue/``, folder fsync. On error the
         message is not queued (nothing is left behind) and the error propagates."""
+        if self._file is None:
+            self._commit_whole(entry)
+        else:
+            self._commit_flushed(entry)
+        self.spool.queue_sync.sync()
+
+    def _commit_whole(self, entry: QueueEntry) -> None:
+        """A message that never left memory: the whole file in one write, its length known
+        at once. Few system calls, because each one gives up the GIL and may wait to get it
+        back from the busy event loop thread (measured: that wait dominated a commit)."""
+        data = b"".join((_MAGIC, b"%012d\n" % self.size, *self._pending, entry.to_json()))
+        self._pending.clear()
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.tmp, self.spool.queue_path(self.msg_id))
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing half-written
+            raise
+
+    def _commit_flushed(self, entry: QueueEntry) -> None:
         try:
             self.flush()
             assert self._file is not None
@@ -187,7 +214,6 @@ class QueueWriter:
         except BaseException:
             self.abort()
             raise
-        self.spool.queue_sync.sync()
 
     def abort(self) -> None:
         self._pending.clear()
