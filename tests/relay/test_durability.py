@@ -1,7 +1,7 @@
 """Nothing acknowledged is lost, observed from outside the relay whatever files its spool uses:
 the 250 to DATA leaves only after the message's spool files and their folder are fsync'd
 (the relay process runs under strace), and a spool that cannot be written answers 451 and
-keeps nothing."""
+keeps nothing, whether it is full or read-only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +193,57 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
         assert _files(tiny_spool) == before, "a refused message left files behind"
         # Space again: the same session is served and the next message is queued.
         filler.unlink()
+        errors, _ = await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"],
+                                          body(tag))
+        assert not errors
+    finally:
+        client.close()
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path, bool], None]]:
+    """``read_only(folder, True/False)``: a bind mount of ``folder`` over itself, remounted
+    read-only or writable (root ignores file modes, not a read-only mount). The relay's files
+    opened before the first call stay on the original mount, so the remount is not busy."""
+    mounted: list[Path] = []
+
+    def switch(folder: Path, on: bool) -> None:
+        if folder not in mounted:
+            done = subprocess.run(["mount", "--bind", str(folder), str(folder)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"a bind mount needs root: {done.stderr.strip()}")
+            mounted.append(folder)
+        subprocess.run(["mount", "-o", f"remount,bind,{'ro' if on else 'rw'}", str(folder)],
+                       check=True, capture_output=True)
+
+    yield switch
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+async def test_read_only_spool_answers_451_and_keeps_nothing(lab, relays, read_only, tmp_path,
+                                                             capsys) -> None:
+    # (relays before read_only: the mount goes first, so the relay stops on a writable spool)
+    spool = tmp_path / "spool"
+    r = await relays(make_model(lab), spool=spool)
+    read_only(spool, True)
+    before = _files(spool)
+    tag = token()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        with pytest.raises(aiosmtplib.SMTPDataError) as info:
+            await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+        assert info.value.code == 451
+        errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                  if '"event": "error"' in line]
+        assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
+            == [("127.0.0.1", True)]
+        assert _files(spool) == before, "a refused message left files behind"
+        # Writable again: the same session is served and the next message is queued.
+        read_only(spool, False)
         errors, _ = await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"],
                                           body(tag))
         assert not errors
