@@ -21,7 +21,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from .conftest import body, lab_messages, make_model, send, token, wait_lab
+from .conftest import STRICT, body, lab_messages, make_model, send, token, wait_lab
 from .test_process import BUNDLE, start_relay
 
 pytestmark = pytest.mark.network
@@ -250,3 +250,20 @@ async def test_read_only_spool_answers_451_and_keeps_nothing(lab, relays, read_o
     finally:
         client.close()
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def test_the_spool_is_private_to_the_relay(lab, relays) -> None:
+    """Queued mail is readable by the relay's user only, whatever the umask: the spool
+    folder is 0700 and every file in it 0600 (queue file, state file, message log, lock,
+    STARTTLS key), but the certificate the relay shows every client."""
+    r = await relays(make_model(lab, delivery={"selfsigned.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@selfsigned.example"],
+                        body(tag))
+    await r.wait_status(msg_id, "deferred")
+    assert r.spool.stat().st_mode & 0o777 == 0o700
+    modes = {str(p.relative_to(r.spool)): p.stat().st_mode & 0o777
+             for p in r.spool.rglob("*") if p.is_file()}
+    assert {name.split("/")[0] for name in modes} >= {"queue", "deferred", "log", "lock"}
+    assert {name: mode for name, mode in modes.items() if mode != 0o600} \
+        == {"tls/relay-cert.pem": 0o644}
