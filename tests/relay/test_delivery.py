@@ -168,15 +168,21 @@ async def test_starttls_stripping_mitm_under_enforced_defers_never_plaintext(lab
 async def test_inbound_routes_use_their_encryption_mode(lab, relays, tmp_path) -> None:
     # legacy.corp.example has a self-signed certificate: strict defers, relaxed delivers.
     legacy = lab.address_of("legacy.corp.example")
-    for mode, status in ((EncryptionMode.STRICT, "deferred"),
-                         (EncryptionMode.RELAXED, "delivered")):
+    for mode, status, definition in (
+            (EncryptionMode.STRICT, "deferred", "Enforced TLS, Strict"),
+            (EncryptionMode.RELAXED, "delivered", "Enforced TLS, Relaxed"),
+            # A route not yet validated: opportunistic TLS, and the log says why.
+            (None, "delivered", "not validated")):
         model = make_model(lab, routes=[InboundRoute("legacy.corp.example", lab.smtp_port, mode)])
-        r = await relays(model, spool=tmp_path / mode.value)
+        r = await relays(model, spool=tmp_path / str(mode))
         tag = token()
         msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
         record = await r.wait_status(msg_id, status)
         assert record.attempts[0]["address"] == legacy
-        assert record.attempts[0]["encryption_mode"] == mode.value
+        assert record.attempts[0]["definition"] \
+            == f"Inbound route legacy.corp.example ({definition})"
+        if mode is not None:
+            assert record.attempts[0]["encryption_mode"] == mode.value
 
 
 async def test_permanent_refusal_bounces_to_sender_at_once(lab, relays) -> None:
@@ -261,6 +267,26 @@ async def test_enforced_refuses_tls_below_minimum_version(lab, relays) -> None:
     record = await r.wait_status(msg_id, "deferred")
     assert "handshake failed" in record.attempts[0]["error"]
     assert not _sent_anything(lab, tag)
+
+
+async def test_each_definition_keeps_its_own_tls_settings_in_one_relay(lab, relays) -> None:
+    """The relay builds a TLS context once per kind of definition and reuses it: a context
+    built for one definition must never serve another (No TLS then Opportunistic, whose
+    oldest-TLS-accepted context then Enforced)."""
+    r = await relays(make_model(lab, delivery={"trusted.example": NO_TLS,
+                                               "selfsigned.example": OPPORTUNISTIC,
+                                               "tls10.example": RELAXED}))
+    tags = []
+    for domain, status in (("trusted.example", "delivered"), ("selfsigned.example", "delivered"),
+                           ("tls10.example", "deferred")):
+        tags.append(tag := token())
+        msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@{domain}"],
+                            body(tag))
+        await r.wait_status(msg_id, status)
+    assert await wait_lab(lab, lambda: all(lab_messages(lab, t) for t in tags[:2]))
+    assert lab_messages(lab, tags[0])[0].tls_version is None
+    assert lab_messages(lab, tags[1])[0].tls_version is not None
+    assert not _sent_anything(lab, tags[2]), "TLS 1.0 under Enforced TLS (minimum 1.2)"
 
 
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
