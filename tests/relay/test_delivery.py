@@ -289,6 +289,31 @@ async def test_each_definition_keeps_its_own_tls_settings_in_one_relay(lab, rela
     assert not _sent_anything(lab, tags[2]), "TLS 1.0 under Enforced TLS (minimum 1.2)"
 
 
+async def test_a_retry_does_not_repeat_deliveries_already_made(lab, relays) -> None:
+    """One recipient delivered, the other deferred: each retry (and a restart) goes to the
+    deferred one only; the delivered one gets one copy."""
+    r = await relays(make_model(lab, delivery={"selfsigned.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example",
+                        [f"rcpt-{tag}@trusted.example", f"rcpt-{tag}@selfsigned.example"],
+                        body(tag))
+
+    async def retried(times: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 15
+        while sum(a["host"] == "mx.selfsigned.example"
+                  for a in (await r.record(msg_id)).attempts) < times:
+            assert asyncio.get_running_loop().time() < deadline, "no retry"
+            await asyncio.sleep(0.05)
+
+    await retried(3)
+    await r.relay.stop()
+    r = await relays(make_model(lab, delivery={"selfsigned.example": STRICT}), spool=r.spool)
+    await retried(5)
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) >= 1)
+    await r.relay.idle()
+    assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"rcpt-{tag}@trusted.example",)]
+
+
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
     # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
     r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
