@@ -26,6 +26,7 @@ from .conftest import (
     token,
     wait_lab,
 )
+from .test_process import HoldThenForward
 
 pytestmark = pytest.mark.network
 
@@ -312,6 +313,31 @@ async def test_a_retry_does_not_repeat_deliveries_already_made(lab, relays) -> N
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) >= 1)
     await r.relay.idle()
     assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"rcpt-{tag}@trusted.example",)]
+
+
+async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays,
+                                                                     tmp_path) -> None:
+    """The relay stops while a message is in flight, one recipient already delivered: the
+    next start delivers to the other recipient only."""
+    hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
+    model = make_model(lab, routes=[InboundRoute("127.0.0.1", await hop.start())])
+    try:
+        r = await relays(model)
+        tag = token()
+        # The external recipient's group goes first, then the internal one hangs at the hop.
+        await send(r.port, f"x-{tag}@partner.example",
+                   [f"rcpt-{tag}@trusted.example", f"bob-{tag}@corp.example"], body(tag))
+        await asyncio.wait_for(hop.held.wait(), 20)
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+        await r.relay.stop()
+        hop.forward = True
+        r = await relays(model, spool=r.spool)
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 2)
+        await r.relay.idle()
+        assert sorted(m.rcpt_tos for m in lab_messages(lab, tag)) \
+            == [(f"bob-{tag}@corp.example",), (f"rcpt-{tag}@trusted.example",)]
+    finally:
+        await hop.stop()
 
 
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
