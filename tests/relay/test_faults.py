@@ -130,7 +130,10 @@ async def test_an_entry_whose_body_is_missing_is_set_aside_not_retried(lab, rela
     (root / "deferred" / "0NOBODY.json").write_bytes(entry.to_json())
     r = await relays(make_model(lab), spool=root)
     assert (root / "corrupt" / "0NOBODY.deferred.json").exists()
-    assert (await r.record("0NOBODY")).status == "quarantined"
+    record = await r.record("0NOBODY")
+    assert record.status == "quarantined"
+    assert [e["reason"] for e in record.events if e["event"] == "quarantined"] \
+        == ["message body missing"]
     assert not r.relay._queued and not r.relay._timers
 
 
