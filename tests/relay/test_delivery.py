@@ -182,6 +182,7 @@ async def test_inbound_routes_use_their_encryption_mode(lab, relays, tmp_path) -
         assert record.attempts[0]["address"] == legacy
         assert record.attempts[0]["definition"] \
             == f"Inbound route legacy.corp.example ({definition})"
+        assert record.attempts[0]["policy"] == "inbound routes"
         if mode is not None:
             assert record.attempts[0]["encryption_mode"] == mode.value
 
