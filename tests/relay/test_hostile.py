@@ -258,7 +258,8 @@ async def test_a_route_back_to_the_relay_itself_bounces_instead_of_looping(lab,
 
 
 @pytest.mark.parametrize("command", [b'RCPT TO:<"bob\rx"@corp.example>\r\n',
-                                     b'RCPT TO:<"bob\x01"@corp.example>\r\n'])
+                                     b'RCPT TO:<"bob\x01"@corp.example>\r\n',
+                                     b'RCPT TO:<"bob\x7f"@corp.example>\r\n'])
 async def test_control_characters_in_a_quoted_local_part_are_refused(lab, relays,
                                                                      command: bytes) -> None:
     r = await relays(make_model(lab, **DEFERRING))
