@@ -59,6 +59,10 @@ class Call:
         return not self.result.startswith("-1")
 
 
+# strace pads short lines before "= result" ("close(3</x>)      = 0").
+_RESULT = re.compile(r"(.*)\)\s+= (.*)")
+
+
 def parse_strace(text: str) -> list[Call]:
     calls: list[Call] = []
     pending: dict[str, tuple[str, str, int]] = {}
@@ -70,12 +74,11 @@ def parse_strace(text: str) -> list[Call]:
             pending[pid] = (name, args, n)
         elif resumed := re.match(r"<\.\.\. (\w+) resumed>(.*)", rest):
             name, args, start = pending.pop(pid)
-            args, _, result = (args + resumed.group(2)).rpartition(") = ")
-            calls.append(Call(pid, name, args, result, start, n))
-        elif re.match(r"\w+\(", rest) and ") = " in rest:
-            head, _, result = rest.rpartition(") = ")
-            name, _, args = head.partition("(")
-            calls.append(Call(pid, name, args, result, n, n))
+            if done := _RESULT.fullmatch(args + resumed.group(2)):
+                calls.append(Call(pid, name, done[1], done[2], start, n))
+        elif re.match(r"\w+\(", rest) and (done := _RESULT.fullmatch(rest)):
+            name, _, args = done[1].partition("(")
+            calls.append(Call(pid, name, args, done[2], n, n))
     return calls
 
 
@@ -95,21 +98,27 @@ async def test_250_to_data_is_sent_only_after_the_spool_is_fsynced(lab, tmp_path
         STRACE, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none", "-s", "100000", "-yy",
         "-e", f"trace={traced}", "-o", str(log)])
     relay_pid = _relay_pid(relay.proc.pid)
+    sent = []  # two messages: the second must not ride on the first one's fsyncs
     try:
-        tag = token()
-        msg_id = await send(relay.port, f"alice-{tag}@partner.example",
-                            [f"bob-{tag}@corp.example"], body(tag))
+        for _ in range(2):
+            tag = token()
+            sent.append((tag, await send(relay.port, f"alice-{tag}@partner.example",
+                                         [f"bob-{tag}@corp.example"], body(tag))))
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(relay_pid, signal.SIGKILL)  # strace then exits by itself
         await relay.wait_exit()
 
     calls = parse_strace(log.read_text(errors="replace"))
+    for tag, msg_id in sent:
+        _check_fsynced_before_250(calls, tag, msg_id, str(spool.resolve()))
+
+
+def _check_fsynced_before_250(calls: list[Call], tag: str, msg_id: str, root: str) -> None:
     # The reply on the client's socket (the JSON log on stderr may quote a 250 too).
     [reply] = [c for c in calls if c.name in WRITES and (c.fd_path or "").startswith("TCP:")
                and '"250 ' in c.args and msg_id in c.args]
     before = [c for c in calls if c.end < reply.start and c.ok]
-    root = str(spool.resolve())
 
     def in_spool(path: str | None) -> bool:
         return path is not None and (path == root or path.startswith(root + "/"))
