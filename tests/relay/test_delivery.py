@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import ipaddress
 import json
 from dataclasses import replace
 from email import policy as email_policy
@@ -11,7 +12,15 @@ from email import policy as email_policy
 import pytest
 
 from connectwiz.cli import main as cli_main
-from connectwiz.policy.model import EncryptionMode, InboundRoute
+from connectwiz.policy.model import (
+    Applies,
+    BasedOn,
+    DeliveryPolicy,
+    EncryptionMode,
+    InboundRoute,
+    Scope,
+    Validity,
+)
 
 from .conftest import (
     FAST,
@@ -339,6 +348,34 @@ async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays
             == [(f"bob-{tag}@corp.example",), (f"rcpt-{tag}@trusted.example",)]
     finally:
         await hop.stop()
+
+
+_STRICT_TO = Scope(Applies.DOMAIN, ("selfsigned.example",))
+
+
+@pytest.mark.parametrize("policy", [
+    DeliveryPolicy("Strict for the board's mail", STRICT.name, to=_STRICT_TO,
+                   from_=Scope(Applies.DOMAIN, ("board.example",), BasedOn.HEADER)),
+    DeliveryPolicy("Strict from the mail server", STRICT.name, to=_STRICT_TO,
+                   validity=Validity(source_ips=(ipaddress.ip_network("127.0.0.1/32"),))),
+], ids=["from-header", "source-ip"])
+async def test_each_domain_gets_its_own_transaction_under_its_own_policy(lab, relays,
+                                                                         policy) -> None:
+    """One message to two external domains: each MX host sees only its own recipient, and
+    each group is judged with the message's context — a policy on the From: header, or one
+    limited to the client's address, makes selfsigned.example Strict (so it defers)."""
+    base = make_model(lab, delivery={"selfsigned.example": STRICT})
+    r = await relays(replace(base, delivery_policies=(policy,)))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example",
+                        [f"a-{tag}@trusted.example", f"b-{tag}@selfsigned.example"],
+                        body(tag, sender="ceo@board.example"))
+    record = await r.wait_status(msg_id, "deferred")
+    assert {(a["host"], a["policy"], a["outcome"]) for a in record.attempts} == {
+        ("mx.trusted.example", "default (opportunistic)", "delivered"),
+        ("mx.selfsigned.example", policy.narrative, "temporary")}
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert lab_messages(lab, tag)[0].rcpt_tos == (f"a-{tag}@trusted.example",)
 
 
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
