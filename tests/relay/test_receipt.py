@@ -333,13 +333,15 @@ async def test_a_receipt_policy_limited_to_source_ips_applies_to_those_clients(l
 async def test_ehlo_names_the_relay_first_and_offers_its_extensions(lab, relays) -> None:
     r = await relays(make_model(lab))
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
-    await client.connect()
+    greeting = await client.connect()
     try:
         reply = await client.ehlo()
     finally:
         client.close()
+    assert greeting.message == "relay.corp.example connectwiz"
     lines = reply.message.splitlines()
     assert lines[0] == "relay.corp.example"  # RFC 5321 4.1.1.1: the server's domain first
     assert sorted(lines[1:]) == sorted(set(lines[1:]))
     assert {line.split()[0] for line in lines[1:]} \
         >= {"PIPELINING", "SIZE", "8BITMIME", "STARTTLS"}
+    assert f"SIZE {FAST.max_message_size}" in lines  # the limit DATA enforces
