@@ -378,6 +378,14 @@ async def test_each_domain_gets_its_own_transaction_under_its_own_policy(lab, re
     assert lab_messages(lab, tag)[0].rcpt_tos == (f"a-{tag}@trusted.example",)
 
 
+async def test_internal_mail_without_inbound_routes_waits_and_says_why(lab, relays) -> None:
+    r = await relays(make_model(lab, routes=[]))
+    msg_id = await send(r.port, "x@partner.example", ["bob@corp.example"], body(token()))
+    record = await r.wait_status(msg_id, "deferred")
+    assert next(e["reason"] for e in record.events if e["event"] == "deferred") \
+        == "no inbound routes configured for internal mail"
+
+
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
     # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
     r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
