@@ -378,12 +378,28 @@ async def test_each_domain_gets_its_own_transaction_under_its_own_policy(lab, re
     assert lab_messages(lab, tag)[0].rcpt_tos == (f"a-{tag}@trusted.example",)
 
 
-async def test_internal_mail_without_inbound_routes_waits_and_says_why(lab, relays) -> None:
-    r = await relays(make_model(lab, routes=[]))
+@pytest.mark.parametrize(("hosts", "reason"), [
+    ((), "no inbound routes configured for internal mail"),
+    (("nowhere.corp.example",), "no inbound route has an address"),
+])
+async def test_internal_mail_without_a_usable_route_waits_and_says_why(lab, relays, hosts,
+                                                                      reason) -> None:
+    routes = [InboundRoute(h, lab.smtp_port, EncryptionMode.STRICT) for h in hosts]
+    r = await relays(make_model(lab, routes=routes))
     msg_id = await send(r.port, "x@partner.example", ["bob@corp.example"], body(token()))
     record = await r.wait_status(msg_id, "deferred")
-    assert next(e["reason"] for e in record.events if e["event"] == "deferred") \
-        == "no inbound routes configured for internal mail"
+    assert next(e["reason"] for e in record.events if e["event"] == "deferred") == reason
+
+
+@pytest.mark.parametrize("hosts", [("nowhere.corp.example", "mail.corp.example"),
+                                   ("mail.corp.example", "nowhere.corp.example")])
+async def test_a_route_host_that_does_not_resolve_leaves_the_others(lab, relays,
+                                                                    hosts) -> None:
+    routes = [InboundRoute(h, lab.smtp_port, EncryptionMode.STRICT) for h in hosts]
+    r = await relays(make_model(lab, routes=routes))
+    msg_id = await send(r.port, "x@partner.example", ["bob@corp.example"], body(token()))
+    record = await r.wait_status(msg_id, "delivered")
+    assert [a["host"] for a in record.attempts] == ["mail.corp.example"]
 
 
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
