@@ -213,6 +213,8 @@ async def test_received_header_names_the_session(lab, relays, greeting, tls, rcp
     finally:
         client.close()
     msg_id = reply.rsplit(" ", 1)[-1]
+    # No receipt policy matches: the receipt view says which one applied all the same.
+    assert (await r.record(msg_id)).received["policy"] == "default (opportunistic)"
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
     data = lab_messages(lab, tag)[0].data.decode()
     using = r"\r\n\t\(using TLSv1\.[23] with cipher \S+ \(\d+ bits\)\)" if tls else ""
