@@ -325,8 +325,8 @@ async def test_a_retry_does_not_repeat_deliveries_already_made(lab, relays) -> N
     assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"rcpt-{tag}@trusted.example",)]
 
 
-async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays,
-                                                                     tmp_path) -> None:
+async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays, tmp_path,
+                                                                     capsys) -> None:
     """The relay stops while a message is in flight, one recipient already delivered: the
     next start delivers to the other recipient only."""
     hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
@@ -340,6 +340,9 @@ async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays
         await asyncio.wait_for(hop.held.wait(), 20)
         assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
         await r.relay.stop()
+        [stopped] = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                     if '"event": "stopped"' in line]
+        assert (stopped["incoming"], stopped["active"], stopped["deferred"]) == (0, 1, 0)
         hop.forward = True
         r = await relays(model, spool=r.spool)
         assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 2)
