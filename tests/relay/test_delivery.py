@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import ipaddress
 import json
 from dataclasses import replace
 from email import policy as email_policy
@@ -11,7 +12,15 @@ from email import policy as email_policy
 import pytest
 
 from connectwiz.cli import main as cli_main
-from connectwiz.policy.model import EncryptionMode, InboundRoute
+from connectwiz.policy.model import (
+    Applies,
+    BasedOn,
+    DeliveryPolicy,
+    EncryptionMode,
+    InboundRoute,
+    Scope,
+    Validity,
+)
 
 from .conftest import (
     FAST,
@@ -26,6 +35,7 @@ from .conftest import (
     token,
     wait_lab,
 )
+from .test_process import HoldThenForward
 
 pytestmark = pytest.mark.network
 
@@ -168,15 +178,22 @@ async def test_starttls_stripping_mitm_under_enforced_defers_never_plaintext(lab
 async def test_inbound_routes_use_their_encryption_mode(lab, relays, tmp_path) -> None:
     # legacy.corp.example has a self-signed certificate: strict defers, relaxed delivers.
     legacy = lab.address_of("legacy.corp.example")
-    for mode, status in ((EncryptionMode.STRICT, "deferred"),
-                         (EncryptionMode.RELAXED, "delivered")):
+    for mode, status, definition in (
+            (EncryptionMode.STRICT, "deferred", "Enforced TLS, Strict"),
+            (EncryptionMode.RELAXED, "delivered", "Enforced TLS, Relaxed"),
+            # A route not yet validated: opportunistic TLS, and the log says why.
+            (None, "delivered", "not validated")):
         model = make_model(lab, routes=[InboundRoute("legacy.corp.example", lab.smtp_port, mode)])
-        r = await relays(model, spool=tmp_path / mode.value)
+        r = await relays(model, spool=tmp_path / str(mode))
         tag = token()
         msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
         record = await r.wait_status(msg_id, status)
         assert record.attempts[0]["address"] == legacy
-        assert record.attempts[0]["encryption_mode"] == mode.value
+        assert record.attempts[0]["definition"] \
+            == f"Inbound route legacy.corp.example ({definition})"
+        assert record.attempts[0]["policy"] == "inbound routes"
+        if mode is not None:
+            assert record.attempts[0]["encryption_mode"] == mode.value
 
 
 async def test_permanent_refusal_bounces_to_sender_at_once(lab, relays) -> None:
@@ -261,6 +278,131 @@ async def test_enforced_refuses_tls_below_minimum_version(lab, relays) -> None:
     record = await r.wait_status(msg_id, "deferred")
     assert "handshake failed" in record.attempts[0]["error"]
     assert not _sent_anything(lab, tag)
+
+
+async def test_each_definition_keeps_its_own_tls_settings_in_one_relay(lab, relays) -> None:
+    """The relay builds a TLS context once per kind of definition and reuses it: a context
+    built for one definition must never serve another (No TLS then Opportunistic, whose
+    oldest-TLS-accepted context then Enforced)."""
+    r = await relays(make_model(lab, delivery={"trusted.example": NO_TLS,
+                                               "selfsigned.example": OPPORTUNISTIC,
+                                               "tls10.example": RELAXED}))
+    tags = []
+    for domain, status in (("trusted.example", "delivered"), ("selfsigned.example", "delivered"),
+                           ("tls10.example", "deferred")):
+        tags.append(tag := token())
+        msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@{domain}"],
+                            body(tag))
+        await r.wait_status(msg_id, status)
+    assert await wait_lab(lab, lambda: all(lab_messages(lab, t) for t in tags[:2]))
+    assert lab_messages(lab, tags[0])[0].tls_version is None
+    assert lab_messages(lab, tags[1])[0].tls_version is not None
+    assert not _sent_anything(lab, tags[2]), "TLS 1.0 under Enforced TLS (minimum 1.2)"
+
+
+async def test_a_retry_does_not_repeat_deliveries_already_made(lab, relays) -> None:
+    """One recipient delivered, the other deferred: each retry (and a restart) goes to the
+    deferred one only; the delivered one gets one copy."""
+    r = await relays(make_model(lab, delivery={"selfsigned.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example",
+                        [f"rcpt-{tag}@trusted.example", f"rcpt-{tag}@selfsigned.example"],
+                        body(tag))
+
+    async def retried(times: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 15
+        while sum(a["host"] == "mx.selfsigned.example"
+                  for a in (await r.record(msg_id)).attempts) < times:
+            assert asyncio.get_running_loop().time() < deadline, "no retry"
+            await asyncio.sleep(0.05)
+
+    await retried(3)
+    await r.relay.stop()
+    r = await relays(make_model(lab, delivery={"selfsigned.example": STRICT}), spool=r.spool)
+    await retried(5)
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) >= 1)
+    await r.relay.idle()
+    assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"rcpt-{tag}@trusted.example",)]
+
+
+async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays, tmp_path,
+                                                                     capsys) -> None:
+    """The relay stops while a message is in flight, one recipient already delivered: the
+    next start delivers to the other recipient only."""
+    hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
+    model = make_model(lab, routes=[InboundRoute("127.0.0.1", await hop.start())])
+    try:
+        r = await relays(model)
+        tag = token()
+        # The external recipient's group goes first, then the internal one hangs at the hop.
+        await send(r.port, f"x-{tag}@partner.example",
+                   [f"rcpt-{tag}@trusted.example", f"bob-{tag}@corp.example"], body(tag))
+        await asyncio.wait_for(hop.held.wait(), 20)
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+        await r.relay.stop()
+        [stopped] = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                     if '"event": "stopped"' in line]
+        assert (stopped["incoming"], stopped["active"], stopped["deferred"]) == (0, 1, 0)
+        hop.forward = True
+        r = await relays(model, spool=r.spool)
+        assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 2)
+        await r.relay.idle()
+        assert sorted(m.rcpt_tos for m in lab_messages(lab, tag)) \
+            == [(f"bob-{tag}@corp.example",), (f"rcpt-{tag}@trusted.example",)]
+    finally:
+        await hop.stop()
+
+
+_STRICT_TO = Scope(Applies.DOMAIN, ("selfsigned.example",))
+
+
+@pytest.mark.parametrize("policy", [
+    DeliveryPolicy("Strict for the board's mail", STRICT.name, to=_STRICT_TO,
+                   from_=Scope(Applies.DOMAIN, ("board.example",), BasedOn.HEADER)),
+    DeliveryPolicy("Strict from the mail server", STRICT.name, to=_STRICT_TO,
+                   validity=Validity(source_ips=(ipaddress.ip_network("127.0.0.1/32"),))),
+], ids=["from-header", "source-ip"])
+async def test_each_domain_gets_its_own_transaction_under_its_own_policy(lab, relays,
+                                                                         policy) -> None:
+    """One message to two external domains: each MX host sees only its own recipient, and
+    each group is judged with the message's context — a policy on the From: header, or one
+    limited to the client's address, makes selfsigned.example Strict (so it defers)."""
+    base = make_model(lab, delivery={"selfsigned.example": STRICT})
+    r = await relays(replace(base, delivery_policies=(policy,)))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example",
+                        [f"a-{tag}@trusted.example", f"b-{tag}@selfsigned.example"],
+                        body(tag, sender="ceo@board.example"))
+    record = await r.wait_status(msg_id, "deferred")
+    assert {(a["host"], a["policy"], a["outcome"]) for a in record.attempts} == {
+        ("mx.trusted.example", "default (opportunistic)", "delivered"),
+        ("mx.selfsigned.example", policy.narrative, "temporary")}
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert lab_messages(lab, tag)[0].rcpt_tos == (f"a-{tag}@trusted.example",)
+
+
+@pytest.mark.parametrize(("hosts", "reason"), [
+    ((), "no inbound routes configured for internal mail"),
+    (("nowhere.corp.example",), "no inbound route has an address"),
+])
+async def test_internal_mail_without_a_usable_route_waits_and_says_why(lab, relays, hosts,
+                                                                      reason) -> None:
+    routes = [InboundRoute(h, lab.smtp_port, EncryptionMode.STRICT) for h in hosts]
+    r = await relays(make_model(lab, routes=routes))
+    msg_id = await send(r.port, "x@partner.example", ["bob@corp.example"], body(token()))
+    record = await r.wait_status(msg_id, "deferred")
+    assert next(e["reason"] for e in record.events if e["event"] == "deferred") == reason
+
+
+@pytest.mark.parametrize("hosts", [("nowhere.corp.example", "mail.corp.example"),
+                                   ("mail.corp.example", "nowhere.corp.example")])
+async def test_a_route_host_that_does_not_resolve_leaves_the_others(lab, relays,
+                                                                    hosts) -> None:
+    routes = [InboundRoute(h, lab.smtp_port, EncryptionMode.STRICT) for h in hosts]
+    r = await relays(make_model(lab, routes=routes))
+    msg_id = await send(r.port, "x@partner.example", ["bob@corp.example"], body(token()))
+    record = await r.wait_status(msg_id, "delivered")
+    assert [a["host"] for a in record.attempts] == ["mail.corp.example"]
 
 
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:

@@ -1,7 +1,7 @@
 """Nothing acknowledged is lost, observed from outside the relay whatever files its spool uses:
 the 250 to DATA leaves only after the message's spool files and their folder are fsync'd
 (the relay process runs under strace), and a spool that cannot be written answers 451 and
-keeps nothing."""
+keeps nothing, whether it is full or read-only."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 
-from .conftest import body, lab_messages, make_model, send, token, wait_lab
+from .conftest import STRICT, body, lab_messages, make_model, send, token, wait_lab
 from .test_process import BUNDLE, start_relay
 
 pytestmark = pytest.mark.network
@@ -58,6 +58,10 @@ class Call:
         return not self.result.startswith("-1")
 
 
+# strace pads short lines before "= result" ("close(3</x>)      = 0").
+_RESULT = re.compile(r"(.*)\)\s+= (.*)")
+
+
 def parse_strace(text: str) -> list[Call]:
     calls: list[Call] = []
     pending: dict[str, tuple[str, str, int]] = {}
@@ -69,12 +73,11 @@ def parse_strace(text: str) -> list[Call]:
             pending[pid] = (name, args, n)
         elif resumed := re.match(r"<\.\.\. (\w+) resumed>(.*)", rest):
             name, args, start = pending.pop(pid)
-            args, _, result = (args + resumed.group(2)).rpartition(") = ")
-            calls.append(Call(pid, name, args, result, start, n))
-        elif re.match(r"\w+\(", rest) and ") = " in rest:
-            head, _, result = rest.rpartition(") = ")
-            name, _, args = head.partition("(")
-            calls.append(Call(pid, name, args, result, n, n))
+            if done := _RESULT.fullmatch(args + resumed.group(2)):
+                calls.append(Call(pid, name, done[1], done[2], start, n))
+        elif re.match(r"\w+\(", rest) and (done := _RESULT.fullmatch(rest)):
+            name, _, args = done[1].partition("(")
+            calls.append(Call(pid, name, args, done[2], n, n))
     return calls
 
 
@@ -94,21 +97,27 @@ async def test_250_to_data_is_sent_only_after_the_spool_is_fsynced(lab, tmp_path
         STRACE, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none", "-s", "100000", "-yy",
         "-e", f"trace={traced}", "-o", str(log)])
     relay_pid = _relay_pid(relay.proc.pid)
+    sent = []  # two messages: the second must not ride on the first one's fsyncs
     try:
-        tag = token()
-        msg_id = await send(relay.port, f"alice-{tag}@partner.example",
-                            [f"bob-{tag}@corp.example"], body(tag))
+        for _ in range(2):
+            tag = token()
+            sent.append((tag, await send(relay.port, f"alice-{tag}@partner.example",
+                                         [f"bob-{tag}@corp.example"], body(tag))))
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(relay_pid, signal.SIGKILL)  # strace then exits by itself
         await relay.wait_exit()
 
     calls = parse_strace(log.read_text(errors="replace"))
+    for tag, msg_id in sent:
+        _check_fsynced_before_250(calls, tag, msg_id, str(spool.resolve()))
+
+
+def _check_fsynced_before_250(calls: list[Call], tag: str, msg_id: str, root: str) -> None:
     # The reply on the client's socket (the JSON log on stderr may quote a 250 too).
     [reply] = [c for c in calls if c.name in WRITES and (c.fd_path or "").startswith("TCP:")
                and '"250 ' in c.args and msg_id in c.args]
     before = [c for c in calls if c.end < reply.start and c.ok]
-    root = str(spool.resolve())
 
     def in_spool(path: str | None) -> bool:
         return path is not None and (path == root or path.startswith(root + "/"))
@@ -197,3 +206,71 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
     finally:
         client.close()
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path, bool], None]]:
+    """``read_only(folder, True/False)``: a bind mount of ``folder`` over itself, remounted
+    read-only or writable (root ignores file modes, not a read-only mount). The relay's files
+    opened before the first call stay on the original mount, so the remount is not busy."""
+    mounted: list[Path] = []
+
+    def switch(folder: Path, on: bool) -> None:
+        if folder not in mounted:
+            done = subprocess.run(["mount", "--bind", str(folder), str(folder)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"a bind mount needs root: {done.stderr.strip()}")
+            mounted.append(folder)
+        subprocess.run(["mount", "-o", f"remount,bind,{'ro' if on else 'rw'}", str(folder)],
+                       check=True, capture_output=True)
+
+    yield switch
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+async def test_read_only_spool_answers_451_and_keeps_nothing(lab, relays, read_only, tmp_path,
+                                                             capsys) -> None:
+    # (relays before read_only: the mount goes first, so the relay stops on a writable spool)
+    spool = tmp_path / "spool"
+    r = await relays(make_model(lab), spool=spool)
+    read_only(spool, True)
+    before = _files(spool)
+    tag = token()
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
+    await client.connect()
+    try:
+        with pytest.raises(aiosmtplib.SMTPDataError) as info:
+            await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+        assert info.value.code == 451
+        errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                  if '"event": "error"' in line]
+        assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
+            == [("127.0.0.1", True)]
+        assert _files(spool) == before, "a refused message left files behind"
+        # Writable again: the same session is served and the next message is queued.
+        read_only(spool, False)
+        errors, _ = await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"],
+                                          body(tag))
+        assert not errors
+    finally:
+        client.close()
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def test_the_spool_is_private_to_the_relay(lab, relays) -> None:
+    """Queued mail is readable by the relay's user only, whatever the umask: the spool
+    folder is 0700 and every file in it 0600 (queue file, state file, message log, lock,
+    STARTTLS key), but the certificate the relay shows every client."""
+    r = await relays(make_model(lab, delivery={"selfsigned.example": STRICT}))
+    tag = token()
+    msg_id = await send(r.port, f"alice-{tag}@corp.example", [f"rcpt-{tag}@selfsigned.example"],
+                        body(tag))
+    await r.wait_status(msg_id, "deferred")
+    assert r.spool.stat().st_mode & 0o777 == 0o700
+    modes = {str(p.relative_to(r.spool)): p.stat().st_mode & 0o777
+             for p in r.spool.rglob("*") if p.is_file()}
+    assert {name.split("/")[0] for name in modes} >= {"queue", "deferred", "log", "lock"}
+    assert {name: mode for name, mode in modes.items() if mode != 0o600} \
+        == {"tls/relay-cert.pem": 0o644}

@@ -70,15 +70,40 @@ async def test_a_failed_log_append_answers_451_and_keeps_no_copy(lab, relays) ->
     assert len(lab_messages(lab, tag)) == 1
 
 
+def _cut_envelope(spool: Spool) -> None:
+    path = spool.queue_path("0DAMAGED")
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _no_envelope(spool: Spool) -> None:
+    path = spool.queue_path("0DAMAGED")
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"keep me\r\n") + 9])
+
+
+def _another_message(spool: Spool) -> None:
+    path = spool.queue_path("0DAMAGED")
+    path.write_bytes(path.read_bytes().replace(b'"id": "0DAMAGED"', b'"id": "0ELSEWHR"'))
+
+
+def _torn_state_file(spool: Spool) -> None:
+    (spool.root / "deferred" / "0DAMAGED.json").write_bytes(b'{"id": "0DAM')
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (_cut_envelope, "0DAMAGED: queue file damaged"),
+    (_no_envelope, "0DAMAGED: queue file damaged (bad length line)"),
+    (_another_message, "0DAMAGED: queue file holds message 0ELSEWHR"),
+    (_torn_state_file, "0DAMAGED: deferred entry damaged"),
+])
 async def test_damaged_queue_file_is_quarantined_with_its_body_logged_and_listed(
-        lab, relays, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lab, relays, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage, why) -> None:
     spool = Spool(tmp_path / "spool")
     spool.create()
     entry = QueueEntry(id="0DAMAGED", mail_from="alice@corp.example",
                        recipients=[Recipient("bob@corp.example")], received_at=1.0)
     spool.accept(entry, b"Subject: acknowledged\r\n\r\nkeep me\r\n")
-    path = spool.queue_path(entry.id)
-    path.write_bytes(path.read_bytes()[:-10])  # outside damage to the envelope
+    damage(spool)  # outside damage
     await relays(make_model(lab), spool=spool.root)
     kept = spool.root / "corrupt" / "0DAMAGED.queue.msg"
     assert b"keep me" in kept.read_bytes(), "the acknowledged body is kept, not deleted"
@@ -90,6 +115,8 @@ async def test_damaged_queue_file_is_quarantined_with_its_body_logged_and_listed
     assert cli_main(["log", "--spool", str(spool.root), "0DAMAGED"]) == 0
     shown = capsys.readouterr().out
     assert "Quarantined" in shown and str(spool.root / "corrupt") in shown
+    # Says what is wrong, so a person knows what to look at.
+    assert why in shown
 
 
 async def test_an_entry_whose_body_is_missing_is_set_aside_not_retried(lab, relays,
@@ -103,7 +130,10 @@ async def test_an_entry_whose_body_is_missing_is_set_aside_not_retried(lab, rela
     (root / "deferred" / "0NOBODY.json").write_bytes(entry.to_json())
     r = await relays(make_model(lab), spool=root)
     assert (root / "corrupt" / "0NOBODY.deferred.json").exists()
-    assert (await r.record("0NOBODY")).status == "quarantined"
+    record = await r.record("0NOBODY")
+    assert record.status == "quarantined"
+    assert [e["reason"] for e in record.events if e["event"] == "quarantined"] \
+        == ["message body missing"]
     assert not r.relay._queued and not r.relay._timers
 
 

@@ -156,6 +156,8 @@ async def test_hold_survives_a_restart_and_release_delivers(lab, gated) -> None:
     assert held["id"] == msg_id and held["state"] == "hold"
     assert held["attempts"] == 1 and "connection closed" in held["recipients"][0]["detail"]
     assert not lab_messages(lab, tag)
+    code, shown, _ = await queue(spool, "show", msg_id, "--headers")
+    assert code == 0 and f"Subject: test {tag}" in shown  # a held message keeps its body
 
     reply = await queue_json(spool, "release", msg_id)
     assert reply["results"] == [{"id": msg_id, "result": "released"}]

@@ -4,6 +4,7 @@ routing tricks, limits. Clients are aiosmtplib or raw sockets, never our own cli
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import warnings
 from dataclasses import replace
@@ -311,3 +312,36 @@ async def test_hostile_client_gets_replies_and_the_relay_keeps_serving(lab, rela
     assert codes[5] == b"250"
     # A fresh client is served normally afterwards.
     assert await send(r.port, "alice@corp.example", ["bob@corp.example"], body(token()))
+
+
+async def test_a_receipt_policy_limited_to_source_ips_applies_to_those_clients(lab,
+                                                                              relays) -> None:
+    """Enforced TLS for partner.example, in effect only for clients in 127.0.0.2/32: that
+    client is refused in plaintext, another one is not."""
+    base = make_model(lab, receipt={"partner.example": ReceiptOption.ENFORCED})
+    [policy] = base.receipt_policies
+    limited = replace(policy, validity=replace(
+        policy.validity, source_ips=(ipaddress.ip_network("127.0.0.2/32"),)))
+    r = await relays(replace(base, receipt_policies=(limited,)))
+    exc = await _refused(r.port, "p@partner.example", "bob@corp.example", None,
+                         source="127.0.0.2")
+    assert exc.code == 530
+    await send(r.port, "p@partner.example", ["bob@corp.example"], body(token()),
+               source="127.0.0.3")
+
+
+async def test_ehlo_names_the_relay_first_and_offers_its_extensions(lab, relays) -> None:
+    r = await relays(make_model(lab))
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10)
+    greeting = await client.connect()
+    try:
+        reply = await client.ehlo()
+    finally:
+        client.close()
+    assert greeting.message == "relay.corp.example connectwiz"
+    lines = reply.message.splitlines()
+    assert lines[0] == "relay.corp.example"  # RFC 5321 4.1.1.1: the server's domain first
+    assert sorted(lines[1:]) == sorted(set(lines[1:]))
+    assert {line.split()[0] for line in lines[1:]} \
+        >= {"PIPELINING", "SIZE", "8BITMIME", "STARTTLS"}
+    assert f"SIZE {FAST.max_message_size}" in lines  # the limit DATA enforces

@@ -186,3 +186,38 @@ async def test_addresses_refused_at_mail_and_rcpt_say_why(lab, relays) -> None:
         assert (await client.rcpt(f"Xavier-{tag}@corp.example")).code == 250
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(("greeting", "tls", "rcpts", "proto"), [
+    ("ehlo", False, 1, "ESMTP"),
+    ("helo", False, 2, "SMTP"),  # two recipients: no "for" (it would leak a Bcc list)
+    ("ehlo", True, 1, "ESMTPS"),
+    ("helo", True, 2, "SMTPS"),  # HELO again after STARTTLS
+])
+async def test_received_header_names_the_session(lab, relays, greeting, tls, rcpts,
+                                                 proto) -> None:
+    r = await relays(make_model(lab))
+    tag = token()
+    name = f"client-{tag}." + "h" * 250  # longer than the 200 characters kept
+    to = [f"bob{n}-{tag}@corp.example" for n in range(rcpts)]
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=r.port, start_tls=False, timeout=10,
+                             tls_context=no_verify())
+    await client.connect()
+    try:
+        if tls:
+            await client.ehlo(hostname="client.test")
+            await client.starttls()
+        await (client.ehlo if greeting == "ehlo" else client.helo)(hostname=name)
+        _, reply = await client.sendmail("x@partner.example", to, body(tag))
+    finally:
+        client.close()
+    msg_id = reply.rsplit(" ", 1)[-1]
+    # No receipt policy matches: the receipt view says which one applied all the same.
+    assert (await r.record(msg_id)).received["policy"] == "default (opportunistic)"
+    assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    data = lab_messages(lab, tag)[0].data.decode()
+    using = r"\r\n\t\(using TLSv1\.[23] with cipher \S+ \(\d+ bits\)\)" if tls else ""
+    for_part = rf"\r\n\tfor <{re.escape(to[0])}>" if rcpts == 1 else ""
+    assert re.match(rf"Received: from {re.escape(name[:200])} \(\[127\.0\.0\.1\]\){using}"
+                    rf"\r\n\tby relay\.corp\.example \(connectwiz\) with {proto} id {msg_id}"
+                    rf"{for_part}; [^\r\n]+ \+0000\r\n", data), data[:400]

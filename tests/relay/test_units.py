@@ -361,3 +361,5 @@ def test_a_spool_that_cannot_be_created_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("connectwiz: cannot create the spool") and err.count("\n") == 1
     assert "Traceback" not in err
+    # Which folder and why, in the system's words.
+    assert err.endswith(f"{spool / 'tmp'}: Not a directory\n"), err
