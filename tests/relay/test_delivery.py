@@ -326,7 +326,7 @@ async def test_a_retry_does_not_repeat_deliveries_already_made(lab, relays) -> N
 
 
 async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays, tmp_path,
-                                                                     capsys) -> None:
+                                                                     event_log) -> None:
     """The relay stops while a message is in flight, one recipient already delivered: the
     next start delivers to the other recipient only."""
     hop = HoldThenForward((lab.address_of("mail.corp.example"), lab.smtp_port))
@@ -340,8 +340,7 @@ async def test_a_delivery_interrupted_by_a_stop_resumes_where_it_was(lab, relays
         await asyncio.wait_for(hop.held.wait(), 20)
         assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
         await r.relay.stop()
-        [stopped] = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                     if '"event": "stopped"' in line]
+        [stopped] = [e for e in event_log.events() if e["event"] == "stopped"]
         assert (stopped["incoming"], stopped["active"], stopped["deferred"]) == (0, 1, 0)
         hop.forward = True
         r = await relays(model, spool=r.spool)

@@ -231,7 +231,7 @@ def read_only(tmp_path: Path) -> Iterator[Callable[[Path, bool], None]]:
 
 
 async def test_read_only_spool_answers_451_and_keeps_nothing(lab, relays, read_only, tmp_path,
-                                                             capsys) -> None:
+                                                             event_log) -> None:
     # (relays before read_only: the mount goes first, so the relay stops on a writable spool)
     spool = tmp_path / "spool"
     r = await relays(make_model(lab), spool=spool)
@@ -244,8 +244,7 @@ async def test_read_only_spool_answers_451_and_keeps_nothing(lab, relays, read_o
         with pytest.raises(aiosmtplib.SMTPDataError) as info:
             await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
         assert info.value.code == 451
-        errors = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                  if '"event": "error"' in line]
+        errors = [e for e in event_log.events() if e["event"] == "error"]
         assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
             == [("127.0.0.1", True)]
         assert _files(spool) == before, "a refused message left files behind"

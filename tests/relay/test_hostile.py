@@ -4,7 +4,6 @@ hostile headers, per-client limits, mail loops, odd addresses."""
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import replace
 
 import aiosmtplib
@@ -172,14 +171,13 @@ async def _session_again(port: int, source: str
     raise AssertionError(f"{source} is not served again")
 
 
-async def test_one_client_cannot_take_every_session(lab, relays, capsys) -> None:
+async def test_one_client_cannot_take_every_session(lab, relays, event_log) -> None:
     r = await relays(make_model(lab), replace(FAST, max_connections_per_client=2,
                                               max_connections=6))
     held = [await _session(r.port, "127.0.0.2") for _ in range(2)]
     try:
         assert (await _greeting(r.port, "127.0.0.2")).startswith(b"421 4.7.0")
-        refusals = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                    if '"event": "refused"' in line]
+        refusals = [e for e in event_log.events() if e["event"] == "refused"]
         assert [(e["client"], e["reason"], e["limit"]) for e in refusals] \
             == [("127.0.0.2", "too many connections from this client", 2)]
         # Other clients are served, and authorised ones (here 127.0.0.1) are not capped.
