@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import ssl
 import time
@@ -280,7 +281,7 @@ class Relay:
         # keeps every worker's hands off it (relay/control.py).
         await self._control.start(listen=self.worker.leads)
         self._tlsrpt_task = asyncio.create_task(self._tlsrpt_loop())
-        self.log("listening", host=self.address[0], port=self.address[1],
+        self.log("listening", host=self.address[0], port=self.address[1], pid=os.getpid(),
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None,
                  loop=type(loop).__module__.partition(".")[0])  # uvloop or asyncio
