@@ -110,8 +110,7 @@ async def _kill_loop(lab, tmp_path: Path, options: tuple[str, ...], kill: Kill) 
 
 
 async def _kill_the_process(relay: RelayProcess) -> None:
-    relay.proc.kill()
-    assert await relay.proc.wait() == -signal.SIGKILL
+    assert await relay.kill_only() == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("in_flight", [1, DEFAULT_IN_FLIGHT])

@@ -84,9 +84,24 @@ class RelayProcess:
         return code
 
     async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
+        """SIGKILL every process of the relay at once (its own process group: parent and
+        workers), as a crash of the whole relay; ``kill_only`` kills just the parent."""
+        # Once the parent is gone and stderr closed (workers hold it), so is every process
+        # of the group, and its id may be another group's.
+        if self.proc.returncode is None or not self._reader.done():
+            with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+                os.killpg(self.proc.pid, signal.SIGKILL)
         await self.wait_exit()
+
+    async def kill_only(self) -> int:
+        """SIGKILL the process and return its status as soon as it has exited (its workers
+        may live on). asyncio's ``wait()`` would also wait for them: for the stderr pipe."""
+        self.proc.kill()
+        deadline = asyncio.get_running_loop().time() + 20
+        while self.proc.returncode is None:  # set once the process is reaped
+            assert asyncio.get_running_loop().time() < deadline, "SIGKILL did not end it"
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
 
 
 async def start_relay(lab, bundle: Path, spool: Path, *extra: str,
@@ -101,7 +116,7 @@ async def start_relay(lab, bundle: Path, spool: Path, *extra: str,
         "--ca-file", str(lab.ca_file), "--timeout", "30", "--hostname", "relay.corp.example",
         "--backoff-min", "0.2", "--backoff-max", "0.4", "--shutdown-grace", "5", *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,  # see RelayProcess.kill
     )
     relay = RelayProcess(proc)
     if started:
@@ -159,7 +174,7 @@ async def test_kill_9_during_delivery_then_restart_delivers_once(lab, tmp_path) 
         client.close()
         await asyncio.wait_for(hop.held.wait(), 20)  # the delivery is in flight
         assert len(list((spool / "active").glob("*.json"))) == 1
-        await relay.kill()  # SIGKILL: no chance to clean up
+        await relay.kill()  # SIGKILL to every process of the relay: none can finish it
         assert relay.proc.returncode == -signal.SIGKILL
 
         hop.forward = True
