@@ -42,6 +42,14 @@ to = { applies = "internal" }
 """
 
 
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` started (a relay's workers)."""
+    with contextlib.suppress(FileNotFoundError):  # gone
+        return {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()}
+    return set()
+
+
 class RelayProcess:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -84,13 +92,13 @@ class RelayProcess:
         return code
 
     async def kill(self) -> None:
-        """SIGKILL every process of the relay at once (its own process group: parent and
-        workers), as a crash of the whole relay; ``kill_only`` kills just the parent."""
-        # Once the parent is gone and stderr closed (workers hold it), so is every process
-        # of the group, and its id may be another group's.
-        if self.proc.returncode is None or not self._reader.done():
-            with contextlib.suppress(ProcessLookupError):  # gone meanwhile
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the relay and its workers at once, as a crash of the whole relay (the
+        workers of a parent killed alone would drain first); ``kill_only`` kills just the
+        parent."""
+        if self.proc.returncode is None:
+            for pid in [*children(self.proc.pid), self.proc.pid]:
+                with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+                    os.kill(pid, signal.SIGKILL)
         await self.wait_exit()
 
     async def kill_only(self) -> int:
@@ -116,7 +124,7 @@ async def start_relay(lab, bundle: Path, spool: Path, *extra: str,
         "--ca-file", str(lab.ca_file), "--timeout", "30", "--hostname", "relay.corp.example",
         "--backoff-min", "0.2", "--backoff-max", "0.4", "--shutdown-grace", "5", *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,  # see RelayProcess.kill
+        stderr=asyncio.subprocess.PIPE,
     )
     relay = RelayProcess(proc)
     if started:

@@ -12,14 +12,9 @@ import aiosmtplib
 import pytest
 
 from .conftest import body, forward, lab_messages, token, wait_lab
-from .test_process import BUNDLE, start_relay
+from .test_process import BUNDLE, children, start_relay
 
 pytestmark = pytest.mark.network
-
-
-def _children(pid: int) -> set[int]:
-    return {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()}
 
 
 async def test_workers_share_the_port_and_the_spool_and_exit_after_the_parent(lab,
@@ -31,7 +26,7 @@ async def test_workers_share_the_port_and_the_spool_and_exit_after_the_parent(la
         listening = [await relay.wait_event("listening", n) for n in (1, 2)]
         assert {e["worker"] for e in listening} == {0, 1}
         assert listening[0]["port"] == listening[1]["port"]  # SO_REUSEPORT
-        workers = _children(relay.proc.pid)
+        workers = children(relay.proc.pid)
         assert len(workers) == 2
 
         tags = [token() for _ in range(20)]
@@ -64,7 +59,7 @@ async def test_a_worker_dying_on_its_own_stops_the_relay_with_status_1(lab, tmp_
     bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
     relay = await start_relay(lab, bundle, spool, "--workers", "2")
     try:
-        workers = sorted(_children(relay.proc.pid))
+        workers = sorted(children(relay.proc.pid))
         os.kill(workers[-1], signal.SIGKILL)
         # The other worker is stopped and the spool left for the next start to recover.
         assert await relay.wait_exit() == 1
@@ -83,7 +78,7 @@ async def test_without_the_option_the_relay_runs_a_worker_per_core(lab, tmp_path
         cores = len(os.sched_getaffinity(0))
         assert (await relay.wait_event("started"))["workers"] == cores
         if cores > 1:
-            assert len(_children(relay.proc.pid)) == cores
+            assert len(children(relay.proc.pid)) == cores
     finally:
         await relay.kill()
 
