@@ -73,11 +73,15 @@ async def _kill_loop(lab, tmp_path: Path, options: tuple[str, ...], kill: Kill) 
                 when = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
                 done_at.setdefault(e["id"], when)
 
+    waited = 0  # restarts that found the old relay's workers still holding the spool
+
     async def kill_and_restart(old: RelayProcess) -> RelayProcess:
+        nonlocal waited
         await kill(old)
         new = await start_relay(lab, bundle, spool, *options)
         await old.wait_exit()  # every process of the old relay has written its last line
         note_done(old.events)
+        waited += any(e.get("event") == "waiting" for e in new.events)
         return new
     try:
         # Everything is acknowledged first while the next hop holds deliveries ...
@@ -99,7 +103,8 @@ async def _kill_loop(lab, tmp_path: Path, options: tuple[str, ...], kill: Kill) 
         repeated = {tag: found for tag, found in copies().items() if len(found) > 1}
         duplicates = sum(len(found) - 1 for found in repeated.values())
         print(f"{duplicates} duplicate deliveries over {KILLS} kills "
-              f"({duplicates / KILLS:.1f} per kill, {MESSAGES} messages, {' '.join(options)})")
+              f"({duplicates / KILLS:.1f} per kill, {MESSAGES} messages, {' '.join(options)}; "
+              f"{waited} restarts waited for the old workers)")
         late = [m for found in repeated.values() for m in found
                 if m.received.timestamp() > done_at.get(_queue_id(m), float("inf")) + 0.001]
         assert not late, "a message was delivered again after the relay recorded it done"

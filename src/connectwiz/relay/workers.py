@@ -219,7 +219,9 @@ def _start(worker: Worker, listen: tuple[str, int],
         _drain_with_parent(parent)
 
         def ready(_port: int) -> None:
-            os.write(ready_w, b"R")
+            # A parent killed meanwhile reads no more: this worker drains (DRAIN_SIGNAL).
+            with contextlib.suppress(BrokenPipeError):
+                os.write(ready_w, b"R")
 
         code = serve(worker, listen, ready)
     except UserError as exc:
