@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import email
 import json
+import os
+import subprocess
+import sys
 from email import policy as email_policy
 from pathlib import Path
 
@@ -277,6 +280,51 @@ def test_one_relay_per_spool(spool: Spool) -> None:
     spool.unlock()
     other.lock()  # free again once the first lets go
     other.unlock()
+
+
+def _hold_lock(spool: Spool, owner: int | None) -> subprocess.Popen[str]:
+    """Another process holding the spool lock, as a relay's worker does, with ``owner``
+    (None: itself) in the lock file; it lets go when its stdin closes."""
+    code = ("import fcntl, os, sys\n"
+            f"fd = os.open({str(spool.root / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            f"os.write(fd, b'%d\\n' % {owner or 'os.getpid()'})\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_the_lock_waits_for_the_workers_of_a_dead_relay_and_refuses_a_live_one(
+        spool: Spool) -> None:
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    live = _hold_lock(spool, None)
+    try:
+        with pytest.raises(UserError, match="in use by another relay"):
+            spool.lock(wait=60)  # at once, not after 60 s: that relay still runs
+    finally:
+        assert live.stdin is not None
+        live.stdin.close()
+        live.wait()
+    orphans = _hold_lock(spool, dead)  # the lock file names a relay that is gone
+    told = []
+
+    def waiting(pid: int) -> None:
+        told.append(pid)
+        assert orphans.stdin is not None
+        orphans.stdin.close()  # the workers finish and exit
+
+    try:
+        spool.lock(wait=60, waiting=waiting)
+    finally:
+        orphans.kill()
+        orphans.wait()
+    assert told == [dead]
+    assert (spool.root / "lock").read_text() == f"{os.getpid()}\n"
+    spool.unlock()
 
 
 def test_failed_write_leaves_nothing_behind(spool: Spool) -> None:

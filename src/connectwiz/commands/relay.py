@@ -21,7 +21,13 @@ from connectwiz.relay.server import Relay
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import default_spool
 from connectwiz.relay.tlsrpt_post import parse_networks
-from connectwiz.relay.workers import Worker, default_workers, run_workers, share
+from connectwiz.relay.workers import (
+    Worker,
+    default_workers,
+    run_workers,
+    share,
+    waiting_for,
+)
 
 METRICS_FOLDER = "metrics"  # in the spool: the workers' counters, with --metrics
 
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     if workers == 1:
         return serve(Worker(), (host, port), started)
-    return run_workers(workers, spool, (host, port), serve, started)
+    return run_workers(workers, spool, (host, port), serve, started, waiting_for(log, spool))
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -4,7 +4,9 @@ Lifecycle: ``start()`` loads the policy (a broken bundle is a UserError), recove
 spool, listens; ``reload()`` (SIGHUP) swaps the policy only when the new one loads;
 ``stop()`` (SIGTERM) stops listening, lets sessions and deliveries finish for up to
 ``settings.shutdown_grace`` seconds, then drops what is left — anything not delivered is
-still in the spool and is picked up again on the next start.
+still in the spool and is picked up again on the next start. A worker whose parent died
+drains instead (``stop(drain=True)``): idle sessions end at once, and the deliveries in
+flight finish however long their own timeouts let them take.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import ssl
 import time
@@ -48,7 +51,7 @@ from connectwiz.relay.spool import (
 )
 from connectwiz.relay.tlscert import ensure_self_signed
 from connectwiz.relay.tlsrpt import TlsRptRecorder, TlsRptSender, TlsRptStore, queue_local
-from connectwiz.relay.workers import Worker
+from connectwiz.relay.workers import DRAIN_SIGNAL, ORPHAN_WAIT, Worker, waiting_for
 
 _RECEIPT_THREADS = 32
 
@@ -213,7 +216,8 @@ class Relay:
         await asyncio.to_thread(self.spool.create)
         await asyncio.to_thread(self.secure.store.create)
         if not self.worker.shared:  # else the parent process holds it for every worker
-            self.spool.lock()
+            await asyncio.to_thread(self.spool.lock, ORPHAN_WAIT,
+                                    waiting_for(self.log, self.spool.root))
         try:
             await self._start()
         except BaseException:
@@ -277,12 +281,16 @@ class Relay:
         # keeps every worker's hands off it (relay/control.py).
         await self._control.start(listen=self.worker.leads)
         self._tlsrpt_task = asyncio.create_task(self._tlsrpt_loop())
-        self.log("listening", host=self.address[0], port=self.address[1],
+        self.log("listening", host=self.address[0], port=self.address[1], pid=os.getpid(),
                  spool=str(self.spool.root), recovered=len(ready), deferred=len(deferred),
                  quarantined=len(found.quarantined) or None,
                  loop=type(loop).__module__.partition(".")[0])  # uvloop or asyncio
 
-    async def stop(self) -> None:
+    async def stop(self, drain: bool = False) -> None:
+        """Stop listening and delivering. Sessions get ``shutdown_grace`` seconds to end, so
+        do deliveries in flight; with ``drain`` (the parent process died: a relay starting
+        meanwhile waits for this one to exit), sessions without a transaction end at once
+        and deliveries in flight get as long as their own timeouts allow."""
         if self._stopping:
             await self._stopped.wait()
             return
@@ -291,17 +299,24 @@ class Relay:
         if self._server is not None:
             self._server.close()
         await self._control.close()
-        self.log("stopping", grace_s=self.settings.shutdown_grace)  # logged once not listening
+        # Logged once not listening.
+        self.log("stopping", grace_s=self.settings.shutdown_grace,
+                 drain="the relay's parent process is gone: finishing the deliveries in "
+                       f"flight ({len(self._busy)} messages), then exiting" if drain else None)
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
         sessions = self._handler.sessions if self._handler else set()
+        if drain:
+            for proto in list(sessions):
+                proto.shut()
         while sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for proto in list(sessions):
             proto.close()
         if self._busy:
-            await asyncio.wait(set(self._busy), timeout=max(deadline - time.monotonic(), 0))
+            await asyncio.wait(set(self._busy),
+                               timeout=None if drain else max(deadline - time.monotonic(), 0))
         tasks = [*self._workers, *(t for t in (self._rescan, self._directory_task,
                                                 self._tlsrpt_task) if t is not None)]
         for task in tasks:
@@ -323,8 +338,19 @@ class Relay:
         the relay listens."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        drain = False
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
+        signals = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+        if self.worker.shared:  # a worker: the kernel's word that its parent died
+
+            def on_orphaned() -> None:
+                nonlocal drain
+                drain = True
+                stop.set()
+
+            loop.add_signal_handler(DRAIN_SIGNAL, on_orphaned)
+            signals.append(DRAIN_SIGNAL)
         reloads: set[asyncio.Task[bool]] = set()  # the loop keeps only weak references
 
         def on_hup() -> None:
@@ -339,9 +365,13 @@ class Relay:
         try:
             await stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self.stop()
+            try:
+                await self.stop(drain)
+            finally:
+                # Only now: a second SIGTERM (systemd signals every process of the unit,
+                # the parent forwards its own) must not kill a worker while it stops.
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
 
     # -- receipt callbacks ---------------------------------------------------------------------
 
@@ -487,6 +517,8 @@ class Relay:
         for group in groups:
             record = functools.partial(self._record_attempt, entry, group.policy)
             async with self._destinations.slot((group.kind, group.domain)):
+                if self._stopping:  # no delivery starts now; the next start recovers it
+                    return
                 attempts = await self.deliverer.deliver_group(entry, bodies[group.variant],
                                                               group, model, record)
             if await self._io(self._sync_group, entry, attempts, group.recipients):

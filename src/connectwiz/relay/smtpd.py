@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024  # read at most this much at a time
 FLUSH = 256 * 1024  # hand content on once this much has collected
 HEADER_LIMIT = 102_400  # bytes of header read for policy (Postfix header_size_limit)
+_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, try again later"
 # <local@domain> with a dot-atom on both sides: what nearly every client sends.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)",
@@ -77,6 +78,7 @@ class RelaySMTP(SMTP):
         self._relay_handler = handler
         self._junk = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._shut = False
 
     # -- limits ---------------------------------------------------------------------------------
 
@@ -99,8 +101,20 @@ class RelaySMTP(SMTP):
     def _expire(self) -> None:
         """The overall session deadline: however busy the client keeps the session, it
         ends (a NOOP dripped at a byte a second would otherwise live forever)."""
+        self._goodbye(b"421 4.4.2 Error: session time limit exceeded")
+
+    def shut(self) -> None:
+        """The relay is going away (its parent died): a session with no transaction open
+        gets 421 now; one in a transaction may finish it (its message is queued durably
+        before the 250, as always, and the next relay delivers it) and gets 421 after."""
+        self._shut = True
+        if self.envelope is None or self.envelope.mail_from is None:
+            self._goodbye(_SHUTTING_DOWN)
+
+    def _goodbye(self, reply: bytes) -> None:
+        """Say ``reply`` and hang up, whatever the session was doing."""
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(b"421 4.4.2 Error: session time limit exceeded\r\n")
+            self._writer.write(reply + b"\r\n")
             self.transport.close()
 
     async def _junk_command(self) -> bool:
@@ -228,6 +242,8 @@ class RelaySMTP(SMTP):
             self._junk = 0  # a client that delivers mail is not wasting the session
         self._set_post_data_state()
         await self.push(reply)
+        if self._shut:
+            self._goodbye(_SHUTTING_DOWN)
 
     async def read_data(self, limit: int, sink: Callable[[bytes], Awaitable[None]]
                         ) -> DataResult:

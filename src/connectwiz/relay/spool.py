@@ -34,6 +34,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -227,6 +228,30 @@ class QueueWriter:
                 self.tmp.unlink(missing_ok=True)
 
 
+def _lock_owner(fd: int) -> int | None:
+    """The pid the lock file names (the relay process that took it), if any."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(os.pread(fd, 32, 0).split()[0])
+    return None
+
+
+def _running(pid: int) -> bool:
+    """``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel whether the pid exists at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 class Spool:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -244,15 +269,33 @@ class Spool:
             raise UserError(f"cannot create the spool {self.root}: {where}: "
                             f"{exc.strerror or exc}") from None
 
-    def lock(self) -> None:
+    def lock(self, wait: float = 0.0, waiting: Callable[[int], None] | None = None) -> None:
         """Claim the spool for this process; two relays on one spool would deliver twice.
-        The lock is released when the process exits, however it exits."""
+        The lock is released when every process sharing it has exited, however it exits:
+        a relay's workers share their parent's (fork), so after the parent is killed they
+        hold it while they finish the deliveries in flight (relay/workers.py). Then, the
+        relay named in the lock file being gone, this waits up to ``wait`` seconds for
+        them, calling ``waiting(pid)`` once; a relay that still runs is refused at once."""
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UserError(f"spool {self.root} is in use by another relay") from None
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                owner = _lock_owner(fd)
+                if owner is None or _running(owner) or time.monotonic() >= deadline:
+                    os.close(fd)
+                    if told:
+                        raise UserError(
+                            f"spool {self.root} is still held by the workers of relay pid "
+                            f"{owner}, which is gone (waited {wait:.0f} s)") from None
+                    raise UserError(f"spool {self.root} is in use by another relay") from None
+                if not told and waiting is not None:
+                    waiting(owner)
+                told = True
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd

@@ -11,8 +11,15 @@ The parent holds the spool lock and supervises. It starts worker 0, which recove
 spool (an interrupted delivery goes back to the queue), and once that one listens, the
 others; it passes SIGTERM, SIGINT and SIGHUP on to every worker. A worker that dies on its
 own makes the parent stop the others and exit 1, so that the service manager restarts the
-relay and the spool is recovered once more. Workers die with the parent (``PR_SET_PDEATHSIG``):
-a parent killed with SIGKILL leaves no process holding the port or the spool.
+relay and the spool is recovered once more.
+
+A parent killed with SIGKILL interrupts no delivery, as killing Postfix's master leaves its
+smtp processes to finish their transactions: the kernel sends each worker ``DRAIN_SIGNAL``
+(``PR_SET_PDEATHSIG``), and the worker stops listening, ends idle SMTP sessions with 421,
+starts no delivery, lets those in flight finish and records them as usual, then exits. The
+workers share the parent's spool lock (the same open file description, inherited by fork),
+so a relay started meanwhile waits in ``Spool.lock`` until the last of them is gone, and
+only then binds the port and recovers the spool.
 """
 
 from __future__ import annotations
@@ -29,11 +36,18 @@ from dataclasses import dataclass, replace
 from types import FrameType
 
 from connectwiz.errors import UserError
+from connectwiz.relay.events import EventLog
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.spool import Spool
 
 _PR_SET_PDEATHSIG = 1
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# What a worker gets when its parent dies: finish the deliveries in flight, then exit
+# (Relay.serve_until_signalled). SIGTERM means "stop within the grace period" instead.
+DRAIN_SIGNAL = signal.SIGUSR1
+# How long a relay starting on the spool waits for the workers of a killed one; their
+# deliveries each have per-step timeouts (--timeout), so a drain lasting longer is stuck.
+ORPHAN_WAIT = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,17 @@ def share(settings: RelaySettings, count: int) -> RelaySettings:
                    max_connections_per_client=part(settings.max_connections_per_client))
 
 
+def waiting_for(log: EventLog, spool: os.PathLike[str]) -> Callable[[int], None]:
+    """The log line of a relay that waits for a killed one's workers (``Spool.lock``)."""
+
+    def note(pid: int) -> None:
+        log("waiting", reason=f"relay pid {pid} is gone but its workers still hold the spool "
+                              f"{spool}: they finish the deliveries in flight first",
+            wait_s=ORPHAN_WAIT)
+
+    return note
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind ``host:port`` (not listening) with SO_REUSEPORT: the workers' listening sockets
     join it on the same port, which this fixes when ``port`` is 0."""
@@ -105,13 +130,16 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int],
                 serve: Callable[[Worker, tuple[str, int], Callable[[int], None]], int],
-                started: Callable[[int], None]) -> int:
+                started: Callable[[int], None], waiting: Callable[[int], None]) -> int:
     """Run ``count`` workers; returns the exit status. ``serve(worker, listen, ready)`` runs
     one worker until it is signalled to stop and returns its exit status; it calls
-    ``ready(port)`` once it listens. ``started(port)`` is called once every worker listens."""
+    ``ready(port)`` once it listens. ``started(port)`` is called once every worker listens;
+    ``waiting(pid)`` if the workers of a killed relay ``pid`` still hold the spool."""
     spool = Spool(spool_root)
     spool.create()
-    spool.lock()  # held here for every worker: another relay on this spool is refused
+    # Held here for every worker (and by them, see the module docstring): another relay on
+    # this spool is refused, a killed one's draining workers are waited for.
+    spool.lock(ORPHAN_WAIT, waiting)
     reserved = reserve_port(*listen)
     listen = (listen[0], reserved.getsockname()[1])
     children: dict[int, int] = {}  # pid -> worker index
@@ -130,7 +158,7 @@ def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int
         for index in range(count):
             if stopping:
                 break
-            pid, ready = _start(Worker(index, count), listen, serve, reserved)
+            pid, ready = _start(Worker(index, count), listen, serve, reserved, os.getpid())
             children[pid] = index
             # One at a time: worker 0 recovers the spool before anyone delivers, and the
             # relay counts as started once every worker listens.
@@ -165,7 +193,7 @@ def run_workers(count: int, spool_root: os.PathLike[str], listen: tuple[str, int
 
 def _start(worker: Worker, listen: tuple[str, int],
            serve: Callable[[Worker, tuple[str, int], Callable[[int], None]], int],
-           reserved: socket.socket) -> tuple[int, int]:
+           reserved: socket.socket, parent: int) -> tuple[int, int]:
     """Fork one worker; returns its pid and the read end of its readiness pipe."""
     ready_r, ready_w = os.pipe()
     sys.stderr.flush()
@@ -188,10 +216,12 @@ def _start(worker: Worker, listen: tuple[str, int],
         # is loading the bundle anyway).
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-        _die_with_parent()
+        _drain_with_parent(parent)
 
         def ready(_port: int) -> None:
-            os.write(ready_w, b"R")
+            # A parent killed meanwhile reads no more: this worker drains (DRAIN_SIGNAL).
+            with contextlib.suppress(BrokenPipeError):
+                os.write(ready_w, b"R")
 
         code = serve(worker, listen, ready)
     except UserError as exc:
@@ -206,10 +236,12 @@ def _start(worker: Worker, listen: tuple[str, int],
         os._exit(code)
 
 
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux)."""
+def _drain_with_parent(parent: int) -> None:
+    """Have the kernel send ``DRAIN_SIGNAL`` to this process when its parent dies (Linux).
+    Until the worker's event loop handles it, the signal's default action ends the
+    worker: it has started no delivery yet."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent is already gone
-            os._exit(1)
+        libc.prctl(_PR_SET_PDEATHSIG, DRAIN_SIGNAL)
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
