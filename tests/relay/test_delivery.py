@@ -404,6 +404,27 @@ async def test_a_route_host_that_does_not_resolve_leaves_the_others(lab, relays,
     assert [a["host"] for a in record.attempts] == ["mail.corp.example"]
 
 
+async def test_a_route_back_to_the_relay_is_skipped_for_the_next_route(lab, relays,
+                                                                       event_log) -> None:
+    """Of routes [the relay itself, the internal server, the internal server again]: the
+    first is left out, the second delivers, the third is not tried, the message is done."""
+    r = await relays(make_model(lab))
+    internal = InboundRoute("mail.corp.example", lab.smtp_port, EncryptionMode.STRICT)
+    model = make_model(lab, routes=[InboundRoute("127.0.0.1", r.port), internal, internal])
+    r.relay.load_policy = lambda: model
+    assert await r.relay.reload()
+    tag = token()
+    msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+    record = await r.wait_status(msg_id, "delivered")
+    assert [(a["host"], a["outcome"]) for a in record.attempts] \
+        == [("mail.corp.example", "delivered")]
+    await r.relay.idle()
+    ends = [e["event"] for e in event_log.events()
+            if e.get("id") == msg_id and e["event"] in ("done", "error", "deferred")]
+    assert ends == ["done"]
+    assert len(lab_messages(lab, tag)) == 1
+
+
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
     # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
     r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
