@@ -48,6 +48,20 @@ async def _deliver_one(lab, relays, domain: str, definition, *, settings=FAST):
     return r, msg_id, tag
 
 
+def _ehlo_names(lab, tag: str) -> list[str]:
+    """The EHLO names in the lab sessions that carried this test's envelope."""
+    return [c.split(" ", 1)[1] for s in list(lab.sessions) if any(tag in c for c in s.commands)
+            for c in list(s.commands) if c.upper().startswith("EHLO ")]
+
+
+async def _ending(r, event_log, msg_id: str) -> list[str]:
+    """How the relay's work on ``msg_id`` ended, once it is idle: ["done"] when all went well
+    (an unexpected error is logged as "error" and the message parked)."""
+    await r.relay.idle()
+    return [e["event"] for e in event_log.events()
+            if e.get("id") == msg_id and e["event"] in ("done", "error", "deferred")]
+
+
 def _sent_anything(lab, tag: str) -> bool:
     """Did any lab server see this test's envelope (MAIL FROM carries the tag)?"""
     return any(tag in c for s in list(lab.sessions) for c in list(s.commands))
@@ -60,6 +74,18 @@ async def test_opportunistic_to_server_without_starttls_delivers_plaintext(lab, 
     assert attempt["host"] == "mx.nostarttls.example" and attempt["tls_version"] is None
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
     assert lab_messages(lab, tag)[0].tls_version is None
+    assert _ehlo_names(lab, tag) == ["relay.corp.example"]  # the relay's host name
+
+
+async def test_the_greeting_timeout_bounds_the_wait_for_a_silent_host(lab, relays,
+                                                                     lab_network_options
+                                                                     ) -> None:
+    options = replace(lab_network_options, greeting_timeout=0.5)  # timeout stays longer
+    r = await relays(make_model(lab, delivery={"tarpit.example": OPPORTUNISTIC}),
+                     options=options)
+    msg_id = await send(r.port, "alice@corp.example", ["bob@tarpit.example"], body(token()))
+    record = await r.wait_status(msg_id, "deferred")
+    assert record.attempts[0]["error"] == "greeting not received within 0.5 s"
 
 
 async def test_enforced_strict_to_trusted_delivers_with_verified_tls(lab, relays) -> None:
@@ -418,14 +444,12 @@ async def test_a_route_back_to_the_relay_is_skipped_for_the_next_route(lab, rela
     record = await r.wait_status(msg_id, "delivered")
     assert [(a["host"], a["outcome"]) for a in record.attempts] \
         == [("mail.corp.example", "delivered")]
-    await r.relay.idle()
-    ends = [e["event"] for e in event_log.events()
-            if e.get("id") == msg_id and e["event"] in ("done", "error", "deferred")]
-    assert ends == ["done"]
+    assert await _ending(r, event_log, msg_id) == ["done"]
     assert len(lab_messages(lab, tag)) == 1
 
 
-async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
+async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays,
+                                                                        event_log) -> None:
     # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
     r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
     record = await r.wait_status(msg_id, "delivered")
@@ -433,6 +457,8 @@ async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, re
     assert "STARTTLS refused" in first["error"] and first["retry_plain"] is True
     assert second["outcome"] == "delivered" and second["tls_version"] is None
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert _ehlo_names(lab, tag) == ["relay.corp.example"]  # the plaintext session's
+    assert await _ending(r, event_log, msg_id) == ["done"]
 
 
 @pytest.mark.parametrize("definition", [STRICT, RELAXED], ids=["strict", "relaxed"])
