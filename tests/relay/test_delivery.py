@@ -456,6 +456,7 @@ async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, re
     first, second = record.attempts
     assert "STARTTLS refused" in first["error"] and first["retry_plain"] is True
     assert second["outcome"] == "delivered" and second["tls_version"] is None
+    assert (second["definition"], second["option"]) == (OPPORTUNISTIC.name, "opportunistic")
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
     assert _ehlo_names(lab, tag) == ["relay.corp.example"]  # the plaintext session's
     assert await _ending(r, event_log, msg_id) == ["done"]
@@ -470,6 +471,9 @@ async def test_enforced_defers_when_starttls_is_refused_with_454(lab, relays,
     record = await r.wait_status(msg_id, "deferred", "delivered")
     assert record.status == "deferred"
     assert "454" in record.attempts[0]["error"]
+    host = "mx.starttls454.example"  # the reason names the host that gave it
+    reason = next(e["reason"] for e in record.events if e["event"] == "deferred")
+    assert reason.startswith(f"{host}[{lab.address_of(host)}]:{lab.smtp_port}: "), reason
     deadline = asyncio.get_running_loop().time() + 10
     while len((await r.record(msg_id)).attempts) < 2:
         assert asyncio.get_running_loop().time() < deadline, "no retry"
