@@ -213,6 +213,34 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
 
 
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(condition):
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_connection_dropped_during_data_leaves_nothing(lab, relays, tmp_path) -> None:
+    """The first 256 KiB of a message are already in the spool when the client goes away:
+    the partial file is removed."""
+    spool = tmp_path / "spool"
+    r = await relays(make_model(lab), spool=spool)
+    before = _files(spool)
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        assert (await reader.readline()).startswith(b"220")
+        for line in (b"HELO t\r\n", b"MAIL FROM:<p@partner.example>\r\n",
+                     b"RCPT TO:<bob@corp.example>\r\n", b"DATA\r\n"):
+            writer.write(line)
+            assert (await reader.readline())[:1] in (b"2", b"3")
+        writer.write(body(token()) + (b"y" * 76 + b"\r\n") * 13_000)  # no end of DATA
+        await writer.drain()
+        await _until(lambda: _files(spool) != before, "nothing written while DATA streamed")
+    finally:
+        writer.close()
+    await _until(lambda: _files(spool) == before, "the partial message was left behind")
+
+
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Callable[[Path, bool], None]]:
     """``read_only(folder, True/False)``: a bind mount of ``folder`` over itself, remounted
