@@ -298,6 +298,19 @@ async def test_log_command_shows_receipt_and_attempts(lab, relays, capsys) -> No
     assert "no message" in capsys.readouterr().err
 
 
+async def test_mail_from_the_null_sender_is_kept_as_a_bounce(lab, relays, capsys) -> None:
+    """A delivery status notification (null sender) is queued as a bounce: never bounced
+    back, never given to Secure Messaging; ``queue show`` says so. A sender is not."""
+    r = await relays(make_model(lab, routes=[]))  # no route: internal mail waits
+    for sender, shown in (("", "<> (bounce)"), ("p@partner.example", "<p@partner.example>\n")):
+        msg_id = await send(r.port, sender, ["bob@corp.example"], body(token()))
+        await r.wait_status(msg_id, "deferred")
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli_main, ["queue", "show", msg_id,
+                                                  "--spool", str(r.spool)]) == 0
+        assert f"Sender:       {shown}" in capsys.readouterr().out
+
+
 async def test_enforced_refuses_tls_below_minimum_version(lab, relays) -> None:
     # tls10.example only speaks TLS 1.0: under enforced (min 1.2) that is no TLS at all.
     r, msg_id, tag = await _deliver_one(lab, relays, "tls10.example", RELAXED)
