@@ -461,6 +461,20 @@ async def test_a_route_back_to_the_relay_is_skipped_for_the_next_route(lab, rela
     assert len(lab_messages(lab, tag)) == 1
 
 
+async def test_a_route_that_fails_for_now_leaves_the_recipients_to_the_next(lab, relays,
+                                                                            event_log) -> None:
+    internal = InboundRoute("mail.corp.example", lab.smtp_port, EncryptionMode.STRICT)
+    refusing = InboundRoute("mx.starttls454.example", lab.smtp_port, EncryptionMode.STRICT)
+    r = await relays(make_model(lab, routes=[refusing, internal]))
+    tag = token()
+    msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+    record = await r.wait_status(msg_id, "delivered")
+    assert [(a["host"], a["outcome"]) for a in record.attempts] \
+        == [("mx.starttls454.example", "temporary"), ("mail.corp.example", "delivered")]
+    assert await _ending(r, event_log, msg_id) == ["done"]
+    assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"bob-{tag}@corp.example",)]
+
+
 async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays,
                                                                         event_log) -> None:
     # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
