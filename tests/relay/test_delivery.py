@@ -509,6 +509,13 @@ async def test_enforced_defers_when_starttls_is_refused_with_454(lab, relays,
     assert not _sent_anything(lab, tag), "enforced TLS must never fall back to plaintext"
 
 
+async def test_a_domain_whose_mx_host_has_no_address_waits_and_says_why(lab, relays) -> None:
+    r, msg_id, _ = await _deliver_one(lab, relays, "noaddress.example", OPPORTUNISTIC)
+    record = await r.wait_status(msg_id, "deferred")
+    reason = next(e["reason"] for e in record.events if e["event"] == "deferred")
+    assert reason == "noaddress.example: no MX host has an address"
+
+
 @pytest.mark.parametrize("domain, status", [("nxdomain.example", "5.1.2"),
                                             ("nullmx.example", "5.1.10")])
 async def test_domain_that_takes_no_mail_bounces_at_once(lab, relays, domain: str,
