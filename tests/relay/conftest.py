@@ -113,16 +113,19 @@ class RunningRelay:
 @pytest.fixture
 async def relays(tmp_path: Path, lab_network_options: NetworkOptions, event_log: EventLogFile
                  ) -> AsyncIterator[Callable[..., object]]:
-    """``await relays(model, settings=FAST, spool=None, tls=None, clock=time.time)`` ->
-    RunningRelay; all stopped after the test. They log to ``event_log`` (tests/conftest.py)."""
+    """``await relays(model, settings=FAST, spool=None, tls=None, clock=time.time,
+    options=lab_network_options)`` -> RunningRelay; all stopped after the test. They log to
+    ``event_log`` (tests/conftest.py)."""
     started: list[Relay] = []
 
     async def start(model: PolicyModel, settings: RelaySettings = FAST,
                     spool: Path | None = None,
                     tls: tuple[Path, Path] | None = None,
-                    clock: Callable[[], float] = time.time) -> RunningRelay:
+                    clock: Callable[[], float] = time.time,
+                    options: NetworkOptions | None = None) -> RunningRelay:
         spool = spool or tmp_path / "spool"
-        relay = Relay(lambda: model, spool, ("127.0.0.1", 0), options=lab_network_options,
+        relay = Relay(lambda: model, spool, ("127.0.0.1", 0),
+                      options=options or lab_network_options,
                       settings=settings, log=event_log.log,
                       tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None,
                       clock=clock)

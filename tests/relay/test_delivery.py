@@ -48,6 +48,20 @@ async def _deliver_one(lab, relays, domain: str, definition, *, settings=FAST):
     return r, msg_id, tag
 
 
+def _ehlo_names(lab, tag: str) -> list[str]:
+    """The EHLO names in the lab sessions that carried this test's envelope."""
+    return [c.split(" ", 1)[1] for s in list(lab.sessions) if any(tag in c for c in s.commands)
+            for c in list(s.commands) if c.upper().startswith("EHLO ")]
+
+
+async def _ending(r, event_log, msg_id: str) -> list[str]:
+    """How the relay's work on ``msg_id`` ended, once it is idle: ["done"] when all went well
+    (an unexpected error is logged as "error" and the message parked)."""
+    await r.relay.idle()
+    return [e["event"] for e in event_log.events()
+            if e.get("id") == msg_id and e["event"] in ("done", "error", "deferred")]
+
+
 def _sent_anything(lab, tag: str) -> bool:
     """Did any lab server see this test's envelope (MAIL FROM carries the tag)?"""
     return any(tag in c for s in list(lab.sessions) for c in list(s.commands))
@@ -60,6 +74,18 @@ async def test_opportunistic_to_server_without_starttls_delivers_plaintext(lab, 
     assert attempt["host"] == "mx.nostarttls.example" and attempt["tls_version"] is None
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
     assert lab_messages(lab, tag)[0].tls_version is None
+    assert _ehlo_names(lab, tag) == ["relay.corp.example"]  # the relay's host name
+
+
+async def test_the_greeting_timeout_bounds_the_wait_for_a_silent_host(lab, relays,
+                                                                     lab_network_options
+                                                                     ) -> None:
+    options = replace(lab_network_options, greeting_timeout=0.5)  # timeout stays longer
+    r = await relays(make_model(lab, delivery={"tarpit.example": OPPORTUNISTIC}),
+                     options=options)
+    msg_id = await send(r.port, "alice@corp.example", ["bob@tarpit.example"], body(token()))
+    record = await r.wait_status(msg_id, "deferred")
+    assert record.attempts[0]["error"] == "greeting not received within 0.5 s"
 
 
 async def test_enforced_strict_to_trusted_delivers_with_verified_tls(lab, relays) -> None:
@@ -272,6 +298,19 @@ async def test_log_command_shows_receipt_and_attempts(lab, relays, capsys) -> No
     assert "no message" in capsys.readouterr().err
 
 
+async def test_mail_from_the_null_sender_is_kept_as_a_bounce(lab, relays, capsys) -> None:
+    """A delivery status notification (null sender) is queued as a bounce: never bounced
+    back, never given to Secure Messaging; ``queue show`` says so. A sender is not."""
+    r = await relays(make_model(lab, routes=[]))  # no route: internal mail waits
+    for sender, shown in (("", "<> (bounce)"), ("p@partner.example", "<p@partner.example>\n")):
+        msg_id = await send(r.port, sender, ["bob@corp.example"], body(token()))
+        await r.wait_status(msg_id, "deferred")
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli_main, ["queue", "show", msg_id,
+                                                  "--spool", str(r.spool)]) == 0
+        assert f"Sender:       {shown}" in capsys.readouterr().out
+
+
 async def test_enforced_refuses_tls_below_minimum_version(lab, relays) -> None:
     # tls10.example only speaks TLS 1.0: under enforced (min 1.2) that is no TLS at all.
     r, msg_id, tag = await _deliver_one(lab, relays, "tls10.example", RELAXED)
@@ -404,14 +443,50 @@ async def test_a_route_host_that_does_not_resolve_leaves_the_others(lab, relays,
     assert [a["host"] for a in record.attempts] == ["mail.corp.example"]
 
 
-async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays) -> None:
+async def test_a_route_back_to_the_relay_is_skipped_for_the_next_route(lab, relays,
+                                                                       event_log) -> None:
+    """Of routes [the relay itself, the internal server, the internal server again]: the
+    first is left out, the second delivers, the third is not tried, the message is done."""
+    r = await relays(make_model(lab))
+    internal = InboundRoute("mail.corp.example", lab.smtp_port, EncryptionMode.STRICT)
+    model = make_model(lab, routes=[InboundRoute("127.0.0.1", r.port), internal, internal])
+    r.relay.load_policy = lambda: model
+    assert await r.relay.reload()
+    tag = token()
+    msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+    record = await r.wait_status(msg_id, "delivered")
+    assert [(a["host"], a["outcome"]) for a in record.attempts] \
+        == [("mail.corp.example", "delivered")]
+    assert await _ending(r, event_log, msg_id) == ["done"]
+    assert len(lab_messages(lab, tag)) == 1
+
+
+async def test_a_route_that_fails_for_now_leaves_the_recipients_to_the_next(lab, relays,
+                                                                            event_log) -> None:
+    internal = InboundRoute("mail.corp.example", lab.smtp_port, EncryptionMode.STRICT)
+    refusing = InboundRoute("mx.starttls454.example", lab.smtp_port, EncryptionMode.STRICT)
+    r = await relays(make_model(lab, routes=[refusing, internal]))
+    tag = token()
+    msg_id = await send(r.port, "x@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+    record = await r.wait_status(msg_id, "delivered")
+    assert [(a["host"], a["outcome"]) for a in record.attempts] \
+        == [("mx.starttls454.example", "temporary"), ("mail.corp.example", "delivered")]
+    assert await _ending(r, event_log, msg_id) == ["done"]
+    assert [m.rcpt_tos for m in lab_messages(lab, tag)] == [(f"bob-{tag}@corp.example",)]
+
+
+async def test_opportunistic_falls_back_to_plaintext_when_starttls_fails(lab, relays,
+                                                                        event_log) -> None:
     # starttls454.example advertises STARTTLS and answers 454: opportunistic may go plain.
     r, msg_id, tag = await _deliver_one(lab, relays, "starttls454.example", OPPORTUNISTIC)
     record = await r.wait_status(msg_id, "delivered")
     first, second = record.attempts
     assert "STARTTLS refused" in first["error"] and first["retry_plain"] is True
     assert second["outcome"] == "delivered" and second["tls_version"] is None
+    assert (second["definition"], second["option"]) == (OPPORTUNISTIC.name, "opportunistic")
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+    assert _ehlo_names(lab, tag) == ["relay.corp.example"]  # the plaintext session's
+    assert await _ending(r, event_log, msg_id) == ["done"]
 
 
 @pytest.mark.parametrize("definition", [STRICT, RELAXED], ids=["strict", "relaxed"])
@@ -423,12 +498,22 @@ async def test_enforced_defers_when_starttls_is_refused_with_454(lab, relays,
     record = await r.wait_status(msg_id, "deferred", "delivered")
     assert record.status == "deferred"
     assert "454" in record.attempts[0]["error"]
+    host = "mx.starttls454.example"  # the reason names the host that gave it
+    reason = next(e["reason"] for e in record.events if e["event"] == "deferred")
+    assert reason.startswith(f"{host}[{lab.address_of(host)}]:{lab.smtp_port}: "), reason
     deadline = asyncio.get_running_loop().time() + 10
     while len((await r.record(msg_id)).attempts) < 2:
         assert asyncio.get_running_loop().time() < deadline, "no retry"
         await asyncio.sleep(0.05)
     assert (await r.wait_status(msg_id, "deferred", "delivered")).status == "deferred"
     assert not _sent_anything(lab, tag), "enforced TLS must never fall back to plaintext"
+
+
+async def test_a_domain_whose_mx_host_has_no_address_waits_and_says_why(lab, relays) -> None:
+    r, msg_id, _ = await _deliver_one(lab, relays, "noaddress.example", OPPORTUNISTIC)
+    record = await r.wait_status(msg_id, "deferred")
+    reason = next(e["reason"] for e in record.events if e["event"] == "deferred")
+    assert reason == "noaddress.example: no MX host has an address"
 
 
 @pytest.mark.parametrize("domain, status", [("nxdomain.example", "5.1.2"),

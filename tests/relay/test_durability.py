@@ -179,8 +179,11 @@ def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize("lines", [0, 13_000], ids=["small", "streamed"])
 async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
-                                                       event_log) -> None:
+                                                       event_log, lines: int) -> None:
+    """A small message fails when it is committed; one of 1 MB already while DATA is
+    streamed into the spool (in pieces of 256 KiB)."""
     # (tiny_spool before relays: the relay stops before its file system is unmounted)
     r = await relays(make_model(lab), spool=tiny_spool)
     filler = tiny_spool.parent / "filler"
@@ -192,11 +195,13 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
     await client.connect()
     try:
         with pytest.raises(aiosmtplib.SMTPDataError) as info:
-            await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"], body(tag))
+            await client.sendmail("p@partner.example", [f"bob-{tag}@corp.example"],
+                                  body(tag) + (b"y" * 76 + b"\r\n") * lines)
         assert info.value.code == 451
         errors = [e for e in event_log.events() if e["event"] == "error"]
         assert [(e["client"], e["reason"].startswith("spool write failed: ")) for e in errors] \
             == [("127.0.0.1", True)]
+        assert "No space left on device" in errors[0]["reason"]
         assert _files(tiny_spool) == before, "a refused message left files behind"
         # Space again: the same session is served and the next message is queued.
         filler.unlink()
@@ -206,6 +211,34 @@ async def test_full_spool_answers_451_and_keeps_nothing(lab, tiny_spool, relays,
     finally:
         client.close()
     assert await wait_lab(lab, lambda: len(lab_messages(lab, tag)) == 1)
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(condition):
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_a_connection_dropped_during_data_leaves_nothing(lab, relays, tmp_path) -> None:
+    """The first 256 KiB of a message are already in the spool when the client goes away:
+    the partial file is removed."""
+    spool = tmp_path / "spool"
+    r = await relays(make_model(lab), spool=spool)
+    before = _files(spool)
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        assert (await reader.readline()).startswith(b"220")
+        for line in (b"HELO t\r\n", b"MAIL FROM:<p@partner.example>\r\n",
+                     b"RCPT TO:<bob@corp.example>\r\n", b"DATA\r\n"):
+            writer.write(line)
+            assert (await reader.readline())[:1] in (b"2", b"3")
+        writer.write(body(token()) + (b"y" * 76 + b"\r\n") * 13_000)  # no end of DATA
+        await writer.drain()
+        await _until(lambda: _files(spool) != before, "nothing written while DATA streamed")
+    finally:
+        writer.close()
+    await _until(lambda: _files(spool) == before, "the partial message was left behind")
 
 
 @pytest.fixture

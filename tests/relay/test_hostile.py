@@ -242,7 +242,8 @@ def _with_hops(n: int, tag: str) -> bytes:
     return hops + f"From: alice@corp.example\r\nSubject: {tag}\r\n\r\nloop\r\n".encode()
 
 
-async def test_too_many_received_headers_is_a_554_too_many_hops(lab, relays) -> None:
+async def test_too_many_received_headers_is_a_554_too_many_hops(lab, relays,
+                                                                event_log) -> None:
     r = await relays(make_model(lab, **DEFERRING))
     for hops, expected in ((48, b"250 2.0.0"), (49, b"554 5.4.0 Error: too many hops")):
         reader, writer = await _session(r.port)
@@ -253,6 +254,10 @@ async def test_too_many_received_headers_is_a_554_too_many_hops(lab, relays) -> 
         finally:
             writer.close()
         assert reply.startswith(expected), (hops, reply)  # 49 + our own = 50, as Postfix
+    # The refusal is on record under its own id, with the hop count it saw.
+    [refused] = [e for e in event_log.events() if e["event"] == "refused"]
+    received = (await r.record(refused["id"])).received
+    assert (received["hops"], received["result"][:9]) == (50, "554 5.4.0")
 
 
 async def test_a_route_back_to_the_relay_itself_bounces_instead_of_looping(lab,
@@ -267,7 +272,8 @@ async def test_a_route_back_to_the_relay_itself_bounces_instead_of_looping(lab,
     msg_id = await send(r.port, "alice@corp.example", ["bob@corp.example"], _with_hops(0, tag))
     record = await r.wait_status(msg_id, "bounced")
     bounced = next(e for e in record.events if e["event"] == "bounced")
-    assert "loops back to myself" in bounced["reason"]
+    assert bounced["reason"] \
+        == f"mail for the inbound routes loops back to myself (127.0.0.1:{r.port})"
     await r.relay.idle()
     # The message and its bounce (which loops too, and is not bounced again): no hops.
     received = [rec for rec in await asyncio.to_thread(list_records, r.spool)

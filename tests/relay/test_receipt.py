@@ -61,6 +61,7 @@ async def test_opportunistic_accepts_plaintext(lab, relays) -> None:
     record = await r.wait_status(msg_id, "delivered")
     assert record.received["tls_version"] is None
     assert record.received["receipt_option"] == "opportunistic"
+    assert record.received["size"] == len(body(tag))  # the message as sent, in bytes
 
 
 async def test_enforced_refuses_plaintext_with_530(lab, relays) -> None:
