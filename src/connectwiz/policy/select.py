@@ -492,7 +492,6 @@ class PolicyIndex:
     def __init__(self, model: PolicyModel, directory: DirectoryCache | None = None) -> None:
         """``directory``: where address groups the bundle does not define and address
         attributes come from (None: they match nobody)."""
-        self.model = model
         self._internal = _InternalDomains(model.organisation.internal_domains)
         groups = _address_groups(model)
         self._definitions = {d.name: d for d in model.delivery_definitions}
