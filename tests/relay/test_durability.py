@@ -131,8 +131,9 @@ def _check_fsynced_before_250(calls: list[Call], tag: str, msg_id: str, root: st
               and not (c.fd_path or "").startswith(log_dir)]
     assert stored, "the message never reached the spool before the 250"
     for write in stored:
-        following = [c for c in calls if c.fd == write.fd and c.start > write.end
-                     and c.name in SYNCS | {"close"}]
+        # (the same number in another worker process is another descriptor: -yy names it)
+        following = [c for c in calls if c.fd == write.fd and c.fd_path == write.fd_path
+                     and c.start > write.end and c.name in SYNCS | {"close"}]
         assert following and following[0].name in SYNCS, f"not fsync'd: {write.fd_path}"
         assert following[0].end < reply.start, f"fsync'd after the 250: {write.fd_path}"
     # The folders: a spool directory is fsync'd after the message's files were written, and

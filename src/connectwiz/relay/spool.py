@@ -155,12 +155,10 @@ class QueueWriter:
         self.tmp = spool.root / "tmp" / f"{msg_id}.msg"
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
-        self.pending_size = 0
         self.size = 0
 
     def add(self, data: bytes) -> None:
         self._pending.append(data)
-        self.pending_size += len(data)
         self.size += len(data)
 
     def flush(self) -> None:
@@ -170,7 +168,6 @@ class QueueWriter:
             self._file.write(_MAGIC + b"0" * 12 + b"\n")  # completed by commit
         self._file.writelines(self._pending)
         self._pending.clear()
-        self.pending_size = 0
 
     def commit(self, entry: QueueEntry) -> None:
         """Envelope, length, fsync, rename into ``queue/``, folder fsync. On error the
