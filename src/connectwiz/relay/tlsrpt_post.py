@@ -95,8 +95,9 @@ async def post_report(uri: str, data: bytes, options: NetworkOptions,
                 raise OSError(exc.reason) from None
         if not addresses:
             raise OSError(f"{host} has no address")
-        refused = [why for a in addresses if (why := refusal(a, allowed))]
-        usable = [a for a in addresses if not refusal(a, allowed)]
+        judged = {a: refusal(a, allowed) for a in addresses}
+        refused = [why for why in judged.values() if why]
+        usable = [a for a, why in judged.items() if not why]
         if not usable:
             raise OSError(f"refused: {host} resolves to {', '.join(refused)}, not a public "
                           "address (--tlsrpt-allow-networks allows a network)")
