@@ -28,7 +28,8 @@ from prometheus_client import generate_latest
 
 from connectwiz.metrics import RelayMetrics
 from connectwiz.relay import queuectl
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.queuefile import QueueEntry, Recipient
+from connectwiz.relay.spool import Spool, new_message_id
 
 
 def timed(what: str, fn: Callable[[], Any], base: float | None = None) -> float:

@@ -10,7 +10,8 @@ import pytest
 
 from connectwiz.policy.model import EncryptionMode, InboundRoute
 from connectwiz.relay.deliver import Deliverer, Group
-from connectwiz.relay.spool import QueueEntry, Recipient, new_message_id
+from connectwiz.relay.queuefile import QueueEntry, Recipient
+from connectwiz.relay.spool import new_message_id
 
 from .conftest import (
     RELAXED,

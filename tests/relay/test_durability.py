@@ -1,5 +1,5 @@
 """Nothing acknowledged is lost, observed from outside the relay whatever files its spool uses:
-the 250 to DATA leaves only after the message's spool files and their folder are fsync'd
+the 250 to DATA leaves only after the message's spool files and a name for each are durable
 (the relay process runs under strace), and a spool that cannot be written answers 451 and
 keeps nothing, whether it is full or read-only."""
 
@@ -29,6 +29,7 @@ STRACE = shutil.which("strace")
 WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg"}
 SYNCS = {"fsync", "fdatasync"}
 RENAMES = {"rename", "renameat", "renameat2"}
+OPENS = {"open", "openat"}
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _relay_pid(wrapper_pid: int) -> int:
 async def test_250_to_data_is_sent_only_after_the_spool_is_fsynced(lab, tmp_path) -> None:
     bundle, spool, log = tmp_path / "bundle.toml", tmp_path / "spool", tmp_path / "strace.log"
     bundle.write_text(BUNDLE.format(route_host="mail.corp.example", route_port=lab.smtp_port))
-    traced = ",".join(sorted(WRITES | SYNCS | RENAMES | {"close"}))
+    traced = ",".join(sorted(WRITES | SYNCS | RENAMES | OPENS | {"close"}))
     relay = await start_relay(lab, bundle, spool, wrapper=[
         STRACE, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none", "-s", "100000", "-yy",
         "-e", f"trace={traced}", "-o", str(log)])
@@ -122,31 +123,54 @@ def _check_fsynced_before_250(calls: list[Call], tag: str, msg_id: str, root: st
     def in_spool(path: str | None) -> bool:
         return path is not None and (path == root or path.startswith(root + "/"))
 
-    # Every write of this message (body and envelope) into a queue file is fsync'd on the
-    # same descriptor before that descriptor is closed and before the 250 goes out. The
-    # message log (SPOOL/log/) is the receipt view, not the message: like Postfix's maillog
-    # it is not part of what the 250 promises.
+    # Every write of this message (body and envelope) into a queue file is durable before the
+    # 250 goes out: made through a descriptor opened with O_DSYNC (or O_SYNC), or fsync'd on
+    # the same descriptor before that descriptor is closed. The message log (SPOOL/log/) is
+    # the receipt view, not the message: like Postfix's maillog it is not part of what the
+    # 250 promises.
     log_dir = root + "/log/"
     stored = [c for c in before if c.name in WRITES and tag in c.args and in_spool(c.fd_path)
               and not (c.fd_path or "").startswith(log_dir)]
     assert stored, "the message never reached the spool before the 250"
+    synchronous: set[str] = set()  # files written through O_DSYNC (paths)
     for write in stored:
+        if (opened := _opened(calls, write)) and re.search(r"\bO_D?SYNC\b", opened.args):
+            synchronous.add(write.fd_path or "")
+            continue
         # (the same number in another worker process is another descriptor: -yy names it)
         following = [c for c in calls if c.fd == write.fd and c.fd_path == write.fd_path
                      and c.start > write.end and c.name in SYNCS | {"close"}]
         assert following and following[0].name in SYNCS, f"not fsync'd: {write.fd_path}"
         assert following[0].end < reply.start, f"fsync'd after the 250: {write.fd_path}"
-    # The folders: a spool directory is fsync'd after the message's files were written, and
-    # after each rename into place, the destination folder.
+    # A name for the message that a crash keeps: a file written synchronously was created in
+    # a folder fsync'd after its creation (a later rename keeps one name or the other); any
+    # other file, renamed into place, has the destination folder fsync'd after the rename.
     dir_syncs = [c for c in before if c.name in SYNCS and in_spool(c.fd_path)
                  and os.path.isdir(c.fd_path or "")]
-    assert any(s.start > stored[0].end for s in dir_syncs), "no folder fsync after the writes"
+    for path in synchronous:
+        [created] = [c for c in calls if c.name in OPENS and "O_CREAT" in c.args
+                     and c.result.partition("<")[2].rstrip(">") == path]
+        assert any(s.fd_path == os.path.dirname(path) and s.start > created.end
+                   for s in dir_syncs), f"{path}: its folder not fsync'd after it was made"
+    written = {w.fd_path for w in stored}
+    if written - synchronous:
+        assert any(s.start > stored[0].end for s in dir_syncs), "no folder fsync after the writes"
     for rename in (c for c in before if c.name in RENAMES and c.start > stored[0].start):
-        target = re.findall(r'"((?:[^"\\]|\\.)*)"', rename.args)[-1]
+        source, target = re.findall(r'"((?:[^"\\]|\\.)*)"', rename.args)[-2:]
+        if os.path.realpath(source) in synchronous:
+            continue
         if in_spool(os.path.realpath(target)):
             folder = os.path.dirname(os.path.realpath(target))
             assert any(s.fd_path == folder and s.start > rename.end for s in dir_syncs), \
                 f"{folder} not fsync'd after the rename to {target}"
+
+
+def _opened(calls: list[Call], write: Call) -> Call | None:
+    """The call that opened the descriptor ``write`` uses (its last open of that file before
+    the write, maybe in another thread: strace -f names threads, not processes)."""
+    opens = [c for c in calls if c.name in OPENS and c.end < write.start
+             and c.result == f"{write.fd}<{write.fd_path}>"]
+    return opens[-1] if opens else None
 
 
 @pytest.fixture
@@ -177,7 +201,10 @@ def _fill(path: Path) -> None:
 
 
 def _files(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    """The spool's files that hold something (an empty file holds no message: the relay
+    keeps empty queue files ready, and uses or replaces them as it likes)."""
+    return {str(p.relative_to(root)): size for p in root.rglob("*")
+            if p.is_file() and (size := p.stat().st_size)}
 
 
 @pytest.mark.parametrize("lines", [0, 13_000], ids=["small", "streamed"])

@@ -11,7 +11,8 @@ import aiosmtplib
 import pytest
 
 from connectwiz.cli import main as cli_main
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool
+from connectwiz.relay.queuefile import QueueEntry, Recipient
+from connectwiz.relay.spool import Spool
 
 from .conftest import FAST, body, lab_messages, make_model, send, token, wait_lab
 
@@ -92,7 +93,7 @@ def _torn_state_file(spool: Spool) -> None:
 
 @pytest.mark.parametrize(("damage", "why"), [
     (_cut_envelope, "0DAMAGED: queue file damaged"),
-    (_no_envelope, "0DAMAGED: queue file damaged (bad length line)"),
+    (_no_envelope, "0DAMAGED: queue file damaged (bad header)"),
     (_another_message, "0DAMAGED: queue file holds message 0ELSEWHR"),
     (_torn_state_file, "0DAMAGED: deferred entry damaged"),
 ])

@@ -16,6 +16,7 @@ from connectwiz.errors import UserError
 from connectwiz.policy.model import ReceiptOption
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.msglog import MessageLog, list_records, read_record
+from connectwiz.relay.queuefile import QueueEntry, Recipient
 from connectwiz.relay.receipt import (
     REPLY_STARTTLS_FIRST,
     TlsInfo,
@@ -24,7 +25,7 @@ from connectwiz.relay.receipt import (
 )
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.smtpd import routing_trick
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.spool import Spool, new_message_id
 
 
 def _entry(msg_id: str | None = None, sender: str = "a@corp.example") -> QueueEntry:

@@ -25,8 +25,8 @@ from connectwiz.policy.model import (
 from connectwiz.policy.secure import MessageContent, Route, SecureIndex, Source
 from connectwiz.policy.secure_request import find_tag, parse_header
 from connectwiz.policy.select import MessageContext
+from connectwiz.relay.queuefile import QueueEntry, Recipient
 from connectwiz.relay.secure import SecureMessaging
-from connectwiz.relay.spool import QueueEntry, Recipient
 
 ALICE, BOB, CEO = "alice@corp.example", "bob@corp.example", "ceo@corp.example"
 BANK = "teller@bank.example"

@@ -17,7 +17,8 @@ from connectwiz.policy.model import EncryptionMode, ValidationStatus
 from connectwiz.relay import queuectl
 from connectwiz.relay.deliver import Attempt
 from connectwiz.relay.msglog import MessageLog
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool
+from connectwiz.relay.queuefile import QueueEntry, Recipient
+from connectwiz.relay.spool import Spool
 from connectwiz.tui.components.domain_dialog import DomainValidateDialog
 from connectwiz.tui.components.finish_warning import FinishWarningDialog
 from connectwiz.tui.screens.domains import DomainsScreen

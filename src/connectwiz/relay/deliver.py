@@ -52,9 +52,9 @@ from connectwiz.relay.attempt import (
     rcpt_outcome,
 )
 from connectwiz.relay.published import PublishedPolicies
+from connectwiz.relay.queuefile import QueueEntry, Recipient
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.sessions import SessionCache
-from connectwiz.relay.spool import QueueEntry, Recipient
 
 # -- a whole queue entry ----------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
 from connectwiz.policy.secure import REQUEST_HEADER
+from connectwiz.relay.queuefile import QueueEntry, Recipient
 from connectwiz.relay.secure_content import strip_header
-from connectwiz.relay.spool import QueueEntry, Recipient
 
 
 def _status(rcpt: Recipient, expired: bool) -> str:

@@ -21,8 +21,9 @@ from typing import Any
 from connectwiz.errors import UserError
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.msglog import MessageLog
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
-from connectwiz.relay.spool import _fsync_dir as sync_dir
+from connectwiz.relay.queuefile import QueueEntry, Recipient
+from connectwiz.relay.queuefile import fsync_dir as sync_dir
+from connectwiz.relay.spool import Spool, new_message_id
 
 HOLD = "hold"
 QUEUE_STATES = ("incoming", "active", "deferred", HOLD)

@@ -33,9 +33,10 @@ from connectwiz.relay.clientcert import (
 )
 from connectwiz.relay.data import read_head
 from connectwiz.relay.events import EventLog
+from connectwiz.relay.queuefile import QueueEntry, QueueWriter, Recipient
 from connectwiz.relay.settings import RelaySettings
 from connectwiz.relay.smtpd import RelaySMTP
-from connectwiz.relay.spool import QueueEntry, QueueWriter, Recipient, Spool, new_message_id
+from connectwiz.relay.spool import Spool, new_message_id
 
 # Our reading of the NCSC guidance on TLS for e-mail: TLS 1.3 (all of its suites are AEAD
 # with forward secrecy) or TLS 1.2 with ECDHE key exchange and AES-GCM or ChaCha20-Poly1305.

@@ -40,6 +40,7 @@ from connectwiz.relay.held import (
     token_hash,
 )
 from connectwiz.relay.msglog import MessageLog
+from connectwiz.relay.queuefile import QueueEntry, Recipient
 from connectwiz.relay.receipt import parse_ip
 from connectwiz.relay.secure_content import (
     add_banner,
@@ -50,7 +51,7 @@ from connectwiz.relay.secure_content import (
     strip_subject_tag,
     subject_bytes,
 )
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.spool import Spool, new_message_id
 
 BANNER_VARIANT = "banner"
 _REQUEST = REQUEST_HEADER.lower().encode()

@@ -12,13 +12,12 @@ flight finish however long their own timeouts let them take.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,14 @@ from connectwiz.relay.control import ControlServer
 from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
+from connectwiz.relay.limits import DestinationLimits
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.published import CACHE_FILE
+from connectwiz.relay.queuefile import DamagedQueueFile, QueueEntry, QueueWriter, Recipient
 from connectwiz.relay.receipt import ReceiptContext, ReceiptHandler, server_context
 from connectwiz.relay.secure import SecureMessaging, SecurePlan
 from connectwiz.relay.settings import RelaySettings
-from connectwiz.relay.spool import (
-    DamagedQueueFile,
-    QueueEntry,
-    QueueWriter,
-    Recipient,
-    Recovery,
-    Spool,
-    new_message_id,
-)
+from connectwiz.relay.spool import Recovery, Spool, new_message_id
 from connectwiz.relay.tlscert import ensure_self_signed
 from connectwiz.relay.tlsrpt import TlsRptRecorder, TlsRptSender, TlsRptStore, queue_local
 from connectwiz.relay.workers import DRAIN_SIGNAL, ORPHAN_WAIT, Worker, waiting_for
@@ -221,6 +214,7 @@ class Relay:
         try:
             await self._start()
         except BaseException:
+            self.spool.stop_pool()
             self.spool.unlock()
             raise
 
@@ -247,6 +241,8 @@ class Relay:
         # Only one worker recovers, before any delivers (recovery puts active messages back);
         # the others find stray messages with the periodic rescan.
         found = await self._io(self.spool.recover) if self.worker.recovers else Recovery()
+        # After recovery, which removes pool files left unsealed.
+        await self._io(self.spool.start_pool)
         for msg_id, why in found.quarantined:
             await self._io(self.msglog.append, msg_id, "quarantined", reason=why,
                            folder=str(self.spool.root / "corrupt"))
@@ -318,7 +314,8 @@ class Relay:
             await asyncio.wait(set(self._busy),
                                timeout=None if drain else max(deadline - time.monotonic(), 0))
         tasks = [*self._workers, *(t for t in (self._rescan, self._directory_task,
-                                                self._tlsrpt_task) if t is not None)]
+                                                self._tlsrpt_task)
+                                   if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -329,6 +326,7 @@ class Relay:
         await self._io(self.tlsrpt.flush)
         self._spool_io.shutdown(wait=True)
         self._receipt_io.shutdown(wait=True)
+        await asyncio.to_thread(self.spool.stop_pool)
         self.spool.unlock()
         self.log("stopped", **counts)
         self._stopped.set()
@@ -377,19 +375,29 @@ class Relay:
 
     async def _store(self, writer: QueueWriter, entry: QueueEntry,
                      record: dict[str, Any]) -> None:
-        await self._receipt_io_call(self._store_sync, writer, entry, record)
+        """Commit, name and log a message; the 250 follows. Shielded: a session dropped
+        meanwhile must not leave a commit without its name (nor an enqueue undone)."""
+        await asyncio.shield(self._commit(writer, entry, record))
         self.log("received", id=entry.id, client=record["client_ip"], mail_from=entry.mail_from,
                  rcpts=len(entry.recipients), tls=record["tls_version"] or "none",
                  cipher=record["tls_cipher"], receipt=record.get("receipt_option"),
                  policy=record.get("policy"), size=record["size"])
+
+    async def _commit(self, writer: QueueWriter, entry: QueueEntry,
+                      record: dict[str, Any]) -> None:
+        await self._receipt_io_call(self._commit_sync, writer, entry, record)
         self._enqueue(entry.id)
 
-    def _store_sync(self, writer: QueueWriter, entry: QueueEntry, record: dict[str, Any]) -> None:
-        """The queue file is the commit (one fsync, the folder's shared); the log line
-        follows without an fsync of its own: should it be lost in a crash, ``_repair_log``
-        writes it again from the copy inside the queue file. If the log cannot be written
-        at all, the message is taken back so that the 451 is true."""
+    def _commit_sync(self, writer: QueueWriter, entry: QueueEntry,
+                     record: dict[str, Any]) -> None:
+        """The queue file is the commit (for a small message a single write, queuefile.py);
+        the rename into ``queue/`` and the log line follow without an fsync of their own:
+        should a crash lose the log line, ``_repair_log`` writes it again from the copy in
+        the queue file. If either fails, the message is taken back so that the 451 is true.
+        All in a receipt thread: creating and renaming files can wait for the file system's
+        journal, which the event loop must not."""
         writer.commit(entry)
+        writer.publish()  # on error it revokes the commit itself
         try:
             self.msglog.append(entry.id, "received", durable=False, **record)
         except OSError:
@@ -473,18 +481,21 @@ class Relay:
             msg_id = await self._ready.get()
             if self._stopping:
                 return
-            task = asyncio.create_task(self._process(msg_id))
-            self._busy.add(task)
-            try:
-                await task
-            except Exception as exc:  # a bug or a disk error must not kill the worker
-                self.log("error", id=msg_id, reason=f"{type(exc).__name__}: {exc}",
-                         retry_in_s=self.settings.backoff_max)
-                await self._park(msg_id)
-            finally:
-                self._busy.discard(task)
-                self._queued.discard(msg_id)
-                self._control.released(msg_id)  # a hold or delete that waited for this
+            await self._attempt(msg_id)
+
+    async def _attempt(self, msg_id: str) -> None:
+        task = asyncio.create_task(self._process(msg_id))
+        self._busy.add(task)
+        try:
+            await task
+        except Exception as exc:  # a bug or a disk error must not kill the worker
+            self.log("error", id=msg_id, reason=f"{type(exc).__name__}: {exc}",
+                     retry_in_s=self.settings.backoff_max)
+            await self._park(msg_id)
+        finally:
+            self._busy.discard(task)
+            self._queued.discard(msg_id)
+            self._control.released(msg_id)  # a hold or delete that waited for this
 
     async def _park(self, msg_id: str) -> None:
         """After an unexpected error: keep the message and try again much later."""
@@ -658,29 +669,6 @@ class Relay:
         """Wait until nothing is queued for immediate delivery (deferred entries may remain)."""
         while self._queued:
             await asyncio.sleep(0.02)
-
-
-class DestinationLimits:
-    """At most ``limit`` deliveries in flight to one destination (a domain, or the inbound
-    routes), like Postfix's default_destination_concurrency_limit: a destination is not
-    flooded, and a crash interrupts fewer deliveries to it (fewer duplicates)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
-        self._users: dict[tuple[str, str], int] = {}
-
-    @contextlib.asynccontextmanager
-    async def slot(self, destination: tuple[str, str]) -> AsyncIterator[None]:
-        sem = self._slots.setdefault(destination, asyncio.Semaphore(self.limit))
-        self._users[destination] = self._users.get(destination, 0) + 1
-        try:
-            async with sem:
-                yield
-        finally:
-            self._users[destination] -= 1
-            if not self._users[destination]:  # forget idle destinations
-                del self._users[destination], self._slots[destination]
 
 
 def _duration(seconds: float) -> str:

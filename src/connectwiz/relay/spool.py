@@ -10,87 +10,51 @@ Layout of a spool directory::
     deferred/<id>.json    waiting for its next attempt (``next_attempt``)
     corrupt/              damaged queue files set aside, with everything that belonged to them
     log/<id>.jsonl        receipt/delivery view (see msglog.py)
+    pool/<random>         empty queue files made ahead, for one-call commits (queuefile.py)
     tmp/                  files being written; never read
 
 A queue file without a state file is a new message waiting for a worker. A state file
 holds the envelope as delivery changed it (recipients delivered, attempts, next attempt);
-it wins over the copy in the queue file. Receipt writes the queue file in ``tmp/``,
-fsyncs it, renames it into ``queue/`` and fsyncs the folder (one folder fsync serves every
-message renamed before it started: group commit). Only then may the relay answer 250.
-State changes are renames, or a new state file written before the old one is unlinked;
-``recover`` keeps the later state when it finds two.
+it wins over the copy in the queue file.
 
-Queue file format: ``CWZQ1 <body length, 12 digits>\\n``, the body, the envelope as JSON.
-The fixed-size first line is written last, so a file that was never completed says
-``CWZQ1 000000000000`` and is recognised as damaged.
+Only once the queue file is durable, and a name for it, may the relay answer 250. A small
+message is committed into a pool file (``pool/``, queuefile.py): one write with O_DSYNC
+into a file whose name a folder fsync already made durable; then it is renamed
+``queue/<id>.msg`` without an fsync, since recovery moves a sealed pool file whose rename
+a crash lost (and removes unused or unsealed ones). The rename is one journal transaction:
+the fsync of ``queue/`` when the message is finished makes its leaving ``pool/`` durable
+too (on a file system without a journal a power loss could bring the copy back: one more
+delivery, never a lost one). A large message, or one that
+finds the pool empty, is written in ``tmp/``, fsync'd, renamed into ``queue/`` and the
+folder fsync'd (one folder fsync serves every rename made before it started: group
+commit). State changes are renames, or a new state file written before the old one is
+unlinked; ``recover`` keeps the later state when it finds two.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
 
 from connectwiz.errors import UserError
+from connectwiz.relay.queuefile import (
+    CommitPool,
+    DamagedQueueFile,
+    GroupSync,
+    QueueEntry,
+    QueueWriter,
+    fsync_dir,
+    read_queue_file,
+)
 
 STATES = ("incoming", "active", "deferred")
 _STATE_RANK = {"incoming": 0, "active": 1, "deferred": 2}
-_MAGIC = b"CWZQ1 "
-_HEAD_LEN = len(_MAGIC) + 12 + 1
-
-
-@dataclass(slots=True)
-class Recipient:
-    address: str
-    # pending | delivered | failed (permanently; bounce not yet queued) | bounced
-    status: str = "pending"
-    detail: str = ""  # last reply or error, for the DSN and the log
-
-
-@dataclass(slots=True)
-class QueueEntry:
-    id: str
-    mail_from: str  # "" for a bounce (null sender)
-    recipients: list[Recipient]
-    received_at: float  # epoch seconds
-    client_ip: str = ""
-    header_from: str | None = None
-    is_bounce: bool = False
-    attempts: int = 0
-    next_attempt: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def pending(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.status == "pending"]
-
-    def settled(self) -> bool:
-        """Every recipient delivered or bounced: nothing left to do with the message."""
-        return not self.pending() and not self.failed()
-
-    def failed(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.status == "failed"]
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> QueueEntry:
-        raw = json.loads(data)
-        raw["recipients"] = [Recipient(**r) for r in raw["recipients"]]
-        return cls(**raw)
-
-
-class DamagedQueueFile(ValueError):
-    """A queue or state file that cannot be read back: outside damage (they are written
-    atomically), set aside in ``corrupt/`` rather than retried or deleted."""
 
 
 def default_spool() -> Path:
@@ -102,127 +66,6 @@ def default_spool() -> Path:
 def new_message_id() -> str:
     """Sortable by arrival (time in hex) and unique (random suffix)."""
     return f"{time.time_ns() // 1000:x}{secrets.token_hex(5)}".upper()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class GroupSync:
-    """fsync of one folder shared by every thread whose rename came before it started:
-    concurrent receipts wait for one folder fsync instead of one each."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._cond = threading.Condition()
-        self._issued = 0  # tickets handed out (one per rename to make durable)
-        self._done = 0  # every ticket up to this one is durable
-        self._running = False
-
-    def sync(self) -> None:
-        with self._cond:
-            self._issued += 1
-            ticket = self._issued
-            while self._done < ticket:
-                if self._running:
-                    self._cond.wait()
-                    continue
-                self._running = True
-                covers = self._issued  # renames up to here happened before this fsync
-                self._cond.release()
-                try:
-                    _fsync_dir(self.path)
-                finally:
-                    self._cond.acquire()
-                    self._running = False
-                    self._cond.notify_all()
-                self._done = max(self._done, covers)
-
-
-class QueueWriter:
-    """A queue file being received. ``add`` collects bytes in memory (no I/O, call it
-    anywhere); ``flush`` writes them out, ``commit`` makes the file durable and visible,
-    ``abort`` throws it away: run those three in the spool executor. A small message is
-    never flushed: its file is opened, written and committed in one call."""
-
-    def __init__(self, spool: Spool, msg_id: str) -> None:
-        self.spool = spool
-        self.msg_id = msg_id
-        self.tmp = spool.root / "tmp" / f"{msg_id}.msg"
-        self._file: BinaryIO | None = None
-        self._pending: list[bytes] = []
-        self.size = 0
-
-    def add(self, data: bytes) -> None:
-        self._pending.append(data)
-        self.size += len(data)
-
-    def flush(self) -> None:
-        if self._file is None:
-            self._file = open(self.tmp, "xb")  # noqa: SIM115 - closed by commit or abort
-            os.chmod(self.tmp, 0o600)
-            self._file.write(_MAGIC + b"0" * 12 + b"\n")  # completed by commit
-        self._file.writelines(self._pending)
-        self._pending.clear()
-
-    def commit(self, entry: QueueEntry) -> None:
-        """Envelope, length, fsync, rename into ``queue/``, folder fsync. On error the
-        message is not queued (nothing is left behind) and the error propagates."""
-        if self._file is None:
-            self._commit_whole(entry)
-        else:
-            self._commit_flushed(entry)
-        self.spool.queue_sync.sync()
-
-    def _commit_whole(self, entry: QueueEntry) -> None:
-        """A message that never left memory: the whole file in one write, its length known
-        at once. Few system calls, because each one gives up the GIL and may wait to get it
-        back from the busy event loop thread (measured: that wait dominated a commit)."""
-        data = b"".join((_MAGIC, b"%012d\n" % self.size, *self._pending, entry.to_json()))
-        self._pending.clear()
-        try:
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(self.tmp, self.spool.queue_path(self.msg_id))
-        except BaseException:
-            self.tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing half-written
-            raise
-
-    def _commit_flushed(self, entry: QueueEntry) -> None:
-        try:
-            self.flush()
-            assert self._file is not None
-            self._file.write(entry.to_json())
-            self._file.seek(0)
-            self._file.write(_MAGIC + b"%012d\n" % self.size)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.tmp, self.spool.queue_path(self.msg_id))
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        self._pending.clear()
-        if self._file is not None:
-            try:
-                # On a full disk close() fails too (it flushes what is buffered): the
-                # half-written file must go all the same.
-                with contextlib.suppress(OSError):
-                    self._file.close()
-            finally:
-                self.tmp.unlink(missing_ok=True)
 
 
 def _lock_owner(fd: int) -> int | None:
@@ -254,11 +97,12 @@ class Spool:
         self.root = Path(root)
         self._lock_fd: int | None = None
         self.queue_sync = GroupSync(self.root / "queue")
+        self.pool: CommitPool | None = None
 
     def create(self) -> None:
         """Make the folders; a spool that cannot be created is a one-line UserError."""
         try:
-            for name in ("tmp", "queue", "log", "corrupt", *STATES):
+            for name in ("tmp", "pool", "queue", "log", "corrupt", *STATES):
                 (self.root / name).mkdir(parents=True, exist_ok=True)
             self.root.chmod(0o700)  # mail content and keys live here
         except OSError as exc:
@@ -324,7 +168,7 @@ class Spool:
             tmp.unlink(missing_ok=True)  # e.g. disk full: leave nothing half-written
             raise
         if durable:
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
 
     def _entry_path(self, state: str, msg_id: str) -> Path:
         return self.root / state / f"{msg_id}.json"
@@ -332,37 +176,36 @@ class Spool:
     def queue_path(self, msg_id: str) -> Path:
         return self.root / "queue" / f"{msg_id}.msg"
 
-    def _read_queue_file(self, msg_id: str, want_body: bool, path: Path | None = None
-                         ) -> tuple[QueueEntry, bytes]:
-        with open(path or self.queue_path(msg_id), "rb") as f:
-            head = f.read(_HEAD_LEN)
-            length = head[len(_MAGIC):-1]
-            size = os.fstat(f.fileno()).st_size
-            if (not head.startswith(_MAGIC) or not length.isdigit()
-                    or _HEAD_LEN + int(length) >= size):
-                raise DamagedQueueFile(f"{msg_id}: queue file damaged (bad length line)")
-            body = f.read(int(length)) if want_body else b""
-            f.seek(_HEAD_LEN + int(length))
-            try:
-                entry = QueueEntry.from_json(f.read())
-            except (ValueError, TypeError, KeyError) as exc:
-                raise DamagedQueueFile(f"{msg_id}: queue file damaged ({exc})") from None
-        if entry.id != msg_id:
-            raise DamagedQueueFile(f"{msg_id}: queue file holds message {entry.id}")
-        return entry, body
+    def _read_queue_file(self, msg_id: str, want_body: bool) -> tuple[QueueEntry, bytes]:
+        return read_queue_file(self.queue_path(msg_id), msg_id, want_body)
 
     def read_queue_file(self, path: Path, msg_id: str) -> tuple[QueueEntry, bytes]:
         """A queue file outside ``queue/`` (on hold: relay/queuectl.py): envelope and body."""
-        return self._read_queue_file(msg_id, want_body=True, path=path)
+        return read_queue_file(path, msg_id, want_body=True)
 
     # -- queue operations --------------------------------------------------------------------
 
-    def open_message(self, msg_id: str) -> QueueWriter:
-        return QueueWriter(self, msg_id)
+    def start_pool(self) -> None:
+        """Make commits into pool files from now on, in this process (after recovery: it
+        removes pool files it finds unsealed). Blocking: the pool is filled once here."""
+        if self.pool is None:
+            self.pool = CommitPool(self.root / "pool")
+
+    def stop_pool(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
+
+    def open_message(self, msg_id: str, pooled: bool = True) -> QueueWriter:
+        """A message being received; ``pooled``: committed into a pool file if one is free
+        (for receipt, where a sender waits for the 250)."""
+        return QueueWriter(self.root / "queue", self.root / "tmp", self.queue_sync,
+                           self.pool if pooled else None, msg_id)
 
     def accept(self, entry: QueueEntry, body: bytes) -> None:
-        """Store a new message durably. Only after this returns may the relay answer 250."""
-        writer = self.open_message(entry.id)
+        """Store a message the relay makes itself (a bounce, a notification, a report)
+        durably, the ordinary way: no sender waits for it."""
+        writer = self.open_message(entry.id, pooled=False)
         writer.add(body)
         writer.commit(entry)
 
@@ -423,8 +266,8 @@ class Spool:
     def move(self, msg_id: str, src: str, dst: str) -> None:
         """Rename a state file, durably."""
         os.replace(self._entry_path(src, msg_id), self._entry_path(dst, msg_id))
-        _fsync_dir(self.root / dst)
-        _fsync_dir(self.root / src)
+        fsync_dir(self.root / dst)
+        fsync_dir(self.root / src)
 
     def update_active(self, entry: QueueEntry) -> None:
         """Record progress (e.g. recipients delivered) so a crash does not repeat it."""
@@ -455,12 +298,12 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def defer(self, entry: QueueEntry) -> None:
         self.write_atomic(self._entry_path("deferred", entry.id), entry.to_json())
         self._entry_path("active", entry.id).unlink()
-        _fsync_dir(self.root / "active")
+        fsync_dir(self.root / "active")
 
     def finish(self, msg_id: str) -> None:
         """Every recipient is delivered or bounced: forget the message (its log stays)."""
@@ -489,7 +332,7 @@ class Spool:
                 dest = self.root / "corrupt" / f"{msg_id}.{path.parent.name}{path.suffix}"
                 os.replace(path, dest)
                 moved.append(dest.name)
-        _fsync_dir(self.root / "corrupt")
+        fsync_dir(self.root / "corrupt")
         return moved
 
     def recover(self) -> Recovery:
@@ -497,10 +340,11 @@ class Spool:
 
         A message that was active goes back to incoming: its delivery was interrupted and
         is tried again (at-least-once). State files without a queue file belong to finished
-        messages and are removed; so are temp files.
+        messages and are removed; so are temp files. Call it before ``start_pool``.
         """
         for path in (self.root / "tmp").iterdir():
             path.unlink(missing_ok=True)
+        self._recover_pool()
         result = Recovery()
         self._import_legacy(result)
         queued = {p.stem for p in (self.root / "queue").glob("*.msg")}
@@ -531,6 +375,27 @@ class Spool:
                 continue
             (result.deferred if state == "deferred" else result.ready).append(entry)
         return result
+
+    def _recover_pool(self) -> None:
+        """A sealed pool file holds a message whose rename a crash lost after its commit (it
+        may have been acknowledged): it gets its name now. Any other was never acknowledged
+        (unused, or a write the crash cut short) and is removed."""
+        pool = self.root / "pool"
+        found = False
+        for path in pool.iterdir() if pool.is_dir() else ():
+            found = True
+            try:
+                entry = read_queue_file(path, None, want_body=True)[0]
+            except DamagedQueueFile:
+                path.unlink()
+                continue
+            if self.queue_path(entry.id).exists():
+                path.unlink()  # moved already (see the module's docstring)
+            else:
+                os.rename(path, self.queue_path(entry.id))
+        if found:
+            self.queue_sync.sync()
+            fsync_dir(pool)
 
     def _recover_active(self, msg_id: str) -> None:
         path = self._entry_path("active", msg_id)

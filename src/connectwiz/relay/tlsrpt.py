@@ -42,7 +42,8 @@ from connectwiz.probe.dns import make_resolver
 from connectwiz.probe.options import NetworkOptions
 from connectwiz.probe.tlsrpt import lookup_tls_rpt
 from connectwiz.relay.msglog import MessageLog
-from connectwiz.relay.spool import QueueEntry, Recipient, Spool, new_message_id
+from connectwiz.relay.queuefile import QueueEntry, Recipient
+from connectwiz.relay.spool import Spool, new_message_id
 from connectwiz.relay.tlsrpt_post import Network, post_report
 
 FLUSH_SECONDS = 5.0  # counts are written, and the day's end looked for, this often
