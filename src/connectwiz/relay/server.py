@@ -34,7 +34,7 @@ from connectwiz.relay.control import ControlServer
 from connectwiz.relay.deliver import Deliverer, group_recipients
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
-from connectwiz.relay.limits import DestinationLimits
+from connectwiz.relay.limits import DestinationLimits, ReceiptFirst
 from connectwiz.relay.msglog import MessageLog
 from connectwiz.relay.published import CACHE_FILE
 from connectwiz.relay.queuefile import DamagedQueueFile, QueueEntry, QueueWriter, Recipient
@@ -87,6 +87,10 @@ class Relay:
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
         self._destinations = DestinationLimits(self.settings.destination_concurrency)
+        self._receipt_first = ReceiptFirst(
+            self.settings.delivery_workers,
+            receiving=lambda: bool(self._handler is not None and self._handler.sessions))
+        self._pacing: asyncio.Task[None] | None = None
         self._queued: set[str] = set()  # ids waiting in _ready or being delivered
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -267,6 +271,7 @@ class Relay:
         self.deliverer.own_addresses = {s.getsockname()[:2] for s in self._server.sockets}
         self._workers = [asyncio.create_task(self._worker())
                          for _ in range(self.settings.delivery_workers)]
+        self._pacing = asyncio.create_task(self._receipt_first.run())
         for entry in ready:
             self._enqueue(entry.id)
         for entry in deferred:
@@ -314,7 +319,7 @@ class Relay:
             await asyncio.wait(set(self._busy),
                                timeout=None if drain else max(deadline - time.monotonic(), 0))
         tasks = [*self._workers, *(t for t in (self._rescan, self._directory_task,
-                                                self._tlsrpt_task)
+                                                self._tlsrpt_task, self._pacing)
                                    if t is not None)]
         for task in tasks:
             task.cancel()
@@ -479,9 +484,10 @@ class Relay:
     async def _worker(self) -> None:
         while not self._stopping:
             msg_id = await self._ready.get()
-            if self._stopping:
-                return
-            await self._attempt(msg_id)
+            async with self._receipt_first.slot():
+                if self._stopping:
+                    return
+                await self._attempt(msg_id)
 
     async def _attempt(self, msg_id: str) -> None:
         task = asyncio.create_task(self._process(msg_id))
