@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,8 +58,8 @@ from connectwiz.relay.sessions import SessionCache
 
 # -- a whole queue entry ----------------------------------------------------------------------
 
-# Called with each attempt as it ends and the recipients it delivered.
-AttemptHook = Callable[[Attempt, list[Recipient]], None]
+# Awaited with each attempt as it ends and the recipients it delivered.
+AttemptHook = Callable[[Attempt, list[Recipient]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -218,9 +218,9 @@ class Deliverer:
         """Try the group's hosts until every recipient has a final answer or hosts run out.
         Updates the recipients' status and detail; returns the attempts made.
 
-        ``on_attempt(attempt, delivered)`` is called as soon as each attempt ends, with the
-        recipients it delivered, before anything else can run: the caller records a
-        remote's 250 while the next hop is the only one that has seen it."""
+        ``on_attempt(attempt, delivered)`` is awaited as soon as each attempt ends, with the
+        recipients it delivered, before the next: the caller records a remote's 250 while
+        the next hop is the only one that has seen it."""
         attempts: list[Attempt] = []
         try:
             targets = await self.targets(group, model)
@@ -254,7 +254,7 @@ class Deliverer:
             if att.retry_plain:
                 attempts.append(att)
                 if on_attempt is not None:
-                    on_attempt(att, [])
+                    await on_attempt(att, [])
                 plain = DeliveryDefinition(definition.name, DeliveryOption.NONE)
                 att = await attempt_host(target, plain, None, entry.mail_from,
                                          [r.address for r in todo], body, self.helo,
@@ -275,7 +275,7 @@ class Deliverer:
                 else:
                     still.append(rcpt)
             if on_attempt is not None:
-                on_attempt(att, delivered)
+                await on_attempt(att, delivered)
             todo = still
         return attempts
 

@@ -1,5 +1,5 @@
-"""The durable queue. Every method does blocking file I/O: call it from the spool executor
-(``Spool.mark_delivered`` alone is made for the event loop: no fsync, a few syscalls).
+"""The durable queue. Every method does blocking file I/O: call it in a thread (the spool
+executor; ``Spool.mark_delivered`` has a thread of its own: no fsync, a few syscalls).
 
 Layout of a spool directory::
 
@@ -276,8 +276,8 @@ class Spool:
     def mark_delivered(self, entry: QueueEntry) -> bool:
         """Record at once that recipients were delivered: the queue file goes when that
         settles the message (True), else the state file is replaced. No fsync, so it is
-        cheap enough for the event loop the moment the remote's 250 is read, and what it
-        does survives the process being killed (the kernel has it). ``sync_delivered``
+        quick enough to follow the remote's 250 at once, and what it does survives the
+        process being killed (the kernel has it). ``sync_delivered``
         makes it survive a power loss; until then one could bring the message back, to
         be delivered again (never lost)."""
         if entry.settled():
