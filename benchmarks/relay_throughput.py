@@ -373,13 +373,18 @@ async def relay_running(side: Side, sink: Sink, workdir: Path,
     bundle.write_text(BUNDLE.format(port=sink.smtp_port))
     side.port = free_port()
     log = workdir / "relay.log"
+    # The log goes through a pipe, as a service's goes to journald and Postfix's to its
+    # postlogd, not straight into a file from the relay's event loop.
     with log.open("wb") as log_file:
+        drain = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=log_file)
+    assert drain.stdin is not None
+    with drain.stdin:
         proc = subprocess.Popen(
             [*WRAP, sys.executable, "-m", "connectwiz", "relay", "--bundle", str(bundle),
              "--listen", f"127.0.0.1:{side.port}", "--spool", str(workdir / "spool"),
              "--nameserver", f"{DNS_HOST}:53", "--ca-file", str(sink.ca_file),
              "--hostname", "relay.bench.example", *args.relay_args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=drain.stdin)
     relay_pid = proc.pid if not WRAP else None
 
     def root() -> int | None:
@@ -401,6 +406,7 @@ async def relay_running(side: Side, sink: Sink, workdir: Path,
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
         proc.wait(60)
+        drain.wait(60)
     side.rss_kib, side.pss_kib, side.processes = sampler.rss, sampler.pss, sampler.processes
     text = log.read_text(errors="replace")
     per_worker = collections.Counter(re.findall(r" received worker=(\d+)", text))
