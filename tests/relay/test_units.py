@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from email import policy as email_policy
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from connectwiz.errors import UserError
 from connectwiz.policy.model import ReceiptOption
 from connectwiz.relay.dsn import build_dsn
+from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog, list_records, read_record
 from connectwiz.relay.queuefile import QueueEntry, Recipient
 from connectwiz.relay.receipt import (
@@ -368,7 +370,6 @@ def test_client_ips_from_a_dual_stack_listener_compare_as_ipv4() -> None:
 def test_event_log_human_lines_quote_values_and_never_split() -> None:
     import io
 
-    from connectwiz.relay.events import EventLog
 
     stream = io.StringIO()
     log = EventLog(stream=stream)
@@ -412,3 +413,36 @@ def test_a_spool_that_cannot_be_created_is_one_line_and_exit_2(
     assert "Traceback" not in err
     # Which folder and why, in the system's words.
     assert err.endswith(f"{spool / 'tmp'}: Not a directory\n"), err
+
+
+class _Recording:
+    """A stream that notes which thread wrote what."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str]] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append((threading.current_thread().name, text))
+
+    def flush(self) -> None:
+        pass
+
+
+def test_lines_logged_behind_are_written_by_the_log_thread_in_order_and_all() -> None:
+    stream = _Recording()
+    log = EventLog(stream=stream)
+    with log.writing_behind():
+        log("first", n=1)
+        workers = [threading.Thread(target=lambda i=i: log("worker", n=i)) for i in range(20)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        log("last", n=99)
+    text = "".join(t for _, t in stream.writes)
+    lines = text.splitlines()
+    assert len(lines) == 22 and "first n=1" in lines[0] and "last n=99" in lines[-1]
+    assert sorted(int(line.rsplit("=", 1)[1]) for line in lines[1:-1]) == list(range(20))
+    assert {name for name, _ in stream.writes} == {"log"}, "the logging thread wrote itself"
+    log("after", n=100)  # written at once again
+    assert stream.writes[-1][0] == threading.current_thread().name

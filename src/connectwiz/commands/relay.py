@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         )
         exporter = start_metrics(args.metrics, log, relay.spool.root, worker)
         try:
-            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            with log.writing_behind(), asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 runner.run(relay.serve_until_signalled(lambda: ready(relay.address[1])))
         finally:
             if exporter is not None:
