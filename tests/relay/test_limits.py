@@ -81,3 +81,36 @@ async def test_a_slot_waits_while_the_allowed_deliveries_run() -> None:
     release.set()
     await asyncio.gather(*tasks)
     assert peak == 4 and running == 0
+
+
+async def test_a_delivery_waiting_on_a_slow_remote_stops_counting() -> None:
+    """Two deliveries stuck on remotes that do not answer must not stop a third from
+    starting while the loop is busy."""
+    pacer = ReceiptFirst(4, receiving=lambda: True, floor=2, busy=0.005, patience=0.1)
+    pacer.adjust(0.05)
+    assert pacer.allowed == 2
+    stuck = asyncio.Event()
+    started: list[int] = []
+
+    async def delivery(n: int, wait: asyncio.Event | None) -> None:
+        async with pacer.slot():
+            started.append(n)
+            if wait is not None:
+                await wait.wait()
+
+    slow = [asyncio.create_task(delivery(n, stuck)) for n in (1, 2)]
+    assert await _until(lambda: started == [1, 2])
+    third = asyncio.create_task(delivery(3, None))
+    await asyncio.sleep(0.02)
+    assert started == [1, 2], "started before the stuck ones' patience ran out"
+    assert await _until(lambda: started == [1, 2, 3], timeout=2)
+    await third
+    stuck.set()
+    await asyncio.gather(*slow)
+    # Each delivery stopped counting once: the allowed two, and no more, start again.
+    again = asyncio.Event()
+    more = [asyncio.create_task(delivery(n, again)) for n in (4, 5, 6)]
+    await asyncio.sleep(0.05)
+    assert sorted(started[3:]) == [4, 5]
+    again.set()
+    await asyncio.gather(*more)

@@ -42,16 +42,19 @@ class ReceiptFirst:
     SMTP clients are connected and the lag exceeds ``busy``, the number of deliveries that
     may start at once halves, down to ``floor``; otherwise it grows by one per period, back
     to ``limit``. With no client connected, nothing holds delivery back (e.g. a queue
-    flushed after a restart). Deliveries already running are never interrupted."""
+    flushed after a restart). Deliveries already running are never interrupted, and one
+    still running after ``patience`` seconds waits for its remote, not for the loop: it
+    stops counting, so slow remote servers never hold up the others."""
 
     def __init__(self, limit: int, receiving: Callable[[], bool], floor: int = 2,
-                 period: float = 0.05, busy: float = 0.005) -> None:
+                 period: float = 0.05, busy: float = 0.005, patience: float = 1.0) -> None:
         self.limit = limit
         self.allowed = limit
         self._receiving = receiving
         self._floor = min(floor, limit)
         self._period = period
         self._busy = busy
+        self._patience = patience
         self._running = 0
         self._free = asyncio.Event()
         self._free.set()
@@ -79,11 +82,21 @@ class ReceiptFirst:
             await self._free.wait()
         self._running += 1
         self._update()
+        counted = True
+
+        def stop_counting() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._running -= 1
+                self._update()
+
+        timer = asyncio.get_running_loop().call_later(self._patience, stop_counting)
         try:
             yield
         finally:
-            self._running -= 1
-            self._update()
+            timer.cancel()
+            stop_counting()
 
     def _update(self) -> None:
         if self._running < self.allowed:
