@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from connectwiz.relay.data import DotDecoder, HeadCollector, read_head
+from connectwiz.relay.data import QUICK_FROM, DotDecoder, HeadCollector, read_head
 
 
 def _reference(raw: bytes) -> tuple[bytes, bool, bytes]:
@@ -80,3 +80,16 @@ def test_read_head_survives_hostile_from_headers() -> None:
               b"Received: a\r\nreceived : b\r\n")
     facts = read_head(folded)
     assert facts.header_from == "x@y.example" and facts.received == 2
+
+
+def test_only_a_short_from_is_parsed_where_the_caller_is() -> None:
+    """A usual From: is parsed at once (on the event loop); a longer one, which a hostile
+    client can make slow to parse, is left for a thread (None)."""
+    short = b"From: Alice Example <alice@partner.example>\r\nReceived: x\r\n\r\n"
+    facts = read_head(short, max_from=QUICK_FROM)
+    assert facts is not None
+    assert (facts.header_from, facts.received) == ("alice@partner.example", 1)
+    hostile = b"From: " + b"<" * (QUICK_FROM + 1) + b"\r\n\r\n"
+    assert read_head(hostile, max_from=QUICK_FROM) is None
+    assert read_head(hostile) is not None  # in the thread: parsed, whatever it yields
+    assert read_head(b"Subject: none\r\n\r\n", max_from=QUICK_FROM) is not None

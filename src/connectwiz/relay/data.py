@@ -102,14 +102,22 @@ class HeadFacts:
     received: int  # Received: header lines
 
 
-def read_head(head: bytes) -> HeadFacts:
+# A From: value no longer than this is parsed in at most about 0.2 ms, however hostile
+# (measured: 18 us for a usual one), so on the event loop, without a hand-over to a thread.
+QUICK_FROM = 128
+
+
+def read_head(head: bytes, max_from: int | None = None) -> HeadFacts | None:
     """From: address and Received: count of a bounded header. Never raises: a header the
-    parsers choke on (deep nesting, odd bytes) yields no From rather than a 500. Blocking
-    (the address parser is slow on hostile input): run off the event loop."""
+    parsers choke on (deep nesting, odd bytes) yields no From rather than a 500. The
+    address parser is slow on hostile input: with ``max_from``, None when the From: value
+    is longer (parse it off the event loop)."""
     received = len(_RECEIVED.findall(head))
     value = _header_value(head, b"from")
     if value is None:
         return HeadFacts(None, received)
+    if max_from is not None and len(value) > max_from:
+        return None
     try:
         addresses = [a for _, a in getaddresses([value]) if a]
     except Exception:  # RecursionError on 10,000 nested comments, and the like
