@@ -17,15 +17,17 @@ Both measured sides get the same work and the same surroundings:
   clients in this one, the relay and Postfix in theirs; each side with its default settings.
 
 The relay and Postfix run side by side for the whole run; their bursts alternate, R rounds
-(the order flips each round), so that each round compares the two under about the same load
-of a shared machine. Per burst it prints messages/s accepted (first connect to last 250) and
-delivered (first connect to last message at the sink), with the load average; then, per
+(the order flips each round; an even number of rounds, so that each side goes first and
+follows the other equally often), after one uncounted warm-up burst each, so that each
+round compares the two under about the same load of a shared machine. Per burst it prints
+messages/s accepted (first connect to last 250) and delivered (first connect to last
+message at the sink), with the load average; then, per
 side, the medians, the 250 -> delivered p50/p99 at half that side's saturating load (its
 median delivered rate, paced open-loop), and the peak resident memory of all its processes
 together (sum of RSS over the process tree, sampled every 0.2 s; PSS too, which counts
 shared pages once). The last lines are the per-round ratios and their medians.
 
-    .venv/bin/python benchmarks/relay_throughput.py [--rounds 3] [--messages 500] [--clients 20]
+    .venv/bin/python benchmarks/relay_throughput.py [--rounds 4] [--messages 500] [--clients 20]
 
 Postfix needs root and ``unshare`` (for the DNS wiring); without them the relay alone is
 measured. ``RELAY_WRAP="py-spy record -r 200 -f raw -o relay.txt --subprocesses --"`` runs
@@ -307,27 +309,32 @@ class Side:
         return statistics.median(b[1] for b in self.bursts)
 
 
-async def burst(side: Side, sink: Sink, args: argparse.Namespace) -> None:
-    """One burst of ``args.messages``: accepted and delivered rates, 250 -> delivered."""
+async def burst(side: Side, sink: Sink, args: argparse.Namespace, warmup: bool = False) -> None:
+    """One burst of ``args.messages``: accepted and delivered rates, 250 -> delivered. A
+    warm-up burst (``args.warmup`` messages) is sent and delivered the same way, and not
+    counted: Postfix starts its smtpd and smtp processes on demand, the relay its pool and
+    TLS sessions, and neither side's first burst should pay for that."""
     load = os.getloadavg()[0]
     await asyncio.to_thread(sink.ask, "dns")
     run_id = f"b{time.time_ns()}"
-    tags = [f"{run_id}-{i}" for i in range(args.messages)]
+    tags = [f"{run_id}-{i}" for i in range(args.warmup if warmup else args.messages)]
     before = Cpu(cpu_seconds(side.root()), cpu_seconds(sink.proc.pid), own_cpu(), time.time())
     start, accepted = await send(side.port, tags, args)
     arrived = await asyncio.to_thread(sink.ask, "wait", run_id, len(tags), 600)
     after = Cpu(cpu_seconds(side.root()), cpu_seconds(sink.proc.pid), own_cpu(),
                 max(t for t, _ in arrived.values()))
-    side.cpu.append(Cpu(after.side - before.side, after.sink - before.sink,
-                        after.clients - before.clients, after.wall - before.wall))
     if len(arrived) < len(tags):
         raise RuntimeError(f"{side.name}: {len(tags) - len(arrived)} messages never arrived")
+    side.dns_queries += await asyncio.to_thread(sink.ask, "dns")
+    side.messages += len(tags)
+    if warmup:
+        return
+    side.cpu.append(Cpu(after.side - before.side, after.sink - before.sink,
+                        after.clients - before.clients, after.wall - before.wall))
     side.bursts.append((len(tags) / (max(accepted.values()) - start),
                         len(tags) / (max(t for t, _ in arrived.values()) - start), load))
     side.burst_latency += [arrived[t][0] - accepted[t] for t in tags]
     side.tls |= {str(v) for _, v in arrived.values()}
-    side.dns_queries += await asyncio.to_thread(sink.ask, "dns")
-    side.messages += len(tags)
 
 
 async def paced(side: Side, sink: Sink, args: argparse.Namespace) -> None:
@@ -519,7 +526,8 @@ def report(sides: list[Side], args: argparse.Namespace) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}")
-    print(f"messages: {args.rounds} rounds of {args.messages} x {args.size} B from "
+    print(f"messages: {args.rounds} rounds of {args.messages} x {args.size} B (after a warm-up "
+          f"of {args.warmup}) from "
           f"{args.clients} clients per side; STARTTLS in, Enforced TLS Strict out to {ROUTE} "
           "(looked up in the lab DNS)")
     with_postfix = not args.relay_only
@@ -547,6 +555,11 @@ async def run(args: argparse.Namespace) -> None:
                         postfix_running(postfix, sink, Path(tmp) / "postfix"))
                 # Both run throughout; their bursts alternate (the order too), so that each
                 # round compares the two under about the same load of the shared machine.
+                if args.warmup:
+                    for side in sides:
+                        await burst(side, sink, args, warmup=True)
+                # An even number of rounds: each side goes first, and each follows the
+                # other, equally often.
                 for n in range(args.rounds):
                     for side in (sides if n % 2 == 0 else sides[::-1]):
                         await burst(side, sink, args)
@@ -560,7 +573,9 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=500, help="messages in each burst")
-    p.add_argument("--rounds", type=int, default=3, help="bursts per side, alternating")
+    p.add_argument("--rounds", type=int, default=4, help="bursts per side, alternating")
+    p.add_argument("--warmup", type=int, default=200,
+                   help="messages of each side's first burst, not counted (0: none)")
     p.add_argument("--clients", type=int, default=20, help="concurrent client connections")
     p.add_argument("--size", type=int, default=4096, help="approximate body bytes")
     p.add_argument("--paced", type=int, default=300, help="messages in the paced run")
