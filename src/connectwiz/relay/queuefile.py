@@ -167,11 +167,11 @@ Slot = tuple[int, Path]  # an open pool file (O_DSYNC) and its name
 class CommitPool:
     """Empty queue files made ahead of time in a folder of their own, open with
     ``O_DSYNC``, their names already made durable by a folder fsync. Committing a small
-    message into one is a single write that returns once the data is on disk: one system
-    call before the 250, as Postfix's one fsync, where write, fsync, rename and the folder's
-    fsync were four, each giving up the GIL and waiting to get it back from the busy event
-    loop. A thread of its own keeps the pool filled; an empty pool only means the ordinary
-    commit. Start it in the process that commits (file descriptors do not cross a fork)."""
+    message into one is a single write that returns once the data is on disk: one
+    synchronous system call before the 250, as Postfix's one fsync, where the ordinary
+    commit needs four (write, fsync, rename, the folder's fsync). A thread of its own keeps
+    the pool filled; an empty pool only means the ordinary commit. Start it in the process
+    that commits (file descriptors do not cross a fork)."""
 
     def __init__(self, folder: Path, size: int = 64) -> None:
         self.folder = folder
