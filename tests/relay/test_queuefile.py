@@ -52,7 +52,8 @@ def _commit(spool: Spool, publish: bool = True) -> tuple[QueueEntry, QueueWriter
     return entry, writer
 
 
-def test_the_pool_is_made_durable_before_it_is_used(spool: Spool) -> None:
+def test_the_pool_is_filled_with_empty_private_files_when_it_starts(spool: Spool) -> None:
+    """(That their folder is fsync'd before one is used: test_durability's strace check.)"""
     files = _pool_files(spool)
     assert len(files) == spool.pool.size and set(files.values()) == {0}
     assert {(p.stat().st_mode & 0o777) for p in (spool.root / "pool").iterdir()} == {0o600}
