@@ -24,11 +24,12 @@ into a file whose name a folder fsync already made durable; then it is renamed
 a crash lost (and removes unused or unsealed ones). The rename is one journal transaction:
 the fsync of ``queue/`` when the message is finished makes its leaving ``pool/`` durable
 too (on a file system without a journal a power loss could bring the copy back: one more
-delivery, never a lost one). A large message, or one that
-finds the pool empty, is written in ``tmp/``, fsync'd, renamed into ``queue/`` and the
-folder fsync'd (one folder fsync serves every rename made before it started: group
-commit). State changes are renames, or a new state file written before the old one is
-unlinked; ``recover`` keeps the later state when it finds two.
+delivery, never a lost one). A large message, or one that finds the pool empty, is written
+in ``tmp/``, fsync'd, renamed into ``queue/`` and the folder fsync'd (one folder fsync
+serves every rename made before it started: group commit).
+
+State changes are renames, or a new state file written before the old one is unlinked;
+``recover`` keeps the later state when it finds two.
 """
 
 from __future__ import annotations
