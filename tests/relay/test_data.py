@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from connectwiz.relay.data import QUICK_FROM, DotDecoder, HeadCollector, read_head
+from connectwiz.relay.data import (
+    QUICK_FROM,
+    QUICK_HEAD,
+    DotDecoder,
+    HeadCollector,
+    read_head,
+)
 
 
 def _reference(raw: bytes) -> tuple[bytes, bool, bytes]:
@@ -82,14 +88,17 @@ def test_read_head_survives_hostile_from_headers() -> None:
     assert facts.header_from == "x@y.example" and facts.received == 2
 
 
-def test_only_a_short_from_is_parsed_where_the_caller_is() -> None:
-    """A usual From: is parsed at once (on the event loop); a longer one, which a hostile
-    client can make slow to parse, is left for a thread (None)."""
+def test_only_a_small_header_is_read_where_the_caller_is() -> None:
+    """A usual header is read at once (on the event loop); a long From: or a large header,
+    which a hostile client can make slow to read, is left for a thread (None)."""
     short = b"From: Alice Example <alice@partner.example>\r\nReceived: x\r\n\r\n"
-    facts = read_head(short, max_from=QUICK_FROM)
+    facts = read_head(short, quick=True)
     assert facts is not None
     assert (facts.header_from, facts.received) == ("alice@partner.example", 1)
     hostile = b"From: " + b"<" * (QUICK_FROM + 1) + b"\r\n\r\n"
-    assert read_head(hostile, max_from=QUICK_FROM) is None
-    assert read_head(hostile) is not None  # in the thread: parsed, whatever it yields
-    assert read_head(b"Subject: none\r\n\r\n", max_from=QUICK_FROM) is not None
+    assert read_head(hostile, quick=True) is None
+    assert read_head(hostile) is not None  # in the thread: read, whatever it yields
+    large = b"X: y\r\n" * (QUICK_HEAD // 6) + b"From: a@b.example\r\n\r\n"
+    assert read_head(large, quick=True) is None
+    assert read_head(large).header_from == "a@b.example"
+    assert read_head(b"Subject: none\r\n\r\n", quick=True) is not None

@@ -31,7 +31,7 @@ from connectwiz.relay.clientcert import (
     peer_certificate,
     request_certificates,
 )
-from connectwiz.relay.data import QUICK_FROM, read_head
+from connectwiz.relay.data import read_head
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.queuefile import QueueEntry, QueueWriter, Recipient
 from connectwiz.relay.settings import RelaySettings
@@ -315,9 +315,8 @@ class ReceiptHandler:
             reply = "550 5.5.2 Message refused: bare LF or bare CR in DATA (RFC 5321 2.3.8)"
             await ctx.record_refusal(msg_id, {**record, "result": reply})
             return reply, None
-        # The address parser is slow on hostile headers: a long From: is parsed in a thread.
-        head = (read_head(data.head, max_from=QUICK_FROM)
-                or await ctx.io(read_head, data.head))
+        # The address parser is slow on hostile headers: a large one is read in a thread.
+        head = read_head(data.head, quick=True) or await ctx.io(read_head, data.head)
         if head.received + 1 >= ctx.settings.max_hops:  # + 1: our own Received:
             await ctx.record_refusal(msg_id, {**record, "result": REPLY_TOO_MANY_HOPS,
                                               "hops": head.received + 1})
