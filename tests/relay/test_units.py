@@ -15,6 +15,7 @@ import pytest
 
 from connectwiz.errors import UserError
 from connectwiz.policy.model import ReceiptOption
+from connectwiz.relay import events
 from connectwiz.relay.dsn import build_dsn
 from connectwiz.relay.events import EventLog
 from connectwiz.relay.msglog import MessageLog, list_records, read_record
@@ -446,3 +447,38 @@ def test_lines_logged_behind_are_written_by_the_log_thread_in_order_and_all() ->
     assert {name for name, _ in stream.writes} == {"log"}, "the logging thread wrote itself"
     log("after", n=100)  # written at once again
     assert stream.writes[-1][0] == threading.current_thread().name
+
+
+def test_logging_behind_a_stalled_stream_waits_instead_of_growing(monkeypatch) -> None:
+    """A journal that stops reading must not make the relay's memory grow without bound:
+    past the limit, logging waits for the writer, as a direct write would."""
+    monkeypatch.setattr(events, "BEHIND_LIMIT", 3)
+    stalled = threading.Event()
+
+    class Stalled(_Recording):
+        def write(self, text: str) -> None:
+            stalled.wait()
+            super().write(text)
+
+    stream = Stalled()
+    log = EventLog(stream=stream)
+    logged: list[int] = []
+
+    def many() -> None:
+        for n in range(100):
+            log("line", n=n)
+            logged.append(n)
+
+    with log.writing_behind():
+        logger = threading.Thread(target=many)
+        logger.start()
+        try:
+            logger.join(0.5)
+            # (the writer holds one batch, the queue three more, the logger waits for room)
+            waited = logger.is_alive() and len(logged) < 100
+        finally:
+            stalled.set()
+        logger.join(5)
+    assert waited, f"logging did not wait: {len(logged)} lines logged"
+    assert len(logged) == 100
+    assert len("".join(t for _, t in stream.writes).splitlines()) == 100

@@ -13,6 +13,10 @@ from typing import Any, TextIO
 
 Listener = Callable[[str, dict[str, Any]], None]
 
+# Lines waiting for the writer thread, at most: beyond, logging waits for it, as a direct
+# write waits for a slow journal, rather than memory growing without bound.
+BEHIND_LIMIT = 10_000
+
 
 class EventLog:
     def __init__(self, json_lines: bool = False, stream: TextIO | None = None) -> None:
@@ -21,7 +25,7 @@ class EventLog:
         self._lock = threading.Lock()  # lines from executor threads must not interleave
         self._listeners: list[Listener] = []
         self.context: dict[str, Any] = {}  # fields every line carries (e.g. the worker)
-        self._behind: queue.SimpleQueue[str | None] | None = None  # see writing_behind
+        self._behind: queue.Queue[str | None] | None = None  # see writing_behind
 
     def subscribe(self, listener: Listener) -> None:
         """Also hand every event to ``listener`` (e.g. metrics), from the thread that logs it:
@@ -64,8 +68,9 @@ class EventLog:
         have come: the relay's event loop only formats them. A write gives up the GIL, and
         getting it back from the busy receipt and spool threads took about 0.4 ms per line
         under load (or longer, if journald or the file behind stderr is slow). Every line
-        is written when this ends; a kill -9 loses the last few milliseconds' lines."""
-        lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        is written when this ends; a kill -9 loses the last few milliseconds' lines. At most
+        ``BEHIND_LIMIT`` lines wait: then logging waits too."""
+        lines: queue.Queue[str | None] = queue.Queue(BEHIND_LIMIT)
         writer = threading.Thread(target=self._write_lines, args=(lines,), name="log",
                                   daemon=True)
         writer.start()
@@ -83,7 +88,7 @@ class EventLog:
             if text := "".join(line for line in rest if line is not None):
                 self._write(text)
 
-    def _write_lines(self, lines: queue.SimpleQueue[str | None]) -> None:
+    def _write_lines(self, lines: queue.Queue[str | None]) -> None:
         while True:
             batch = [lines.get()]
             with contextlib.suppress(queue.Empty):
