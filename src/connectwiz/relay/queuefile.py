@@ -291,7 +291,9 @@ class QueueWriter:
         if self._file is not None:
             self._commit_flushed(envelope)
             return
-        crc = zlib.crc32(envelope, zlib.crc32(b"".join(self._pending)))
+        crc = 0
+        for chunk in (*self._pending, envelope):
+            crc = zlib.crc32(chunk, crc)
         data = b"".join((_header(self.size, len(envelope), crc), *self._pending, envelope))
         self._pending.clear()
         slot = self._pool.take() if self._pool is not None else None
